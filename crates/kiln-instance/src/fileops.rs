@@ -110,6 +110,8 @@ pub enum FileOp {
         pattern: Option<String>,
         /// Descend into subfolders.
         recursive: bool,
+        /// Give paths relative to `path` instead of absolute ones.
+        relative: bool,
     },
     /// ReadFile.
     ReadFile {
@@ -416,6 +418,7 @@ pub fn apply(op: &FileOp, cwd: &Path) -> Result<FileOpOutput, InstanceError> {
             path,
             pattern,
             recursive,
+            relative,
         } => {
             let p = resolve(cwd, path);
             let m = fs::metadata(&p).map_err(|e| io_err("list", &p, e))?;
@@ -425,6 +428,14 @@ pub fn apply(op: &FileOp, cwd: &Path) -> Result<FileOpOutput, InstanceError> {
             let pat = pattern.as_deref().map(star_pattern).transpose()?;
             let mut out = Vec::new();
             list_files(&p, pat.as_ref(), *recursive, &mut out)?;
+            if *relative {
+                let base = format!("{}/", p.to_string_lossy().trim_end_matches('/'));
+                for f in &mut out {
+                    if let Some(rel) = f.strip_prefix(&base) {
+                        *f = rel.to_string();
+                    }
+                }
+            }
             out.sort();
             Ok(FileOpOutput::Paths(out))
         }

@@ -84,6 +84,10 @@ impl Instance for HostInstance {
             .map_err(|e| InstanceError::Op(format!("copy did not finish: {e}")))?
     }
 
+    fn scratch_dir(&self) -> String {
+        std::env::temp_dir().display().to_string()
+    }
+
     fn can_reboot(&self) -> bool {
         false
     }

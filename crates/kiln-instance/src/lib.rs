@@ -199,6 +199,10 @@ pub trait Instance: Send + Sync {
     /// Copies a file out of the instance onto the host.
     async fn get_file(&self, src: &str, host_dest: &Path) -> Result<(), InstanceError>;
 
+    /// A folder inside the instance for kiln's own temporary files (step scripts). Files there
+    /// are removed after use and are never part of a captured image.
+    fn scratch_dir(&self) -> String;
+
     /// Whether [`Instance::reboot`] can work here.
     fn can_reboot(&self) -> bool;
 

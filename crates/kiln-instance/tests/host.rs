@@ -340,7 +340,8 @@ async fn create_delete_list_stat() {
             FileOp::ListFiles {
                 path: "a".into(),
                 pattern: Some("*.txt".into()),
-                recursive: true
+                recursive: true,
+                relative: false,
             }
         )
         .await

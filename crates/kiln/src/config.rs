@@ -1,0 +1,118 @@
+//! kiln's configuration: `$KILN_HOME/config.yaml` (or the file named by `KILN_CONFIG`), with
+//! the standard AWS environment variables taking precedence for S3.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use kiln_s3::{Credentials, S3Config};
+use kiln_yaml::Node;
+
+/// kiln's data directory: `$KILN_HOME`, else `/var/lib/kiln` for root, else
+/// `~/.local/share/kiln`.
+pub fn kiln_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("KILN_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    if nix_is_root() {
+        return PathBuf::from("/var/lib/kiln");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/kiln")
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Settings kiln reads from its configuration file.
+#[derive(Debug, Default, Clone)]
+pub struct Config {
+    /// S3-compatible object store for S3Download, S3Upload and `s3://` documents.
+    pub s3: Option<S3Config>,
+}
+
+fn text(map: &kiln_yaml::Map, key: &str, file: &str, src: &str) -> Result<Option<String>> {
+    match map.get(key) {
+        None => Ok(None),
+        Some(n) => match n.as_text() {
+            Some(t) => Ok(Some(t.to_string())),
+            None => bail!(
+                "{}",
+                kiln_yaml::Diagnostic::error(Some(n.span), format!("`{key}` must be a string"))
+                    .render(file, src)
+            ),
+        },
+    }
+}
+
+/// Loads the configuration file if there is one, then applies the AWS environment variables.
+pub fn load() -> Result<Config> {
+    let path = std::env::var_os("KILN_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| kiln_home().join("config.yaml"));
+    let mut config = Config::default();
+    if path.exists() {
+        let file = path.display().to_string();
+        let src = std::fs::read_to_string(&path).with_context(|| format!("reading {file}"))?;
+        let parsed =
+            kiln_yaml::parse(&src).map_err(|d| anyhow::anyhow!("{}", d.render(&file, &src)))?;
+        let root: &Node = &parsed.root;
+        if let Some(s3) = root.as_map().and_then(|m| m.get("s3")) {
+            let Some(m) = s3.as_map() else {
+                bail!("{file}: `s3` must be a mapping with `endpoint`, `region`, `accessKeyId`, `secretAccessKey`");
+            };
+            let endpoint = text(m, "endpoint", &file, &src)?;
+            let credentials = match (
+                text(m, "accessKeyId", &file, &src)?,
+                text(m, "secretAccessKey", &file, &src)?,
+            ) {
+                (Some(a), Some(s)) => Some(Credentials {
+                    access_key_id: a,
+                    secret_access_key: s,
+                    session_token: text(m, "sessionToken", &file, &src)?,
+                }),
+                _ => None,
+            };
+            config.s3 = Some(S3Config {
+                path_style: m
+                    .get("pathStyle")
+                    .and_then(|n| n.as_scalar())
+                    .and_then(|s| s.as_bool())
+                    .unwrap_or(endpoint.is_some()),
+                endpoint,
+                region: text(m, "region", &file, &src)?.unwrap_or_else(|| "us-east-1".into()),
+                credentials,
+            });
+        }
+    }
+    let env = S3Config::from_env();
+    config.s3 = match config.s3.take() {
+        None if env.endpoint.is_some() || env.credentials.is_some() => Some(env),
+        None => None,
+        Some(mut file) => {
+            if env.endpoint.is_some() {
+                file.endpoint = env.endpoint;
+                file.path_style = true;
+            }
+            if env.credentials.is_some() {
+                file.credentials = env.credentials;
+            }
+            if std::env::var_os("AWS_REGION").is_some()
+                || std::env::var_os("AWS_DEFAULT_REGION").is_some()
+            {
+                file.region = env.region;
+            }
+            Some(file)
+        }
+    };
+    Ok(config)
+}

@@ -1,0 +1,127 @@
+//! Showing a run on the terminal: a live line for the running step (with elapsed time) on a
+//! TTY, plain lines otherwise.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln_instance::Stream;
+use kiln_toe::events::{Event, Observer, StepRef};
+use kiln_toe::report::StepStatus;
+
+/// Prints progress to stderr.
+pub struct Terminal {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+    state: Mutex<()>,
+}
+
+fn indent(depth: usize) -> String {
+    "  ".repeat(depth)
+}
+
+fn label(s: &StepRef<'_>) -> String {
+    format!("{}{} › {} ({})", indent(s.depth), s.phase, s.step, s.action)
+}
+
+impl Terminal {
+    /// A renderer; `quiet` hides step output (it is still in console.log).
+    pub fn new(quiet: bool) -> Self {
+        let tty = std::io::stderr().is_terminal() && std::env::var_os("KILN_PLAIN").is_none();
+        let bar = tty.then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar
+        });
+        Terminal {
+            bar,
+            quiet,
+            state: Mutex::new(()),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// Clears the live line.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Terminal {
+    fn event(&self, event: &Event<'_>) {
+        let _guard = self.state.lock();
+        match event {
+            Event::DocumentStarted { depth, file, name } => {
+                let name = if name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({name})")
+                };
+                self.line(&format!("{}document {file}{name}", indent(*depth)));
+            }
+            Event::PhaseStarted { depth, phase, .. } => {
+                self.line(&format!("{}phase {phase}", indent(*depth)));
+            }
+            Event::StepStarted(s) => match &self.bar {
+                Some(bar) => {
+                    bar.reset_elapsed();
+                    bar.set_message(label(s));
+                    bar.enable_steady_tick(Duration::from_millis(120));
+                }
+                None => eprintln!("{} started", label(s)),
+            },
+            Event::Output { step, stream, line } => {
+                if !self.quiet {
+                    let mark = if *stream == Stream::Stderr { "!" } else { "|" };
+                    self.line(&format!("{}  {mark} {line}", indent(step.depth)));
+                }
+            }
+            Event::Note { step, message } => {
+                self.line(&format!("{}  > {message}", indent(step.depth)));
+            }
+            Event::Warning { message } => self.line(&format!("warning: {message}")),
+            Event::StepFinished { step, report } => {
+                let secs = (report.end_time - report.start_time).num_milliseconds() as f64 / 1000.0;
+                let (mark, word) = match report.status {
+                    StepStatus::Success => ("✔", "ok"),
+                    StepStatus::Failed => ("✘", "failed"),
+                    StepStatus::Skipped => ("↷", "skipped"),
+                    StepStatus::IgnoredFailure => ("!", "failed (ignored)"),
+                };
+                let attempts = if report.attempts > 1 {
+                    format!(", {} attempts", report.attempts)
+                } else {
+                    String::new()
+                };
+                let mut text = format!("{mark} {} {word} in {secs:.2} s{attempts}", label(step));
+                if !report.failure_message.is_empty() {
+                    text.push_str(&format!(
+                        "\n{}    {}",
+                        indent(step.depth),
+                        report
+                            .failure_message
+                            .replace('\n', &format!("\n{}    ", indent(step.depth)))
+                    ));
+                }
+                self.line(&text);
+                if let Some(bar) = &self.bar {
+                    bar.disable_steady_tick();
+                    bar.set_message(String::new());
+                }
+            }
+            Event::PhaseFinished { .. } | Event::DocumentFinished { .. } => {}
+        }
+    }
+}
