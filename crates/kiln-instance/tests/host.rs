@@ -1,5 +1,7 @@
 //! The host instance against the real machine: processes, timeouts, file operations.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

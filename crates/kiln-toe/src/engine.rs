@@ -199,10 +199,12 @@ impl Engine {
     /// Runs documents and reports what happened. Never panics on document content; every
     /// problem ends up in the report.
     pub async fn run(&self, spec: RunSpec) -> ExecutionReport {
+        // Unique even when two runs share an execution id: a run removes its scratch folder.
         let scratch = format!(
-            "{}/kiln-toe-{}",
+            "{}/kiln-toe-{}-{}",
             self.instance.scratch_dir().trim_end_matches('/'),
-            spec.execution_id
+            spec.execution_id,
+            uuid::Uuid::new_v4().simple()
         );
         let report = self
             .run_documents(

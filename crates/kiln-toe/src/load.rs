@@ -783,6 +783,11 @@ impl Checker {
                 }
             },
         };
+        let timeout_seconds = if action == Some(Action::ExecuteDocument) {
+            None
+        } else {
+            timeout_seconds
+        };
         if action == Some(Action::ExecuteDocument) {
             if let Some(v) = m.get("timeoutSeconds") {
                 if v.as_scalar().and_then(|s| s.as_int()) != Some(-1) {

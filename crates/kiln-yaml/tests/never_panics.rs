@@ -1,5 +1,7 @@
 //! The parser must turn any input into a tree or an error, never a panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use proptest::prelude::*;
 
 /// Characters YAML gives meaning to, so that random input reaches deep parser states.
