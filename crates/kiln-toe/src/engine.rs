@@ -98,6 +98,8 @@ pub struct Engine {
     pub(crate) s3: Option<Arc<S3Client>>,
     pub(crate) env: Vec<(String, String)>,
     facts: OnceCell<Facts>,
+    /// What `{{ env:NAME }}` sees, built once.
+    env_view: std::sync::OnceLock<Arc<HashMap<String, String>>>,
 }
 
 /// The state of one document while it runs.
@@ -110,6 +112,8 @@ pub(crate) struct DocRun<'a> {
     pub(crate) chain: Vec<String>,
     pub(crate) execution_id: String,
     pub(crate) scratch: String,
+    /// Whether some step refers to `{{ context:osName }}` and friends (read from the instance).
+    pub(crate) needs_facts: bool,
 }
 
 /// The current loop iteration of a step.
@@ -164,6 +168,7 @@ impl Engine {
             s3: None,
             env: Vec::new(),
             facts: OnceCell::new(),
+            env_view: std::sync::OnceLock::new(),
         }
     }
 
@@ -320,6 +325,11 @@ impl Engine {
             chain,
             execution_id: execution_id.to_string(),
             scratch: scratch.to_string(),
+            needs_facts: doc
+                .phases
+                .iter()
+                .flat_map(|p| p.steps.iter())
+                .any(|s| s.inputs.as_ref().is_some_and(mentions_facts)),
         };
         let mut aborted = false;
         for phase in &doc.phases {
@@ -760,22 +770,23 @@ impl Engine {
         step: &str,
         looping: Option<LoopCtx>,
     ) -> Resolver {
-        let needs_facts = run
-            .doc
-            .phases
-            .iter()
-            .flat_map(|p| p.steps.iter())
-            .any(|s| s.inputs.as_ref().is_some_and(mentions_facts));
-        let facts = if needs_facts {
+        let facts = if run.needs_facts {
             Some(self.facts().await)
         } else {
             None
         };
-        let mut env: HashMap<String, String> = HashMap::new();
-        if self.instance.kind() == InstanceKind::Host {
-            env.extend(std::env::vars());
-        }
-        env.extend(self.env.iter().cloned());
+        let env = self
+            .env_view
+            .get_or_init(|| {
+                let mut env: HashMap<String, String> = HashMap::new();
+                // On the host, steps see kiln's own environment; elsewhere only what kiln sets.
+                if self.instance.kind() == InstanceKind::Host {
+                    env.extend(std::env::vars());
+                }
+                env.extend(self.env.iter().cloned());
+                Arc::new(env)
+            })
+            .clone();
         Resolver {
             vars: Arc::new(run.vars.clone()),
             done: Arc::new(
@@ -789,7 +800,7 @@ impl Engine {
                     })
                     .collect(),
             ),
-            env: Arc::new(env),
+            env,
             facts,
             execution_id: run.execution_id.clone(),
             phase: phase.to_string(),

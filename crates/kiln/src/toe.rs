@@ -24,10 +24,10 @@ pub enum ToeCommand {
     Run(RunArgs),
 }
 
-/// `kiln toe validate`
+/// The documents a command works on (`--documents a,b` is accepted, as awstoe spells it).
 #[derive(Args)]
-pub struct ValidateArgs {
-    /// A document to check (repeat, or separate with commas).
+pub struct Documents {
+    /// A document: a path or an s3:// URL (repeat, or separate with commas); in the order given.
     #[arg(
         long = "document",
         alias = "documents",
@@ -38,18 +38,18 @@ pub struct ValidateArgs {
     documents: Vec<String>,
 }
 
+/// `kiln toe validate`
+#[derive(Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    documents: Documents,
+}
+
 /// `kiln toe run`
 #[derive(Args)]
 pub struct RunArgs {
-    /// A document to run (repeat, or separate with commas); they run in the order given.
-    #[arg(
-        long = "document",
-        alias = "documents",
-        short = 'd',
-        value_delimiter = ',',
-        required = true
-    )]
-    documents: Vec<String>,
+    #[command(flatten)]
+    documents: Documents,
 
     /// Phases to run, comma-separated (each document runs them in its own order).
     #[arg(long, short = 'p', value_delimiter = ',')]
@@ -93,7 +93,7 @@ fn loader() -> Result<(DocumentLoader, Option<Arc<kiln_s3::S3Client>>)> {
 async fn validate(args: ValidateArgs) -> Result<u8> {
     let (loader, _) = loader()?;
     let mut failed = 0;
-    for doc in &args.documents {
+    for doc in &args.documents.documents {
         match loader.load(doc, None, None).await {
             Ok(r) => {
                 eprint!("{}", r.loaded.warnings);
@@ -165,7 +165,7 @@ async fn run_documents(args: RunArgs) -> Result<u8> {
     let (loader, s3) = loader()?;
     let mut documents = Vec::new();
     let mut invalid = false;
-    for doc in &args.documents {
+    for doc in &args.documents.documents {
         match loader.load(doc, None, None).await {
             Ok(resolved) => {
                 eprint!("{}", resolved.loaded.warnings);
@@ -270,6 +270,7 @@ async fn run_documents(args: RunArgs) -> Result<u8> {
     )?;
     if report.status == RunStatus::Failed {
         writeln!(stdout, "failed: {}", report.failure_message)?;
+        writeln!(stdout, "full output: {}", console_path.display())?;
     }
     Ok(if report.status.ok() { 0 } else { 1 })
 }
