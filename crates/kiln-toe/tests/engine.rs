@@ -648,6 +648,21 @@ phases:
         action: ExecutePowerShell
         inputs:
           commands: ["Write-Host hi"]
+      - name: Msi
+        action: InstallMSI
+        inputs:
+          path: C:\\x.msi
+      - name: UnMsi
+        action: UninstallMSI
+        inputs:
+          path: C:\\x.msi
+      - name: Reg
+        action: SetRegistry
+        inputs:
+          - path: HKLM:\\SOFTWARE\\X
+            name: N
+            value: 1
+            type: DWORD
 "#))
         .await;
     assert_eq!(r.status, RunStatus::Failed);
@@ -658,7 +673,19 @@ phases:
         "{}",
         phase.failure_message
     );
-    assert!(phase.failure_message.contains("ExecutePowerShell"));
+    for (step, action) in [
+        ("Ps", "ExecutePowerShell"),
+        ("Msi", "InstallMSI"),
+        ("UnMsi", "UninstallMSI"),
+        ("Reg", "SetRegistry"),
+    ] {
+        assert!(
+            phase.failure_message.contains(&format!("step `{step}` ("))
+                && phase.failure_message.contains(action),
+            "{step} / {action} not named in: {}",
+            phase.failure_message
+        );
+    }
     assert!(phase.failure_message.contains("Windows-only"));
     assert!(
         !f.path().join("first-ran").exists(),

@@ -146,6 +146,15 @@ pub fn parse_parameters(values: &[String]) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
+fn interrupted(terminal: &ui::Terminal, log: &Path, what: &str, code: u8) -> u8 {
+    terminal.finish();
+    eprintln!(
+        "{what}: the running step and every process it started were stopped; see {}",
+        log.display()
+    );
+    code
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
@@ -241,13 +250,13 @@ async fn run_documents(args: RunArgs) -> Result<u8> {
         phases: (!args.phases.is_empty()).then_some(args.phases),
         execution_id,
     };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    // Dropping the run on a signal kills the running step's whole process tree.
     let report = tokio::select! {
         r = engine.run(spec) => r,
-        _ = tokio::signal::ctrl_c() => {
-            terminal.finish();
-            eprintln!("interrupted: the running step and every process it started were stopped; see {}", console_path.display());
-            return Ok(130);
-        }
+        _ = tokio::signal::ctrl_c() => return Ok(interrupted(&terminal, &console_path, "interrupted", 130)),
+        _ = term.recv() => return Ok(interrupted(&terminal, &console_path, "terminated", 143)),
     };
     terminal.finish();
     let mut report = report;

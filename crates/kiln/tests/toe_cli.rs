@@ -278,3 +278,67 @@ fn ignored_failures_exit_zero() {
         "success-with-ignored-failure"
     );
 }
+
+#[test]
+fn sigterm_stops_the_running_step_and_its_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("slow.yaml");
+    let pidfile = dir.path().join("bg.pid");
+    std::fs::write(
+        &doc,
+        format!(
+            "schemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Slow\n        action: ExecuteBash\n        inputs:\n          commands: ['sleep 600 & echo $! > {}; sleep 600']\n",
+            pidfile.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "toe",
+            "run",
+            "-d",
+            doc.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !pidfile.exists() || std::fs::read_to_string(&pidfile).unwrap().trim().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let bg: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(143), "{}", text(&o.stderr));
+    assert!(text(&o.stderr)
+        .contains("terminated: the running step and every process it started were stopped"));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let alive = std::fs::read_to_string(format!("/proc/{bg}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false);
+    assert!(
+        !alive,
+        "background process {bg} of the step survived SIGTERM to kiln"
+    );
+    assert!(std::fs::read_to_string(out.join("console.log"))
+        .unwrap()
+        .contains("==> build/Slow"));
+}
