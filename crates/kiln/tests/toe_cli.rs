@@ -293,7 +293,7 @@ fn sigterm_stops_the_running_step_and_its_processes() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args([
             "toe",
             "run",
