@@ -22,6 +22,7 @@ pub mod encoding;
 pub mod fileops;
 pub mod host;
 pub mod process;
+pub mod sandbox;
 
 pub use fileops::{FileOp, FileOpOutput};
 

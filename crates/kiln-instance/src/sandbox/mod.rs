@@ -1,0 +1,742 @@
+//! The sandbox instance: Linux namespaces over an overlayfs view of read-only layers.
+//!
+//! [`Sandbox::start`] spawns a helper process (kiln's own binary, re-executed with
+//! [`HELPER_ARG`]) that builds the sandbox (see [`init`]) and runs an agent inside it. kiln
+//! talks to the agent over the helper's stdin and stdout ([`protocol`]). Everything the sandbox
+//! starts lives in its PID namespace and dies with it; every mount lives in its mount namespace
+//! and vanishes with it; what remains on disk (the writable layer) belongs to the caller, who
+//! captures and removes it. [`sweep`] removes what a killed kiln left behind.
+
+pub mod init;
+pub mod protocol;
+pub mod syscalls;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::fileops::{FileOp, FileOpOutput};
+use crate::{ExecOutcome, ExecRequest, Instance, InstanceError, InstanceKind, OutputSink};
+use protocol::{b64decode, b64encode, Request, RequestBody, Response, ResponseBody, CHUNK};
+
+/// First argument that turns kiln's binary into the sandbox helper.
+pub const HELPER_ARG: &str = "__kiln-sandbox-helper";
+
+/// kiln's scratch folder inside a sandbox (on the /run tmpfs, never captured).
+pub const SCRATCH: &str = "/run/kiln";
+
+/// How long a sandbox may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Network of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The host's network (package managers work).
+    #[default]
+    Host,
+    /// Only a loopback interface.
+    None,
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Number of processes and threads.
+    pub pids: Option<u64>,
+    /// CPUs (1.5 = one and a half).
+    pub cpus: Option<f64>,
+}
+
+/// A cgroup folder to create and join, with the settings to write into it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CgroupDir {
+    /// The folder.
+    pub dir: PathBuf,
+    /// (file, value) pairs.
+    pub settings: Vec<(String, String)>,
+}
+
+/// Everything the helper needs to build a sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// Short id (names cgroups, shown to users).
+    pub id: String,
+    /// Read-only layers, topmost first (overlayfs `lowerdir` order); at least one.
+    pub lower: Vec<PathBuf>,
+    /// The writable layer (an empty folder the first time).
+    pub upper: PathBuf,
+    /// Overlayfs work folder, on the same filesystem as `upper`.
+    pub work: PathBuf,
+    /// Where the merged root is mounted (inside the sandbox's own mount namespace).
+    pub root: PathBuf,
+    /// Hostname.
+    pub hostname: String,
+    /// Network.
+    pub network: Network,
+    /// Working directory of programs and relative paths.
+    pub working_dir: String,
+    /// Environment of programs.
+    pub env: Vec<(String, String)>,
+    /// The host's resolv.conf, bound read-only over the image's.
+    pub resolv_conf: Option<PathBuf>,
+    /// Cgroups to join (computed from `limits` by [`Sandbox::start`]).
+    pub cgroups: Vec<CgroupDir>,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+impl SandboxSpec {
+    /// A spec with kiln's defaults: host network, `/tmp` as working directory, a standard
+    /// `PATH`, the host's resolv.conf.
+    pub fn new(
+        id: &str,
+        lower: Vec<PathBuf>,
+        upper: PathBuf,
+        work: PathBuf,
+        root: PathBuf,
+    ) -> Self {
+        SandboxSpec {
+            id: id.to_string(),
+            lower,
+            upper,
+            work,
+            root,
+            hostname: format!("kiln-{id}"),
+            network: Network::Host,
+            working_dir: "/tmp".into(),
+            env: default_env(),
+            resolv_conf: Some(PathBuf::from("/etc/resolv.conf")).filter(|p| p.exists()),
+            cgroups: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The environment programs in a sandbox start with.
+pub fn default_env() -> Vec<(String, String)> {
+    [
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ),
+        ("HOME", "/root"),
+        ("LANG", "C.UTF-8"),
+        ("TERM", "dumb"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// The cgroup folders and settings that enforce `limits`: cgroup v2 when the unified
+/// hierarchy is mounted at `root`, else the v1 controllers.
+pub fn cgroup_plan(root: &Path, id: &str, limits: &Limits) -> Vec<CgroupDir> {
+    if limits == &Limits::default() {
+        return Vec::new();
+    }
+    let name = format!("kiln-{id}");
+    if root.join("cgroup.controllers").exists() {
+        let mut settings = Vec::new();
+        if let Some(m) = limits.memory_bytes {
+            settings.push(("memory.max".into(), m.to_string()));
+        }
+        if let Some(p) = limits.pids {
+            settings.push(("pids.max".into(), p.to_string()));
+        }
+        if let Some(c) = limits.cpus {
+            settings.push((
+                "cpu.max".into(),
+                format!("{} 100000", (c * 100_000.0) as u64),
+            ));
+        }
+        return vec![CgroupDir {
+            dir: root.join(name),
+            settings,
+        }];
+    }
+    let mut out = Vec::new();
+    if let Some(m) = limits.memory_bytes {
+        out.push(CgroupDir {
+            dir: root.join("memory").join(&name),
+            settings: vec![("memory.limit_in_bytes".into(), m.to_string())],
+        });
+    }
+    if let Some(p) = limits.pids {
+        out.push(CgroupDir {
+            dir: root.join("pids").join(&name),
+            settings: vec![("pids.max".into(), p.to_string())],
+        });
+    }
+    if let Some(c) = limits.cpus {
+        out.push(CgroupDir {
+            dir: root.join("cpu").join(&name),
+            settings: vec![
+                ("cpu.cfs_period_us".into(), "100000".into()),
+                (
+                    "cpu.cfs_quota_us".into(),
+                    ((c * 100_000.0) as u64).to_string(),
+                ),
+            ],
+        });
+    }
+    out
+}
+
+type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<ResponseBody>>>>;
+
+/// One running helper.
+struct Conn {
+    outbox: mpsc::UnboundedSender<Request>,
+    pending: Pending,
+    child: tokio::sync::Mutex<tokio::process::Child>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Conn {
+    fn call(
+        &self,
+        id: u64,
+        body: RequestBody,
+    ) -> Result<mpsc::UnboundedReceiver<ResponseBody>, InstanceError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id, tx);
+        }
+        self.outbox
+            .send(Request { id, body })
+            .map_err(|_| InstanceError::Op("the sandbox has stopped".into()))?;
+        Ok(rx)
+    }
+
+    fn send(&self, id: u64, body: RequestBody) -> Result<(), InstanceError> {
+        self.outbox
+            .send(Request { id, body })
+            .map_err(|_| InstanceError::Op("the sandbox has stopped".into()))
+    }
+
+    fn gone(&self) -> InstanceError {
+        let tail = self
+            .stderr
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .rev()
+                    .take(5)
+                    .rev()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default();
+        InstanceError::Op(if tail.is_empty() {
+            "the sandbox stopped unexpectedly".into()
+        } else {
+            format!("the sandbox stopped unexpectedly: {tail}")
+        })
+    }
+}
+
+/// A running sandbox.
+pub struct Sandbox {
+    spec: SandboxSpec,
+    helper: PathBuf,
+    helper_args: Vec<String>,
+    conn: tokio::sync::RwLock<Option<Arc<Conn>>>,
+    ids: AtomicU64,
+    created: Mutex<Vec<String>>,
+}
+
+/// Where kiln's own executable is, to re-run it as the helper.
+pub fn current_exe_helper() -> (PathBuf, Vec<String>) {
+    (
+        PathBuf::from("/proc/self/exe"),
+        vec![HELPER_ARG.to_string()],
+    )
+}
+
+impl Sandbox {
+    /// Starts a sandbox. `helper` and `helper_args` run the helper (kiln passes its own
+    /// executable and [`HELPER_ARG`]); the spec is appended as the last argument.
+    pub async fn start(
+        mut spec: SandboxSpec,
+        helper: PathBuf,
+        helper_args: Vec<String>,
+    ) -> Result<Sandbox, InstanceError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(InstanceError::Unsupported(
+                "kiln's sandbox needs root (namespaces, overlayfs, pivot_root): run kiln as root"
+                    .into(),
+            ));
+        }
+        if spec.lower.is_empty() {
+            return Err(InstanceError::Op(
+                "a sandbox needs at least one read-only layer".into(),
+            ));
+        }
+        for dir in [&spec.upper, &spec.work, &spec.root] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| InstanceError::io(format!("creating {}", dir.display()), e))?;
+        }
+        spec.cgroups = cgroup_plan(Path::new("/sys/fs/cgroup"), &spec.id, &spec.limits);
+        let sandbox = Sandbox {
+            spec,
+            helper,
+            helper_args,
+            conn: tokio::sync::RwLock::new(None),
+            ids: AtomicU64::new(1),
+            created: Mutex::new(Vec::new()),
+        };
+        sandbox.launch().await?;
+        Ok(sandbox)
+    }
+
+    /// The spec it runs with.
+    pub fn spec(&self) -> &SandboxSpec {
+        &self.spec
+    }
+
+    /// Mount points kiln created in the writable layer (relative paths), to leave out of captures.
+    pub fn created_paths(&self) -> Vec<String> {
+        self.created.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    async fn launch(&self) -> Result<(), InstanceError> {
+        let spec_json = serde_json::to_string(&self.spec)
+            .map_err(|e| InstanceError::Op(format!("sandbox spec: {e}")))?;
+        let mut cmd = tokio::process::Command::new(&self.helper);
+        cmd.args(&self.helper_args)
+            .arg(spec_json)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; it only affects the child being started.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| InstanceError::Spawn {
+            program: self.helper.display().to_string(),
+            source,
+        })?;
+        let (Some(mut stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(InstanceError::Op("the sandbox helper has no pipes".into()));
+        };
+        let (outbox, mut outq) = mpsc::unbounded_channel::<Request>();
+        tokio::spawn(async move {
+            while let Some(req) = outq.recv().await {
+                let Ok(mut line) = serde_json::to_vec(&req) else {
+                    continue;
+                };
+                line.push(b'\n');
+                if stdin.write_all(&line).await.is_err() {
+                    return;
+                }
+            }
+            // Dropping stdin here tells the agent to stop.
+        });
+        let stderr_lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = stderr_lines.clone();
+        let id = self.spec.id.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                tracing::debug!(sandbox = %id, "{l}");
+                if let Ok(mut s) = sink.lock() {
+                    s.push(l);
+                    let n = s.len();
+                    if n > 50 {
+                        s.drain(..n - 50);
+                    }
+                }
+            }
+        });
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<Vec<String>, String>>();
+        let reader_pending = pending.clone();
+        tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                let Ok(resp) = serde_json::from_str::<Response>(&l) else {
+                    tracing::warn!("sandbox agent said something unreadable: {l}");
+                    continue;
+                };
+                match (resp.id, resp.body) {
+                    (0, ResponseBody::Ready { created }) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(Ok(created));
+                        }
+                    }
+                    (0, ResponseBody::Fatal(msg)) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(Err(msg));
+                        }
+                    }
+                    (0, other) => tracing::warn!("sandbox agent: {other:?}"),
+                    (id, body) => {
+                        let last = matches!(
+                            body,
+                            ResponseBody::Exit { .. }
+                                | ResponseBody::FileOp(_)
+                                | ResponseBody::Done
+                                | ResponseBody::Error(_)
+                        );
+                        if let Ok(mut p) = reader_pending.lock() {
+                            if let Some(tx) = p.get(&id) {
+                                let _ = tx.send(body);
+                            }
+                            if last {
+                                p.remove(&id);
+                            }
+                        }
+                    }
+                }
+            }
+            // The helper is gone: every waiting caller sees its channel close.
+            if let Ok(mut p) = reader_pending.lock() {
+                p.clear();
+            }
+        });
+        let conn = Arc::new(Conn {
+            outbox,
+            pending,
+            child: tokio::sync::Mutex::new(child),
+            stderr: stderr_lines,
+        });
+        match tokio::time::timeout(START_TIMEOUT, ready_rx).await {
+            Ok(Ok(Ok(created))) => {
+                if let Ok(mut c) = self.created.lock() {
+                    for p in created {
+                        if !c.contains(&p) {
+                            c.push(p);
+                        }
+                    }
+                }
+                *self.conn.write().await = Some(conn);
+                Ok(())
+            }
+            Ok(Ok(Err(msg))) => {
+                let _ = conn.child.lock().await.wait().await;
+                self.remove_cgroups();
+                Err(InstanceError::Op(format!(
+                    "the sandbox could not start: {msg}"
+                )))
+            }
+            _ => {
+                let _ = conn.child.lock().await.kill().await;
+                self.remove_cgroups();
+                Err(conn.gone())
+            }
+        }
+    }
+
+    async fn conn(&self) -> Result<Arc<Conn>, InstanceError> {
+        self.conn
+            .read()
+            .await
+            .clone()
+            .ok_or_else(|| InstanceError::Op("the sandbox is stopped".into()))
+    }
+
+    fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn remove_cgroups(&self) {
+        for cg in &self.spec.cgroups {
+            // Only empty cgroups can go; the processes are gone once the helper has exited.
+            for _ in 0..50 {
+                if std::fs::remove_dir(&cg.dir).is_ok() || !cg.dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    async fn shutdown(&self) -> Result<(), InstanceError> {
+        let Some(conn) = self.conn.write().await.take() else {
+            return Ok(());
+        };
+        let conn = match Arc::try_unwrap(conn) {
+            Ok(c) => c,
+            Err(shared) => {
+                // Someone still holds it (a cancelled call); kill outright.
+                let _ = shared.child.lock().await.kill().await;
+                self.remove_cgroups();
+                return Ok(());
+            }
+        };
+        drop(conn.outbox);
+        let mut child = conn.child.into_inner();
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+        self.remove_cgroups();
+        Ok(())
+    }
+}
+
+/// Sends `Cancel` for an exec that is dropped before it finishes (a step timeout, Ctrl-C).
+struct CancelOnDrop {
+    conn: Arc<Conn>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.conn.send(self.id, RequestBody::Cancel);
+            if let Ok(mut p) = self.conn.pending.lock() {
+                p.remove(&self.id);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Instance for Sandbox {
+    fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    fn kind(&self) -> InstanceKind {
+        InstanceKind::Sandbox
+    }
+
+    async fn exec(
+        &self,
+        req: &ExecRequest,
+        sink: &mut dyn OutputSink,
+    ) -> Result<ExecOutcome, InstanceError> {
+        let conn = self.conn().await?;
+        let id = self.next_id();
+        let mut rx = conn.call(id, RequestBody::Exec(req.clone()))?;
+        let mut guard = CancelOnDrop {
+            conn: conn.clone(),
+            id,
+            armed: true,
+        };
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                ResponseBody::Line { stream, text } => sink.line(stream, &text),
+                ResponseBody::Exit {
+                    status,
+                    stdout,
+                    stderr,
+                } => {
+                    guard.armed = false;
+                    return Ok(ExecOutcome {
+                        status,
+                        stdout,
+                        stderr,
+                    });
+                }
+                ResponseBody::Error(e) => {
+                    guard.armed = false;
+                    return Err(InstanceError::Op(e));
+                }
+                _ => {}
+            }
+        }
+        guard.armed = false;
+        Err(conn.gone())
+    }
+
+    async fn file_op(&self, op: &FileOp) -> Result<FileOpOutput, InstanceError> {
+        let conn = self.conn().await?;
+        let id = self.next_id();
+        let mut rx = conn.call(id, RequestBody::FileOp(op.clone()))?;
+        match rx.recv().await {
+            Some(ResponseBody::FileOp(out)) => Ok(out),
+            Some(ResponseBody::Error(e)) => Err(InstanceError::Op(e)),
+            Some(other) => Err(InstanceError::Op(format!("unexpected answer {other:?}"))),
+            None => Err(conn.gone()),
+        }
+    }
+
+    async fn put_file(&self, host_src: &Path, dest: &str, mode: u32) -> Result<(), InstanceError> {
+        let conn = self.conn().await?;
+        let id = self.next_id();
+        let mut file = tokio::fs::File::open(host_src)
+            .await
+            .map_err(|e| InstanceError::io(format!("reading {}", host_src.display()), e))?;
+        let mut rx = conn.call(
+            id,
+            RequestBody::PutBegin {
+                path: dest.to_string(),
+                mode,
+            },
+        )?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = file
+                .read(&mut buf)
+                .await
+                .map_err(|e| InstanceError::io(format!("reading {}", host_src.display()), e))?;
+            if n == 0 {
+                break;
+            }
+            conn.send(id, RequestBody::Data(b64encode(&buf[..n])))?;
+        }
+        conn.send(id, RequestBody::End)?;
+        match rx.recv().await {
+            Some(ResponseBody::Done) => Ok(()),
+            Some(ResponseBody::Error(e)) => Err(InstanceError::Op(e)),
+            Some(other) => Err(InstanceError::Op(format!("unexpected answer {other:?}"))),
+            None => Err(conn.gone()),
+        }
+    }
+
+    async fn get_file(&self, src: &str, host_dest: &Path) -> Result<(), InstanceError> {
+        let conn = self.conn().await?;
+        let id = self.next_id();
+        let mut rx = conn.call(
+            id,
+            RequestBody::Get {
+                path: src.to_string(),
+            },
+        )?;
+        let tmp = host_dest.with_extension("kiln-part");
+        let mut out = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| InstanceError::io(format!("creating {}", tmp.display()), e))?;
+        loop {
+            match rx.recv().await {
+                Some(ResponseBody::Data(chunk)) => {
+                    let bytes = b64decode(&chunk)
+                        .ok_or_else(|| InstanceError::Op("corrupt file chunk".into()))?;
+                    out.write_all(&bytes)
+                        .await
+                        .map_err(|e| InstanceError::io(format!("writing {}", tmp.display()), e))?;
+                }
+                Some(ResponseBody::Done) => break,
+                Some(ResponseBody::Error(e)) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(InstanceError::Op(e));
+                }
+                Some(_) => {}
+                None => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(conn.gone());
+                }
+            }
+        }
+        out.flush()
+            .await
+            .map_err(|e| InstanceError::io(format!("writing {}", tmp.display()), e))?;
+        drop(out);
+        tokio::fs::rename(&tmp, host_dest)
+            .await
+            .map_err(|e| InstanceError::io(format!("writing {}", host_dest.display()), e))
+    }
+
+    fn scratch_dir(&self) -> String {
+        SCRATCH.to_string()
+    }
+
+    fn can_reboot(&self) -> bool {
+        true
+    }
+
+    /// Restarts the sandbox: every process stops, the writable layer stays, a new PID 1 starts.
+    async fn reboot(&self) -> Result<(), InstanceError> {
+        self.shutdown().await?;
+        self.launch().await
+    }
+
+    async fn stop(&self) -> Result<(), InstanceError> {
+        self.shutdown().await
+    }
+}
+
+/// A lock that marks a folder as in use by a live kiln process; [`sweep`] removes folders
+/// whose lock is free (their kiln died). Dropping it releases the lock.
+pub struct RunLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+    /// The folder it guards.
+    pub dir: PathBuf,
+}
+
+impl RunLock {
+    /// Creates `dir` and locks it for this process.
+    pub fn acquire(dir: &Path) -> Result<RunLock, InstanceError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| InstanceError::io(format!("creating {}", dir.display()), e))?;
+        let f = std::fs::File::create(dir.join(".lock"))
+            .map_err(|e| InstanceError::io(format!("creating {}/.lock", dir.display()), e))?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map(|lock| RunLock {
+                _lock: lock,
+                dir: dir.to_path_buf(),
+            })
+            .map_err(|(_, e)| {
+                InstanceError::Op(format!("{} is in use by another kiln: {e}", dir.display()))
+            })
+    }
+}
+
+/// Removes run folders under `run_root` that no live kiln holds (left by a crash), and empty
+/// `kiln-*` cgroups. Returns the folders removed.
+pub fn sweep(run_root: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(run_root) {
+        for e in entries.flatten() {
+            let dir = e.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            let Ok(f) = std::fs::File::open(dir.join(".lock")) else {
+                // No lock file: a folder being created right now, or not ours; leave it.
+                continue;
+            };
+            if let Ok(lock) =
+                nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            {
+                if std::fs::remove_dir_all(&dir).is_ok() {
+                    removed.push(dir.clone());
+                }
+                drop(lock);
+            }
+        }
+    }
+    for base in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/cpu",
+    ] {
+        if let Ok(entries) = std::fs::read_dir(base) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("kiln-") {
+                    let procs =
+                        std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
+                    if procs.trim().is_empty() {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            }
+        }
+    }
+    removed
+}
