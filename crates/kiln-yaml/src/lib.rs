@@ -11,7 +11,9 @@
 mod diag;
 mod node;
 mod parse;
+mod reader;
 
 pub use diag::{Diagnostic, Rendered, Severity};
 pub use node::{Map, Node, NodeKind, Pos, Scalar, ScalarStyle, Span};
 pub use parse::{parse, Parsed, MAX_DEPTH, MAX_NODES};
+pub use reader::{did_you_mean, Reader};

@@ -1,0 +1,1085 @@
+//! The recipe file of `kiln build`: field names follow the EC2 Image Builder request shapes
+//! (`parentImage`, `semanticVersion`, `components[].parameters`, `workingDirectory`,
+//! `imageTestsConfiguration`, `distributions[].region`) where the concept is shared; kiln's own
+//! settings (`bootstrap`, `imageConfig`, `outputs`, `infrastructure`, ...) sit beside them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln_yaml::{did_you_mean, Diagnostic, Map, Node, Reader, Span};
+
+use crate::version::{Version, VersionFilter};
+
+/// A recipe file's text, for error messages that quote it.
+#[derive(Debug, Clone)]
+pub struct RecipeSource {
+    /// Path as given.
+    pub path: PathBuf,
+    /// Text.
+    pub text: String,
+}
+
+/// Problems in a recipe.
+#[derive(Debug, Clone)]
+pub struct RecipeErrors {
+    /// The file.
+    pub source: Arc<RecipeSource>,
+    /// Errors and warnings.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for RecipeErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.source.path.display().to_string();
+        for d in &self.diagnostics {
+            write!(f, "{}", d.render(&name, &self.source.text))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RecipeErrors {}
+
+/// Where the image starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParentImage {
+    /// `bootstrap:debian/SUITE`: a fresh Debian made with mmdebstrap.
+    Bootstrap {
+        /// `debian`.
+        distro: String,
+        /// `bookworm`, `trixie`, ...
+        suite: String,
+    },
+    /// `oci:DIR[:TAG]`: an OCI image layout.
+    Oci {
+        /// The layout folder.
+        dir: PathBuf,
+        /// The tag (the only image when `None`).
+        tag: Option<String>,
+    },
+    /// `docker://HOST/REPO:TAG`: an image in a registry.
+    Registry {
+        /// `HOST/REPO:TAG`.
+        reference: String,
+    },
+    /// `rootfs:FILE.tar`: a root filesystem tarball.
+    Rootfs {
+        /// The tarball.
+        file: PathBuf,
+    },
+    /// `kiln:NAME/VERSION`: an image kiln built earlier (`x` wildcards pick the newest).
+    Image {
+        /// Image name.
+        name: String,
+        /// Version filter.
+        version: VersionFilter,
+    },
+}
+
+impl fmt::Display for ParentImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParentImage::Bootstrap { distro, suite } => write!(f, "bootstrap:{distro}/{suite}"),
+            ParentImage::Oci { dir, tag: Some(t) } => write!(f, "oci:{}:{t}", dir.display()),
+            ParentImage::Oci { dir, tag: None } => write!(f, "oci:{}", dir.display()),
+            ParentImage::Registry { reference } => write!(f, "docker://{reference}"),
+            ParentImage::Rootfs { file } => write!(f, "rootfs:{}", file.display()),
+            ParentImage::Image { name, version } => write!(f, "kiln:{name}/{version}"),
+        }
+    }
+}
+
+/// The parent transports, for messages.
+pub const TRANSPORTS: &str = "bootstrap:debian/SUITE, oci:DIR[:TAG], docker://HOST/REPO:TAG, \
+                              rootfs:FILE.tar, kiln:NAME/VERSION";
+
+/// Parses a parent reference; relative paths resolve against `base`.
+pub fn parse_parent(text: &str, base: &Path) -> Result<ParentImage, String> {
+    let rel = |p: &str| {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    let Some((scheme, rest)) = text.split_once(':') else {
+        // `name/version` without a scheme is a kiln image.
+        return parse_image(text);
+    };
+    match scheme {
+        "bootstrap" => {
+            let (distro, suite) = rest.split_once('/').ok_or_else(|| {
+                format!(
+                    "`{text}`: write bootstrap:debian/SUITE, for example bootstrap:debian/bookworm"
+                )
+            })?;
+            if distro != "debian" {
+                return Err(format!(
+                    "`{text}`: kiln bootstraps Debian (bootstrap:debian/SUITE); for other systems start from an OCI image or a rootfs tarball"
+                ));
+            }
+            if suite.is_empty() || !suite.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                return Err(format!("`{text}`: `{suite}` is not a Debian suite name"));
+            }
+            Ok(ParentImage::Bootstrap {
+                distro: distro.into(),
+                suite: suite.into(),
+            })
+        }
+        "oci" => {
+            // The tag follows the last colon, unless that part looks like a path.
+            let (dir, tag) = match rest.rsplit_once(':') {
+                Some((d, t)) if !t.contains('/') && !t.is_empty() => (d, Some(t.to_string())),
+                _ => (rest, None),
+            };
+            if dir.is_empty() {
+                return Err(format!("`{text}`: write oci:DIR or oci:DIR:TAG"));
+            }
+            Ok(ParentImage::Oci { dir: rel(dir), tag })
+        }
+        "docker" => {
+            let reference = rest
+                .strip_prefix("//")
+                .ok_or_else(|| format!("`{text}`: write docker://HOST/REPO:TAG"))?;
+            if reference.is_empty() {
+                return Err(format!("`{text}`: write docker://HOST/REPO:TAG"));
+            }
+            Ok(ParentImage::Registry {
+                reference: reference.to_string(),
+            })
+        }
+        "rootfs" => {
+            if rest.is_empty() {
+                return Err(format!("`{text}`: write rootfs:FILE.tar"));
+            }
+            Ok(ParentImage::Rootfs { file: rel(rest) })
+        }
+        "kiln" => parse_image(rest),
+        other => {
+            let hint = did_you_mean(other, ["bootstrap", "oci", "docker", "rootfs", "kiln"])
+                .map(|s| format!(" (did you mean `{s}:`?)"))
+                .unwrap_or_default();
+            Err(format!(
+                "`{text}`: unknown image transport `{other}:`{hint}; kiln reads {TRANSPORTS}"
+            ))
+        }
+    }
+}
+
+fn parse_image(text: &str) -> Result<ParentImage, String> {
+    let (name, version) = text
+        .split_once('/')
+        .ok_or_else(|| format!("`{text}` is not an image reference; kiln reads {TRANSPORTS}"))?;
+    let version = version
+        .parse::<VersionFilter>()
+        .map_err(|e| e.to_string())?;
+    Ok(ParentImage::Image {
+        name: name.to_string(),
+        version,
+    })
+}
+
+/// Where a component's document comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentSource {
+    /// A document file (`path:`), relative to the recipe.
+    Path(PathBuf),
+    /// A component kiln knows (`componentArn:`), resolved by the component store.
+    Arn(String),
+}
+
+/// One component of the recipe.
+#[derive(Debug, Clone)]
+pub struct ComponentRef {
+    /// Where its document is.
+    pub source: ComponentSource,
+    /// Parameter values.
+    pub parameters: Vec<(String, String)>,
+    /// Whether its result may come from the step cache.
+    pub cache: bool,
+    /// Where it is in the recipe.
+    pub span: Span,
+}
+
+/// Image tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestsConfig {
+    /// Run the test stage.
+    pub enabled: bool,
+    /// Limit for the whole test stage.
+    pub timeout_minutes: u32,
+}
+
+/// What a build produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// An OCI image (layout in each region).
+    Oci,
+}
+
+/// Layer compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// gzip (every tool reads it).
+    Gzip,
+    /// zstd (smaller and faster; newer tools).
+    Zstd,
+}
+
+/// The OCI image configuration of the output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfigSpec {
+    /// Entrypoint.
+    pub entrypoint: Option<Vec<String>>,
+    /// Command.
+    pub cmd: Option<Vec<String>>,
+    /// Environment, `KEY=VALUE`.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub working_dir: Option<String>,
+    /// User.
+    pub user: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Exposed ports (`80/tcp`).
+    pub exposed_ports: Vec<String>,
+}
+
+/// A region to distribute to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Distribution {
+    /// Region name.
+    pub region: String,
+    /// Its OCI image layout folder (`$KILN_HOME/regions/NAME` when `None`).
+    pub path: Option<PathBuf>,
+}
+
+/// Which kind of builder instance runs the build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuilderKind {
+    /// Linux namespaces over overlayfs.
+    Sandbox,
+}
+
+impl fmt::Display for BuilderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sandbox")
+    }
+}
+
+/// Where and how the build runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Infrastructure {
+    /// Builder kind.
+    pub builder: BuilderKind,
+    /// Network of builder and test instances.
+    pub network: kiln_instance::sandbox::Network,
+    /// Resource limits.
+    pub limits: kiln_instance::sandbox::Limits,
+    /// Remove the instance when a build fails (keep it to debug when false).
+    pub terminate_instance_on_failure: bool,
+}
+
+/// A parsed, valid recipe.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    /// Image name.
+    pub name: String,
+    /// Its version.
+    pub semantic_version: Version,
+    /// Description.
+    pub description: String,
+    /// Parent image.
+    pub parent: ParentImage,
+    /// Extra packages for a `bootstrap:` parent (minbase plus these).
+    pub bootstrap_packages: Vec<String>,
+    /// Mirror for a `bootstrap:` parent.
+    pub bootstrap_mirror: Option<String>,
+    /// Components in order.
+    pub components: Vec<ComponentRef>,
+    /// Working directory of the components.
+    pub working_directory: String,
+    /// Tests.
+    pub tests: TestsConfig,
+    /// Outputs.
+    pub outputs: Vec<OutputKind>,
+    /// OCI configuration of the output.
+    pub image_config: ImageConfigSpec,
+    /// Regions.
+    pub distributions: Vec<Distribution>,
+    /// Layer compression.
+    pub compression: Compression,
+    /// Builder settings.
+    pub infrastructure: Infrastructure,
+    /// The file.
+    pub source: Arc<RecipeSource>,
+}
+
+impl Recipe {
+    /// The folder relative paths in the recipe resolve against.
+    pub fn dir(&self) -> PathBuf {
+        recipe_dir(&self.source.path)
+    }
+}
+
+fn recipe_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "semanticVersion",
+    "description",
+    "parentImage",
+    "bootstrap",
+    "components",
+    "workingDirectory",
+    "imageTestsConfiguration",
+    "outputs",
+    "imageConfig",
+    "distributions",
+    "compression",
+    "infrastructure",
+    "tags",
+];
+
+/// Reads a recipe file.
+pub fn load(path: &Path) -> Result<Recipe, RecipeErrors> {
+    let fail = |msg: String| RecipeErrors {
+        source: Arc::new(RecipeSource {
+            path: path.to_path_buf(),
+            text: String::new(),
+        }),
+        diagnostics: vec![Diagnostic::error(None, msg)],
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read the recipe: {e}")))?;
+    parse(RecipeSource {
+        path: path.to_path_buf(),
+        text,
+    })
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+/// Parses and checks a recipe, reporting every problem.
+pub fn parse(source: RecipeSource) -> Result<Recipe, RecipeErrors> {
+    let source = Arc::new(source);
+    let mut r = Reader::new();
+    let recipe = match kiln_yaml::parse(&source.text) {
+        Err(d) => {
+            r.diagnostics.push(d);
+            None
+        }
+        Ok(p) => {
+            r.diagnostics.extend(p.diagnostics);
+            build(&mut r, &p.root, &source)
+        }
+    };
+    r.diagnostics
+        .sort_by_key(|d| d.span.map(|s| (s.start.line, s.start.col)));
+    match recipe {
+        Some(recipe) if !r.has_errors() => Ok(recipe),
+        _ => Err(RecipeErrors {
+            source,
+            diagnostics: r.diagnostics,
+        }),
+    }
+}
+
+fn build(r: &mut Reader, root: &Node, source: &Arc<RecipeSource>) -> Option<Recipe> {
+    let m = r.map(root, "a recipe")?;
+    r.known_keys(m, TOP_KEYS, "a recipe");
+    let base = recipe_dir(&source.path);
+    let at = root.span;
+
+    let name = r.required_string(m, "name", at, "a recipe");
+    if let (Some(n), Some(node)) = (&name, m.get("name")) {
+        if !is_name(n) {
+            r.error(
+                node.span,
+                format!("`{n}` is not a valid image name"),
+                Some("use up to 128 letters, digits, `-`, `_` and `.`, starting with a letter or digit".into()),
+            );
+        }
+    }
+    let semantic_version = r
+        .required_string(m, "semanticVersion", at, "a recipe")
+        .and_then(|v| match v.parse::<Version>() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                if let Some(n) = m.get("semanticVersion") {
+                    r.error(n.span, e.to_string(), None);
+                }
+                None
+            }
+        });
+    let description = r.string(m, "description").unwrap_or_default();
+    let parent = r
+        .required_string(m, "parentImage", at, "a recipe")
+        .and_then(|p| match parse_parent(&p, &base) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                if let Some(n) = m.get("parentImage") {
+                    r.error(n.span, e, None);
+                }
+                None
+            }
+        });
+
+    let (mut bootstrap_packages, mut bootstrap_mirror) = (Vec::new(), None);
+    if let Some(b) = m.get("bootstrap") {
+        if let Some(bm) = r.map(b, "`bootstrap`") {
+            r.known_keys(bm, &["packages", "mirror"], "`bootstrap`");
+            bootstrap_packages = r.strings(bm, "packages", false).unwrap_or_default();
+            bootstrap_mirror = r.string(bm, "mirror");
+        }
+        if !matches!(parent, Some(ParentImage::Bootstrap { .. }) | None) {
+            r.warn(
+                b.span,
+                "`bootstrap` only applies to a bootstrap: parent image; it is ignored",
+                None,
+            );
+        }
+    }
+
+    let components = components(r, m, &base, at);
+    let working_directory = r
+        .string(m, "workingDirectory")
+        .unwrap_or_else(|| "/tmp".to_string());
+    if !working_directory.starts_with('/') {
+        if let Some(n) = m.get("workingDirectory") {
+            r.error(n.span, "`workingDirectory` must be an absolute path", None);
+        }
+    }
+
+    let mut tests = TestsConfig {
+        enabled: true,
+        timeout_minutes: 720,
+    };
+    if let Some(t) = m.get("imageTestsConfiguration") {
+        if let Some(tm) = r.map(t, "`imageTestsConfiguration`") {
+            r.known_keys(
+                tm,
+                &["imageTestsEnabled", "timeoutMinutes"],
+                "`imageTestsConfiguration`",
+            );
+            if let Some(e) = r.boolean(tm, "imageTestsEnabled") {
+                tests.enabled = e;
+            }
+            if let Some(mins) = r.integer(tm, "timeoutMinutes") {
+                // Image Builder's bounds.
+                if !(60..=1440).contains(&mins) {
+                    if let Some(n) = tm.get("timeoutMinutes") {
+                        r.error(n.span, "`timeoutMinutes` must be between 60 and 1440", None);
+                    }
+                } else {
+                    tests.timeout_minutes = mins as u32;
+                }
+            }
+        }
+    }
+
+    let mut outputs = vec![OutputKind::Oci];
+    if let Some(o) = m.get("outputs") {
+        outputs.clear();
+        for (i, word) in r
+            .strings(m, "outputs", true)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            match word.as_str() {
+                "oci" => outputs.push(OutputKind::Oci),
+                other => {
+                    let span = o.as_seq().and_then(|s| s.get(i)).map_or(o.span, |n| n.span);
+                    r.error(
+                        span,
+                        format!("unknown output `{other}`"),
+                        Some("this kiln produces `oci` images".into()),
+                    );
+                }
+            }
+        }
+    }
+
+    let image_config = image_config(r, m);
+    let distributions = distributions(r, m, &base);
+    let compression = match r.string(m, "compression").as_deref() {
+        None | Some("gzip") => Compression::Gzip,
+        Some("zstd") => Compression::Zstd,
+        Some(other) => {
+            if let Some(n) = m.get("compression") {
+                r.error(
+                    n.span,
+                    format!("unknown compression `{other}`"),
+                    Some("use gzip or zstd".into()),
+                );
+            }
+            Compression::Gzip
+        }
+    };
+    let infrastructure = infrastructure(r, m);
+    if let Some(t) = m.get("tags") {
+        if let Some(tm) = r.map(t, "`tags`") {
+            for (k, v) in &tm.entries {
+                if k.as_text().is_none() || v.as_text().is_none() {
+                    r.error(k.span, "`tags` maps names to strings", None);
+                }
+            }
+        }
+    }
+
+    let mut image_config = image_config;
+    if let Some(tm) = m.get("tags").and_then(Node::as_map) {
+        for (k, v) in &tm.entries {
+            if let (Some(k), Some(v)) = (k.as_text(), v.as_text()) {
+                image_config
+                    .labels
+                    .entry(k.to_string())
+                    .or_insert_with(|| v.to_string());
+            }
+        }
+    }
+
+    Some(Recipe {
+        name: name?,
+        semantic_version: semantic_version?,
+        description,
+        parent: parent?,
+        bootstrap_packages,
+        bootstrap_mirror,
+        components,
+        working_directory,
+        tests,
+        outputs,
+        image_config,
+        distributions,
+        compression,
+        infrastructure,
+        source: source.clone(),
+    })
+}
+
+fn components(r: &mut Reader, m: &Map, base: &Path, at: Span) -> Vec<ComponentRef> {
+    let Some(node) = m.get("components") else {
+        r.error(
+            at,
+            "a recipe needs `components`",
+            Some(
+                "list the component documents: `components:` then `  - path: my-component.yaml`"
+                    .into(),
+            ),
+        );
+        return Vec::new();
+    };
+    let Some(items) = r.list(node, "`components`") else {
+        return Vec::new();
+    };
+    if items.is_empty() {
+        r.error(node.span, "`components` is empty", None);
+    }
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        r.set_context(Some(format!("component {}", i + 1)));
+        let Some(cm) = r.map(item, "a component") else {
+            continue;
+        };
+        r.known_keys(
+            cm,
+            &["path", "componentArn", "parameters", "cache"],
+            "a component",
+        );
+        let source = match (r.string(cm, "path"), r.string(cm, "componentArn")) {
+            (Some(p), None) => {
+                let p = Path::new(&p);
+                let full = if p.is_absolute() {
+                    p.to_path_buf()
+                } else {
+                    base.join(p)
+                };
+                if !full.exists() {
+                    if let Some(n) = cm.get("path") {
+                        r.error(
+                            n.span,
+                            format!("no component document at {}", full.display()),
+                            Some("paths are relative to the recipe's folder".into()),
+                        );
+                    }
+                }
+                Some(ComponentSource::Path(full))
+            }
+            (None, Some(a)) => Some(ComponentSource::Arn(a)),
+            (Some(_), Some(_)) => {
+                r.error(
+                    item.span,
+                    "a component has `path` or `componentArn`, not both",
+                    None,
+                );
+                None
+            }
+            (None, None) => {
+                r.error(
+                    item.span,
+                    "a component needs `path` (a document file) or `componentArn` (a component kiln knows)",
+                    None,
+                );
+                None
+            }
+        };
+        let mut parameters = Vec::new();
+        if let Some(pnode) = cm.get("parameters") {
+            if let Some(list) = r.list(pnode, "`parameters`") {
+                for p in list {
+                    let Some(pm) = r.map(p, "a parameter") else {
+                        continue;
+                    };
+                    r.known_keys(pm, &["name", "value"], "a parameter");
+                    let name = r.required_string(pm, "name", p.span, "a parameter");
+                    // Image Builder's shape is `value: [string]`; a plain string is accepted too.
+                    let value = match pm.get("value") {
+                        None => {
+                            r.error(p.span, "a parameter needs `value`", None);
+                            None
+                        }
+                        Some(v) => match (v.as_text(), v.as_seq()) {
+                            (Some(t), _) => Some(t.to_string()),
+                            (None, Some([one])) if one.as_text().is_some() => {
+                                one.as_text().map(str::to_string)
+                            }
+                            _ => {
+                                r.error(
+                                    v.span,
+                                    "`value` is a string, or a list of one string (Image Builder's shape)",
+                                    None,
+                                );
+                                None
+                            }
+                        },
+                    };
+                    if let (Some(n), Some(v)) = (name, value) {
+                        parameters.push((n, v));
+                    }
+                }
+            }
+        }
+        let cache = r.boolean(cm, "cache").unwrap_or(true);
+        if let Some(source) = source {
+            out.push(ComponentRef {
+                source,
+                parameters,
+                cache,
+                span: item.span,
+            });
+        }
+    }
+    r.set_context(None);
+    out
+}
+
+fn image_config(r: &mut Reader, m: &Map) -> ImageConfigSpec {
+    let mut c = ImageConfigSpec::default();
+    let Some(node) = m.get("imageConfig") else {
+        return c;
+    };
+    let Some(cm) = r.map(node, "`imageConfig`") else {
+        return c;
+    };
+    r.known_keys(
+        cm,
+        &[
+            "entrypoint",
+            "cmd",
+            "env",
+            "workingDir",
+            "user",
+            "labels",
+            "exposedPorts",
+        ],
+        "`imageConfig`",
+    );
+    c.entrypoint = r.strings(cm, "entrypoint", true);
+    c.cmd = r.strings(cm, "cmd", true);
+    c.working_dir = r.string(cm, "workingDir");
+    c.user = r.string(cm, "user");
+    c.exposed_ports = r.strings(cm, "exposedPorts", false).unwrap_or_default();
+    if let Some(env) = cm.get("env") {
+        match (env.as_map(), env.as_seq()) {
+            (Some(em), _) => {
+                for (k, v) in &em.entries {
+                    match (k.as_text(), v.as_text()) {
+                        (Some(k), Some(v)) => c.env.push(format!("{k}={v}")),
+                        _ => r.error(k.span, "`env` maps names to strings", None),
+                    }
+                }
+            }
+            (None, Some(_)) => {
+                for e in r.strings(cm, "env", false).unwrap_or_default() {
+                    if e.contains('=') {
+                        c.env.push(e);
+                    } else {
+                        r.error(env.span, format!("`{e}`: env entries are NAME=VALUE"), None);
+                    }
+                }
+            }
+            _ => r.error(env.span, "`env` is a mapping of names to values", None),
+        }
+    }
+    if let Some(labels) = cm.get("labels") {
+        if let Some(lm) = r.map(labels, "`labels`") {
+            for (k, v) in &lm.entries {
+                match (k.as_text(), v.as_text()) {
+                    (Some(k), Some(v)) => {
+                        c.labels.insert(k.to_string(), v.to_string());
+                    }
+                    _ => r.error(k.span, "`labels` maps names to strings", None),
+                }
+            }
+        }
+    }
+    for p in &c.exposed_ports {
+        let ok = p
+            .split_once('/')
+            .map_or(p.parse::<u16>().is_ok(), |(n, proto)| {
+                n.parse::<u16>().is_ok() && matches!(proto, "tcp" | "udp" | "sctp")
+            });
+        if !ok {
+            if let Some(n) = cm.get("exposedPorts") {
+                r.error(n.span, format!("`{p}` is not a port such as 80/tcp"), None);
+            }
+        }
+    }
+    c
+}
+
+fn distributions(r: &mut Reader, m: &Map, base: &Path) -> Vec<Distribution> {
+    let Some(node) = m.get("distributions") else {
+        return vec![Distribution {
+            region: "local".into(),
+            path: None,
+        }];
+    };
+    let Some(items) = r.list(node, "`distributions`") else {
+        return Vec::new();
+    };
+    let mut out: Vec<Distribution> = Vec::new();
+    for item in items {
+        let Some(dm) = r.map(item, "a distribution") else {
+            continue;
+        };
+        r.known_keys(dm, &["region", "path"], "a distribution");
+        let Some(region) = r.required_string(dm, "region", item.span, "a distribution") else {
+            continue;
+        };
+        if !is_name(&region) {
+            if let Some(n) = dm.get("region") {
+                r.error(
+                    n.span,
+                    format!("`{region}` is not a valid region name"),
+                    None,
+                );
+            }
+        }
+        if out.iter().any(|d| d.region == region) {
+            if let Some(n) = dm.get("region") {
+                r.error(n.span, format!("region `{region}` is listed twice"), None);
+            }
+        }
+        let path = r.string(dm, "path").map(|p| {
+            let p = Path::new(&p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        });
+        out.push(Distribution { region, path });
+    }
+    out
+}
+
+/// Parses sizes such as `512MiB`, `2GiB`, `1G`, `1048576`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "KiB" | "k" => 1 << 10,
+        "M" | "MB" | "MiB" => 1 << 20,
+        "G" | "GB" | "GiB" => 1 << 30,
+        "T" | "TB" | "TiB" => 1 << 40,
+        _ => return None,
+    };
+    Some((n * mult as f64) as u64)
+}
+
+fn infrastructure(r: &mut Reader, m: &Map) -> Infrastructure {
+    use kiln_instance::sandbox::{Limits, Network};
+    let mut infra = Infrastructure {
+        builder: BuilderKind::Sandbox,
+        network: Network::Host,
+        limits: Limits::default(),
+        terminate_instance_on_failure: true,
+    };
+    let Some(node) = m.get("infrastructure") else {
+        return infra;
+    };
+    let Some(im) = r.map(node, "`infrastructure`") else {
+        return infra;
+    };
+    r.known_keys(
+        im,
+        &[
+            "builder",
+            "network",
+            "memory",
+            "cpus",
+            "pids",
+            "terminateInstanceOnFailure",
+        ],
+        "`infrastructure`",
+    );
+    match r.string(im, "builder").as_deref() {
+        None | Some("sandbox") => {}
+        Some(other) => {
+            if let Some(n) = im.get("builder") {
+                r.error(
+                    n.span,
+                    format!("unknown builder `{other}`"),
+                    Some("this kiln builds in a `sandbox`".into()),
+                );
+            }
+        }
+    }
+    match r.string(im, "network").as_deref() {
+        None | Some("host") => {}
+        Some("none") => infra.network = Network::None,
+        Some(other) => {
+            if let Some(n) = im.get("network") {
+                r.error(
+                    n.span,
+                    format!("unknown network `{other}`"),
+                    Some("use host or none".into()),
+                );
+            }
+        }
+    }
+    if let Some(mem) = r.string(im, "memory") {
+        match parse_size(&mem) {
+            Some(b) if b >= 16 << 20 => infra.limits.memory_bytes = Some(b),
+            _ => {
+                if let Some(n) = im.get("memory") {
+                    r.error(
+                        n.span,
+                        format!(
+                            "`{mem}` is not a memory size of at least 16MiB (write 2GiB, 512MiB)"
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
+    }
+    if let Some(c) = im.get("cpus") {
+        match c.as_scalar().and_then(|s| s.as_float()) {
+            Some(f) if f > 0.0 => infra.limits.cpus = Some(f),
+            _ => r.error(c.span, "`cpus` must be a positive number", None),
+        }
+    }
+    if let Some(p) = r.integer(im, "pids") {
+        if p >= 16 {
+            infra.limits.pids = Some(p as u64);
+        } else if let Some(n) = im.get("pids") {
+            r.error(n.span, "`pids` must be at least 16", None);
+        }
+    }
+    if let Some(t) = r.boolean(im, "terminateInstanceOnFailure") {
+        infra.terminate_instance_on_failure = t;
+    }
+    infra
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(text: &str) -> Result<Recipe, RecipeErrors> {
+        parse(RecipeSource {
+            path: PathBuf::from("/nonexistent/recipe.yml"),
+            text: text.into(),
+        })
+    }
+
+    #[test]
+    fn parents() {
+        let b = Path::new("/r");
+        assert_eq!(
+            parse_parent("bootstrap:debian/bookworm", b).unwrap(),
+            ParentImage::Bootstrap {
+                distro: "debian".into(),
+                suite: "bookworm".into()
+            }
+        );
+        assert_eq!(
+            parse_parent("oci:images/base:1.0", b).unwrap(),
+            ParentImage::Oci {
+                dir: "/r/images/base".into(),
+                tag: Some("1.0".into())
+            }
+        );
+        assert_eq!(
+            parse_parent("oci:/abs/dir", b).unwrap(),
+            ParentImage::Oci {
+                dir: "/abs/dir".into(),
+                tag: None
+            }
+        );
+        assert_eq!(
+            parse_parent("docker://127.0.0.1:5000/base:1", b).unwrap(),
+            ParentImage::Registry {
+                reference: "127.0.0.1:5000/base:1".into()
+            }
+        );
+        assert_eq!(
+            parse_parent("rootfs:root.tar", b).unwrap(),
+            ParentImage::Rootfs {
+                file: "/r/root.tar".into()
+            }
+        );
+        assert!(matches!(
+            parse_parent("golden/1.x.x", b).unwrap(),
+            ParentImage::Image { .. }
+        ));
+        let e = parse_parent("ocii:x", b).unwrap_err();
+        assert!(e.contains("did you mean `oci:`?"), "{e}");
+        assert!(parse_parent("bootstrap:ubuntu/noble", b)
+            .unwrap_err()
+            .contains("kiln bootstraps Debian"));
+        assert!(parse_parent("golden/1.x.2", b)
+            .unwrap_err()
+            .contains("once a node is x"));
+    }
+
+    #[test]
+    fn errors_point_at_the_field() {
+        let e = recipe(
+            "name: golden\nsemanticVersion: 1.0\nparentImage: ocii:x\ncomponents:\n  - componentArn: a\n    paramters: []\ncompression: xz\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("recipe.yml:2:18: error: `1.0` is not a valid semantic version"),
+            "{text}"
+        );
+        assert!(
+            text.contains("recipe.yml:3:14: error: `ocii:x`: unknown image transport"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "recipe.yml:6:5: error: component 1: unknown key `paramters` in a component"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("did you mean `parameters`?"));
+        assert!(
+            text.contains("recipe.yml:7:14: error: unknown compression `xz`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_full_recipe() {
+        let r = recipe(
+            r#"
+name: golden-nginx
+semanticVersion: 1.2.3
+parentImage: bootstrap:debian/bookworm
+bootstrap:
+  packages: [ca-certificates]
+components:
+  - componentArn: arn:kiln:imagebuilder:local:000000000000:component/hardening/1.0.0
+    parameters:
+      - name: Banner
+        value: ["Authorized use only"]
+      - name: Other
+        value: plain
+    cache: false
+imageTestsConfiguration:
+  imageTestsEnabled: false
+imageConfig:
+  cmd: ["nginx", "-g", "daemon off;"]
+  env: {LANG: C.UTF-8}
+  exposedPorts: [80/tcp]
+  labels: {team: platform}
+distributions:
+  - region: lab
+    path: /srv/lab
+infrastructure:
+  network: none
+  memory: 2GiB
+  cpus: 1.5
+tags:
+  owner: kiln
+"#,
+        )
+        .unwrap();
+        assert_eq!(r.semantic_version.to_string(), "1.2.3");
+        assert_eq!(
+            r.components[0].parameters,
+            vec![
+                ("Banner".into(), "Authorized use only".into()),
+                ("Other".into(), "plain".into())
+            ]
+        );
+        assert!(!r.components[0].cache);
+        assert!(!r.tests.enabled);
+        assert_eq!(r.image_config.env, vec!["LANG=C.UTF-8"]);
+        assert_eq!(
+            r.image_config.labels.get("owner").map(String::as_str),
+            Some("kiln")
+        );
+        assert_eq!(
+            r.distributions,
+            vec![Distribution {
+                region: "lab".into(),
+                path: Some("/srv/lab".into())
+            }]
+        );
+        assert_eq!(r.infrastructure.limits.memory_bytes, Some(2 << 30));
+        assert_eq!(r.bootstrap_packages, vec!["ca-certificates"]);
+        assert_eq!(r.working_directory, "/tmp");
+    }
+
+    #[test]
+    fn defaults_and_missing_fields() {
+        let e = recipe("description: nothing\n").unwrap_err().to_string();
+        for needed in [
+            "needs `name`",
+            "needs `semanticVersion`",
+            "needs `parentImage`",
+            "needs `components`",
+        ] {
+            assert!(e.contains(needed), "{needed} in {e}");
+        }
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("1.5G"), Some(3 << 29));
+        assert_eq!(parse_size("lots"), None);
+    }
+}
