@@ -104,17 +104,19 @@ impl<W: Write> TarWriter<W> {
                 field.copy_from_slice(&target[..100]);
             }
         }
-        if let Kind::Char(major, minor) | Kind::Block(major, minor) = head.kind {
-            if major > MAX_OCTAL_7 || minor > MAX_OCTAL_7 {
-                return Err(AppendError::Unrepresentable(format!(
-                    "device number {major}:{minor} does not fit a tar header"
-                )));
-            }
-            // Both fit 7 octal digits, so both fit u32.
-            let (major, minor) = (major as u32, minor as u32);
-            header.set_device_major(major).map_err(AppendError::Write)?;
-            header.set_device_minor(minor).map_err(AppendError::Write)?;
+        // Written as octal zeros for every entry, as GNU tar and Go do: some readers refuse
+        // empty numeric fields.
+        let (major, minor) = match head.kind {
+            Kind::Char(major, minor) | Kind::Block(major, minor) => (major, minor),
+            _ => (0, 0),
+        };
+        if major > MAX_OCTAL_7 || minor > MAX_OCTAL_7 {
+            return Err(AppendError::Unrepresentable(format!(
+                "device number {major}:{minor} does not fit a tar header"
+            )));
         }
+        // Both fit 7 octal digits, so both fit u32.
+        set_device(&mut header, major as u32, minor as u32)?;
 
         header.set_mode(head.mode & 0o7777);
         for (key, value, set) in [
@@ -177,6 +179,7 @@ impl<W: Write> TarWriter<W> {
         header.as_old_mut().name[..name.len()].copy_from_slice(&name);
         header.set_entry_type(tar::EntryType::XHeader);
         header.set_mode(0o644);
+        set_device(&mut header, 0, 0)?;
         header.set_uid(0);
         header.set_gid(0);
         header.set_mtime(head.mtime);
@@ -223,6 +226,11 @@ impl<W: Write> TarWriter<W> {
         self.out.flush()?;
         Ok(self.out)
     }
+}
+
+fn set_device(header: &mut tar::Header, major: u32, minor: u32) -> Result<(), AppendError> {
+    header.set_device_major(major).map_err(AppendError::Write)?;
+    header.set_device_minor(minor).map_err(AppendError::Write)
 }
 
 /// Puts `name` into the ustar name field, or split at a `/` over prefix and name; false when
