@@ -483,14 +483,15 @@ fn prepare_layout(layout: &Path) -> Result<(), OciError> {
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            // Refuse to scatter blobs into a directory that holds something else.
+            // Refuse to scatter blobs into a directory that holds something else; `blobs` may
+            // be there already, filled by write_layer before the first image.
             let foreign = fs::read_dir(layout)
                 .map_err(io_err(layout, "cannot list"))?
                 .filter_map(Result::ok)
                 .map(|e| e.file_name())
                 .find(|n| {
                     let n = n.to_string_lossy();
-                    n != LOCK_FILE && !n.starts_with(TMP_PREFIX)
+                    n != LOCK_FILE && n != "blobs" && !n.starts_with(TMP_PREFIX)
                 });
             if let Some(name) = foreign {
                 return Err(layout_err(
