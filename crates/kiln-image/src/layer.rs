@@ -36,9 +36,13 @@ pub use upper::write_layer;
 /// Compression of a layer blob; it decides the blob's media type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Compression {
-    /// gzip: what every OCI tool reads; the default choice for images leaving kiln.
+    /// gzip: what every OCI tool reads; the choice for images leaving kiln. Compressed with
+    /// miniz_oxide (pure Rust, no CPU-dependent code paths, so every builder produces the same
+    /// bytes), at about 17 MB/s of tar on this project's machines.
     Gzip,
-    /// zstd: faster and smaller, but older tools (Docker before 23) cannot read it.
+    /// zstd (level 3): as small as gzip at nearly the speed of no compression; for the step
+    /// cache and local layers. Older tools cannot read it: Debian 12's umoci 0.4.7 refuses
+    /// zstd layers, Docker before 23 too; skopeo 1.9 reads them.
     Zstd,
     /// No compression: for layers that stay on this machine (step cache, local lower dirs).
     None,
