@@ -44,6 +44,11 @@ fn two_layers(t: &Path, compression: Compression) -> (LayerBlob, LayerBlob) {
         b"nameserver 192.0.2.1\n",
         0o644,
     );
+    // What ustar cannot hold goes into PAX records; Go's reader must agree.
+    write(&base.join(long_path()), b"deep", 0o644);
+    std::os::unix::fs::symlink(long_path(), base.join("long-link")).unwrap();
+    write(&base.join("big-uid"), b"u", 0o644);
+    std::os::unix::fs::chown(base.join("big-uid"), Some(3_000_000), Some(3_000_001)).unwrap();
 
     let comp = t.join("upper2");
     mkdir(&comp, 0o755);
@@ -59,6 +64,12 @@ fn two_layers(t: &Path, compression: Compression) -> (LayerBlob, LayerBlob) {
     let l1 = write_layer(&base, &exclude, EPOCH, compression, &out).unwrap();
     let l2 = write_layer(&comp, &exclude, EPOCH, compression, &out).unwrap();
     (l1, l2)
+}
+
+/// A path longer than ustar's 255 bytes, in components a filesystem accepts.
+fn long_path() -> String {
+    let dirs: Vec<String> = (0..6).map(|i| format!("{i}{}", "d".repeat(60))).collect();
+    format!("{}/file", dirs.join("/"))
 }
 
 fn image_settings() -> ImageSettings {
@@ -170,6 +181,13 @@ fn skopeo_and_umoci_read_kiln_images() {
         xattr_of(&rootfs.join("usr/bin/ping"), "security.capability").as_deref(),
         Some(&CAP_NET_RAW[..])
     );
+    assert_eq!(fs::read(rootfs.join(long_path())).unwrap(), b"deep");
+    assert_eq!(
+        fs::read_link(rootfs.join("long-link")).unwrap(),
+        Path::new(&long_path())
+    );
+    let big = fs::metadata(rootfs.join("big-uid")).unwrap();
+    assert_eq!((big.uid(), big.gid()), (3_000_000, 3_000_001));
     let config: serde_json::Value =
         serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["process"]["args"][0], "/bin/sh");
@@ -279,5 +297,10 @@ fn extracted_layers_stack_as_overlay_lower_dirs() {
     assert_eq!(
         xattr_of(&merged.join("usr/bin/ping"), "security.capability").as_deref(),
         Some(&CAP_NET_RAW[..])
+    );
+    assert_eq!(fs::read(merged.join(long_path())).unwrap(), b"deep");
+    assert_eq!(
+        fs::metadata(merged.join("big-uid")).unwrap().uid(),
+        3_000_000
     );
 }
