@@ -1,5 +1,11 @@
 //! kiln's core: what an image is made of and how a build goes.
 #![deny(missing_docs)]
 
+pub mod build;
+pub mod cache;
+pub mod inventory;
+pub mod parent;
 pub mod recipe;
+pub mod record;
+pub mod store;
 pub mod version;

@@ -33,11 +33,25 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Default bound of the layer store and step cache.
+pub const DEFAULT_CACHE_MAX: u64 = 20 << 30;
+
 /// Settings kiln reads from its configuration file.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// S3-compatible object store for S3Download, S3Upload and `s3://` documents.
     pub s3: Option<S3Config>,
+    /// Most bytes the layer store and step cache may use (`cache.maxSize`).
+    pub cache_max_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            s3: None,
+            cache_max_bytes: DEFAULT_CACHE_MAX,
+        }
+    }
 }
 
 fn text(map: &kiln_yaml::Map, key: &str, file: &str, src: &str) -> Result<Option<String>> {
@@ -66,6 +80,23 @@ pub fn load() -> Result<Config> {
         let parsed =
             kiln_yaml::parse(&src).map_err(|d| anyhow::anyhow!("{}", d.render(&file, &src)))?;
         let root: &Node = &parsed.root;
+        if let Some(cache) = root.as_map().and_then(|m| m.get("cache")) {
+            let size = cache
+                .as_map()
+                .and_then(|m| m.get("maxSize"))
+                .and_then(|n| n.as_text());
+            match size.map(kiln_core::recipe::parse_size) {
+                Some(Some(b)) => config.cache_max_bytes = b,
+                _ => bail!(
+                    "{}",
+                    kiln_yaml::Diagnostic::error(
+                        Some(cache.span),
+                        "`cache` takes `maxSize`, a size such as 20GiB"
+                    )
+                    .render(&file, &src)
+                ),
+            }
+        }
         if let Some(s3) = root.as_map().and_then(|m| m.get("s3")) {
             let Some(m) = s3.as_map() else {
                 bail!("{file}: `s3` must be a mapping with `endpoint`, `region`, `accessKeyId`, `secretAccessKey`");

@@ -1,6 +1,8 @@
 //! `kiln`: the command-line interface of the kiln image factory.
 
+mod build;
 mod config;
+mod image;
 mod toe;
 mod ui;
 
@@ -22,6 +24,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build, test and distribute an image from a recipe file.
+    Build(build::BuildArgs),
+    /// Builds kiln has made: list, inspect, read logs.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// The step cache and layer store.
+    #[command(subcommand)]
+    Cache(image::CacheCommand),
     /// Component documents (AWSTOE-compatible): validate and run them.
     #[command(subcommand)]
     Toe(toe::ToeCommand),
@@ -31,6 +41,13 @@ enum Command {
 pub const EXIT_INVALID: u8 = 2;
 
 fn main() -> ExitCode {
+    // kiln re-runs itself as the sandbox helper: handle that before anything else starts
+    // (no runtime, no threads: the helper forks).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(kiln_instance::sandbox::HELPER_ARG) {
+        let spec = args.get(2).map(String::as_str).unwrap_or("");
+        kiln_instance::sandbox::init::helper_main(spec);
+    }
     let cli = Cli::parse();
     let filter = if cli.trace { "debug" } else { "warn" };
     tracing_subscriber::fmt()
@@ -52,6 +69,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Build(args) => build::run(args).await,
+            Command::Image(cmd) => image::run(cmd),
+            Command::Cache(cmd) => image::cache(cmd),
             Command::Toe(cmd) => toe::run(cmd).await,
         }
     });

@@ -44,9 +44,22 @@ impl Terminal {
         }
     }
 
-    fn line(&self, text: &str) {
+    /// Prints a line above the live line (or plainly when not a terminal).
+    pub fn line(&self, text: &str) {
         match &self.bar {
             Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// A passing status (bootstrap output, say): shown in the live line on a terminal, printed
+    /// as a plain line otherwise.
+    pub fn progress(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(text.chars().take(100).collect::<String>());
+                bar.enable_steady_tick(Duration::from_millis(120));
+            }
             None => eprintln!("{text}"),
         }
     }

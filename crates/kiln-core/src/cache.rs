@@ -1,0 +1,248 @@
+//! The step cache: a component's layer, found again by the digest of everything that decides
+//! its content.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::store::{read_json, write_json, Home, LayerStore, StoreError, StoredLayer};
+
+/// Bump when the meaning of a key changes, so old entries stop matching.
+const KEY_FORMAT: u32 = 1;
+
+/// Everything that decides a cached layer's content.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepKey {
+    /// `component`, `bootstrap`, `rootfs`.
+    pub kind: String,
+    /// Diff ids of the layers below, bottom first.
+    pub parents: Vec<String>,
+    /// SHA-256 of the input (the component document, the tarball, the bootstrap request).
+    pub input: String,
+    /// Parameters, sorted.
+    pub parameters: Vec<(String, String)>,
+    /// Builder kind (`sandbox`, `vm`).
+    pub builder: String,
+    /// Working directory of the component.
+    pub working_directory: String,
+    /// Layer compression.
+    pub compression: String,
+}
+
+impl StepKey {
+    /// The key's digest (hex).
+    pub fn digest(&self) -> String {
+        let mut me = self.clone();
+        me.parameters.sort();
+        let json = serde_json::json!({ "format": KEY_FORMAT, "key": me });
+        hex::encode(Sha256::digest(json.to_string().as_bytes()))
+    }
+}
+
+/// One cache entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheEntry {
+    /// The key digest.
+    pub key: String,
+    /// The layer it gives.
+    pub diff_id: String,
+    /// What produced it.
+    pub description: String,
+    /// When.
+    pub created: DateTime<Utc>,
+}
+
+/// What `prune` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Layers removed.
+    pub layers_removed: usize,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+    /// Bytes still used.
+    pub bytes_left: u64,
+}
+
+/// The step cache of a data directory.
+#[derive(Debug, Clone)]
+pub struct StepCache {
+    home: Home,
+    store: LayerStore,
+}
+
+impl StepCache {
+    /// The cache of a data directory.
+    pub fn new(home: Home) -> Self {
+        StepCache {
+            store: LayerStore::new(home.clone()),
+            home,
+        }
+    }
+
+    fn entry_path(&self, key: &str) -> PathBuf {
+        self.home.cache().join(format!("{key}.json"))
+    }
+
+    /// The layer for a key, when cached and still complete in the store.
+    pub fn get(&self, key: &str) -> Option<StoredLayer> {
+        let entry: CacheEntry = read_json(&self.entry_path(key)).ok().flatten()?;
+        let layer = self.store.get(&entry.diff_id)?;
+        self.store.touch(&entry.diff_id);
+        Some(layer)
+    }
+
+    /// Records a key's layer.
+    pub fn put(&self, key: &str, layer: &StoredLayer, description: &str) -> Result<(), StoreError> {
+        write_json(
+            &self.entry_path(key),
+            &CacheEntry {
+                key: key.to_string(),
+                diff_id: layer.info.diff_id.clone(),
+                description: description.to_string(),
+                created: Utc::now(),
+            },
+        )
+    }
+
+    /// Every entry.
+    pub fn entries(&self) -> Vec<CacheEntry> {
+        let Ok(dir) = std::fs::read_dir(self.home.cache()) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| read_json::<CacheEntry>(&e.path()).ok().flatten())
+            .collect()
+    }
+
+    /// Bytes used by all stored layers (trees and blobs).
+    pub fn usage(&self) -> u64 {
+        self.store
+            .list()
+            .iter()
+            .map(|l| l.info.size + l.info.tree_bytes)
+            .sum()
+    }
+
+    /// Removes least-recently-used layers until at most `max_bytes` are used, never touching
+    /// `keep` (layers a running build needs). Cache entries whose layer is gone are removed too.
+    pub fn prune(&self, max_bytes: u64, keep: &HashSet<String>) -> PruneReport {
+        let mut layers: Vec<(DateTime<Utc>, StoredLayer)> = self
+            .store
+            .list()
+            .into_iter()
+            .map(|l| {
+                (
+                    self.store
+                        .last_used(&l.info.diff_id)
+                        .unwrap_or(l.info.created),
+                    l,
+                )
+            })
+            .collect();
+        layers.sort_by_key(|(used, _)| *used);
+        let mut used: u64 = layers
+            .iter()
+            .map(|(_, l)| l.info.size + l.info.tree_bytes)
+            .sum();
+        let mut report = PruneReport::default();
+        for (_, l) in layers {
+            if used <= max_bytes {
+                break;
+            }
+            if keep.contains(&l.info.diff_id) {
+                continue;
+            }
+            let size = l.info.size + l.info.tree_bytes;
+            self.store.remove(&l.info.diff_id);
+            used = used.saturating_sub(size);
+            report.layers_removed += 1;
+            report.bytes_freed += size;
+        }
+        for e in self.entries() {
+            if self.store.get(&e.diff_id).is_none() {
+                let _ = std::fs::remove_file(self.entry_path(&e.key));
+            }
+        }
+        report.bytes_left = used;
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(input: &str) -> StepKey {
+        StepKey {
+            kind: "component".into(),
+            parents: vec!["sha256:aa".into()],
+            input: input.into(),
+            parameters: vec![("B".into(), "2".into()), ("A".into(), "1".into())],
+            builder: "sandbox".into(),
+            working_directory: "/tmp".into(),
+            compression: "gzip".into(),
+        }
+    }
+
+    #[test]
+    fn keys_depend_on_every_input_but_not_parameter_order() {
+        let a = key("doc1");
+        let mut b = key("doc1");
+        b.parameters.reverse();
+        assert_eq!(a.digest(), b.digest());
+        assert_ne!(a.digest(), key("doc2").digest());
+        let mut c = key("doc1");
+        c.parents.push("sha256:bb".into());
+        assert_ne!(a.digest(), c.digest());
+        let mut d = key("doc1");
+        d.builder = "vm".into();
+        assert_ne!(a.digest(), d.digest());
+    }
+
+    #[test]
+    fn lru_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let store = LayerStore::new(home.clone());
+        let cache = StepCache::new(home);
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let up = dir.path().join(format!("up{i}"));
+            std::fs::create_dir_all(&up).unwrap();
+            std::fs::write(up.join("f"), vec![i as u8; 100_000]).unwrap();
+            let blob = kiln_image::write_layer(
+                &up,
+                &[],
+                0,
+                kiln_image::Compression::Gzip,
+                &store.blobs_dir(),
+            )
+            .unwrap();
+            let l = store.adopt(&up, &blob, "t").unwrap();
+            cache.put(&format!("k{i}"), &l, "t").unwrap();
+            ids.push(l.info.diff_id.clone());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Use the oldest again: now the middle one is least recently used.
+        assert!(cache.get("k0").is_some());
+        let total = cache.usage();
+        let one = total / 3;
+        let report = cache.prune(total - one / 2, &HashSet::new());
+        assert_eq!(report.layers_removed, 1);
+        assert!(
+            cache.get("k1").is_none(),
+            "the least recently used layer goes first"
+        );
+        assert!(cache.get("k0").is_some() && cache.get("k2").is_some());
+        // Kept layers survive even a prune to zero.
+        let keep: HashSet<String> = [ids[2].clone()].into();
+        cache.prune(0, &keep);
+        assert!(cache.get("k2").is_some() && cache.get("k0").is_none());
+        assert_eq!(cache.entries().len(), 1);
+    }
+}

@@ -1,0 +1,241 @@
+//! `kiln build RECIPE`: the terminal side of a build.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use kiln_core::build::{BuildEvent, BuildObserver, BuildOptions, Builder};
+use kiln_core::record::{CacheUse, ImageRecord, State};
+use kiln_core::store::Home;
+use kiln_toe::events::Observer;
+
+use crate::{config, ui, EXIT_INVALID};
+
+/// Output format of commands that report a result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// For people.
+    #[default]
+    Text,
+    /// For programs.
+    Json,
+}
+
+/// `kiln build`
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The recipe file.
+    recipe: PathBuf,
+    /// Rebuild every component instead of taking unchanged ones from the step cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Make the parent image again (bootstrap anew) instead of reusing the cached one.
+    #[arg(long)]
+    refresh_parent: bool,
+    /// Result format (progress always goes to stderr).
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    output: Output,
+    /// Do not show step output (it is in the build's logs).
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+struct BuildTerminal {
+    term: ui::Terminal,
+}
+
+fn human_bytes(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+fn secs(ms: u64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
+}
+
+impl BuildObserver for BuildTerminal {
+    fn event(&self, e: &BuildEvent<'_>) {
+        match e {
+            BuildEvent::Started(r) => self.term.line(&format!(
+                "kiln build {} {} (build {}), parent {}",
+                r.name,
+                r.version,
+                r.build,
+                r.parent
+                    .as_ref()
+                    .map(|p| p.reference.clone())
+                    .unwrap_or_default()
+            )),
+            BuildEvent::Stage(s) => self.term.line(&format!("== {}", s.as_str())),
+            BuildEvent::Progress(p) => self.term.progress(p),
+            BuildEvent::ComponentStarted {
+                index,
+                total,
+                name,
+                cached,
+            } => {
+                if !cached {
+                    self.term.line(&format!(
+                        "[{}/{total}] {name}: running build and validate phases",
+                        index + 1
+                    ));
+                }
+            }
+            BuildEvent::ComponentFinished { index, record } => {
+                let what = match record.cache {
+                    CacheUse::Hit => "from the step cache".to_string(),
+                    CacheUse::NoLayer => "no build or validate phase (tests only)".to_string(),
+                    _ => format!(
+                        "built in {} ({} layer)",
+                        secs(record.duration_ms),
+                        human_bytes(record.layer_size)
+                    ),
+                };
+                self.term
+                    .line(&format!("[{}] {}: {what}", index + 1, record.name));
+            }
+            BuildEvent::Toe(ev) => self.term.event(ev),
+            BuildEvent::Finished(_) => self.term.finish(),
+        }
+    }
+}
+
+/// Runs `kiln build`.
+pub async fn run(args: BuildArgs) -> Result<u8> {
+    let recipe = match kiln_core::recipe::load(&args.recipe) {
+        Ok(r) => r,
+        Err(e) => {
+            eprint!("{e}");
+            eprintln!("nothing was built: fix the recipe above");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let cfg = config::load()?;
+    let home = Home::new(config::kiln_home());
+    let options = BuildOptions {
+        no_cache: args.no_cache,
+        refresh_parent: args.refresh_parent,
+        epoch: std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|v| v.trim().parse().ok()),
+        helper: (
+            PathBuf::from("/proc/self/exe"),
+            vec![kiln_instance::sandbox::HELPER_ARG.to_string()],
+        ),
+        cache_max_bytes: cfg.cache_max_bytes,
+    };
+    let observer = Arc::new(BuildTerminal {
+        term: ui::Terminal::new(args.quiet),
+    });
+    let builder = Builder::new(home, options);
+    let build = builder.build(&recipe, observer.clone());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    // On a signal the build future is dropped: its sandboxes are stopped (their namespaces
+    // die with their helpers) and the next kiln sweeps the scratch folder.
+    let record = tokio::select! {
+        r = build => r,
+        _ = tokio::signal::ctrl_c() => {
+            observer.term.finish();
+            eprintln!("interrupted: the build was stopped; its instance and every process in it are gone");
+            return Ok(130);
+        }
+        _ = term.recv() => {
+            observer.term.finish();
+            eprintln!("terminated: the build was stopped");
+            return Ok(143);
+        }
+    };
+    let record = match record {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("nothing was built");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    report(&record, args.output)?;
+    Ok(if record.state == State::Available {
+        0
+    } else {
+        1
+    })
+}
+
+fn report(r: &ImageRecord, output: Output) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if output == Output::Json {
+        serde_json::to_writer_pretty(&mut out, r)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    if r.state == State::Available {
+        let with_layers = r.components.iter().filter(|c| c.layer.is_some()).count();
+        writeln!(
+            out,
+            "AVAILABLE {} in {} ({} of {} component layers from the step cache; tests {})",
+            r.build_version(),
+            secs(r.duration_ms),
+            r.cache_hits(),
+            with_layers,
+            r.tests.as_ref().map(|t| t.status.as_str()).unwrap_or("-")
+        )?;
+        for o in r.outputs.iter().filter(|o| o.tag == r.version.to_string()) {
+            writeln!(
+                out,
+                "  {}: oci:{}:{}  ({})",
+                o.region,
+                o.location.display(),
+                o.tag,
+                o.manifest_digest
+            )?;
+        }
+    } else if let Some(f) = &r.failure {
+        writeln!(out, "FAILED {} in {}", r.build_version(), f.stage.as_str())?;
+        if let Some(c) = &f.component {
+            write!(out, "  component {c}")?;
+            if let Some(s) = &f.step {
+                write!(out, ", step {s}")?;
+            }
+            writeln!(out)?;
+        }
+        writeln!(out, "  {}", f.reason.replace('\n', "\n  "))?;
+        if !f.output_tail.is_empty() {
+            writeln!(out, "  last output:")?;
+            for l in &f.output_tail {
+                writeln!(out, "    {l}")?;
+            }
+        }
+        if let Some(log) = &f.log {
+            writeln!(out, "  full log: {}", log.display())?;
+        }
+        writeln!(
+            out,
+            "  nothing was distributed; `kiln image get {}` shows the record",
+            r.build_version()
+        )?;
+    }
+    Ok(())
+}
+
+/// Sizes for humans (shared with other commands).
+pub fn bytes(b: u64) -> String {
+    human_bytes(b)
+}
+
+/// Seconds for humans.
+pub fn seconds(ms: u64) -> String {
+    secs(ms)
+}
