@@ -351,7 +351,22 @@ impl Builder {
         kiln_instance::sandbox::sweep(&self.home.run());
         LayerStore::new(self.home.clone()).sweep();
 
+        // Hold the run folder before the record exists, so that another kiln never takes a
+        // starting build for an interrupted one.
+        let run_dir = self.home.run().join(format!(
+            "{}-{}-{}",
+            recipe.name,
+            recipe.semantic_version,
+            uuid::Uuid::new_v4().simple()
+        ));
+        let lock =
+            RunLock::acquire(&run_dir).map_err(|e| BuildError::Environment(e.to_string()))?;
         let records = Records::new(self.home.clone());
+        for b in records.recover_interrupted() {
+            observer.event(&BuildEvent::Progress(&format!(
+                "{b} was interrupted earlier; it is now FAILED"
+            )));
+        }
         let build = records.allocate(&recipe.name, &recipe.semantic_version)?;
         let logs = records.logs_dir(&recipe.name, &recipe.semantic_version, build);
         std::fs::create_dir_all(&logs).map_err(store::io("creating", &logs))?;
@@ -388,20 +403,12 @@ impl Builder {
             created: now,
             duration_ms: 0,
             logs: logs.clone(),
+            run_dir: Some(run_dir.clone()),
         };
         rec.set_state(State::Pending, None);
         records.save(&rec)?;
         observer.event(&BuildEvent::Started(&rec));
 
-        let run_dir = self.home.run().join(format!(
-            "{}-{}-{}-{}",
-            recipe.name,
-            recipe.semantic_version,
-            build,
-            uuid::Uuid::new_v4().simple()
-        ));
-        let lock =
-            RunLock::acquire(&run_dir).map_err(|e| BuildError::Environment(e.to_string()))?;
         let mut chain: Vec<StoredLayer> = Vec::new();
         let result = self
             .stages(
@@ -675,17 +682,18 @@ impl Builder {
                 observer,
                 State::Testing,
             );
-            let (report, _, _) =
-                match tokio::time::timeout(limit, run).await {
-                    Ok(r) => r?,
-                    Err(_) => return Err(StageFailure::new(
+            let (report, _, _) = match tokio::time::timeout(limit, run).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(StageFailure::new(
                         State::Testing,
                         format!(
                             "the tests ran longer than imageTestsConfiguration.timeoutMinutes ({})",
                             recipe.tests.timeout_minutes
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             rec.tests = Some(TestRecord {
                 status: if report.report.status.ok() {
                     "passed"

@@ -249,6 +249,9 @@ pub struct ImageRecord {
     pub duration_ms: u64,
     /// The folder of its logs.
     pub logs: PathBuf,
+    /// Scratch folder of the kiln process running it (locked while it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<PathBuf>,
 }
 
 impl ImageRecord {
@@ -446,6 +449,41 @@ impl Records {
             .find(|r| r.state == State::Available)
     }
 
+    /// Marks builds whose kiln process died (their run folder is no longer held) as FAILED
+    /// with reason "interrupted". Returns their build versions.
+    pub fn recover_interrupted(&self) -> Vec<String> {
+        let mut fixed = Vec::new();
+        for mut r in self.all() {
+            if r.state.is_final() {
+                continue;
+            }
+            let alive = r
+                .run_dir
+                .as_deref()
+                .is_some_and(kiln_instance::sandbox::is_held);
+            if alive {
+                continue;
+            }
+            let stage = r.state;
+            let reason =
+                "interrupted: the kiln process running this build stopped before it finished"
+                    .to_string();
+            r.set_state(State::Failed, Some(reason.clone()));
+            r.failure = Some(FailureInfo {
+                stage,
+                component: None,
+                step: None,
+                reason,
+                output_tail: Vec::new(),
+                log: None,
+            });
+            if self.save(&r).is_ok() {
+                fixed.push(r.build_version());
+            }
+        }
+        fixed
+    }
+
     /// Where a build's logs go.
     pub fn logs_dir(&self, name: &str, version: &Version, build: u32) -> PathBuf {
         self.build_dir(name, version, build).join("logs")
@@ -482,6 +520,7 @@ mod tests {
             created: Utc::now(),
             duration_ms: 0,
             logs: PathBuf::new(),
+            run_dir: None,
         }
     }
 
@@ -521,5 +560,30 @@ mod tests {
             .unwrap();
         assert_eq!(q.build, Some(2));
         assert!("web/1.x.2".parse::<ImageQuery>().is_err());
+    }
+
+    #[test]
+    fn interrupted_builds_are_failed() {
+        let d = tempfile::tempdir().unwrap();
+        let recs = Records::new(Home::new(d.path()));
+        let held_dir = d.path().join("run/held");
+        let lock = kiln_instance::sandbox::RunLock::acquire(&held_dir).unwrap();
+        let mut running = record("a", "1.0.0", 1, State::Building);
+        running.run_dir = Some(held_dir.clone());
+        let mut dead = record("b", "1.0.0", 1, State::Testing);
+        dead.run_dir = Some(d.path().join("run/gone"));
+        recs.save(&running).unwrap();
+        recs.save(&dead).unwrap();
+        recs.save(&record("c", "1.0.0", 1, State::Available))
+            .unwrap();
+        assert_eq!(recs.recover_interrupted(), vec!["b/1.0.0/1".to_string()]);
+        let b = recs
+            .load("b", &"1.0.0".parse().unwrap(), 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.state, State::Failed);
+        assert_eq!(b.failure.unwrap().stage, State::Testing);
+        drop(lock);
+        assert_eq!(recs.recover_interrupted(), vec!["a/1.0.0/1".to_string()]);
     }
 }

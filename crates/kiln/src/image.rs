@@ -95,6 +95,10 @@ fn one(reference: &str) -> Result<ImageRecord> {
 
 /// Runs `kiln image ...`.
 pub fn run(cmd: ImageCommand) -> Result<u8> {
+    // A build whose kiln died shows as FAILED (interrupted) from the next command on.
+    let home = Home::new(config::kiln_home());
+    kiln_instance::sandbox::sweep(&home.run());
+    records().recover_interrupted();
     match cmd {
         ImageCommand::List(a) => list(a),
         ImageCommand::Get(a) => get(a),
@@ -334,6 +338,8 @@ fn logs(a: LogsArgs) -> Result<u8> {
 pub fn cache(cmd: CacheCommand) -> Result<u8> {
     let cfg = config::load()?;
     let home = Home::new(config::kiln_home());
+    kiln_instance::sandbox::sweep(&home.run());
+    records().recover_interrupted();
     let cache = StepCache::new(home.clone());
     let mut out = std::io::stdout().lock();
     match cmd {

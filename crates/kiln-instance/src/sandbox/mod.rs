@@ -696,6 +696,14 @@ impl RunLock {
     }
 }
 
+/// True when a live process holds the run lock of `dir`.
+pub fn is_held(dir: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(dir.join(".lock")) else {
+        return false;
+    };
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
+}
+
 /// Removes run folders under `run_root` that no live kiln holds (left by a crash), and empty
 /// `kiln-*` cgroups. Returns the folders removed.
 pub fn sweep(run_root: &Path) -> Vec<PathBuf> {

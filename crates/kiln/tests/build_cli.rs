@@ -1,0 +1,508 @@
+//! `kiln build` end to end: real bootstraps, sandboxes, OCI layouts, and the tools that read them.
+//!
+//! The tests share one data directory under the target folder, so Debian is bootstrapped once
+//! (and kept between runs); each test builds images of its own names.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn home() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-home")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn kiln_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.args(args).env("KILN_HOME", home()).env("KILN_PLAIN", "1");
+    c
+}
+
+fn kiln(args: &[&str]) -> Output {
+    kiln_cmd(args).output().expect("kiln runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn record(image: &str) -> serde_json::Value {
+    let o = kiln(&["image", "get", image, "--output", "json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// A bootstrapped Debian base image, built once per test run (and cached across runs), that
+/// cheaper tests start from as `kiln:test-base/1.0.0`.
+fn base() -> &'static str {
+    static BASE: OnceLock<()> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("noop.yaml"),
+            "name: noop\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Mark\n        action: CreateFile\n        inputs:\n          - path: /etc/kiln-test-base\n            content: base\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("recipe.yml"),
+            "name: test-base\nsemanticVersion: 1.0.0\nparentImage: bootstrap:debian/bookworm\nbootstrap:\n  packages: [ca-certificates]\ncomponents:\n  - path: noop.yaml\n",
+        )
+        .unwrap();
+        let o = kiln(&["build", dir.path().join("recipe.yml").to_str().unwrap()]);
+        assert!(o.status.success(), "base image: {}\n{}", text(&o.stdout), text(&o.stderr));
+    });
+    "kiln:test-base/1.0.0"
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn mounts_mention(s: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(s)
+}
+
+/// Processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
+                .unwrap_or(false)
+        })
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    !s.rsplit_once(')')
+                        .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn golden_nginx_builds_tests_caches_and_is_read_by_skopeo_and_umoci() {
+    base(); // the bootstrap is shared; this test's own work starts from a warm parent.
+    let work = tempfile::tempdir().unwrap();
+    let ex = work.path().join("golden-nginx");
+    copy_dir(&repo().join("examples/golden-nginx"), &ex);
+    // A name of its own, so runs of this test do not count each other's builds.
+    let recipe = ex.join("recipe.yml");
+    let name = format!("golden-nginx-test-{}", std::process::id());
+    let r = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("name: golden-nginx", &format!("name: {name}"));
+    let region = work.path().join("region");
+    let r = r.replace(
+        "distributions:\n  - region: local\n",
+        &format!(
+            "distributions:\n  - region: local\n    path: {}\n",
+            region.display()
+        ),
+    );
+    std::fs::write(&recipe, r).unwrap();
+
+    let o = kiln(&["build", recipe.to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    assert!(
+        text(&o.stdout).starts_with(&format!("AVAILABLE {name}/1.0.0/1")),
+        "{}",
+        text(&o.stdout)
+    );
+    let rec = record(&format!("{name}/1.0.0/1"));
+    assert_eq!(rec["state"], "AVAILABLE");
+    let states: Vec<&str> = rec["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "PENDING",
+            "BUILDING",
+            "TESTING",
+            "DISTRIBUTING",
+            "AVAILABLE"
+        ]
+    );
+    assert_eq!(rec["tests"]["status"], "passed", "the test stage ran");
+    assert!(rec["tests"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["step"] == "test/VersionIsExpected"));
+    assert!(rec["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "nginx-light"));
+    // The test phase ran in its own sandbox: its log is separate from the build logs.
+    let logs = PathBuf::from(rec["logs"].as_str().unwrap());
+    let test_log = std::fs::read_to_string(logs.join("test/console.log")).unwrap();
+    assert!(test_log.contains("==> test/ConfigTest"));
+    assert!(
+        !std::fs::read_to_string(logs.join("build-02-nginx/console.log"))
+            .unwrap()
+            .contains("test/")
+    );
+
+    // skopeo reads it: one layer for the parent, one per component.
+    let o = Command::new("skopeo")
+        .args(["inspect", &format!("oci:{}:1.0.0", region.display())])
+        .output()
+        .expect("skopeo is installed by scripts/setup --test");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let inspect: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let layers = inspect["Layers"].as_array().unwrap();
+    assert_eq!(
+        layers.len(),
+        1 + 3,
+        "parent + hardening + nginx + aws hello world"
+    );
+    assert_eq!(
+        inspect["Labels"]["org.opencontainers.image.version"],
+        "1.0.0"
+    );
+    // umoci unpacks it into a root filesystem with the components' work in it.
+    let bundle = work.path().join("bundle");
+    let o = Command::new("umoci")
+        .args([
+            "unpack",
+            "--image",
+            &format!("{}:1.0.0", region.display()),
+            bundle.to_str().unwrap(),
+        ])
+        .output()
+        .expect("umoci is installed by scripts/setup --test");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let rootfs = bundle.join("rootfs");
+    assert!(rootfs.join("usr/sbin/nginx").exists());
+    assert!(
+        std::fs::read_to_string(rootfs.join("etc/ssh/sshd_config.d/90-kiln-hardening.conf"))
+            .unwrap()
+            .contains("PermitRootLogin no")
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("root/helloworld.txt")).unwrap(),
+        "hello world\n"
+    );
+    assert!(!rootfs.join("usr/sbin/policy-rc.d").exists());
+
+    // An identical rebuild takes every component from the cache.
+    let o = kiln(&["build", recipe.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let rec2 = record(&format!("{name}/1.0.0/2"));
+    let caches: Vec<&str> = rec2["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cache"].as_str().unwrap())
+        .collect();
+    assert_eq!(caches, ["hit", "hit", "hit"]);
+    assert_eq!(rec2["layers"], rec["layers"], "the same layers");
+
+    // Changing the last component re-runs only that one.
+    let last = ex.join("components/aws-hello-world.yaml");
+    let mut doc = std::fs::read_to_string(&last).unwrap();
+    doc.push_str(&format!("# changed {}\n", std::process::id()));
+    std::fs::write(&last, doc).unwrap();
+    let o = kiln(&["build", recipe.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let rec3 = record(&format!("{name}/1.0.0/3"));
+    let caches: Vec<&str> = rec3["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cache"].as_str().unwrap())
+        .collect();
+    assert_eq!(caches, ["hit", "hit", "miss"]);
+    assert_eq!(
+        rec3["tests"]["status"], "passed",
+        "a changed image is tested again"
+    );
+
+    // --no-cache rebuilds everything.
+    let o = kiln(&["build", recipe.to_str().unwrap(), "--no-cache", "--quiet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let rec4 = record(&format!("{name}/1.0.0/4"));
+    let caches: Vec<&str> = rec4["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cache"].as_str().unwrap())
+        .collect();
+    assert_eq!(caches, ["bypassed", "bypassed", "bypassed"]);
+
+    // The listing shows them.
+    let o = kiln(&["image", "list", &name]);
+    let list = text(&o.stdout);
+    assert_eq!(
+        list.lines().filter(|l| l.starts_with(&name)).count(),
+        4,
+        "{list}"
+    );
+}
+
+#[test]
+fn a_failing_step_fails_the_build_and_leaves_nothing_behind() {
+    let parent = base();
+    let dir = tempfile::tempdir().unwrap();
+    let region = dir.path().join("region");
+    write(
+        dir.path(),
+        "broken.yaml",
+        "name: broken\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Start\n        action: ExecuteBash\n        inputs:\n          commands: ['sleep 900 & echo started-background']\n      - name: Explode\n        action: ExecuteBash\n        inputs:\n          commands:\n            - echo configuring the widget\n            - \"echo 'E: the widget is broken' >&2\"\n            - exit 7\n",
+    );
+    let name = format!("failing-{}", std::process::id());
+    let recipe = write(
+        dir.path(),
+        "recipe.yml",
+        &format!(
+            "name: {name}\nsemanticVersion: 2.0.0\nparentImage: {parent}\ncomponents:\n  - path: broken.yaml\ndistributions:\n  - region: r1\n    path: {}\n",
+            region.display()
+        ),
+    );
+    let o = kiln(&["build", recipe.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains(&format!("FAILED {name}/2.0.0/1 in BUILDING")),
+        "{out}"
+    );
+    assert!(
+        out.contains("component broken, step build/Explode"),
+        "{out}"
+    );
+    assert!(out.contains("exit code 7"), "{out}");
+    assert!(
+        out.contains("E: the widget is broken"),
+        "the last output is shown: {out}"
+    );
+    assert!(out.contains("full log: "), "{out}");
+    let rec = record(&format!("{name}/2.0.0/1"));
+    assert_eq!(rec["state"], "FAILED");
+    assert_eq!(rec["failure"]["step"], "build/Explode");
+    assert!(rec["outputs"].as_array().unwrap().is_empty());
+    // Nothing in any region, no mount, no process, no scratch folder left behind.
+    assert!(!region.exists(), "nothing may be distributed");
+    assert!(
+        !mounts_mention("kiln-home/run"),
+        "a sandbox mount outlived the build"
+    );
+    assert!(
+        processes_with("sleep 900").is_empty(),
+        "a process of the build outlived it"
+    );
+    let run = home().join("run");
+    let leftovers: Vec<_> = std::fs::read_dir(&run)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().contains(&name))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "scratch left: {leftovers:?}");
+}
+
+#[test]
+fn a_killed_kiln_leaves_nothing_running_and_the_build_is_marked_interrupted() {
+    let parent = base();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("sleep 777{}", std::process::id() % 100);
+    write(
+        dir.path(),
+        "slow.yaml",
+        &format!("name: slow\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Wait\n        action: ExecuteBash\n        inputs:\n          commands: ['{marker} & {marker}']\n"),
+    );
+    let name = format!("killed-{}", std::process::id());
+    let recipe = write(
+        dir.path(),
+        "recipe.yml",
+        &format!("name: {name}\nsemanticVersion: 1.0.0\nparentImage: {parent}\ncomponents:\n  - path: slow.yaml\n"),
+    );
+    let mut child = kiln_cmd(&["build", recipe.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while processes_with(&marker).len() < 2 {
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !processes_with(&marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the build's processes outlived kiln: {:?}",
+            processes_with(&marker)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !mounts_mention(&format!("run/{name}")),
+        "a mount outlived kiln"
+    );
+    // The next kiln notices: the build is FAILED (interrupted) and its scratch is swept.
+    let rec = record(&format!("{name}/1.0.0/1"));
+    assert_eq!(rec["state"], "FAILED");
+    assert!(rec["failure"]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("interrupted"));
+    assert_eq!(rec["failure"]["stage"], "BUILDING");
+    let o = kiln(&["cache", "info"]);
+    assert!(o.status.success());
+    let left: Vec<_> = std::fs::read_dir(home().join("run"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().contains(&name))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "scratch not swept: {left:?}");
+}
+
+#[test]
+fn bad_input_gets_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    // A bad recipe: every error, with its position.
+    let bad = write(
+        dir.path(),
+        "bad.yml",
+        "name: x\nsemanticVersion: 1.0\nparentImage: ocii:/x\ncomponents: []\n",
+    );
+    let o = kiln(&["build", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("bad.yml:2:18: error: `1.0` is not a valid semantic version"),
+        "{err}"
+    );
+    assert!(err.contains("bad.yml:3:14: error: `ocii:/x`: unknown image transport `ocii:` (did you mean `oci:`?)"), "{err}");
+    assert!(
+        err.contains("bad.yml:4:13: error: `components` is empty"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was built"), "{err}");
+
+    // A bad component document: its errors, before anything runs.
+    write(dir.path(), "c.yaml", "schemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: X\n        action: ExecuteBsh\n");
+    let r = write(dir.path(), "r.yml", "name: x\nsemanticVersion: 1.0.0\nparentImage: bootstrap:debian/bookworm\ncomponents:\n  - path: c.yaml\n");
+    let o = kiln(&["build", r.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("c.yaml:6:17: error: phase `build`, step `X`: unknown action `ExecuteBsh`"),
+        "{err}"
+    );
+
+    // An unknown parent: FAILED, saying what is missing.
+    write(dir.path(), "ok.yaml", "schemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: X\n        action: ExecuteBash\n        inputs: {commands: ['true']}\n");
+    let name = format!("noparent-{}", std::process::id());
+    let r = write(
+        dir.path(),
+        "r2.yml",
+        &format!("name: {name}\nsemanticVersion: 1.0.0\nparentImage: oci:/nonexistent/layout:1.0\ncomponents:\n  - path: ok.yaml\n"),
+    );
+    let o = kiln(&["build", r.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("parent image oci:/nonexistent/layout:1.0"),
+        "{out}"
+    );
+    assert!(out.contains("/nonexistent/layout"), "{out}");
+    let r = write(
+        dir.path(),
+        "r3.yml",
+        &format!("name: {name}\nsemanticVersion: 1.0.0\nparentImage: kiln:never-built/1.x.x\ncomponents:\n  - path: ok.yaml\n"),
+    );
+    let o = kiln(&["build", r.to_str().unwrap()]);
+    assert!(
+        text(&o.stdout).contains("kiln has built no image named `never-built`"),
+        "{}",
+        text(&o.stdout)
+    );
+
+    // No mmdebstrap: say so, and how to get it (a package list not yet cached needs a bootstrap).
+    let r = write(
+        dir.path(),
+        "r4.yml",
+        &format!("name: {name}\nsemanticVersion: 1.0.1\nparentImage: bootstrap:debian/bookworm\nbootstrap:\n  packages: [kiln-no-cache-{}]\ncomponents:\n  - path: ok.yaml\n", std::process::id()),
+    );
+    let o = kiln_cmd(&["build", r.to_str().unwrap()])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let out = text(&o.stdout);
+    assert!(out.contains("mmdebstrap is not installed"), "{out}");
+    assert!(out.contains("scripts/setup"), "{out}");
+
+    // Not root: say so before anything happens.
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_kiln"),
+            "build",
+        ])
+        .arg(r.to_str().unwrap())
+        .env("KILN_HOME", dir.path().join("nobody-home"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("needs root"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        let t = to.join(e.file_name());
+        if p.is_dir() {
+            copy_dir(&p, &t);
+        } else {
+            std::fs::copy(&p, &t).unwrap();
+        }
+    }
+}
