@@ -8,13 +8,17 @@
 //! and a manifest into an OCI image layout under a tag, safely against concurrent writers and
 //! readers; [`oci::read_image`] reads one back (a parent image, say).
 //!
-//! Everything here is synchronous and blocking: callers in async code run it on a blocking
-//! thread.
+//! [`registry::pull`] and [`registry::push`] move images between a layout and a registry.
+//!
+//! Everything here except [`registry`] is synchronous and blocking: callers in async code run
+//! it on a blocking thread. [`registry`] is async (tokio) and does its own file work on
+//! blocking threads.
 #![deny(missing_docs)]
 
 pub mod digest;
 pub mod layer;
 pub mod oci;
+pub mod registry;
 
 pub use layer::{
     extract_layer, layer_from_tar, write_layer, Compression, ExtractStats, LayerBlob, LayerError,
@@ -25,3 +29,4 @@ pub use oci::{
 };
 /// The OCI image-spec types [`oci::ReadImage`] hands out.
 pub use oci_spec;
+pub use registry::{parse_reference, pull, push, RegistryAuth, RegistryError, RegistryOptions};

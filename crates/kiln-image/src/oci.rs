@@ -30,9 +30,9 @@ use crate::layer::{sync_dir, LayerBlob};
 /// Annotation that carries a tag in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const LOCK_FILE: &str = ".kiln.lock";
-const TMP_PREFIX: &str = ".kiln-tmp-";
+pub(crate) const TMP_PREFIX: &str = ".kiln-tmp-";
 /// Manifests and configs are small; a bigger one is not something kiln should load.
-const MAX_JSON_BLOB: u64 = 16 << 20;
+pub(crate) const MAX_JSON_BLOB: u64 = 16 << 20;
 
 /// What goes into the image config besides the layers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,7 +199,7 @@ fn tag_list(tags: &[String]) -> String {
     }
 }
 
-fn io_err(path: &Path, doing: impl Into<String>) -> impl FnOnce(io::Error) -> OciError {
+pub(crate) fn io_err(path: &Path, doing: impl Into<String>) -> impl FnOnce(io::Error) -> OciError {
     let path = path.to_path_buf();
     let doing = doing.into();
     move |source| OciError::Io {
@@ -218,7 +218,7 @@ fn layout_err(layout: &Path, message: impl Into<String>) -> OciError {
 
 /// Checks a tag against what Docker and skopeo accept (`oci:DIR:TAG` splits at the last `:`,
 /// so a tag cannot hold one).
-fn check_tag(tag: &str) -> Result<(), OciError> {
+pub(crate) fn check_tag(tag: &str) -> Result<(), OciError> {
     let bytes = tag.as_bytes();
     let ok = !bytes.is_empty()
         && bytes.len() <= 128
@@ -278,13 +278,13 @@ pub fn write_image(
     let manifest = canonical_json(&manifest)?;
     let manifest_digest = put_bytes(layout, &blobs, &manifest)?;
 
-    let entry = json!({
-        "mediaType": MediaType::ImageManifest.to_string(),
-        "digest": manifest_digest,
-        "size": manifest.len(),
-        "annotations": { REF_NAME: tag },
-        "platform": { "architecture": settings.architecture, "os": settings.os },
-    });
+    let entry = index_entry(
+        &manifest_digest,
+        manifest.len() as u64,
+        tag,
+        &settings.architecture,
+        &settings.os,
+    );
     update_index(layout, tag, entry)?;
     tracing::info!(
         layout = %layout.display(),
@@ -297,6 +297,23 @@ pub fn write_image(
         manifest_digest,
         config_digest,
         manifest_size: manifest.len() as u64,
+    })
+}
+
+/// The `index.json` entry that tags an image manifest.
+pub(crate) fn index_entry(
+    manifest_digest: &str,
+    manifest_size: u64,
+    tag: &str,
+    architecture: &str,
+    os: &str,
+) -> Value {
+    json!({
+        "mediaType": MediaType::ImageManifest.to_string(),
+        "digest": manifest_digest,
+        "size": manifest_size,
+        "annotations": { REF_NAME: tag },
+        "platform": { "architecture": architecture, "os": os },
     })
 }
 
@@ -425,7 +442,7 @@ fn config_json(layers: &[LayerBlob], settings: &ImageSettings) -> Result<Vec<u8>
 
 /// JSON with object keys sorted at every level and no whitespace: oci-spec keeps labels and
 /// annotations in hash maps, whose order changes from run to run.
-fn canonical_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, OciError> {
+pub(crate) fn canonical_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, OciError> {
     fn sort(value: Value) -> Value {
         match value {
             Value::Object(map) => {
@@ -460,7 +477,7 @@ fn lock_layout(layout: &Path) -> Result<LayoutLock, OciError> {
 }
 
 /// Creates the layout's skeleton, or checks that an existing directory is a layout.
-fn prepare_layout(layout: &Path) -> Result<(), OciError> {
+pub(crate) fn prepare_layout(layout: &Path) -> Result<(), OciError> {
     fs::create_dir_all(layout).map_err(io_err(layout, "cannot create the image layout"))?;
     let _lock = lock_layout(layout)?;
     let marker = layout.join("oci-layout");
@@ -530,7 +547,7 @@ fn write_atomic(layout: &Path, path: &Path, bytes: &[u8]) -> Result<(), OciError
 }
 
 /// Stores bytes as a blob; returns its digest.
-fn put_bytes(layout: &Path, blobs: &Path, bytes: &[u8]) -> Result<String, OciError> {
+pub(crate) fn put_bytes(layout: &Path, blobs: &Path, bytes: &[u8]) -> Result<String, OciError> {
     let digest = digest::sha256_bytes(bytes);
     let path = blobs.join(digest.trim_start_matches("sha256:"));
     match fs::metadata(&path) {
@@ -581,10 +598,7 @@ fn put_layer(layout: &Path, blobs: &Path, layer: &LayerBlob) -> Result<(), OciEr
         ),
     }
     let mut source = File::open(&layer.path).map_err(io_err(&layer.path, "cannot open"))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(TMP_PREFIX)
-        .tempfile_in(layout)
-        .map_err(io_err(layout, "cannot create a temporary file"))?;
+    let tmp = temp_file(layout)?;
     let file = tmp
         .as_file()
         .try_clone()
@@ -604,11 +618,38 @@ fn put_layer(layout: &Path, blobs: &Path, layer: &LayerBlob) -> Result<(), OciEr
     }
     file.sync_all()
         .map_err(io_err(tmp.path(), "cannot write"))?;
+    commit_blob(tmp, &dest)
+}
+
+/// A temporary file inside the layout (same filesystem as `blobs/`, so it can be renamed into
+/// place); removed when dropped unless committed.
+pub(crate) fn temp_file(layout: &Path) -> Result<tempfile::NamedTempFile, OciError> {
+    tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .tempfile_in(layout)
+        .map_err(io_err(layout, "cannot create a temporary file"))
+}
+
+/// Moves a complete, synced and verified temporary file to `dest` (a blob path), readable by
+/// all like the blobs other tools write, and syncs the directory so the name survives a crash.
+pub(crate) fn commit_blob(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<(), OciError> {
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))
         .map_err(io_err(tmp.path(), "cannot set the mode"))?;
-    tmp.persist(&dest)
-        .map_err(|e| io_err(&dest, "cannot move into place")(e.error))?;
-    sync_dir(blobs).map_err(io_err(blobs, "cannot sync"))
+    tmp.persist(dest)
+        .map_err(|e| io_err(dest, "cannot move into place")(e.error))?;
+    let dir = dest.parent().unwrap_or(dest);
+    sync_dir(dir).map_err(io_err(dir, "cannot sync"))
+}
+
+/// True when the layout holds the blob `digest` with `size` bytes. Blobs only ever appear by
+/// rename, complete, so the size is the check (hashing gigabytes to confirm is not worth it).
+pub(crate) fn has_blob(layout: &Path, digest: &str, size: u64) -> Result<bool, OciError> {
+    let path = blob_path(layout, digest)?;
+    match fs::metadata(&path) {
+        Ok(m) => Ok(m.is_file() && m.len() == size),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(&path, "cannot stat")(e)),
+    }
 }
 
 fn copy(
@@ -631,7 +672,7 @@ fn copy(
 }
 
 /// Points `tag` at `entry` in `index.json`, under the layout's lock.
-fn update_index(layout: &Path, tag: &str, entry: Value) -> Result<(), OciError> {
+pub(crate) fn update_index(layout: &Path, tag: &str, entry: Value) -> Result<(), OciError> {
     let _lock = lock_layout(layout)?;
     let path = layout.join("index.json");
     let mut index = match fs::read(&path) {
@@ -729,7 +770,7 @@ pub fn list_tags(layout: &Path) -> Result<Vec<String>, OciError> {
 }
 
 /// The file of a blob, with the digest's grammar checked (it becomes a path).
-fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, OciError> {
+pub(crate) fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, OciError> {
     match digest::split(digest) {
         Some((algorithm, encoded)) => Ok(layout.join("blobs").join(algorithm).join(encoded)),
         None => Err(layout_err(
@@ -746,14 +787,29 @@ fn read_json_blob<T: serde::de::DeserializeOwned>(
     what: &str,
 ) -> Result<(T, String), OciError> {
     let digest = descriptor.digest().to_string();
-    let path = blob_path(layout, &digest)?;
-    if descriptor.size() > MAX_JSON_BLOB {
+    let bytes = read_small_blob(layout, &digest, descriptor.size(), what)?;
+    let value = serde_json::from_slice(&bytes).map_err(|e| {
+        layout_err(
+            layout,
+            format!("the {what} {digest} is not a valid OCI {what}: {e}"),
+        )
+    })?;
+    Ok((value, digest))
+}
+
+/// Reads a small blob (a manifest or config, at most [`MAX_JSON_BLOB`] bytes) whole and checks
+/// it against its digest.
+pub(crate) fn read_small_blob(
+    layout: &Path,
+    digest: &str,
+    size: u64,
+    what: &str,
+) -> Result<Vec<u8>, OciError> {
+    let path = blob_path(layout, digest)?;
+    if size > MAX_JSON_BLOB {
         return Err(layout_err(
             layout,
-            format!(
-                "the {what} {digest} claims {} bytes, too many for a {what}",
-                descriptor.size()
-            ),
+            format!("the {what} {digest} claims {size} bytes, too many for a {what}"),
         ));
     }
     let bytes = match fs::read(&path) {
@@ -778,17 +834,11 @@ fn read_json_blob<T: serde::de::DeserializeOwned>(
     if actual != digest {
         return Err(OciError::DigestMismatch {
             path,
-            expected: digest,
+            expected: digest.to_string(),
             actual,
         });
     }
-    let value = serde_json::from_slice(&bytes).map_err(|e| {
-        layout_err(
-            layout,
-            format!("the {what} {digest} is not a valid OCI {what}: {e}"),
-        )
-    })?;
-    Ok((value, digest))
+    Ok(bytes)
 }
 
 /// Reads the image tagged `tag`, or the only image in the layout when `tag` is `None`.
