@@ -16,6 +16,7 @@
 //! as Docker treats them as insecure registries; any other only over HTTPS unless
 //! [`RegistryOptions::insecure_http`] says otherwise.
 
+use std::error::Error as _;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -235,9 +236,13 @@ pub fn parse_reference(s: &str) -> Result<Reference, RegistryError> {
     Reference::try_from(rest).map_err(|e| bad(e.to_string()))
 }
 
-/// Pulls an image (the linux/amd64 one when the reference names an index) into the OCI layout
-/// `layout` (created if missing) under `tag`, verifying every blob's digest, and returns it as
-/// [`oci::read_image`] reads it, ready for its layers to be imported.
+/// Pulls an image into the OCI layout `layout` (created if missing) under `tag`, verifying every
+/// blob's digest, and returns it as [`oci::read_image`] reads it, ready for its layers to be
+/// imported.
+///
+/// When the reference names an index, the layout gets its linux/amd64 image (not the index).
+/// Blobs the layout already has are not downloaded. A Docker schema 2 image is stored with OCI
+/// media types, so its manifest digest in the layout differs from the registry's.
 pub async fn pull(
     reference: &str,
     layout: &Path,
@@ -247,12 +252,6 @@ pub async fn pull(
     let reference = parse_reference(reference)?;
     oci::check_tag(tag)?;
     let remote = Remote::new(reference, opts)?;
-    let layout = layout.to_path_buf();
-    {
-        let layout = layout.clone();
-        blocking(move || oci::prepare_layout(&layout)).await?;
-    }
-
     let (raw, digest) = remote.manifest(&remote.reference).await?;
     let (raw, digest) = match kind_of(&raw) {
         Kind::Index => {
@@ -286,6 +285,13 @@ pub async fn pull(
         }
     };
     let converted = to_oci_manifest(&raw).map_err(|m| remote.unsupported(m))?;
+
+    // Only now that there is an image to pull does the layout come into being.
+    let layout = layout.to_path_buf();
+    {
+        let layout = layout.clone();
+        blocking(move || oci::prepare_layout(&layout)).await?;
+    }
 
     // The config first: it is small, and it says whether the layers make an image.
     let fetched_config = remote.fetch_blob(&layout, &converted.config).await?;
@@ -385,6 +391,11 @@ pub async fn push(
         })
         .await?
     };
+    // Calls like blob_exists take credentials only from the client's store.
+    remote
+        .client
+        .store_auth_if_needed(remote.reference.resolve_registry(), &remote.auth)
+        .await;
     let config_path = oci::blob_path(layout, &image.config_digest)?;
     let mut blobs: Vec<(String, u64, PathBuf)> = image
         .layers
@@ -606,7 +617,13 @@ impl Remote {
         {
             Ok(list) if list.tags.is_empty() => format!("{detail}; the repository has no tags"),
             Ok(list) => format!("{detail}; tags there: {}", list.tags.join(", ")),
-            Err(_) => detail,
+            Err(e) => match self.error(e, Action::PullManifest) {
+                RegistryError::NotFound { .. } => format!(
+                    "{detail}; the registry has no repository {}",
+                    self.reference.repository()
+                ),
+                _ => detail,
+            },
         }
     }
 
@@ -901,7 +918,8 @@ impl Remote {
                         || format!("{}://{}", self.scheme, self.registry),
                         |u| u.to_string(),
                     ),
-                    reason: error_chain(r),
+                    // reqwest's own message repeats the URL; the causes say what happened.
+                    reason: r.source().map_or_else(|| r.to_string(), error_chain),
                     hint: hint.into(),
                 };
             }
@@ -999,7 +1017,8 @@ fn to_oci_manifest(raw: &[u8]) -> Result<Converted, String> {
     let mut value: Value =
         serde_json::from_slice(raw).map_err(|e| format!("its manifest is not valid JSON: {e}"))?;
     let mut changed = false;
-    if value.get("mediaType").and_then(Value::as_str) != Some(OCI_MANIFEST) {
+    // OCI lets a manifest leave out its mediaType; only a Docker one needs rewriting.
+    if value.get("mediaType").and_then(Value::as_str) == Some(DOCKER_MANIFEST) {
         value["mediaType"] = Value::String(OCI_MANIFEST.into());
         changed = true;
     }
@@ -1208,6 +1227,15 @@ mod tests {
         let converted = to_oci_manifest(&serde_json::to_vec(&raw).unwrap()).unwrap();
         assert_eq!(converted.rewritten, None);
         assert!(converted.layers.is_empty());
+        // Without a mediaType (OCI allows that) it is kept too.
+        let bare = serde_json::json!({
+            "schemaVersion": 2,
+            "config": {"mediaType": OCI_CONFIG, "size": 10, "digest": digest_of("c")},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "size": 3, "digest": digest_of("l")}],
+        });
+        let converted = to_oci_manifest(&serde_json::to_vec(&bare).unwrap()).unwrap();
+        assert_eq!(converted.rewritten, None);
+        assert_eq!(converted.layers.len(), 1);
     }
 
     #[test]
