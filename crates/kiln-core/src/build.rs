@@ -39,6 +39,8 @@ pub struct BuildOptions {
     pub helper: (PathBuf, Vec<String>),
     /// Most bytes the layer store may use before least-recently-used layers are removed.
     pub cache_max_bytes: u64,
+    /// Credentials for registries parent images come from.
+    pub registries: Vec<parent::RegistryCredentials>,
 }
 
 /// Something a build reports while it runs.
@@ -486,6 +488,7 @@ impl Builder {
             recipe,
             epoch,
             self.options.refresh_parent,
+            &self.options.registries,
             &progress,
         )
         .await

@@ -70,12 +70,26 @@ pub fn which(program: &str) -> Option<PathBuf> {
     })
 }
 
+/// Credentials and transport for one registry host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryCredentials {
+    /// `HOST[:PORT]` as in image references.
+    pub host: String,
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+    /// Speak plain HTTP even though the host is not loopback.
+    pub insecure_http: bool,
+}
+
 /// Resolves a recipe's parent image into layers.
 pub async fn resolve(
     home: &Home,
     recipe: &Recipe,
     epoch: i64,
     refresh: bool,
+    registries: &[RegistryCredentials],
     progress: Progress<'_>,
 ) -> Result<Parent, ParentError> {
     let store = LayerStore::new(home.clone());
@@ -189,10 +203,31 @@ pub async fn resolve(
         }
         ParentImage::Oci { dir, tag } => from_layout(&store, dir, tag.as_deref(), reference).await,
         ParentImage::Registry { reference: r } => {
-            let _ = r;
-            Err(unavailable(
-                "pulling from registries is not available in this build of kiln; copy the image into an OCI layout (skopeo copy docker://... oci:DIR:TAG) and use oci:DIR:TAG".into(),
-            ))
+            // Pulled into kiln's own layout (blobs it already has are not fetched again), then
+            // imported like any OCI layout.
+            let parsed =
+                kiln_image::registry::parse_reference(r).map_err(|e| unavailable(e.to_string()))?;
+            let opts = kiln_image::registry::RegistryOptions {
+                auth: registries
+                    .iter()
+                    .find(|c| c.host == parsed.registry())
+                    .map(|c| kiln_image::registry::RegistryAuth {
+                        username: c.username.clone(),
+                        password: c.password.clone(),
+                    }),
+                insecure_http: registries
+                    .iter()
+                    .any(|c| c.host == parsed.registry() && c.insecure_http),
+            };
+            let layout = home.root.join("pulls");
+            let tag = format!("p-{}", &sha256_hex(r.as_bytes())[..24]);
+            progress(&format!("pulling {r}"));
+            let pulled = kiln_image::registry::pull(r, &layout, &tag, &opts)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let mut p = from_layout(&store, &layout, Some(&tag), reference).await?;
+            p.record.resolved = pulled.manifest_digest;
+            Ok(p)
         }
         ParentImage::Image { name, version } => {
             let records = Records::new(home.clone());

@@ -25,6 +25,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::digest::HashingWriter;
 
 mod extract;
+mod pgzip;
 mod retar;
 mod tarw;
 mod upper;
@@ -340,7 +341,7 @@ pub(crate) fn open_tar_stream(path: &Path) -> Result<(Box<dyn Read>, Detected), 
 
 /// The compressor between the tar writer and the blob file.
 pub(crate) enum Encoder<W: Write> {
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(pgzip::ParallelGzip<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     Plain(W),
 }
@@ -348,12 +349,9 @@ pub(crate) enum Encoder<W: Write> {
 impl<W: Write> Encoder<W> {
     fn new(compression: Compression, inner: W) -> io::Result<Self> {
         Ok(match compression {
-            // Fixed header fields (no name, mtime 0, OS "unknown") keep the bytes reproducible.
-            Compression::Gzip => Encoder::Gzip(
-                flate2::GzBuilder::new()
-                    .operating_system(255)
-                    .write(inner, flate2::Compression::default()),
-            ),
+            // Parallel, in fixed-size members with fixed header fields (no name, mtime 0, OS
+            // "unknown"): the bytes do not depend on the machine.
+            Compression::Gzip => Encoder::Gzip(pgzip::ParallelGzip::new(inner)),
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(inner, 3)?;
                 enc.include_checksum(true)?;

@@ -69,14 +69,11 @@ impl BuildObserver for BuildTerminal {
     fn event(&self, e: &BuildEvent<'_>) {
         match e {
             BuildEvent::Started(r) => self.term.line(&format!(
-                "kiln build {} {} (build {}), parent {}",
+                "kiln build {} {} (build {}); logs in {}",
                 r.name,
                 r.version,
                 r.build,
-                r.parent
-                    .as_ref()
-                    .map(|p| p.reference.clone())
-                    .unwrap_or_default()
+                r.logs.display()
             )),
             BuildEvent::Stage(s) => self.term.line(&format!("== {}", s.as_str())),
             BuildEvent::Progress(p) => self.term.progress(p),
@@ -135,6 +132,7 @@ pub async fn run(args: BuildArgs) -> Result<u8> {
             vec![kiln_instance::sandbox::HELPER_ARG.to_string()],
         ),
         cache_max_bytes: cfg.cache_max_bytes,
+        registries: cfg.registries.clone(),
     };
     let observer = Arc::new(BuildTerminal {
         term: ui::Terminal::new(args.quiet),

@@ -43,6 +43,8 @@ pub struct Config {
     pub s3: Option<S3Config>,
     /// Most bytes the layer store and step cache may use (`cache.maxSize`).
     pub cache_max_bytes: u64,
+    /// Registry credentials (`registries: [{host, username, password, insecureHttp}]`).
+    pub registries: Vec<kiln_core::parent::RegistryCredentials>,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
         Config {
             s3: None,
             cache_max_bytes: DEFAULT_CACHE_MAX,
+            registries: Vec::new(),
         }
     }
 }
@@ -80,6 +83,41 @@ pub fn load() -> Result<Config> {
         let parsed =
             kiln_yaml::parse(&src).map_err(|d| anyhow::anyhow!("{}", d.render(&file, &src)))?;
         let root: &Node = &parsed.root;
+        if let Some(regs) = root.as_map().and_then(|m| m.get("registries")) {
+            let mut r = kiln_yaml::Reader::new();
+            for item in r.list(regs, "`registries`").unwrap_or_default() {
+                let Some(m) = r.map(item, "a registry") else {
+                    continue;
+                };
+                r.known_keys(
+                    m,
+                    &["host", "username", "password", "insecureHttp"],
+                    "a registry",
+                );
+                let host = r.required_string(m, "host", item.span, "a registry");
+                let username = r.string(m, "username").unwrap_or_default();
+                let password = r.string(m, "password").unwrap_or_default();
+                let insecure_http = r.boolean(m, "insecureHttp").unwrap_or(false);
+                if let Some(host) = host {
+                    config
+                        .registries
+                        .push(kiln_core::parent::RegistryCredentials {
+                            host,
+                            username,
+                            password,
+                            insecure_http,
+                        });
+                }
+            }
+            if r.has_errors() {
+                let text: String = r
+                    .diagnostics
+                    .iter()
+                    .map(|d| d.render(&file, &src).to_string())
+                    .collect();
+                bail!("{text}");
+            }
+        }
         if let Some(cache) = root.as_map().and_then(|m| m.get("cache")) {
             let size = cache
                 .as_map()

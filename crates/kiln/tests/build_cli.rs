@@ -506,3 +506,168 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Debian's docker-registry on a free loopback port, killed when dropped.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_registry() -> Registry {
+    assert!(
+        Path::new("/usr/bin/docker-registry").exists(),
+        "docker-registry is not installed: run `scripts/setup --test`"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "docker-registry did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Registry {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn every_parent_transport() {
+    base();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = home().join("regions/local");
+    write(
+        dir.path(),
+        "mark.yaml",
+        "name: mark\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Mark\n        action: ExecuteBash\n        inputs:\n          commands: ['cat /etc/kiln-test-base > /etc/child-saw-base']\n  - name: test\n    steps:\n      - name: Saw\n        action: Assert\n        inputs:\n          fileExists: /etc/child-saw-base\n",
+    );
+    // The base as a registry image, pushed with skopeo (an independent client).
+    let registry = start_registry();
+    let pushed = Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:1.0.0", layout.display()),
+            &format!("docker://127.0.0.1:{}/kiln/base:1.0", registry.port),
+        ])
+        .output()
+        .unwrap();
+    assert!(pushed.status.success(), "{}", text(&pushed.stderr));
+    // And as a rootfs tarball, exported from the base image by umoci.
+    let bundle = dir.path().join("bundle");
+    let o = Command::new("umoci")
+        .args([
+            "unpack",
+            "--image",
+            &format!("{}:1.0.0", layout.display()),
+            bundle.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let tarball = dir.path().join("rootfs.tar");
+    let o = Command::new("tar")
+        .args([
+            "-C",
+            bundle.join("rootfs").to_str().unwrap(),
+            "-cf",
+            tarball.to_str().unwrap(),
+            ".",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+
+    let parents = [
+        ("oci", format!("oci:{}:1.0.0", layout.display())),
+        (
+            "docker",
+            format!("docker://127.0.0.1:{}/kiln/base:1.0", registry.port),
+        ),
+        ("rootfs", format!("rootfs:{}", tarball.display())),
+        ("kiln", "kiln:test-base/1.x.x".to_string()),
+    ];
+    for (kind, parent) in parents {
+        let name = format!("from-{kind}-{}", std::process::id());
+        let recipe = write(
+            dir.path(),
+            &format!("{kind}.yml"),
+            &format!("name: {name}\nsemanticVersion: 1.0.0\nparentImage: {parent}\ncomponents:\n  - path: mark.yaml\n"),
+        );
+        let o = kiln(&["build", recipe.to_str().unwrap()]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{kind}: {}\n{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        let rec = record(&format!("{name}/1.0.0/1"));
+        let tests = rec["tests"]["status"].as_str().unwrap().to_string();
+        let cache = rec["components"][0]["cache"].as_str().unwrap().to_string();
+        match kind {
+            // The registry image has the very layers of the layout: kiln knows it by content,
+            // so the component (and the identical image's tests) come from the cache.
+            "docker" | "kiln" => assert_eq!(
+                (cache.as_str(), tests.as_str()),
+                ("hit", "cached"),
+                "{kind}"
+            ),
+            // A tarball of the unpacked files is one new layer: built and tested anew.
+            "rootfs" => assert_eq!(
+                (cache.as_str(), tests.as_str()),
+                ("miss", "passed"),
+                "{kind}"
+            ),
+            _ => assert!(tests == "passed" || tests == "cached", "{kind}: {tests}"),
+        }
+        assert_eq!(rec["parent"]["reference"], parent.as_str(), "{kind}");
+        assert!(
+            !rec["parent"]["resolved"].as_str().unwrap().is_empty(),
+            "{kind}"
+        );
+    }
+    // A registry without the tag: the failure names registry, repository and tag.
+    let name = format!("from-missing-{}", std::process::id());
+    let recipe = write(
+        dir.path(),
+        "missing.yml",
+        &format!("name: {name}\nsemanticVersion: 1.0.0\nparentImage: docker://127.0.0.1:{}/kiln/base:9.9\ncomponents:\n  - path: mark.yaml\n", registry.port),
+    );
+    let o = kiln(&["build", recipe.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("kiln/base:9.9") && out.contains(&format!("127.0.0.1:{}", registry.port)),
+        "{out}"
+    );
+}
