@@ -549,7 +549,9 @@ impl Builder {
             });
             let t0 = Instant::now();
             let dir = run_dir.join(format!("c{i}"));
-            let log_dir = rec.logs.join(format!("build-{:02}-{}", i + 1, c.name));
+            let log_dir = rec
+                .logs
+                .join(format!("build-{:02}-{}", i + 1, file_safe(&c.name)));
             let (report, upper, created) = self
                 .run_in_sandbox(
                     recipe,
@@ -872,6 +874,19 @@ struct SandboxRun {
     report: ExecutionReport,
     tails: Arc<Tails>,
     packages: Vec<Package>,
+}
+
+/// A name usable as a file name: letters, digits, `.`, `_` and `-`; anything else becomes `-`.
+pub fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 fn short_id(run_dir: &std::path::Path) -> String {

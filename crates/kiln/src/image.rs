@@ -304,7 +304,7 @@ fn logs(a: LogsArgs) -> Result<u8> {
             (None, true) => name == "test",
             (Some(c), _) => {
                 name.starts_with("build-")
-                    && (name.ends_with(&format!("-{c}"))
+                    && (name.ends_with(&format!("-{}", kiln_core::build::file_safe(c)))
                         || c.parse::<usize>()
                             .is_ok_and(|n| name.starts_with(&format!("build-{n:02}-"))))
             }

@@ -671,3 +671,141 @@ fn every_parent_transport() {
         "{out}"
     );
 }
+
+#[test]
+fn cache_opt_out_reboots_disabled_tests_logs_and_prune() {
+    let parent = base();
+    let dir = tempfile::tempdir().unwrap();
+    // The user guide's exit-194 example, unchanged: the sandbox restarts and the step runs again.
+    std::fs::copy(
+        repo().join("crates/kiln-toe/tests/corpus/awstoe/user-guide/toe-action-modules-01.yaml"),
+        dir.path().join("reboot.yaml"),
+    )
+    .unwrap();
+    write(
+        dir.path(),
+        "stamp.yaml",
+        "name: stamp\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Stamp\n        action: ExecuteBash\n        inputs:\n          commands: ['date +%s%N > /etc/stamp; echo stamped']\n",
+    );
+    let name = format!("features-{}", std::process::id());
+    let recipe = write(
+        dir.path(),
+        "recipe.yml",
+        &format!(
+            "name: {name}\nsemanticVersion: 0.1.0\nparentImage: {parent}\ncomponents:\n  - path: reboot.yaml\n  - path: stamp.yaml\n    cache: false\nimageTestsConfiguration:\n  imageTestsEnabled: false\n"
+        ),
+    );
+    let o = kiln(&[
+        "build",
+        recipe.to_str().unwrap(),
+        "--output",
+        "json",
+        "--no-cache",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let rec: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("--output json prints the record");
+    assert_eq!(rec["state"], "AVAILABLE");
+    assert_eq!(rec["tests"]["status"], "skipped");
+    assert!(
+        !rec["packages"].as_array().unwrap().is_empty(),
+        "the inventory is read even without tests"
+    );
+    let reboot_log = std::fs::read_to_string(
+        PathBuf::from(rec["logs"].as_str().unwrap())
+            .join("build-01-ExitCode194Example/console.log"),
+    )
+    .unwrap();
+    assert!(
+        reboot_log.contains("exit code 194: rebooting the instance"),
+        "{reboot_log}"
+    );
+    assert!(reboot_log.contains("The reboot file exists. Deleting it and exiting with success."));
+
+    // The opted-out component runs every time; the other comes from the cache.
+    let o = kiln(&["build", recipe.to_str().unwrap(), "-q"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let rec2 = record(&format!("{name}/0.1.0/2"));
+    let caches: Vec<&str> = rec2["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cache"].as_str().unwrap())
+        .collect();
+    assert_eq!(caches, ["hit", "disabled"]);
+    let last = |r: &serde_json::Value| r["layers"].as_array().unwrap().last().cloned();
+    assert_ne!(last(&rec2), last(&rec), "a fresh stamp, a new layer");
+    assert_eq!(
+        rec2["components"][0]["layer"],
+        rec["components"][0]["layer"]
+    );
+
+    // Logs by component name or position, and of the whole build.
+    let o = kiln(&[
+        "image",
+        "logs",
+        &format!("{name}/0.1.0/2"),
+        "--component",
+        "stamp",
+    ]);
+    assert!(text(&o.stdout).contains("stamped"), "{}", text(&o.stdout));
+    let o = kiln(&[
+        "image",
+        "logs",
+        &format!("{name}/0.1.0"),
+        "--component",
+        "2",
+    ]);
+    assert!(
+        text(&o.stdout).contains("==> build/Stamp"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = kiln(&["image", "get", &format!("{name}/0.1.0/1")]);
+    let get = text(&o.stdout);
+    assert!(
+        get.contains("state      AVAILABLE") && get.contains("tests      skipped"),
+        "{get}"
+    );
+    let o = kiln(&["image", "get", "no-such-image/1.0.0"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("no build matches `no-such-image/1.0.0`"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // The cache reports its size; pruning a private data directory to zero empties it.
+    let private = dir.path().join("private-home");
+    let o = kiln_cmd(&["build", recipe.to_str().unwrap(), "-q"])
+        .env("KILN_HOME", &private)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "this home has no test-base image: the parent is unknown"
+    );
+    let o = kiln_cmd(&["cache", "info"])
+        .env("KILN_HOME", &private)
+        .output()
+        .unwrap();
+    assert!(
+        text(&o.stdout).contains("layers        0"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = kiln(&["cache", "info"]);
+    let info = text(&o.stdout);
+    assert!(info.contains("layers") && info.contains("used"), "{info}");
+    let o = kiln_cmd(&["cache", "prune", "--all"])
+        .env("KILN_HOME", &private)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).starts_with("removed 0 layer(s)"),
+        "{}",
+        text(&o.stdout)
+    );
+}
