@@ -19,6 +19,14 @@ now() { date +%s.%N; }
 elapsed() { python3 -c "print(f'{float(\"$2\") - float(\"$1\"):.2f}')"; }
 median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" "$@"; }
 bb() { buildah --root "$1/root" --runroot "$1/runroot" "${@:2}"; }
+# Removes a buildah storage, unmounting what a failed run may have left mounted in it.
+drop_store() {
+  if [ -d "$1" ]; then
+    bb "$1" rm --all >/dev/null 2>&1 || true
+    grep -F " $1/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l || true
+    rm -rf "$1"
+  fi
+}
 
 # The shared base: Debian bookworm minbase + ca-certificates, as a tarball, then as an OCI layout
 # both tools read (buildah pulls it into its storage, kiln imports it into its store).
@@ -28,7 +36,7 @@ if [ ! -f "$work/base.tar" ]; then
   mv "$work/base.tar.part" "$work/base.tar"
 fi
 if [ ! -f "$work/base-layout/index.json" ]; then
-  rm -rf "$work/prep" && mkdir -p "$work/prep/ctx"
+  drop_store "$work/prep" && mkdir -p "$work/prep/ctx"
   cp "$work/base.tar" "$work/prep/ctx/base.tar"
   printf 'FROM scratch\nADD base.tar /\nCMD ["/bin/bash"]\n' > "$work/prep/ctx/Containerfile"
   bb "$work/prep" bud --runtime runc -t kiln-bench-debian:bookworm "$work/prep/ctx" >&2
@@ -60,7 +68,7 @@ for i in $(seq 1 "$runs"); do
   t[kiln_last]+=" $(elapsed "$s" "$e")"
 
   # buildah: a fresh storage that holds only the base image.
-  st="$work/buildah-store"; rm -rf "$st"
+  st="$work/buildah-store"; drop_store "$st"
   bb "$st" pull "oci:$work/base-layout:bookworm" >/dev/null 2>&1
   bb "$st" tag "$(bb "$st" images -q | head -n1)" localhost/kiln-bench-debian:bookworm
   cp bench/golden-nginx/Containerfile "$work/buildah-src/Containerfile"
@@ -78,6 +86,7 @@ home="$work/kiln-home-scratch"; rm -rf "$home"
 s=$(now); KILN_HOME="$home" "$kiln" build examples/golden-nginx/recipe.yml -q >/dev/null 2>&1; e=$(now)
 scratch=$(elapsed "$s" "$e")
 
+drop_store "$work/buildah-store"
 echo
 echo "| scenario | kiln (s) | buildah bud --layers (s) | runs |"
 echo "| --- | ---: | ---: | ---: |"

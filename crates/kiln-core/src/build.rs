@@ -126,6 +126,24 @@ struct StageFailure {
 }
 
 impl StageFailure {
+    /// The first failed step of a run, with its last output lines and log.
+    fn from_run(
+        stage: State,
+        component: Option<String>,
+        run: &SandboxRun,
+        log_dir: &std::path::Path,
+    ) -> Self {
+        let (step, reason) = first_failure(&run.report);
+        StageFailure {
+            stage,
+            component,
+            tail: step.as_deref().map(|s| run.tails.of(s)).unwrap_or_default(),
+            step,
+            reason,
+            log: Some(log_dir.join("console.log")),
+        }
+    }
+
     fn new(stage: State, reason: impl Into<String>) -> Self {
         StageFailure {
             stage,
@@ -279,12 +297,7 @@ impl Builder {
                 Err(LoadError::Unavailable(m)) => return Err(fail(m)),
             };
             let doc = &resolved.loaded.document;
-            let missing: Vec<&str> = doc
-                .parameters
-                .iter()
-                .filter(|p| p.default.is_none() && !c.parameters.iter().any(|(k, _)| k == &p.name))
-                .map(|p| p.name.as_str())
-                .collect();
+            let missing = doc.missing_parameters(&c.parameters);
             if !missing.is_empty() {
                 return Err(fail(format!(
                     "parameter{} {} ha{} no default: give {} under `parameters` in the recipe",
@@ -341,7 +354,7 @@ impl Builder {
         recipe: &Recipe,
         observer: Arc<dyn BuildObserver>,
     ) -> Result<ImageRecord, BuildError> {
-        if !nix_is_root() {
+        if !kiln_instance::is_root() {
             return Err(BuildError::Environment(
                 "kiln build needs root (namespaces, overlayfs mounts, file ownership): run it as root, e.g. with sudo".into(),
             ));
@@ -574,18 +587,12 @@ impl Builder {
             rec.components[i].steps = steps;
             rec.components[i].duration_ms = millis(t0);
             if !report.report.status.ok() {
-                let (step, reason) = first_failure(&report.report);
-                return Err(StageFailure {
-                    stage: State::Building,
-                    component: Some(c.name.clone()),
-                    tail: step
-                        .as_deref()
-                        .map(|s| report.tails.of(s))
-                        .unwrap_or_default(),
-                    step,
-                    reason,
-                    log: Some(log_dir.join("console.log")),
-                });
+                return Err(StageFailure::from_run(
+                    State::Building,
+                    Some(c.name.clone()),
+                    &report,
+                    &log_dir,
+                ));
             }
             observer.event(&BuildEvent::Progress(&format!(
                 "capturing the layer of {}",
@@ -711,24 +718,18 @@ impl Builder {
                 reused_from: None,
             });
             if !report.report.status.ok() {
-                let (step, reason) = first_failure(&report.report);
                 let component = report
                     .report
                     .documents
                     .iter()
                     .find(|d| !d.status.ok())
                     .map(|d| d.name.clone());
-                return Err(StageFailure {
-                    stage: State::Testing,
+                return Err(StageFailure::from_run(
+                    State::Testing,
                     component,
-                    tail: step
-                        .as_deref()
-                        .map(|s| report.tails.of(s))
-                        .unwrap_or_default(),
-                    step,
-                    reason,
-                    log: Some(log_dir.join("console.log")),
-                });
+                    &report,
+                    &log_dir,
+                ));
             }
             rec.packages = report.packages;
             let _ = write_json(
@@ -903,17 +904,6 @@ fn short_id(run_dir: &std::path::Path) -> String {
                 .collect()
         })
         .unwrap_or_else(|| "build".into())
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// Environment variables Image Builder gives components, with kiln's values.

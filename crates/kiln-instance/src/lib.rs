@@ -26,6 +26,11 @@ pub mod sandbox;
 
 pub use fileops::{FileOp, FileOpOutput};
 
+/// True when kiln runs as root (the sandbox needs it).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
 /// Errors of an instance.
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {

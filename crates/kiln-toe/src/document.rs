@@ -41,6 +41,15 @@ impl Document {
     pub fn phase(&self, name: &str) -> Option<&Phase> {
         self.phases.iter().find(|p| p.name == name)
     }
+
+    /// Parameters that have no default and are not among `given`.
+    pub fn missing_parameters<'a>(&'a self, given: &[(String, String)]) -> Vec<&'a str> {
+        self.parameters
+            .iter()
+            .filter(|p| p.default.is_none() && !given.iter().any(|(k, _)| k == &p.name))
+            .map(|p| p.name.as_str())
+            .collect()
+    }
 }
 
 /// A parameter the caller may set.

@@ -361,22 +361,7 @@ impl Engine {
         doc: &Document,
         given: &[(String, String)],
     ) -> Result<HashMap<String, String>, String> {
-        let mut vars = HashMap::new();
-        let mut missing = Vec::new();
-        for p in &doc.parameters {
-            let value = given
-                .iter()
-                .rev()
-                .find(|(k, _)| k == &p.name)
-                .map(|(_, v)| v.clone())
-                .or_else(|| p.default.clone());
-            match value {
-                Some(v) => {
-                    vars.insert(p.name.clone(), v);
-                }
-                None => missing.push(p.name.clone()),
-            }
-        }
+        let missing = doc.missing_parameters(given);
         if !missing.is_empty() {
             return Err(format!(
                 "{}: parameter{} {} ha{} no default and no value was given; pass --parameters {}",
@@ -394,6 +379,18 @@ impl Engine {
                     .collect::<Vec<_>>()
                     .join(",")
             ));
+        }
+        let mut vars = HashMap::new();
+        for p in &doc.parameters {
+            let value = given
+                .iter()
+                .rev()
+                .find(|(k, _)| k == &p.name)
+                .map(|(_, v)| v.clone())
+                .or_else(|| p.default.clone());
+            if let Some(v) = value {
+                vars.insert(p.name.clone(), v);
+            }
         }
         for c in &doc.constants {
             if given.iter().any(|(k, _)| k == &c.name) {

@@ -13,24 +13,13 @@ pub fn kiln_home() -> PathBuf {
     if let Some(h) = std::env::var_os("KILN_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(h);
     }
-    if nix_is_root() {
+    if kiln_instance::is_root() {
         return PathBuf::from("/var/lib/kiln");
     }
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/kiln")
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// Default bound of the layer store and step cache.

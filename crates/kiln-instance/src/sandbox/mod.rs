@@ -273,7 +273,7 @@ impl Sandbox {
         helper: PathBuf,
         helper_args: Vec<String>,
     ) -> Result<Sandbox, InstanceError> {
-        if !nix::unistd::geteuid().is_root() {
+        if !crate::is_root() {
             return Err(InstanceError::Unsupported(
                 "kiln's sandbox needs root (namespaces, overlayfs, pivot_root): run kiln as root"
                     .into(),
