@@ -209,7 +209,15 @@ fn report(r: &ImageRecord, output: Output) -> Result<()> {
             }
             writeln!(out)?;
         }
-        writeln!(out, "  {}", f.reason.replace('\n', "\n  "))?;
+        // The engine's message quotes the output too; the tail below is the fuller copy.
+        let reason = match (
+            f.output_tail.is_empty(),
+            f.reason.split_once("; last output:"),
+        ) {
+            (false, Some((head, _))) => head,
+            _ => f.reason.as_str(),
+        };
+        writeln!(out, "  {}", reason.replace('\n', "\n  "))?;
         if !f.output_tail.is_empty() {
             writeln!(out, "  last output:")?;
             for l in &f.output_tail {
