@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod digest;
+pub mod disk;
 pub mod layer;
 pub mod oci;
 pub mod registry;

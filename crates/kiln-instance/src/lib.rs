@@ -18,6 +18,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod agent;
+pub mod client;
 pub mod encoding;
 pub mod fileops;
 pub mod host;

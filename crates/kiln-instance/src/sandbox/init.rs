@@ -14,24 +14,17 @@
 //! exits when its stdin closes (kiln stopped or died); PID 1 and the helper also carry
 //! `PR_SET_PDEATHSIG`, so the chain unwinds whichever link breaks.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
+use super::protocol::{Response, ResponseBody};
+use super::syscalls::{Linux, PathState, Syscalls};
+use super::{Network, SandboxSpec, SCRATCH};
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
-
-use super::protocol::{b64decode, b64encode, Request, RequestBody, Response, ResponseBody, CHUNK};
-use super::syscalls::{Linux, PathState, Syscalls};
-use super::{Network, SandboxSpec, SCRATCH};
-use crate::fileops;
-use crate::process;
 
 /// Devices bind-mounted from the host into the sandbox's /dev.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
@@ -369,12 +362,6 @@ fn pid1(spec: &SandboxSpec) -> ! {
     }
 }
 
-type Outbox = mpsc::UnboundedSender<Response>;
-
-fn send(out: &Outbox, id: u64, body: ResponseBody) {
-    let _ = out.send(Response { id, body });
-}
-
 /// Serves requests until stdin closes. Runs as PID 2 of the sandbox.
 fn agent(spec: &SandboxSpec, created: Vec<String>) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -384,173 +371,17 @@ fn agent(spec: &SandboxSpec, created: Vec<String>) -> i32 {
         Ok(rt) => rt,
         Err(e) => fatal(format!("starting the agent: {e}")),
     };
-    let spec = Arc::new(spec.clone());
-    rt.block_on(async move {
-        let (out, mut outq) = mpsc::unbounded_channel::<Response>();
-        let writer = tokio::spawn(async move {
-            let mut stdout = tokio::io::stdout();
-            while let Some(r) = outq.recv().await {
-                if let Ok(mut line) = serde_json::to_vec(&r) {
-                    line.push(b'\n');
-                    if stdout.write_all(&line).await.is_err() {
-                        return;
-                    }
-                    let _ = stdout.flush().await;
-                }
-            }
-        });
-        send(&out, 0, ResponseBody::Ready { created });
-        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        let mut running: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
-        let mut puts: HashMap<u64, (PathBuf, PathBuf, u32, std::fs::File)> = HashMap::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            running.retain(|_, h| !h.is_finished());
-            let req: Request = match serde_json::from_str(&line) {
-                Ok(r) => r,
-                Err(e) => {
-                    send(&out, 0, ResponseBody::Error(format!("bad request: {e}")));
-                    continue;
-                }
-            };
-            let id = req.id;
-            match req.body {
-                RequestBody::Exec(exec) => {
-                    let out = out.clone();
-                    let spec = spec.clone();
-                    let task = tokio::spawn(async move {
-                        let mut cmd = tokio::process::Command::new(&exec.program);
-                        cmd.args(&exec.args)
-                            .env_clear()
-                            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-                            .envs(exec.env.iter().map(|(k, v)| (k, v)))
-                            .current_dir(exec.cwd.as_deref().unwrap_or(&spec.working_dir));
-                        let line_out = out.clone();
-                        let mut sink = move |stream, text: &str| {
-                            send(
-                                &line_out,
-                                id,
-                                ResponseBody::Line {
-                                    stream,
-                                    text: text.to_string(),
-                                },
-                            );
-                        };
-                        match process::run(cmd, &exec.program, exec.timeout, &mut sink).await {
-                            Ok(o) => send(
-                                &out,
-                                id,
-                                ResponseBody::Exit {
-                                    status: o.status,
-                                    stdout: o.stdout,
-                                    stderr: o.stderr,
-                                },
-                            ),
-                            Err(e) => send(&out, id, ResponseBody::Error(e.to_string())),
-                        }
-                    });
-                    running.insert(id, task.abort_handle());
-                }
-                RequestBody::Cancel => {
-                    // Dropping the exec task kills its process tree (see `process::run`).
-                    if let Some(h) = running.remove(&id) {
-                        h.abort();
-                    }
-                }
-                RequestBody::FileOp(op) => {
-                    let out = out.clone();
-                    let cwd = PathBuf::from(&spec.working_dir);
-                    tokio::task::spawn_blocking(move || match fileops::apply(&op, &cwd) {
-                        Ok(r) => send(&out, id, ResponseBody::FileOp(r)),
-                        Err(e) => send(&out, id, ResponseBody::Error(e.to_string())),
-                    });
-                }
-                RequestBody::PutBegin { path, mode } => {
-                    let dest = fileops::resolve(Path::new(&spec.working_dir), &path);
-                    let tmp = dest.with_file_name(format!(
-                        ".{}.kiln-part",
-                        dest.file_name()
-                            .map(|n| n.to_string_lossy().into_owned())
-                            .unwrap_or_default()
-                    ));
-                    let opened = dest
-                        .parent()
-                        .map_or(Ok(()), std::fs::create_dir_all)
-                        .and_then(|_| std::fs::File::create(&tmp));
-                    match opened {
-                        Ok(f) => {
-                            puts.insert(id, (tmp, dest, mode, f));
-                        }
-                        Err(e) => send(&out, id, ResponseBody::Error(io("creating", &tmp, e))),
-                    }
-                }
-                RequestBody::Data(chunk) => {
-                    if let Some((tmp, _, _, f)) = puts.get_mut(&id) {
-                        let ok = b64decode(&chunk).map(|bytes| f.write_all(&bytes));
-                        if !matches!(ok, Some(Ok(()))) {
-                            let tmp = tmp.clone();
-                            puts.remove(&id);
-                            let _ = std::fs::remove_file(&tmp);
-                            send(
-                                &out,
-                                id,
-                                ResponseBody::Error(format!("writing {}", tmp.display())),
-                            );
-                        }
-                    }
-                }
-                RequestBody::End => {
-                    if let Some((tmp, dest, mode, f)) = puts.remove(&id) {
-                        use std::os::unix::fs::PermissionsExt;
-                        drop(f);
-                        let r =
-                            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-                                .and_then(|_| std::fs::rename(&tmp, &dest));
-                        match r {
-                            Ok(()) => send(&out, id, ResponseBody::Done),
-                            Err(e) => {
-                                let _ = std::fs::remove_file(&tmp);
-                                send(&out, id, ResponseBody::Error(io("writing", &dest, e)))
-                            }
-                        }
-                    }
-                }
-                RequestBody::Get { path } => {
-                    let out = out.clone();
-                    let src = fileops::resolve(Path::new(&spec.working_dir), &path);
-                    tokio::task::spawn_blocking(move || {
-                        use std::io::Read;
-                        let mut f = match std::fs::File::open(&src) {
-                            Ok(f) => f,
-                            Err(e) => {
-                                return send(&out, id, ResponseBody::Error(io("reading", &src, e)))
-                            }
-                        };
-                        let mut buf = vec![0u8; CHUNK];
-                        loop {
-                            match f.read(&mut buf) {
-                                Ok(0) => return send(&out, id, ResponseBody::Done),
-                                Ok(n) => send(&out, id, ResponseBody::Data(b64encode(&buf[..n]))),
-                                Err(e) => {
-                                    return send(
-                                        &out,
-                                        id,
-                                        ResponseBody::Error(io("reading", &src, e)),
-                                    )
-                                }
-                            }
-                        }
-                    });
-                }
-            }
-        }
-        // kiln is gone or done: stop everything (PID 1 then ends the namespace).
-        for (_, h) in running {
-            h.abort();
-        }
-        drop(out);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
-        0
-    })
+    let config = crate::agent::AgentConfig {
+        working_dir: spec.working_dir.clone(),
+        env: spec.env.clone(),
+    };
+    rt.block_on(crate::agent::serve(
+        tokio::io::stdin(),
+        tokio::io::stdout(),
+        config,
+        created,
+    ));
+    0
 }
 
 #[cfg(test)]

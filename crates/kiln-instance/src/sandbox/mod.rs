@@ -11,21 +11,17 @@ pub mod init;
 pub mod protocol;
 pub mod syscalls;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::AsyncBufReadExt;
 
 use crate::fileops::{FileOp, FileOpOutput};
 use crate::{ExecOutcome, ExecRequest, Instance, InstanceError, InstanceKind, OutputSink};
-use protocol::{b64decode, b64encode, Request, RequestBody, Response, ResponseBody, CHUNK};
 
 /// First argument that turns kiln's binary into the sandbox helper.
 pub const HELPER_ARG: &str = "__kiln-sandbox-helper";
@@ -193,58 +189,10 @@ pub fn cgroup_plan(root: &Path, id: &str, limits: &Limits) -> Vec<CgroupDir> {
     out
 }
 
-type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<ResponseBody>>>>;
-
-/// One running helper.
-struct Conn {
-    outbox: mpsc::UnboundedSender<Request>,
-    pending: Pending,
+/// A running helper and the agent behind it.
+struct Running {
+    client: Arc<crate::client::AgentClient>,
     child: tokio::sync::Mutex<tokio::process::Child>,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Conn {
-    fn call(
-        &self,
-        id: u64,
-        body: RequestBody,
-    ) -> Result<mpsc::UnboundedReceiver<ResponseBody>, InstanceError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(id, tx);
-        }
-        self.outbox
-            .send(Request { id, body })
-            .map_err(|_| InstanceError::Op("the sandbox has stopped".into()))?;
-        Ok(rx)
-    }
-
-    fn send(&self, id: u64, body: RequestBody) -> Result<(), InstanceError> {
-        self.outbox
-            .send(Request { id, body })
-            .map_err(|_| InstanceError::Op("the sandbox has stopped".into()))
-    }
-
-    fn gone(&self) -> InstanceError {
-        let tail = self
-            .stderr
-            .lock()
-            .map(|l| {
-                l.iter()
-                    .rev()
-                    .take(5)
-                    .rev()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-            .unwrap_or_default();
-        InstanceError::Op(if tail.is_empty() {
-            "the sandbox stopped unexpectedly".into()
-        } else {
-            format!("the sandbox stopped unexpectedly: {tail}")
-        })
-    }
 }
 
 /// A running sandbox.
@@ -252,8 +200,7 @@ pub struct Sandbox {
     spec: SandboxSpec,
     helper: PathBuf,
     helper_args: Vec<String>,
-    conn: tokio::sync::RwLock<Option<Arc<Conn>>>,
-    ids: AtomicU64,
+    running: tokio::sync::RwLock<Option<Arc<Running>>>,
     created: Mutex<Vec<String>>,
 }
 
@@ -293,8 +240,7 @@ impl Sandbox {
             spec,
             helper,
             helper_args,
-            conn: tokio::sync::RwLock::new(None),
-            ids: AtomicU64::new(1),
+            running: tokio::sync::RwLock::new(None),
             created: Mutex::new(Vec::new()),
         };
         sandbox.launch().await?;
@@ -332,24 +278,11 @@ impl Sandbox {
             program: self.helper.display().to_string(),
             source,
         })?;
-        let (Some(mut stdin), Some(stdout), Some(stderr)) =
+        let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             return Err(InstanceError::Op("the sandbox helper has no pipes".into()));
         };
-        let (outbox, mut outq) = mpsc::unbounded_channel::<Request>();
-        tokio::spawn(async move {
-            while let Some(req) = outq.recv().await {
-                let Ok(mut line) = serde_json::to_vec(&req) else {
-                    continue;
-                };
-                line.push(b'\n');
-                if stdin.write_all(&line).await.is_err() {
-                    return;
-                }
-            }
-            // Dropping stdin here tells the agent to stop.
-        });
         let stderr_lines = Arc::new(Mutex::new(Vec::<String>::new()));
         let sink = stderr_lines.clone();
         let id = self.spec.id.clone();
@@ -366,61 +299,16 @@ impl Sandbox {
                 }
             }
         });
-        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<Vec<String>, String>>();
-        let reader_pending = pending.clone();
-        tokio::spawn(async move {
-            let mut ready = Some(ready_tx);
-            let mut lines = tokio::io::BufReader::new(stdout).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                let Ok(resp) = serde_json::from_str::<Response>(&l) else {
-                    tracing::warn!("sandbox agent said something unreadable: {l}");
-                    continue;
-                };
-                match (resp.id, resp.body) {
-                    (0, ResponseBody::Ready { created }) => {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(Ok(created));
-                        }
-                    }
-                    (0, ResponseBody::Fatal(msg)) => {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(Err(msg));
-                        }
-                    }
-                    (0, other) => tracing::warn!("sandbox agent: {other:?}"),
-                    (id, body) => {
-                        let last = matches!(
-                            body,
-                            ResponseBody::Exit { .. }
-                                | ResponseBody::FileOp(_)
-                                | ResponseBody::Done
-                                | ResponseBody::Error(_)
-                        );
-                        if let Ok(mut p) = reader_pending.lock() {
-                            if let Some(tx) = p.get(&id) {
-                                let _ = tx.send(body);
-                            }
-                            if last {
-                                p.remove(&id);
-                            }
-                        }
-                    }
-                }
-            }
-            // The helper is gone: every waiting caller sees its channel close.
-            if let Ok(mut p) = reader_pending.lock() {
-                p.clear();
-            }
-        });
-        let conn = Arc::new(Conn {
-            outbox,
-            pending,
-            child: tokio::sync::Mutex::new(child),
-            stderr: stderr_lines,
-        });
-        match tokio::time::timeout(START_TIMEOUT, ready_rx).await {
-            Ok(Ok(Ok(created))) => {
+        let connected = crate::client::AgentClient::connect(
+            stdout,
+            stdin,
+            "sandbox",
+            stderr_lines,
+            START_TIMEOUT,
+        )
+        .await;
+        match connected {
+            Ok((client, created)) => {
                 if let Ok(mut c) = self.created.lock() {
                     for p in created {
                         if !c.contains(&p) {
@@ -428,34 +316,36 @@ impl Sandbox {
                         }
                     }
                 }
-                *self.conn.write().await = Some(conn);
+                *self.running.write().await = Some(Arc::new(Running {
+                    client,
+                    child: tokio::sync::Mutex::new(child),
+                }));
                 Ok(())
             }
-            Ok(Ok(Err(msg))) => {
-                let _ = conn.child.lock().await.wait().await;
+            Err(crate::client::ConnectError::Fatal(msg)) => {
+                let _ = child.wait().await;
                 self.remove_cgroups();
                 Err(InstanceError::Op(format!(
                     "the sandbox could not start: {msg}"
                 )))
             }
-            _ => {
-                let _ = conn.child.lock().await.kill().await;
+            Err(crate::client::ConnectError::Gone) => {
+                let _ = child.kill().await;
                 self.remove_cgroups();
-                Err(conn.gone())
+                Err(InstanceError::Op(
+                    "the sandbox helper ended before its agent was ready".into(),
+                ))
             }
         }
     }
 
-    async fn conn(&self) -> Result<Arc<Conn>, InstanceError> {
-        self.conn
+    async fn client(&self) -> Result<Arc<crate::client::AgentClient>, InstanceError> {
+        self.running
             .read()
             .await
-            .clone()
+            .as_ref()
+            .map(|r| r.client.clone())
             .ok_or_else(|| InstanceError::Op("the sandbox is stopped".into()))
-    }
-
-    fn next_id(&self) -> u64 {
-        self.ids.fetch_add(1, Ordering::Relaxed)
     }
 
     fn remove_cgroups(&self) {
@@ -471,46 +361,21 @@ impl Sandbox {
     }
 
     async fn shutdown(&self) -> Result<(), InstanceError> {
-        let Some(conn) = self.conn.write().await.take() else {
+        let Some(running) = self.running.write().await.take() else {
             return Ok(());
         };
-        let conn = match Arc::try_unwrap(conn) {
-            Ok(c) => c,
-            Err(shared) => {
-                // Someone still holds it (a cancelled call); kill outright.
-                let _ = shared.child.lock().await.kill().await;
-                self.remove_cgroups();
-                return Ok(());
-            }
-        };
-        drop(conn.outbox);
-        let mut child = conn.child.into_inner();
+        // Closing the agent's stdin ends it, then PID 1, then the namespace.
+        running.client.close();
+        let mut child = running.child.lock().await;
         if tokio::time::timeout(Duration::from_secs(10), child.wait())
             .await
             .is_err()
         {
             let _ = child.kill().await;
         }
+        drop(child);
         self.remove_cgroups();
         Ok(())
-    }
-}
-
-/// Sends `Cancel` for an exec that is dropped before it finishes (a step timeout, Ctrl-C).
-struct CancelOnDrop {
-    conn: Arc<Conn>,
-    id: u64,
-    armed: bool,
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = self.conn.send(self.id, RequestBody::Cancel);
-            if let Ok(mut p) = self.conn.pending.lock() {
-                p.remove(&self.id);
-            }
-        }
     }
 }
 
@@ -529,126 +394,19 @@ impl Instance for Sandbox {
         req: &ExecRequest,
         sink: &mut dyn OutputSink,
     ) -> Result<ExecOutcome, InstanceError> {
-        let conn = self.conn().await?;
-        let id = self.next_id();
-        let mut rx = conn.call(id, RequestBody::Exec(req.clone()))?;
-        let mut guard = CancelOnDrop {
-            conn: conn.clone(),
-            id,
-            armed: true,
-        };
-        while let Some(msg) = rx.recv().await {
-            match msg {
-                ResponseBody::Line { stream, text } => sink.line(stream, &text),
-                ResponseBody::Exit {
-                    status,
-                    stdout,
-                    stderr,
-                } => {
-                    guard.armed = false;
-                    return Ok(ExecOutcome {
-                        status,
-                        stdout,
-                        stderr,
-                    });
-                }
-                ResponseBody::Error(e) => {
-                    guard.armed = false;
-                    return Err(InstanceError::Op(e));
-                }
-                _ => {}
-            }
-        }
-        guard.armed = false;
-        Err(conn.gone())
+        self.client().await?.exec(req, sink).await
     }
 
     async fn file_op(&self, op: &FileOp) -> Result<FileOpOutput, InstanceError> {
-        let conn = self.conn().await?;
-        let id = self.next_id();
-        let mut rx = conn.call(id, RequestBody::FileOp(op.clone()))?;
-        match rx.recv().await {
-            Some(ResponseBody::FileOp(out)) => Ok(out),
-            Some(ResponseBody::Error(e)) => Err(InstanceError::Op(e)),
-            Some(other) => Err(InstanceError::Op(format!("unexpected answer {other:?}"))),
-            None => Err(conn.gone()),
-        }
+        self.client().await?.file_op(op).await
     }
 
     async fn put_file(&self, host_src: &Path, dest: &str, mode: u32) -> Result<(), InstanceError> {
-        let conn = self.conn().await?;
-        let id = self.next_id();
-        let mut file = tokio::fs::File::open(host_src)
-            .await
-            .map_err(|e| InstanceError::io(format!("reading {}", host_src.display()), e))?;
-        let mut rx = conn.call(
-            id,
-            RequestBody::PutBegin {
-                path: dest.to_string(),
-                mode,
-            },
-        )?;
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = file
-                .read(&mut buf)
-                .await
-                .map_err(|e| InstanceError::io(format!("reading {}", host_src.display()), e))?;
-            if n == 0 {
-                break;
-            }
-            conn.send(id, RequestBody::Data(b64encode(&buf[..n])))?;
-        }
-        conn.send(id, RequestBody::End)?;
-        match rx.recv().await {
-            Some(ResponseBody::Done) => Ok(()),
-            Some(ResponseBody::Error(e)) => Err(InstanceError::Op(e)),
-            Some(other) => Err(InstanceError::Op(format!("unexpected answer {other:?}"))),
-            None => Err(conn.gone()),
-        }
+        self.client().await?.put_file(host_src, dest, mode).await
     }
 
     async fn get_file(&self, src: &str, host_dest: &Path) -> Result<(), InstanceError> {
-        let conn = self.conn().await?;
-        let id = self.next_id();
-        let mut rx = conn.call(
-            id,
-            RequestBody::Get {
-                path: src.to_string(),
-            },
-        )?;
-        let tmp = host_dest.with_extension("kiln-part");
-        let mut out = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| InstanceError::io(format!("creating {}", tmp.display()), e))?;
-        loop {
-            match rx.recv().await {
-                Some(ResponseBody::Data(chunk)) => {
-                    let bytes = b64decode(&chunk)
-                        .ok_or_else(|| InstanceError::Op("corrupt file chunk".into()))?;
-                    out.write_all(&bytes)
-                        .await
-                        .map_err(|e| InstanceError::io(format!("writing {}", tmp.display()), e))?;
-                }
-                Some(ResponseBody::Done) => break,
-                Some(ResponseBody::Error(e)) => {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                    return Err(InstanceError::Op(e));
-                }
-                Some(_) => {}
-                None => {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                    return Err(conn.gone());
-                }
-            }
-        }
-        out.flush()
-            .await
-            .map_err(|e| InstanceError::io(format!("writing {}", tmp.display()), e))?;
-        drop(out);
-        tokio::fs::rename(&tmp, host_dest)
-            .await
-            .map_err(|e| InstanceError::io(format!("writing {}", host_dest.display()), e))
+        self.client().await?.get_file(src, host_dest).await
     }
 
     fn scratch_dir(&self) -> String {

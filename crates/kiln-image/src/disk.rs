@@ -1,0 +1,604 @@
+//! Bootable disk images, assembled as files: no loop devices, no mounted partitions.
+//!
+//! 1. [`root_filesystem`]: the image's layers are merged by the kernel (a read-only overlay in a
+//!    private mount namespace made by `unshare`, so the mount never exists outside it) and
+//!    `mkfs.ext4 -d` writes an ext4 filesystem file from the merged tree, with a chosen UUID.
+//! 2. [`assemble`]: a GPT disk file (a 1 MiB BIOS boot partition, then the root partition) is
+//!    partitioned with `sfdisk`, the filesystem is copied in at its offset (sparse), GRUB's
+//!    `core.img` (from `grub-mkimage`, with every module the configuration needs built in) goes
+//!    into the BIOS boot partition, and the first 440 bytes of `boot.img` into the MBR, patched
+//!    the way `grub-bios-setup` does: the LBA of `core.img` at 0x5c of `boot.img`, and the
+//!    blocklist of the rest of `core.img` at 0x1f4 of its first sector.
+//! 3. [`convert`]: `qemu-img` turns the raw disk into qcow2 (optionally compressed), vmdk or vhd.
+//!
+//! The boot configuration (`/etc/fstab`, `/boot/grub/grub.cfg`) is written by [`boot_files`]
+//! into an extra top layer, so the image's own layers are never changed.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Sector size.
+const SECTOR: u64 = 512;
+/// First LBA of the BIOS boot partition (1 MiB).
+const BIOS_START: u64 = 2048;
+/// Sectors of the BIOS boot partition (1 MiB).
+const BIOS_SECTORS: u64 = 2048;
+/// First LBA of the root partition (2 MiB).
+const ROOT_START: u64 = BIOS_START + BIOS_SECTORS;
+/// Sectors the backup GPT needs at the end.
+const GPT_BACKUP: u64 = 34;
+
+/// GPT type of a BIOS boot partition.
+pub const BIOS_BOOT_TYPE: &str = "21686148-6449-6E6F-744E-656564454649";
+/// GPT type of a Linux filesystem partition.
+pub const LINUX_FS_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+
+/// The GRUB modules built into `core.img` (everything `grub.cfg` below uses).
+pub const GRUB_MODULES: &[&str] = &[
+    "biosdisk",
+    "part_gpt",
+    "ext2",
+    "normal",
+    "linux",
+    "search",
+    "search_fs_uuid",
+    "serial",
+    "terminal",
+    "echo",
+    "test",
+    "configfile",
+];
+
+/// Errors of disk assembly.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// A host program is missing.
+    #[error(
+        "{program} is not installed ({package}): run scripts/setup, or apt-get install {package}"
+    )]
+    MissingProgram {
+        /// The program.
+        program: String,
+        /// The Debian package with it.
+        package: String,
+    },
+    /// A host program failed.
+    #[error("{program} failed: {message}")]
+    Tool {
+        /// The program.
+        program: String,
+        /// Its diagnostics.
+        message: String,
+    },
+    /// The image cannot boot as it is.
+    #[error("{0}")]
+    NotBootable(String),
+    /// The requested size is too small.
+    #[error("the disk is {wanted} bytes but its content needs at least {needed}: raise blockDeviceMappings' volumeSize")]
+    TooSmall {
+        /// Asked for.
+        wanted: u64,
+        /// Needed.
+        needed: u64,
+    },
+    /// A file operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> DiskError {
+    let what = what.to_string();
+    let path = path.to_path_buf();
+    move |source| DiskError::Io { what, path, source }
+}
+
+fn need(program: &str, package: &str) -> Result<PathBuf, DiskError> {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = Path::new(dir).join(program);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(DiskError::MissingProgram {
+        program: program.into(),
+        package: package.into(),
+    })
+}
+
+fn run(cmd: &mut Command, program: &str) -> Result<String, DiskError> {
+    let out = cmd.output().map_err(|e| DiskError::Tool {
+        program: program.into(),
+        message: e.to_string(),
+    })?;
+    if !out.status.success() {
+        let mut message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if message.is_empty() {
+            message = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        return Err(DiskError::Tool {
+            program: program.into(),
+            message: format!("{} ({})", message, out.status),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Names in one folder of a stack of overlay lower dirs (bottom first), as the merged view
+/// shows them: later layers add names, whiteouts remove them, opaque folders hide what is below.
+pub fn merged_names(layers_bottom_first: &[PathBuf], dir: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for layer in layers_bottom_first {
+        let d = layer.join(dir);
+        let opaque = xattr_is_opaque(&d);
+        if opaque {
+            names.clear();
+        }
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            match e.file_type() {
+                Ok(t) if t.is_char_device() && is_whiteout(&e.path()) => {
+                    names.remove(&name);
+                }
+                _ => {
+                    names.insert(name);
+                }
+            }
+        }
+    }
+    names
+}
+
+fn is_whiteout(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
+}
+
+fn xattr_is_opaque(p: &Path) -> bool {
+    xattr::get(p, "trusted.overlay.opaque")
+        .ok()
+        .flatten()
+        .is_some_and(|v| v == b"y")
+}
+
+/// The newest kernel in `/boot` of the merged layers, with its initrd if there is one.
+pub fn find_kernel(layers_bottom_first: &[PathBuf]) -> Option<(String, Option<String>)> {
+    let names = merged_names(layers_bottom_first, "boot");
+    let mut versions: Vec<&str> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("vmlinuz-"))
+        .collect();
+    versions.sort_by(|a, b| version_cmp(a, b));
+    let v = versions.last()?;
+    let initrd = format!("initrd.img-{v}");
+    Some((
+        format!("vmlinuz-{v}"),
+        names.contains(&initrd).then_some(initrd),
+    ))
+}
+
+/// Compares kernel version strings by their numeric parts (6.1.0-28 after 6.1.0-9).
+fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |s: &str| -> Vec<u64> {
+        s.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    parts(a).cmp(&parts(b)).then(a.cmp(b))
+}
+
+/// The boot configuration of a disk image, as files for an extra top layer.
+pub fn boot_files(
+    dir: &Path,
+    fs_uuid: &str,
+    kernel: &str,
+    initrd: Option<&str>,
+) -> Result<(), DiskError> {
+    let write = |rel: &str, content: String| -> Result<(), DiskError> {
+        let p = dir.join(rel);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).map_err(io("creating", parent))?;
+        }
+        fs::write(&p, content).map_err(io("writing", &p))
+    };
+    write(
+        "etc/fstab",
+        format!("# Written by kiln: the root filesystem, by UUID.\nUUID={fs_uuid} / ext4 errors=remount-ro 0 1\n"),
+    )?;
+    let initrd_line = initrd
+        .map(|i| format!("    initrd /boot/{i}\n"))
+        .unwrap_or_default();
+    write(
+        "boot/grub/grub.cfg",
+        format!(
+            "# Written by kiln.\n\
+             serial --unit=0 --speed=115200\n\
+             terminal_input serial console\n\
+             terminal_output serial console\n\
+             set timeout=1\n\
+             search --no-floppy --fs-uuid --set=root {fs_uuid}\n\
+             menuentry 'kiln image' {{\n\
+             \x20   linux /boot/{kernel} root=UUID={fs_uuid} ro console=tty0 console=ttyS0,115200n8\n\
+             {initrd_line}\
+             }}\n"
+        ),
+    )
+}
+
+/// The merged tree's size in bytes and number of inodes, read inside the private namespace.
+fn overlay_script(lowers_top_first: &[PathBuf], body: &str) -> Result<String, DiskError> {
+    let lower = lowers_top_first
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    if lower.contains(',') {
+        return Err(DiskError::NotBootable("a layer path contains `,`".into()));
+    }
+    Ok(format!(
+        "set -eu\nm=$(mktemp -d)\nmount -t overlay overlay -o ro,lowerdir={lower} \"$m\"\n{body}\n"
+    ))
+}
+
+/// Writes an ext4 filesystem file from the merged layers (topmost first). With `size` unset,
+/// the filesystem is the content plus a quarter and 256 MiB of headroom.
+pub fn root_filesystem(
+    lowers_top_first: &[PathBuf],
+    out: &Path,
+    fs_uuid: &str,
+    size: Option<u64>,
+) -> Result<u64, DiskError> {
+    let unshare = need("unshare", "util-linux")?;
+    let mkfs = need("mkfs.ext4", "e2fsprogs")?;
+    // One namespace does it all: measure, then make the filesystem from the merged view.
+    let probe = overlay_script(
+        lowers_top_first,
+        "du -s --block-size=1 \"$m\" | cut -f1\nfind \"$m\" -xdev | wc -l",
+    )?;
+    let out_text = run(
+        Command::new(&unshare).args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            &probe,
+        ]),
+        "unshare",
+    )?;
+    let mut nums = out_text
+        .split_whitespace()
+        .filter_map(|n| n.parse::<u64>().ok());
+    let (used, inodes) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    let needed = (used + inodes * 256) + used / 4 + (256 << 20);
+    let size = match size {
+        Some(s) if s < used + inodes * 256 + (64 << 20) => {
+            return Err(DiskError::TooSmall { wanted: s, needed })
+        }
+        Some(s) => s,
+        None => needed.div_ceil(1 << 20) << 20,
+    };
+    let _ = fs::remove_file(out);
+    let body = format!(
+        "{mkfs} -q -F -t ext4 -U {fs_uuid} -L root -E root_owner=0:0 -d \"$m\" {out} {kib}k",
+        mkfs = mkfs.display(),
+        out = shell_quote(&out.display().to_string()),
+        kib = size / 1024
+    );
+    let script = overlay_script(lowers_top_first, &body)?;
+    run(
+        Command::new(&unshare).args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ]),
+        "mkfs.ext4",
+    )?;
+    Ok(size)
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Builds GRUB's `core.img` for booting from the root partition.
+fn core_image(work: &Path) -> Result<Vec<u8>, DiskError> {
+    let mkimage = need("grub-mkimage", "grub-pc-bin")?;
+    let modules = Path::new("/usr/lib/grub/i386-pc");
+    if !modules.join("boot.img").is_file() {
+        return Err(DiskError::MissingProgram {
+            program: "GRUB's BIOS modules (/usr/lib/grub/i386-pc)".into(),
+            package: "grub-pc-bin".into(),
+        });
+    }
+    let core = work.join("core.img");
+    let mut cmd = Command::new(mkimage);
+    cmd.args(["-O", "i386-pc", "-d"])
+        .arg(modules)
+        .arg("-o")
+        .arg(&core)
+        .args(["-p", "(hd0,gpt2)/boot/grub"])
+        .args(GRUB_MODULES);
+    run(&mut cmd, "grub-mkimage")?;
+    fs::read(&core).map_err(io("reading", &core))
+}
+
+/// Patches GRUB's `boot.img` (first 440 bytes go into the MBR) and `core.img` for a core image
+/// at `core_lba`.
+pub fn patch_grub(boot: &mut [u8], core: &mut [u8], core_lba: u64) -> Result<(), DiskError> {
+    if boot.len() < 512 || core.len() < 1024 {
+        return Err(DiskError::NotBootable(
+            "GRUB's boot.img or core.img is too short".into(),
+        ));
+    }
+    let sectors = (core.len() as u64).div_ceil(SECTOR);
+    if sectors > BIOS_SECTORS {
+        return Err(DiskError::NotBootable(format!(
+            "GRUB's core.img ({} bytes) does not fit the 1 MiB BIOS boot partition",
+            core.len()
+        )));
+    }
+    // boot.img: where core.img starts.
+    boot[0x5c..0x64].copy_from_slice(&core_lba.to_le_bytes());
+    // core.img's first sector (diskboot.img): one blocklist entry for the rest of core.img.
+    core[0x1f4..0x1fc].copy_from_slice(&(core_lba + 1).to_le_bytes());
+    core[0x1fc..0x1fe].copy_from_slice(&((sectors - 1) as u16).to_le_bytes());
+    Ok(())
+}
+
+/// Assembles a bootable raw disk from an ext4 filesystem file: GPT, GRUB, the filesystem.
+/// Returns the disk size.
+pub fn assemble(
+    root_fs: &Path,
+    out: &Path,
+    disk_uuid: &str,
+    part_uuid: &str,
+) -> Result<u64, DiskError> {
+    let sfdisk = need("sfdisk", "fdisk")?;
+    let fs_len = fs::metadata(root_fs).map_err(io("reading", root_fs))?.len();
+    let root_sectors = fs_len.div_ceil(SECTOR);
+    let total_sectors = (ROOT_START + root_sectors + GPT_BACKUP).div_ceil(2048) * 2048;
+    let work = out.with_extension("work");
+    fs::create_dir_all(&work).map_err(io("creating", &work))?;
+    let tmp = out.with_extension("partial");
+    {
+        let f = File::create(&tmp).map_err(io("creating", &tmp))?;
+        f.set_len(total_sectors * SECTOR)
+            .map_err(io("sizing", &tmp))?;
+    }
+    let script = format!(
+        "label: gpt\nlabel-id: {disk_uuid}\nunit: sectors\nfirst-lba: {BIOS_START}\n\
+         start={BIOS_START}, size={BIOS_SECTORS}, type={BIOS_BOOT_TYPE}, name=\"bios-boot\"\n\
+         start={ROOT_START}, size={root_sectors}, type={LINUX_FS_TYPE}, uuid={part_uuid}, name=\"root\"\n"
+    );
+    let mut child = Command::new(&sfdisk)
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(&tmp)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| DiskError::Tool {
+            program: "sfdisk".into(),
+            message: e.to_string(),
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(io("partitioning", &tmp))?;
+    }
+    let o = child.wait_with_output().map_err(|e| DiskError::Tool {
+        program: "sfdisk".into(),
+        message: e.to_string(),
+    })?;
+    if !o.status.success() {
+        return Err(DiskError::Tool {
+            program: "sfdisk".into(),
+            message: String::from_utf8_lossy(&o.stderr).into_owned(),
+        });
+    }
+    let mut disk = fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(&tmp)
+        .map_err(io("opening", &tmp))?;
+    copy_sparse(root_fs, &mut disk, ROOT_START * SECTOR)?;
+    let mut core = core_image(&work)?;
+    let boot_path = Path::new("/usr/lib/grub/i386-pc/boot.img");
+    let mut boot = fs::read(boot_path).map_err(io("reading", boot_path))?;
+    patch_grub(&mut boot, &mut core, BIOS_START)?;
+    disk.seek(SeekFrom::Start(BIOS_START * SECTOR))
+        .and_then(|_| disk.write_all(&core))
+        .map_err(io("writing GRUB into", &tmp))?;
+    // Only the code area of the MBR: the disk signature and the protective partition entry
+    // that sfdisk wrote stay.
+    disk.seek(SeekFrom::Start(0))
+        .and_then(|_| disk.write_all(&boot[..440]))
+        .and_then(|_| disk.sync_all())
+        .map_err(io("writing the MBR of", &tmp))?;
+    drop(disk);
+    let _ = fs::remove_dir_all(&work);
+    fs::rename(&tmp, out).map_err(io("writing", out))?;
+    Ok(total_sectors * SECTOR)
+}
+
+/// Copies a file into `dest` at `offset`, skipping all-zero blocks (the disk stays sparse).
+fn copy_sparse(src: &Path, dest: &mut File, offset: u64) -> Result<(), DiskError> {
+    let mut f = File::open(src).map_err(io("reading", src))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = offset;
+    loop {
+        let n = f.read(&mut buf).map_err(io("reading", src))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            dest.seek(SeekFrom::Start(pos))
+                .and_then(|_| dest.write_all(&buf[..n]))
+                .map_err(io("writing the filesystem into", src))?;
+        }
+        pos += n as u64;
+    }
+}
+
+/// Disk formats kiln writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// Raw disk.
+    Raw,
+    /// QEMU copy-on-write.
+    Qcow2,
+    /// VMware.
+    Vmdk,
+    /// Hyper-V / Azure (qemu-img's `vpc`).
+    Vhd,
+}
+
+impl DiskFormat {
+    /// The file extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Vmdk => "vmdk",
+            DiskFormat::Vhd => "vhd",
+        }
+    }
+
+    /// Parses `raw`, `qcow2`, `vmdk`, `vhd`.
+    pub fn parse(s: &str) -> Option<DiskFormat> {
+        Some(match s {
+            "raw" => DiskFormat::Raw,
+            "qcow2" => DiskFormat::Qcow2,
+            "vmdk" => DiskFormat::Vmdk,
+            "vhd" => DiskFormat::Vhd,
+            _ => return None,
+        })
+    }
+}
+
+/// Converts a raw disk into another format (through a temporary name).
+pub fn convert(
+    raw: &Path,
+    out: &Path,
+    format: DiskFormat,
+    compress: bool,
+) -> Result<(), DiskError> {
+    let tmp = out.with_extension("partial");
+    if format == DiskFormat::Raw {
+        let _ = fs::remove_file(&tmp);
+        if fs::hard_link(raw, &tmp).is_err() {
+            let mut cmd = Command::new("cp");
+            cmd.args(["--sparse=always"]).arg(raw).arg(&tmp);
+            run(&mut cmd, "cp")?;
+        }
+    } else {
+        let qemu_img = need("qemu-img", "qemu-utils")?;
+        let fmt = match format {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Vmdk => "vmdk",
+            DiskFormat::Vhd => "vpc",
+            DiskFormat::Raw => "raw",
+        };
+        let mut cmd = Command::new(qemu_img);
+        cmd.args(["convert", "-q", "-f", "raw", "-O", fmt]);
+        if compress && format == DiskFormat::Qcow2 {
+            cmd.arg("-c");
+        }
+        if format == DiskFormat::Vhd {
+            // Fixed-size VHDs are what Azure and Hyper-V import.
+            cmd.args(["-o", "subformat=fixed,force_size=on"]);
+        }
+        cmd.arg(raw).arg(&tmp);
+        run(&mut cmd, "qemu-img")?;
+    }
+    fs::rename(&tmp, out).map_err(io("writing", out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grub_patching() {
+        let mut boot = vec![0u8; 512];
+        let mut core = vec![0u8; 60 * 512 + 100];
+        patch_grub(&mut boot, &mut core, 2048).unwrap();
+        assert_eq!(&boot[0x5c..0x64], &2048u64.to_le_bytes());
+        assert_eq!(&core[0x1f4..0x1fc], &2049u64.to_le_bytes());
+        assert_eq!(&core[0x1fc..0x1fe], &60u16.to_le_bytes());
+        let mut huge = vec![0u8; 2 << 20];
+        assert!(patch_grub(&mut boot, &mut huge, 2048).is_err());
+    }
+
+    #[test]
+    fn kernels_and_whiteouts() {
+        let d = tempfile::tempdir().unwrap();
+        let l1 = d.path().join("l1");
+        let l2 = d.path().join("l2");
+        fs::create_dir_all(l1.join("boot")).unwrap();
+        fs::create_dir_all(l2.join("boot")).unwrap();
+        for f in [
+            "vmlinuz-6.1.0-9-amd64",
+            "initrd.img-6.1.0-9-amd64",
+            "vmlinuz-6.1.0-28-amd64",
+            "initrd.img-6.1.0-28-amd64",
+        ] {
+            fs::write(l1.join("boot").join(f), "").unwrap();
+        }
+        assert_eq!(
+            find_kernel(std::slice::from_ref(&l1)),
+            Some((
+                "vmlinuz-6.1.0-28-amd64".into(),
+                Some("initrd.img-6.1.0-28-amd64".into())
+            ))
+        );
+        // A whiteout in the upper layer removes the newer kernel.
+        nix::sys::stat::mknod(
+            &l2.join("boot/vmlinuz-6.1.0-28-amd64"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            find_kernel(&[l1.clone(), l2.clone()]).unwrap().0,
+            "vmlinuz-6.1.0-9-amd64"
+        );
+        assert_eq!(find_kernel(&[d.path().join("none")]), None);
+    }
+
+    #[test]
+    fn boot_configuration() {
+        let d = tempfile::tempdir().unwrap();
+        boot_files(d.path(), "1234-abcd", "vmlinuz-6.1", Some("initrd.img-6.1")).unwrap();
+        let cfg = fs::read_to_string(d.path().join("boot/grub/grub.cfg")).unwrap();
+        assert!(cfg.contains("search --no-floppy --fs-uuid --set=root 1234-abcd"));
+        assert!(cfg.contains(
+            "linux /boot/vmlinuz-6.1 root=UUID=1234-abcd ro console=tty0 console=ttyS0,115200n8"
+        ));
+        assert!(cfg.contains("initrd /boot/initrd.img-6.1"));
+        assert!(fs::read_to_string(d.path().join("etc/fstab"))
+            .unwrap()
+            .contains("UUID=1234-abcd / ext4"));
+    }
+}
