@@ -136,6 +136,15 @@ impl AgentClient {
         }
     }
 
+    /// Gives up on the agent (the instance went down under it): waiting callers and new
+    /// requests fail at once instead of waiting for an answer that cannot come.
+    pub fn abort(&self) {
+        self.close();
+        if let Ok(mut p) = self.pending.lock() {
+            p.clear();
+        }
+    }
+
     /// The error for an agent that went away, with the instance's last diagnostics.
     pub fn gone(&self) -> InstanceError {
         let tail = self

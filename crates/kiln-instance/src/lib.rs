@@ -25,6 +25,7 @@ pub mod fileops;
 pub mod host;
 pub mod process;
 pub mod sandbox;
+pub mod vm;
 
 pub use fileops::{FileOp, FileOpOutput};
 

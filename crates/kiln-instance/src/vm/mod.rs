@@ -1,0 +1,985 @@
+//! The VM instance: QEMU, KVM when it really works and TCG otherwise, booting a disk image
+//! through a copy-on-write overlay (the image itself is never written).
+//!
+//! Lifecycle goes through QMP; the QEMU guest agent (QGA) is used only to bring kiln's own
+//! agent in: once the guest agent answers, `kiln-agent` is written into the guest's `/run` and
+//! started on a second virtio-serial port, and from then on the VM speaks the sandbox's
+//! protocol (streamed output, file operations, file transfer). The serial console goes to a
+//! log file whose last lines are quoted when a boot fails.
+
+pub mod keeper;
+pub mod qmp;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::client::{AgentClient, ConnectError};
+use crate::fileops::{FileOp, FileOpOutput};
+use crate::sandbox::Network;
+use crate::{ExecOutcome, ExecRequest, Instance, InstanceError, InstanceKind, OutputSink};
+use qmp::{Qga, Qmp};
+
+/// Name of kiln's agent port in the guest (`/dev/virtio-ports/NAME`).
+pub const AGENT_PORT: &str = "dev.kiln.agent.0";
+
+/// Where the agent binary is put in the guest (a tmpfs: gone at reboot, never in an image).
+pub const GUEST_AGENT_PATH: &str = "/run/kiln/kiln-agent";
+
+/// Lines of the serial console kept for error messages.
+const CONSOLE_TAIL: usize = 40;
+
+/// How long KVM may stay silent before kiln takes it for broken and uses TCG.
+const KVM_GRACE: Duration = Duration::from_secs(15);
+
+/// Accelerator choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM if it works on this host, TCG otherwise.
+    #[default]
+    Auto,
+    /// KVM only.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+/// What a VM is started with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// Short id.
+    pub id: String,
+    /// The disk image to boot (qcow2 or raw); only read.
+    pub disk: PathBuf,
+    /// Folder for the overlay and the console log (the caller owns it).
+    pub dir: PathBuf,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Network: user-mode NAT (`Host`) or none.
+    pub network: Network,
+    /// How long a boot may take to reach the guest agent.
+    pub boot_timeout: Duration,
+    /// `kiln-agent` on the host, copied into the guest at every boot.
+    pub agent: PathBuf,
+    /// Working directory of programs in the guest.
+    pub working_dir: String,
+    /// Environment of programs in the guest.
+    pub env: Vec<(String, String)>,
+    /// Accelerator.
+    pub accel: Accel,
+    /// File remembering whether KVM works on this host (so only the first VM pays the probe).
+    pub kvm_verdict: Option<PathBuf>,
+}
+
+/// A running QEMU.
+struct Running {
+    keeper: tokio::process::Child,
+    qmp: tokio::sync::Mutex<Qmp>,
+    client: Arc<AgentClient>,
+}
+
+/// `kiln-agent` as read (plain, gzip-compressed).
+type AgentCache = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// What the console said during the current boot.
+#[derive(Default)]
+struct BootWatch {
+    kernel_started: bool,
+    fatal: Option<String>,
+}
+
+/// A running VM.
+pub struct Vm {
+    spec: VmSpec,
+    helper: (PathBuf, Vec<String>),
+    sockets: PathBuf,
+    overlay: PathBuf,
+    console: Arc<Mutex<Vec<String>>>,
+    console_offset: Arc<Mutex<u64>>,
+    watch: Mutex<BootWatch>,
+    running: tokio::sync::RwLock<Option<Arc<Running>>>,
+    accel: Mutex<Accel>,
+    boot_times: Mutex<Vec<Duration>>,
+    /// QEMU's events (`RESET`, `SHUTDOWN`, ...), from a monitor that only watches.
+    events: tokio::sync::broadcast::Sender<String>,
+    /// The agent connection the event watcher aborts when the guest goes down under it (a
+    /// virtio port gives the host no end-of-file when the guest side closes).
+    current: Arc<Mutex<Option<Arc<AgentClient>>>>,
+    /// `kiln-agent`, plain and compressed, once read.
+    agent_cache: Mutex<AgentCache>,
+}
+
+fn qemu_binary() -> Result<PathBuf, InstanceError> {
+    for p in [
+        "/usr/bin/qemu-system-x86_64",
+        "/usr/local/bin/qemu-system-x86_64",
+    ] {
+        if Path::new(p).is_file() {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    Err(InstanceError::Unsupported(
+        "qemu-system-x86_64 is not installed: run scripts/setup (or apt-get install qemu-system-x86)".into(),
+    ))
+}
+
+/// True when `/dev/kvm` can create a VM (necessary, not sufficient: nested setups may still
+/// fail later, which the boot watch catches).
+pub fn kvm_device_usable() -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    else {
+        return false;
+    };
+    // SAFETY: KVM_GET_API_VERSION and KVM_CREATE_VM take no pointer arguments.
+    unsafe {
+        let api = nix::libc::ioctl(f.as_raw_fd(), 0xAE00, 0);
+        if api != 12 {
+            return false;
+        }
+        let vm = nix::libc::ioctl(f.as_raw_fd(), 0xAE01, 0);
+        if vm < 0 {
+            return false;
+        }
+        nix::libc::close(vm);
+    }
+    true
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Console lines that mean a boot has failed for good. GRUB's errors count only before the
+/// kernel speaks (later, a line starting with `error:` may be anyone's).
+fn fatal_console_line(line: &str, kernel_started: bool) -> bool {
+    (!kernel_started && line.starts_with("error: "))
+        || line.contains("Kernel panic")
+        || line.contains("grub rescue>")
+        || line.contains("VFS: Unable to mount root fs")
+        || line.contains("error: no such device")
+        || (line.contains("error: file `") && line.contains("' not found"))
+        || line.contains("You are in emergency mode")
+}
+
+impl Vm {
+    /// Boots a VM and waits until kiln's agent answers in it. `helper` re-runs kiln as the keeper.
+    pub async fn start(spec: VmSpec, helper: (PathBuf, Vec<String>)) -> Result<Vm, InstanceError> {
+        let qemu_img = Path::new("/usr/bin/qemu-img");
+        if !qemu_img.is_file() {
+            return Err(InstanceError::Unsupported(
+                "qemu-img is not installed: run scripts/setup (or apt-get install qemu-utils)"
+                    .into(),
+            ));
+        }
+        if !spec.agent.is_file() {
+            return Err(InstanceError::Unsupported(format!(
+                "kiln-agent is not at {}: build it with the kiln binary (cargo build --bins)",
+                spec.agent.display()
+            )));
+        }
+        if !spec.disk.is_file() {
+            return Err(InstanceError::Op(format!(
+                "no disk image at {}",
+                spec.disk.display()
+            )));
+        }
+        std::fs::create_dir_all(&spec.dir)
+            .map_err(|e| InstanceError::io(format!("creating {}", spec.dir.display()), e))?;
+        // Unix socket paths are short (108 bytes): a deep run folder gets a short one of its own.
+        let mut sockets = spec.dir.join("sock");
+        if sockets.join("agent.sock").as_os_str().len() > 100 {
+            sockets = std::env::temp_dir().join(format!("kiln-vm-{}", &uuid_short()));
+        }
+        std::fs::create_dir_all(&sockets)
+            .map_err(|e| InstanceError::io(format!("creating {}", sockets.display()), e))?;
+        let overlay = spec.dir.join("overlay.qcow2");
+        let backing_fmt = if spec
+            .disk
+            .extension()
+            .is_some_and(|e| e == "raw" || e == "img")
+        {
+            "raw"
+        } else {
+            "qcow2"
+        };
+        let out = tokio::process::Command::new(qemu_img)
+            .args(["create", "-q", "-f", "qcow2", "-F", backing_fmt, "-b"])
+            .arg(&spec.disk)
+            .arg(&overlay)
+            .output()
+            .await
+            .map_err(|e| InstanceError::io("running qemu-img", e))?;
+        if !out.status.success() {
+            return Err(InstanceError::Op(format!(
+                "qemu-img could not make the overlay: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let accel = match spec.accel {
+            Accel::Tcg => Accel::Tcg,
+            Accel::Kvm => Accel::Kvm,
+            Accel::Auto => {
+                let known_bad = spec
+                    .kvm_verdict
+                    .as_ref()
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .is_some_and(|v| v.trim() == format!("{} tcg", boot_id()));
+                if !known_bad && kvm_device_usable() {
+                    Accel::Kvm
+                } else {
+                    Accel::Tcg
+                }
+            }
+        };
+        let vm = Vm {
+            spec,
+            helper,
+            sockets,
+            overlay,
+            console: Arc::new(Mutex::new(Vec::new())),
+            console_offset: Arc::new(Mutex::new(0)),
+            watch: Mutex::new(BootWatch::default()),
+            running: tokio::sync::RwLock::new(None),
+            accel: Mutex::new(accel),
+            boot_times: Mutex::new(Vec::new()),
+            events: tokio::sync::broadcast::channel(64).0,
+            current: Arc::new(Mutex::new(None)),
+            agent_cache: Mutex::new((None, None)),
+        };
+        if let Err(e) = vm.boot().await {
+            vm.kill().await;
+            return Err(e);
+        }
+        Ok(vm)
+    }
+
+    /// The accelerator in use.
+    pub fn accel(&self) -> Accel {
+        self.accel.lock().map(|a| *a).unwrap_or(Accel::Tcg)
+    }
+
+    /// How long each boot took to reach the guest agent.
+    pub fn boot_times(&self) -> Vec<Duration> {
+        self.boot_times
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default()
+    }
+
+    /// The copy-on-write layer that holds everything the VM wrote.
+    pub fn overlay(&self) -> &Path {
+        &self.overlay
+    }
+
+    /// The serial console log.
+    pub fn console_log(&self) -> PathBuf {
+        self.spec.dir.join("console.log")
+    }
+
+    /// The last lines of the serial console.
+    pub fn console_tail(&self, n: usize) -> Vec<String> {
+        self.console
+            .lock()
+            .map(|c| c.iter().rev().take(n).rev().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The keeper's process id (to stop a kept VM later).
+    pub async fn keeper_pid(&self) -> Option<u32> {
+        self.running
+            .read()
+            .await
+            .as_ref()
+            .and_then(|r| r.keeper.id())
+    }
+
+    /// Lets the VM outlive kiln (kept for debugging): the keeper stops following kiln.
+    pub async fn detach(&self) -> Option<u32> {
+        let pid = self.keeper_pid().await?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGUSR1,
+        );
+        if let Some(r) = self.running.write().await.take() {
+            r.client.close();
+            // Forget the child without killing it.
+            let r = Arc::try_unwrap(r).ok();
+            if let Some(r) = r {
+                std::mem::forget(r.keeper);
+            }
+        }
+        Some(pid)
+    }
+
+    fn qemu_args(&self, accel: Accel) -> Result<Vec<String>, InstanceError> {
+        let s = &self.spec;
+        let sock = |n: &str| self.sockets.join(n).display().to_string();
+        let mut a: Vec<String> = vec![
+            qemu_binary()?.display().to_string(),
+            "-name".into(),
+            format!("kiln-{}", s.id),
+            "-machine".into(),
+            "q35".into(),
+            "-accel".into(),
+            if accel == Accel::Kvm {
+                "kvm".into()
+            } else {
+                "tcg,thread=multi".into()
+            },
+            "-m".into(),
+            s.memory_mib.to_string(),
+            "-smp".into(),
+            s.cpus.to_string(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-chardev".into(),
+            format!("file,id=console,path={}", self.console_log().display()),
+            "-serial".into(),
+            "chardev:console".into(),
+            "-drive".into(),
+            format!(
+                "file={},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+                self.overlay.display()
+            ),
+            "-device".into(),
+            "virtio-serial-pci,id=vser".into(),
+            "-chardev".into(),
+            format!("socket,id=qga,path={},server=on,wait=off", sock("qga.sock")),
+            "-device".into(),
+            "virtserialport,bus=vser.0,chardev=qga,name=org.qemu.guest_agent.0".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                sock("agent.sock")
+            ),
+            "-device".into(),
+            format!("virtserialport,bus=vser.0,chardev=agent,name={AGENT_PORT},id=kilnagent"),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", sock("qmp.sock")),
+            "-chardev".into(),
+            format!(
+                "socket,id=events,path={},server=on,wait=off",
+                sock("events.sock")
+            ),
+            "-mon".into(),
+            "chardev=events,mode=control".into(),
+            "-device".into(),
+            "virtio-rng-pci".into(),
+        ];
+        if s.network == Network::Host {
+            a.extend([
+                "-netdev".into(),
+                "user,id=net0".into(),
+                "-device".into(),
+                "virtio-net-pci,netdev=net0".into(),
+            ]);
+        }
+        Ok(a)
+    }
+
+    async fn spawn_qemu(&self, accel: Accel) -> Result<tokio::process::Child, InstanceError> {
+        let _ = std::fs::remove_file(self.console_log());
+        for s in ["qga.sock", "agent.sock", "qmp.sock", "events.sock"] {
+            let _ = std::fs::remove_file(self.sockets.join(s));
+        }
+        if let Ok(mut o) = self.console_offset.lock() {
+            *o = 0;
+        }
+        if let Ok(mut w) = self.watch.lock() {
+            *w = BootWatch::default();
+        }
+        let argv = serde_json::to_string(&self.qemu_args(accel)?)
+            .map_err(|e| InstanceError::Op(e.to_string()))?;
+        let mut cmd = tokio::process::Command::new(&self.helper.0);
+        cmd.args(&self.helper.1)
+            .arg(argv)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(
+                std::fs::File::create(self.spec.dir.join("qemu.log"))
+                    .map_err(|e| InstanceError::io("creating qemu.log", e))?,
+            ))
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe and only concerns the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        cmd.spawn().map_err(|source| InstanceError::Spawn {
+            program: self.helper.0.display().to_string(),
+            source,
+        })
+    }
+
+    /// Reads new console output into the tail; returns how many bytes arrived.
+    fn pump_console(&self) -> u64 {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(self.console_log()) else {
+            return 0;
+        };
+        let Ok(mut off) = self.console_offset.lock() else {
+            return 0;
+        };
+        if f.seek(SeekFrom::Start(*off)).is_err() {
+            return 0;
+        }
+        let mut buf = Vec::new();
+        let n = f.read_to_end(&mut buf).unwrap_or(0) as u64;
+        *off += n;
+        if n > 0 {
+            let text = String::from_utf8_lossy(&buf);
+            if let (Ok(mut c), Ok(mut w)) = (self.console.lock(), self.watch.lock()) {
+                for l in text.split(['\n', '\r']).filter(|l| !l.trim().is_empty()) {
+                    let l = strip_ansi(l);
+                    w.kernel_started |= l.contains("Linux version");
+                    if w.fatal.is_none() && fatal_console_line(&l, w.kernel_started) {
+                        w.fatal = Some(l.clone());
+                    }
+                    c.push(l);
+                }
+                let len = c.len();
+                if len > CONSOLE_TAIL * 4 {
+                    c.drain(..len - CONSOLE_TAIL * 2);
+                }
+            }
+        }
+        n
+    }
+
+    fn boot_failure(&self, what: &str) -> InstanceError {
+        let tail = self.console_tail(15);
+        InstanceError::Op(if tail.is_empty() {
+            format!(
+                "{what}; the serial console stayed silent ({})",
+                self.console_log().display()
+            )
+        } else {
+            format!(
+                "{what}; the console's last lines ({}):\n  {}",
+                self.console_log().display(),
+                tail.join("\n  ")
+            )
+        })
+    }
+
+    /// Starts QEMU (if not running) and waits for the guest agent, then brings kiln's agent in.
+    async fn boot(&self) -> Result<(), InstanceError> {
+        let started = Instant::now();
+        let mut accel = self.accel();
+        let mut keeper = self.spawn_qemu(accel).await?;
+        let mut launched = Instant::now();
+        let mut seen_output = false;
+        let qga = loop {
+            if let Ok(Some(status)) = keeper.try_wait() {
+                let qemu_log =
+                    std::fs::read_to_string(self.spec.dir.join("qemu.log")).unwrap_or_default();
+                if accel == Accel::Kvm {
+                    tracing::info!("QEMU ended under KVM ({status}): {qemu_log}; trying TCG");
+                    self.remember_kvm_broken();
+                    accel = Accel::Tcg;
+                    keeper = self.spawn_qemu(accel).await?;
+                    launched = Instant::now();
+                    continue;
+                }
+                return Err(
+                    self.boot_failure(&format!("QEMU ended ({status}): {}", qemu_log.trim()))
+                );
+            }
+            if self.pump_console() > 0 {
+                seen_output = true;
+            }
+            if let Some(line) = self.watch.lock().ok().and_then(|w| w.fatal.clone()) {
+                kill_keeper(&mut keeper).await;
+                return Err(self.boot_failure(&format!("the VM could not boot ({})", line.trim())));
+            }
+            if accel == Accel::Kvm && !seen_output && launched.elapsed() > KVM_GRACE {
+                // /dev/kvm answers but runs nothing (nested virtualisation): software it is.
+                tracing::info!("KVM gave no console output in {KVM_GRACE:?}; using TCG");
+                kill_keeper(&mut keeper).await;
+                self.remember_kvm_broken();
+                accel = Accel::Tcg;
+                keeper = self.spawn_qemu(accel).await?;
+                launched = Instant::now();
+                continue;
+            }
+            if launched.elapsed() > self.spec.boot_timeout {
+                kill_keeper(&mut keeper).await;
+                return Err(self.boot_failure(&format!(
+                    "the VM did not boot to its guest agent within {} s",
+                    self.spec.boot_timeout.as_secs()
+                )));
+            }
+            let qga_sock = self.sockets.join("qga.sock");
+            if qga_sock.exists() {
+                if let Ok(q) = Qga::connect(&qga_sock, Duration::from_secs(2)).await {
+                    break q;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        if let Ok(mut a) = self.accel.lock() {
+            *a = accel;
+        }
+        if let Ok(mut b) = self.boot_times.lock() {
+            b.push(launched.elapsed());
+        }
+        tracing::info!(accel = ?accel, "VM {} booted in {:?}", self.spec.id, started.elapsed());
+        let qmp = Qmp::connect(&self.sockets.join("qmp.sock"))
+            .await
+            .map_err(|e| InstanceError::Op(format!("QMP: {e}")))?;
+        let watcher = Qmp::connect(&self.sockets.join("events.sock"))
+            .await
+            .map_err(|e| InstanceError::Op(format!("QMP: {e}")))?;
+        tokio::spawn(watch_events(
+            watcher,
+            self.events.clone(),
+            self.current.clone(),
+        ));
+        let client = self.start_agent(qga).await?;
+        *self.running.write().await = Some(Arc::new(Running {
+            keeper,
+            qmp: tokio::sync::Mutex::new(qmp),
+            client,
+        }));
+        Ok(())
+    }
+
+    fn remember_kvm_broken(&self) {
+        if let Some(p) = &self.spec.kvm_verdict {
+            let _ = std::fs::write(p, format!("{} tcg\n", boot_id()));
+        }
+    }
+
+    /// The agent binary, plain or gzip-compressed (read and compressed once per VM).
+    fn agent_bytes(&self, compressed: bool) -> Result<Vec<u8>, InstanceError> {
+        let mut cache = self
+            .agent_cache
+            .lock()
+            .map_err(|_| InstanceError::Op("agent cache poisoned".into()))?;
+        let slot = if compressed {
+            &mut cache.1
+        } else {
+            &mut cache.0
+        };
+        if let Some(b) = slot {
+            return Ok(b.clone());
+        }
+        let plain = std::fs::read(&self.spec.agent)
+            .map_err(|e| InstanceError::io(format!("reading {}", self.spec.agent.display()), e))?;
+        let bytes = if compressed {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&plain)
+                .and_then(|_| gz.finish())
+                .map_err(|e| InstanceError::io("compressing kiln-agent", e))?
+        } else {
+            plain
+        };
+        *slot = Some(bytes.clone());
+        Ok(bytes)
+    }
+
+    async fn start_agent(&self, mut qga: Qga) -> Result<Arc<AgentClient>, InstanceError> {
+        let fail = |what: &str, e: qmp::ProtocolError| {
+            InstanceError::Op(format!("{what} in the guest: {e}"))
+        };
+        // The guest's /run is often mounted noexec (by initramfs-tools): kiln's folder is a
+        // tmpfs of its own, gone at the next boot and never part of the disk.
+        let (code, out, err) = qga
+            .run(
+                "/bin/sh",
+                &[
+                    "-c",
+                    "mkdir -p /run/kiln && { mountpoint -q /run/kiln || mount -t tmpfs -o mode=0755 kiln /run/kiln; } && { command -v gzip || true; }",
+                ],
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|e| fail("creating /run/kiln", e))?;
+        if code != 0 {
+            return Err(InstanceError::Op(format!(
+                "cannot mount a tmpfs at /run/kiln in the guest: {}",
+                err.trim()
+            )));
+        }
+        // The guest agent moves about 2 MB/s under TCG: the agent travels compressed when the
+        // guest can decompress it.
+        let gzip_in_guest = !out.trim().is_empty();
+        let (bytes, dest) = if gzip_in_guest {
+            (self.agent_bytes(true)?, format!("{GUEST_AGENT_PATH}.gz"))
+        } else {
+            (self.agent_bytes(false)?, GUEST_AGENT_PATH.to_string())
+        };
+        qga.write_file(&dest, &bytes)
+            .await
+            .map_err(|e| fail("copying kiln-agent", e))?;
+        let unpack = if gzip_in_guest {
+            format!("gzip -dc {dest} > {GUEST_AGENT_PATH} && rm -f {dest} && chmod 755 {GUEST_AGENT_PATH}")
+        } else {
+            format!("chmod 755 {GUEST_AGENT_PATH}")
+        };
+        let (code, _, err) = qga
+            .run("/bin/sh", &["-c", &unpack], Duration::from_secs(60))
+            .await
+            .map_err(|e| fail("unpacking kiln-agent", e))?;
+        if code != 0 {
+            return Err(InstanceError::Op(format!(
+                "cannot unpack kiln-agent in the guest: {}",
+                err.trim()
+            )));
+        }
+        // Connect before the agent starts, so its first words are not lost.
+        let stream = tokio::net::UnixStream::connect(self.sockets.join("agent.sock"))
+            .await
+            .map_err(|e| InstanceError::io("connecting to the VM's agent port", e))?;
+        let (r, w) = stream.into_split();
+        let config = serde_json::json!({
+            "working_dir": self.spec.working_dir,
+            "env": self.spec.env,
+        })
+        .to_string();
+        qga.spawn(
+            GUEST_AGENT_PATH,
+            &[
+                "--port",
+                &format!("/dev/virtio-ports/{AGENT_PORT}"),
+                "--config",
+                &config,
+            ],
+            false,
+        )
+        .await
+        .map_err(|e| fail("starting kiln-agent", e))?;
+        match AgentClient::connect(r, w, "VM", self.console.clone(), Duration::from_secs(120)).await
+        {
+            Ok((client, _)) => {
+                if let Ok(mut c) = self.current.lock() {
+                    *c = Some(client.clone());
+                }
+                Ok(client)
+            }
+            Err(ConnectError::Fatal(m)) => {
+                Err(InstanceError::Op(format!("kiln-agent in the VM: {m}")))
+            }
+            Err(ConnectError::Gone) => {
+                Err(self.boot_failure("kiln-agent did not answer in the VM"))
+            }
+        }
+    }
+
+    async fn client(&self) -> Result<Arc<AgentClient>, InstanceError> {
+        self.running
+            .read()
+            .await
+            .as_ref()
+            .map(|r| r.client.clone())
+            .ok_or_else(|| InstanceError::Op("the VM is stopped".into()))
+    }
+
+    async fn kill(&self) {
+        if let Some(r) = self.running.write().await.take() {
+            r.client.close();
+            if let Ok(mut r) = Arc::try_unwrap(r) {
+                kill_keeper(&mut r.keeper).await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.sockets);
+    }
+
+    /// Asks the guest to `poweroff` or `reboot` as its own init system does it (so filesystems
+    /// are unmounted cleanly); the QEMU guest agent, then ACPI, when that does not work.
+    async fn ask_guest(&self, client: &Arc<AgentClient>, action: &str) {
+        // `systemctl` reaches systemd without D-Bus (minimal images have none, and the
+        // `shutdown +0` that the QEMU guest agent uses needs it).
+        let req = ExecRequest {
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                format!("if command -v systemctl >/dev/null; then systemctl --no-block {action}; else {action}; fi"),
+            ],
+            timeout: Some(Duration::from_secs(30)),
+            ..ExecRequest::default()
+        };
+        match tokio::time::timeout(
+            Duration::from_secs(40),
+            client.exec(&req, &mut crate::Discard),
+        )
+        .await
+        {
+            // The agent may go down before it can answer: the guest took it.
+            Ok(Ok(o)) if o.status.success() => return,
+            Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(o)) => tracing::info!("{action} in the guest: {} {}", o.status, o.stderr.trim()),
+        }
+        let qga = self.sockets.join("qga.sock");
+        let mode = if action == "reboot" {
+            "reboot"
+        } else {
+            "powerdown"
+        };
+        if let Ok(mut q) = Qga::connect(&qga, Duration::from_secs(5)).await {
+            if q.shutdown(mode).await.is_ok() {
+                return;
+            }
+        }
+        if action == "poweroff" {
+            if let Some(r) = self.running.read().await.as_ref() {
+                let _ = r
+                    .qmp
+                    .lock()
+                    .await
+                    .execute("system_powerdown", serde_json::json!({}))
+                    .await;
+            }
+        }
+    }
+
+    /// Powers the guest off cleanly (its disk is consistent afterwards), or kills it after a while.
+    async fn power_off(&self) -> Result<(), InstanceError> {
+        let Some(r) = self.running.write().await.take() else {
+            let _ = std::fs::remove_dir_all(&self.sockets);
+            return Ok(());
+        };
+        self.ask_guest(&r.client, "poweroff").await;
+        r.client.close();
+        let mut r = match Arc::try_unwrap(r) {
+            Ok(r) => r,
+            Err(shared) => {
+                let _ = shared
+                    .qmp
+                    .lock()
+                    .await
+                    .execute("quit", serde_json::json!({}))
+                    .await;
+                let _ = std::fs::remove_dir_all(&self.sockets);
+                return Ok(());
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(90), r.keeper.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("VM {} did not power off in 90 s; stopping it", self.spec.id);
+            let _ = r
+                .qmp
+                .lock()
+                .await
+                .execute("quit", serde_json::json!({}))
+                .await;
+            if tokio::time::timeout(Duration::from_secs(10), r.keeper.wait())
+                .await
+                .is_err()
+            {
+                kill_keeper(&mut r.keeper).await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.sockets);
+        Ok(())
+    }
+}
+
+/// Kills the keeper and QEMU (its process group) and waits until both are gone.
+async fn kill_keeper(keeper: &mut tokio::process::Child) {
+    use nix::sys::signal::{killpg, Signal};
+    let Some(pid) = keeper.id() else {
+        return;
+    };
+    let group = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = killpg(group, Signal::SIGKILL);
+    let _ = keeper.kill().await;
+    for _ in 0..100 {
+        if killpg(group, None).is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Passes QEMU's events on, and aborts the agent connection when the guest goes down under it.
+async fn watch_events(
+    mut monitor: Qmp,
+    events: tokio::sync::broadcast::Sender<String>,
+    current: Arc<Mutex<Option<Arc<AgentClient>>>>,
+) {
+    let abort = || {
+        if let Some(c) = current.lock().ok().and_then(|mut c| c.take()) {
+            c.abort();
+        }
+    };
+    loop {
+        match monitor.next_event().await {
+            Ok((name, data)) => {
+                let agent_closed = name == "VSERPORT_CHANGE"
+                    && data["id"] == "kilnagent"
+                    && data["open"] == serde_json::Value::Bool(false);
+                if agent_closed || name == "RESET" || name == "SHUTDOWN" {
+                    abort();
+                }
+                let _ = events.send(name);
+            }
+            Err(_) => {
+                // QEMU is gone.
+                abort();
+                let _ = events.send("QEMU_EXITED".into());
+                return;
+            }
+        }
+    }
+}
+
+fn uuid_short() -> String {
+    let mut b = [0u8; 6];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Removes terminal escape sequences (colours of systemd's boot messages).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[async_trait]
+impl Instance for Vm {
+    fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    fn kind(&self) -> InstanceKind {
+        InstanceKind::Vm
+    }
+
+    async fn exec(
+        &self,
+        req: &ExecRequest,
+        sink: &mut dyn OutputSink,
+    ) -> Result<ExecOutcome, InstanceError> {
+        self.client().await?.exec(req, sink).await
+    }
+
+    async fn file_op(&self, op: &FileOp) -> Result<FileOpOutput, InstanceError> {
+        self.client().await?.file_op(op).await
+    }
+
+    async fn put_file(&self, host_src: &Path, dest: &str, mode: u32) -> Result<(), InstanceError> {
+        self.client().await?.put_file(host_src, dest, mode).await
+    }
+
+    async fn get_file(&self, src: &str, host_dest: &Path) -> Result<(), InstanceError> {
+        self.client().await?.get_file(src, host_dest).await
+    }
+
+    fn scratch_dir(&self) -> String {
+        "/run/kiln".to_string()
+    }
+
+    fn can_reboot(&self) -> bool {
+        true
+    }
+
+    /// Reboots the guest (as the guest itself would) and waits for it to come back.
+    async fn reboot(&self) -> Result<(), InstanceError> {
+        let Some(r) = self.running.write().await.take() else {
+            return Err(InstanceError::Op("the VM is stopped".into()));
+        };
+        let mut events = self.events.subscribe();
+        self.ask_guest(&r.client, "reboot").await;
+        r.client.close();
+        let reset = async {
+            while let Ok(e) = events.recv().await {
+                if e == "RESET" {
+                    return true;
+                }
+            }
+            false
+        };
+        if !tokio::time::timeout(Duration::from_secs(120), reset)
+            .await
+            .unwrap_or(false)
+        {
+            // The guest ignored the request: reset it the hard way.
+            let _ = r
+                .qmp
+                .lock()
+                .await
+                .execute("system_reset", serde_json::json!({}))
+                .await;
+        }
+        let r = Arc::try_unwrap(r).map_err(|_| InstanceError::Op("the VM is busy".into()))?;
+        let keeper = r.keeper;
+        let qmp = r.qmp;
+        // Wait for the guest agent to come back (after the reset the old one is gone).
+        if let Ok(mut w) = self.watch.lock() {
+            *w = BootWatch::default();
+        }
+        let launched = Instant::now();
+        let qga = loop {
+            self.pump_console();
+            if let Some(line) = self.watch.lock().ok().and_then(|w| w.fatal.clone()) {
+                let mut keeper = keeper;
+                kill_keeper(&mut keeper).await;
+                return Err(
+                    self.boot_failure(&format!("the VM could not boot again ({})", line.trim()))
+                );
+            }
+            if launched.elapsed() > self.spec.boot_timeout {
+                return Err(self.boot_failure("the VM did not come back from its reboot"));
+            }
+            if let Ok(q) =
+                Qga::connect(&self.sockets.join("qga.sock"), Duration::from_secs(2)).await
+            {
+                break q;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        if let Ok(mut b) = self.boot_times.lock() {
+            b.push(launched.elapsed());
+        }
+        let client = self.start_agent(qga).await?;
+        *self.running.write().await = Some(Arc::new(Running {
+            keeper,
+            qmp,
+            client,
+        }));
+        Ok(())
+    }
+
+    async fn stop(&self) -> Result<(), InstanceError> {
+        self.power_off().await
+    }
+}
