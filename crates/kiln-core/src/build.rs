@@ -452,9 +452,13 @@ impl Builder {
             }
         }
         rec.duration_ms = millis(started);
+        // The final record is written while the run folder is still held: another kiln that
+        // sees the folder released must also see the final state, never take the build for
+        // an interrupted one.
+        let saved = records.save(&rec);
         drop(lock);
         store::remove_tree(&run_dir);
-        records.save(&rec)?;
+        saved?;
         observer.event(&BuildEvent::Finished(&rec));
         let keep: HashSet<String> = chain.iter().map(|l| l.info.diff_id.clone()).collect();
         let cache = StepCache::new(self.home.clone());

@@ -464,6 +464,12 @@ impl Records {
             if alive {
                 continue;
             }
+            // A build writes its final record before it releases its run folder, so a fresh
+            // read now tells a finished build from a dead one.
+            match self.load(&r.name, &r.version, r.build) {
+                Ok(Some(fresh)) if !fresh.state.is_final() => r = fresh,
+                _ => continue,
+            }
             let stage = r.state;
             let reason =
                 "interrupted: the kiln process running this build stopped before it finished"
