@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, TimeZone, Utc};
 use kiln_instance::sandbox::{RunLock, Sandbox, SandboxSpec};
+use kiln_instance::vm::{Vm, VmSpec};
 use kiln_instance::Instance;
 use kiln_toe::events::{ConsoleLog, Event, Fanout, Observer};
 use kiln_toe::loader::{DocumentLoader, LoadError, Resolved};
@@ -19,11 +20,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::cache::{StepCache, StepKey};
+use crate::disk;
 use crate::inventory;
 use crate::parent::{self, compression_of, Parent};
-use crate::recipe::{ComponentSource, Recipe};
+use crate::recipe::{BuilderKind, ComponentSource, Recipe};
 use crate::record::*;
 use crate::store::{self, read_json, write_json, Home, LayerStore, StoredLayer};
+use kiln_image::disk::DiskFormat;
 
 /// How a build runs.
 #[derive(Debug, Clone)]
@@ -37,6 +40,10 @@ pub struct BuildOptions {
     pub epoch: Option<i64>,
     /// The sandbox helper: program and arguments.
     pub helper: (PathBuf, Vec<String>),
+    /// The VM keeper (the process that owns QEMU): program and arguments.
+    pub keeper: (PathBuf, Vec<String>),
+    /// `kiln-agent`, which kiln copies into VMs to run steps; needed for disk images.
+    pub agent: Option<PathBuf>,
     /// Most bytes the layer store may use before least-recently-used layers are removed.
     pub cache_max_bytes: u64,
     /// Credentials for registries parent images come from.
@@ -360,6 +367,29 @@ impl Builder {
             ));
         }
         let components = self.load_components(recipe).await?;
+        if recipe.wants_disk() || recipe.infrastructure.builder == BuilderKind::Vm {
+            let missing = disk::missing_host_programs();
+            if !missing.is_empty() {
+                return Err(BuildError::Environment(format!(
+                    "disk images need {} on this host: run scripts/setup, or apt-get install them",
+                    missing.join(", ")
+                )));
+            }
+            match &self.options.agent {
+                Some(a) if a.is_file() => {}
+                Some(a) => {
+                    return Err(BuildError::Environment(format!(
+                        "kiln-agent is not at {}: it is built with kiln (cargo build -p kiln), and KILN_AGENT may name it",
+                        a.display()
+                    )))
+                }
+                None => {
+                    return Err(BuildError::Environment(
+                        "kiln-agent was not found next to kiln: it is built with kiln (cargo build -p kiln), and KILN_AGENT may name it".into(),
+                    ))
+                }
+            }
+        }
         let started = Instant::now();
         let now = Utc::now();
         let epoch = self.options.epoch.unwrap_or(now.timestamp());
@@ -411,6 +441,7 @@ impl Builder {
                 })
                 .collect(),
             tests: None,
+            disk: None,
             failure: None,
             outputs: Vec::new(),
             layers: Vec::new(),
@@ -517,7 +548,35 @@ impl Builder {
         let cache = StepCache::new(self.home.clone());
         let store = LayerStore::new(self.home.clone());
         let total = components.len();
-        for (i, c) in components.iter().enumerate() {
+        let vm_builder = recipe.infrastructure.builder == BuilderKind::Vm;
+        if recipe.wants_disk() {
+            // A disk that cannot boot is known now, not after every component ran.
+            disk::bootable(chain).map_err(|e| {
+                StageFailure::new(State::Building, format!("{} (parent {})", e, recipe.parent))
+            })?;
+        }
+        let mut assembled: Option<disk::Assembled> = None;
+        // The QEMU guest agent: in the image already, or a layer kiln adds for the disk only.
+        let mut disk_chain: Vec<StoredLayer> = Vec::new();
+        let mut guest_agent = "in the parent";
+        if vm_builder {
+            let base = self
+                .with_guest_agent(
+                    recipe,
+                    chain,
+                    run_dir,
+                    rec,
+                    epoch,
+                    observer,
+                    &mut guest_agent,
+                )
+                .await?;
+            assembled = Some(
+                self.build_in_vm(recipe, components, rec, records, run_dir, &base, observer)
+                    .await?,
+            );
+        }
+        for (i, c) in components.iter().enumerate().filter(|_| !vm_builder) {
             let key = StepKey {
                 kind: "component".into(),
                 parents: chain.iter().map(|l| l.info.diff_id.clone()).collect(),
@@ -631,6 +690,23 @@ impl Builder {
             });
         }
         rec.layers = chain.iter().map(|l| l.info.diff_id.clone()).collect();
+        if recipe.wants_disk() && !vm_builder {
+            disk_chain = self
+                .with_guest_agent(
+                    recipe,
+                    chain,
+                    run_dir,
+                    rec,
+                    epoch,
+                    observer,
+                    &mut guest_agent,
+                )
+                .await?;
+            assembled = Some(
+                self.assemble(recipe, &disk_chain, run_dir, rec, observer)
+                    .await?,
+            );
+        }
 
         // TESTING: a fresh sandbox from the captured image, every component's test phase.
         rec.set_state(State::Testing, None);
@@ -644,6 +720,14 @@ impl Builder {
             for l in chain.iter() {
                 h.update(l.info.diff_id.as_bytes());
             }
+            if let Some(a) = &assembled {
+                // Tested by booting: the disk's own layers and boot files count too.
+                h.update(b"vm-boot-v1");
+                for l in &disk_chain {
+                    h.update(l.info.diff_id.as_bytes());
+                }
+                h.update(a.kernel.as_bytes());
+            }
             for c in &testable {
                 h.update(c.sha256.as_bytes());
                 h.update(
@@ -655,7 +739,8 @@ impl Builder {
             hex::encode(h.finalize())
         };
         let test_cache_path = self.home.cache().join(format!("tests-{test_key}.json"));
-        let cached: Option<TestCacheEntry> = if self.options.no_cache {
+        // A VM builder's disk is not made of content-addressed layers: always test it.
+        let cached: Option<TestCacheEntry> = if self.options.no_cache || vm_builder {
             None
         } else {
             read_json(&test_cache_path).ok().flatten()
@@ -666,6 +751,9 @@ impl Builder {
                 duration_ms: 0,
                 steps: vec![],
                 reused_from: None,
+                instance: None,
+                boot_ms: None,
+                accelerator: None,
             });
             rec.packages = dpkg_from_layers(chain);
         } else if let Some(entry) = cached {
@@ -678,6 +766,9 @@ impl Builder {
                 duration_ms: 0,
                 steps: vec![],
                 reused_from: Some(entry.build_version),
+                instance: None,
+                boot_ms: None,
+                accelerator: None,
             });
             rec.packages = entry.packages;
         } else {
@@ -686,28 +777,76 @@ impl Builder {
                 std::time::Duration::from_secs(u64::from(recipe.tests.timeout_minutes) * 60);
             let test_id = format!("{}-test", short_id(run_dir));
             let test_dir = run_dir.join("test");
-            let run = self.run_in_sandbox(
-                recipe,
-                &test_id,
-                chain,
-                &test_dir,
-                &testable,
-                &["test"],
-                &log_dir,
-                image_env(rec, "TESTING"),
-                observer,
-                State::Testing,
-            );
-            let (report, _, _) = match tokio::time::timeout(limit, run).await {
-                Ok(r) => r?,
-                Err(_) => {
-                    return Err(StageFailure::new(
+            let too_long = || {
+                StageFailure::new(
+                    State::Testing,
+                    format!(
+                        "the tests ran longer than imageTestsConfiguration.timeoutMinutes ({})",
+                        recipe.tests.timeout_minutes
+                    ),
+                )
+            };
+            let mut boot = None;
+            let report: SandboxRun = if let Some(a) = &assembled {
+                // Boot the disk exactly as a user would: firmware, GRUB, kernel, init.
+                observer.event(&BuildEvent::Progress(
+                    "booting a test VM from the disk image (firmware, bootloader, kernel, init)",
+                ));
+                let vm = self
+                    .start_vm(
+                        recipe,
+                        &test_id,
+                        &a.raw,
+                        &test_dir,
+                        &log_dir,
                         State::Testing,
-                        format!(
-                            "the tests ran longer than imageTestsConfiguration.timeoutMinutes ({})",
-                            recipe.tests.timeout_minutes
-                        ),
-                    ))
+                    )
+                    .await?;
+                let boot_ms = vm
+                    .boot_times()
+                    .first()
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let accel = format!("{:?}", vm.accel()).to_lowercase();
+                observer.event(&BuildEvent::Progress(&format!(
+                    "the test VM booted in {:.1} s ({accel}); running the tests in it",
+                    boot_ms as f64 / 1000.0
+                )));
+                boot = Some((boot_ms, accel));
+                let run = drive(
+                    vm.clone(),
+                    &testable,
+                    &["test"],
+                    &log_dir,
+                    image_env(rec, "TESTING"),
+                    observer,
+                    State::Testing,
+                );
+                let r = tokio::time::timeout(limit, run).await;
+                if let Err(e) = vm.stop().await {
+                    tracing::warn!("stopping the test VM: {e}");
+                }
+                let _ = std::fs::copy(vm.console_log(), log_dir.join("serial-console.log"));
+                match r {
+                    Ok(r) => r?,
+                    Err(_) => return Err(too_long()),
+                }
+            } else {
+                let run = self.run_in_sandbox(
+                    recipe,
+                    &test_id,
+                    chain,
+                    &test_dir,
+                    &testable,
+                    &["test"],
+                    &log_dir,
+                    image_env(rec, "TESTING"),
+                    observer,
+                    State::Testing,
+                );
+                match tokio::time::timeout(limit, run).await {
+                    Ok(r) => r?.0,
+                    Err(_) => return Err(too_long()),
                 }
             };
             rec.tests = Some(TestRecord {
@@ -720,6 +859,9 @@ impl Builder {
                 duration_ms: millis(t0),
                 steps: timings(&report.report),
                 reused_from: None,
+                instance: Some(if boot.is_some() { "vm" } else { "sandbox" }.into()),
+                boot_ms: boot.as_ref().map(|b| b.0),
+                accelerator: boot.map(|b| b.1),
             });
             if !report.report.status.ok() {
                 let component = report
@@ -747,13 +889,47 @@ impl Builder {
         }
         save(rec);
 
+        // The guest agent kiln brought in goes, when the recipe asks: one more layer on the disk.
+        if let Some(a) = assembled.as_mut() {
+            if recipe.disk.remove_guest_agent && guest_agent == "installed by kiln" {
+                observer.event(&BuildEvent::Progress(
+                    "removing the QEMU guest agent kiln installed (disk.removeGuestAgent)",
+                ));
+                let c = internal_component(disk::REMOVE_GUEST_AGENT_DOCUMENT)
+                    .map_err(|e| StageFailure::new(State::Building, e))?;
+                let (layer, _) = self
+                    .internal_layer(recipe, &c, &disk_chain, run_dir, &rec.logs, epoch, observer)
+                    .await?;
+                disk_chain.push(layer);
+                *a = self
+                    .assemble(recipe, &disk_chain, run_dir, rec, observer)
+                    .await?;
+                guest_agent = "installed by kiln, removed after the tests";
+            }
+            if let Some(d) = rec.disk.as_mut() {
+                d.guest_agent = guest_agent.to_string();
+            }
+            save(rec);
+        }
+
         // DISTRIBUTING: every region gets the image, each atomically.
         rec.set_state(State::Distributing, None);
         save(rec);
         observer.event(&BuildEvent::Stage(State::Distributing));
+        // Disks first: they can be taken back if an OCI region fails afterwards.
+        let placed_disks = match &assembled {
+            Some(a) => self.place_disks(recipe, a, rec, observer).await?,
+            None => Vec::new(),
+        };
+        let unplace = |f: StageFailure| {
+            for (_, _, p) in &placed_disks {
+                let _ = std::fs::remove_file(&p.path);
+            }
+            f
+        };
         let settings = image_settings(recipe, rec, &parent, components, chain, epoch);
         let blobs: Vec<kiln_image::LayerBlob> = chain.iter().map(StoredLayer::as_blob).collect();
-        for d in &recipe.distributions {
+        for d in recipe.distributions.iter().filter(|_| recipe.wants_oci()) {
             let dir = d
                 .path
                 .clone()
@@ -769,9 +945,12 @@ impl Builder {
                     kiln_image::write_image(&dir2, &tag2, &blobs2, &settings2)
                 })
                 .await
-                .map_err(|e| StageFailure::new(State::Distributing, e.to_string()))?
+                .map_err(|e| unplace(StageFailure::new(State::Distributing, e.to_string())))?
                 .map_err(|e| {
-                    StageFailure::new(State::Distributing, format!("region {}: {e}", d.region))
+                    unplace(StageFailure::new(
+                        State::Distributing,
+                        format!("region {}: {e}", d.region),
+                    ))
                 })?;
                 rec.outputs.push(OutputRecord {
                     region: d.region.clone(),
@@ -788,7 +967,299 @@ impl Builder {
                 tags.join(", ")
             )));
         }
+        for (region, format, p) in placed_disks {
+            if let Err(e) = disk::link_version(&p.path, &format!("{}-{}", rec.name, rec.version)) {
+                tracing::warn!("{e}");
+            }
+            rec.outputs.push(OutputRecord {
+                region,
+                kind: format!("disk-{}", format.extension()),
+                location: p.path,
+                tag: format!("{}-{}", rec.version, rec.build),
+                manifest_digest: p.digest,
+            });
+        }
         Ok(())
+    }
+
+    /// Places the disk in every region in each format, under this build's own names. A failure
+    /// removes what was placed; the version's names (`NAME-VERSION.EXT`) move only once every
+    /// output is in place.
+    async fn place_disks(
+        &self,
+        recipe: &Recipe,
+        a: &disk::Assembled,
+        rec: &ImageRecord,
+        observer: &Arc<dyn BuildObserver>,
+    ) -> Result<Vec<(String, DiskFormat, disk::Placed)>, StageFailure> {
+        let build_stem = format!("{}-{}-{}", rec.name, rec.version, rec.build);
+        let mut placed: Vec<(String, DiskFormat, disk::Placed)> = Vec::new();
+        let mut failure = None;
+        'regions: for d in &recipe.distributions {
+            let dir = d
+                .path
+                .clone()
+                .unwrap_or_else(|| self.home.regions().join(&d.region));
+            for &format in &recipe.disk.formats {
+                let (raw, dir2, bs) = (a.raw.clone(), dir.clone(), build_stem.clone());
+                let compressed = recipe.disk.compressed;
+                let r = tokio::task::spawn_blocking(move || {
+                    disk::place(&raw, &dir2, &bs, format, compressed)
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+                match r {
+                    Ok(p) => {
+                        observer.event(&BuildEvent::Progress(&format!(
+                            "region {}: {} ({} MiB)",
+                            d.region,
+                            p.path.display(),
+                            p.size >> 20
+                        )));
+                        placed.push((d.region.clone(), format, p));
+                    }
+                    Err(e) => {
+                        failure = Some(StageFailure::new(
+                            State::Distributing,
+                            format!("region {}: {e}", d.region),
+                        ));
+                        break 'regions;
+                    }
+                }
+            }
+        }
+        if let Some(f) = failure {
+            for (_, _, p) in &placed {
+                let _ = std::fs::remove_file(&p.path);
+            }
+            return Err(f);
+        }
+        Ok(placed)
+    }
+
+    /// `chain` with the QEMU guest agent: as it is when the image has one, or with a layer from
+    /// kiln's own component that installs it.
+    #[allow(clippy::too_many_arguments)]
+    async fn with_guest_agent(
+        &self,
+        recipe: &Recipe,
+        chain: &[StoredLayer],
+        run_dir: &std::path::Path,
+        rec: &ImageRecord,
+        epoch: i64,
+        observer: &Arc<dyn BuildObserver>,
+        note: &mut &'static str,
+    ) -> Result<Vec<StoredLayer>, StageFailure> {
+        if disk::has_guest_agent(chain) {
+            *note = if parent_adds_guest_agent(recipe) {
+                "installed by kiln"
+            } else {
+                "in the image"
+            };
+            return Ok(chain.to_vec());
+        }
+        observer.event(&BuildEvent::Progress(
+            "the image has no QEMU guest agent: installing it for the disk image (kiln drives VMs through it)",
+        ));
+        let c = internal_component(disk::GUEST_AGENT_DOCUMENT)
+            .map_err(|e| StageFailure::new(State::Building, e))?;
+        let (layer, cached) = self
+            .internal_layer(recipe, &c, chain, run_dir, &rec.logs, epoch, observer)
+            .await
+            .map_err(|mut f| {
+                f.reason = format!(
+                    "{} (kiln installs qemu-guest-agent into disk images that lack it: the image needs a package manager and a network, or install qemu-guest-agent in a component)",
+                    f.reason
+                );
+                f
+            })?;
+        if cached {
+            observer.event(&BuildEvent::Progress(
+                "the guest agent layer comes from the step cache",
+            ));
+        }
+        *note = "installed by kiln";
+        let mut out = chain.to_vec();
+        out.push(layer);
+        Ok(out)
+    }
+
+    /// Assembles the raw disk of `disk_chain` in the run folder and records it.
+    async fn assemble(
+        &self,
+        recipe: &Recipe,
+        disk_chain: &[StoredLayer],
+        run_dir: &std::path::Path,
+        rec: &mut ImageRecord,
+        observer: &Arc<dyn BuildObserver>,
+    ) -> Result<disk::Assembled, StageFailure> {
+        observer.event(&BuildEvent::Progress(
+            "assembling the disk image (GPT, GRUB, ext4 made with mkfs.ext4 -d)",
+        ));
+        let t0 = Instant::now();
+        let (layers, work, size) = (
+            disk_chain.to_vec(),
+            run_dir.join("disk"),
+            recipe.disk.size_bytes,
+        );
+        let a = tokio::task::spawn_blocking(move || disk::assemble(&layers, &work, size, 0))
+            .await
+            .map_err(|e| StageFailure::new(State::Building, e.to_string()))?
+            .map_err(|e| StageFailure::new(State::Building, format!("the disk image: {e}")))?;
+        rec.disk = Some(DiskRecord {
+            kernel: a.kernel.clone(),
+            size: a.size,
+            filesystem_uuid: a.ids.filesystem.clone(),
+            guest_agent: String::new(),
+            assemble_ms: millis(t0),
+        });
+        observer.event(&BuildEvent::Progress(&format!(
+            "disk image assembled: {} MiB, kernel {} ({:.1} s)",
+            a.size >> 20,
+            a.kernel,
+            t0.elapsed().as_secs_f64()
+        )));
+        Ok(a)
+    }
+
+    /// The VM builder: boots the parent's disk, runs every component's build and validate
+    /// phases in it (reboots included), powers it off and keeps its disk.
+    #[allow(clippy::too_many_arguments)]
+    async fn build_in_vm(
+        &self,
+        recipe: &Recipe,
+        components: &[Component],
+        rec: &mut ImageRecord,
+        records: &Records,
+        run_dir: &std::path::Path,
+        base: &[StoredLayer],
+        observer: &Arc<dyn BuildObserver>,
+    ) -> Result<disk::Assembled, StageFailure> {
+        observer.event(&BuildEvent::Progress(
+            "assembling the parent's disk for the builder VM",
+        ));
+        let t0 = Instant::now();
+        let (layers, work, size) = (
+            base.to_vec(),
+            run_dir.join("parent-disk"),
+            recipe.disk.size_bytes,
+        );
+        let parent_disk = tokio::task::spawn_blocking(move || {
+            disk::assemble(&layers, &work, size, VM_BUILDER_HEADROOM)
+        })
+        .await
+        .map_err(|e| StageFailure::new(State::Building, e.to_string()))?
+        .map_err(|e| StageFailure::new(State::Building, format!("the parent's disk: {e}")))?;
+        let assemble_ms = millis(t0);
+        let log_dir = rec.logs.join("builder-vm");
+        observer.event(&BuildEvent::Progress("booting the builder VM"));
+        let vm = self
+            .start_vm(
+                recipe,
+                &format!("{}-build", short_id(run_dir)),
+                &parent_disk.raw,
+                &run_dir.join("builder-vm"),
+                &log_dir,
+                State::Building,
+            )
+            .await?;
+        observer.event(&BuildEvent::Progress(&format!(
+            "the builder VM booted in {:.1} s ({:?})",
+            vm.boot_times()
+                .first()
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            vm.accel()
+        )));
+        let total = components.len();
+        let mut outcome = Ok(());
+        for (i, c) in components.iter().enumerate() {
+            if !c.has_layer {
+                rec.components[i].cache = CacheUse::NoLayer;
+                continue;
+            }
+            observer.event(&BuildEvent::ComponentStarted {
+                index: i,
+                total,
+                name: &c.name,
+                cached: false,
+            });
+            let t0 = Instant::now();
+            let log_dir = rec
+                .logs
+                .join(format!("build-{:02}-{}", i + 1, file_safe(&c.name)));
+            let run = drive(
+                vm.clone(),
+                &[c],
+                &["build", "validate"],
+                &log_dir,
+                image_env(rec, "BUILDING"),
+                observer,
+                State::Building,
+            )
+            .await;
+            let cr = &mut rec.components[i];
+            cr.duration_ms = millis(t0);
+            cr.cache = CacheUse::InVm;
+            let run = match run {
+                Ok(r) => r,
+                Err(mut f) => {
+                    f.component = Some(c.name.clone());
+                    outcome = Err(f);
+                    break;
+                }
+            };
+            cr.steps = timings(&run.report);
+            if !run.report.status.ok() {
+                outcome = Err(StageFailure::from_run(
+                    State::Building,
+                    Some(c.name.clone()),
+                    &run,
+                    &log_dir,
+                ));
+                break;
+            }
+            if let Err(e) = records.save(rec) {
+                tracing::warn!("cannot save the build record: {e}");
+            }
+            observer.event(&BuildEvent::ComponentFinished {
+                index: i,
+                record: &rec.components[i],
+            });
+        }
+        observer.event(&BuildEvent::Progress("powering the builder VM off"));
+        let stopped = vm.stop().await;
+        let _ = std::fs::copy(vm.console_log(), log_dir.join("serial-console.log"));
+        outcome?;
+        stopped.map_err(|e| {
+            StageFailure::new(State::Building, format!("powering the builder VM off: {e}"))
+        })?;
+        // The overlay holds what the components wrote: flattened, it is the image's disk.
+        let t0 = Instant::now();
+        let (overlay, raw) = (
+            vm.overlay().to_path_buf(),
+            run_dir.join("disk").join("disk.raw"),
+        );
+        let raw2 = raw.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(d) = raw2.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            kiln_image::disk::flatten(&overlay, &raw2).map_err(std::io::Error::other)
+        })
+        .await
+        .map_err(|e| StageFailure::new(State::Building, e.to_string()))?
+        .map_err(|e| StageFailure::new(State::Building, format!("the builder VM's disk: {e}")))?;
+        let _ = std::fs::remove_dir_all(run_dir.join("parent-disk"));
+        rec.disk = Some(DiskRecord {
+            kernel: parent_disk.kernel.clone(),
+            size: parent_disk.size,
+            filesystem_uuid: parent_disk.ids.filesystem.clone(),
+            guest_agent: String::new(),
+            assemble_ms: assemble_ms + millis(t0),
+        });
+        Ok(disk::Assembled { raw, ..parent_disk })
     }
 
     /// Runs documents' phases in a sandbox over `chain`; returns the report, the writable layer
@@ -828,6 +1299,172 @@ impl Builder {
                 .await
                 .map_err(|e| StageFailure::new(stage, format!("starting the sandbox: {e}")))?,
         );
+        let run = drive(
+            sandbox.clone(),
+            components,
+            phases,
+            log_dir,
+            env,
+            observer,
+            stage,
+        )
+        .await;
+        let created = sandbox.created_paths();
+        if let Err(e) = sandbox.stop().await {
+            tracing::warn!("stopping the sandbox: {e}");
+        }
+        Ok((run?, upper, created))
+    }
+
+    /// Boots a VM from `disk` (through a copy-on-write overlay in `dir`). A boot that fails
+    /// becomes a failure of `stage` quoting the serial console.
+    async fn start_vm(
+        &self,
+        recipe: &Recipe,
+        id: &str,
+        disk_image: &std::path::Path,
+        dir: &std::path::Path,
+        log_dir: &std::path::Path,
+        stage: State,
+    ) -> Result<Arc<Vm>, StageFailure> {
+        let vm = &recipe.infrastructure.vm;
+        let spec = VmSpec {
+            id: id.to_string(),
+            disk: disk_image.to_path_buf(),
+            dir: dir.to_path_buf(),
+            memory_mib: vm.memory_mib,
+            cpus: vm.cpus,
+            network: recipe.infrastructure.network,
+            boot_timeout: std::time::Duration::from_secs(vm.boot_timeout_secs),
+            agent: self.options.agent.clone().unwrap_or_default(),
+            working_dir: recipe.working_directory.clone(),
+            env: Vec::new(),
+            accel: vm.accel,
+            kvm_verdict: Some(self.home.cache().join("kvm-verdict")),
+        };
+        let _ = std::fs::create_dir_all(log_dir);
+        match Vm::start(spec, self.options.keeper.clone()).await {
+            Ok(v) => Ok(Arc::new(v)),
+            Err(e) => {
+                let console = dir.join("console.log");
+                let kept = log_dir.join("serial-console.log");
+                let _ = std::fs::copy(&console, &kept);
+                let text = e.to_string();
+                let reason = text
+                    .split_once("; the console")
+                    .map_or(text.as_str(), |(head, _)| head)
+                    .to_string();
+                let tail: Vec<String> = std::fs::read_to_string(&kept)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+                    .collect();
+                let tail = tail[tail.len().saturating_sub(TAIL)..].to_vec();
+                Err(StageFailure {
+                    stage,
+                    component: None,
+                    step: None,
+                    reason: if tail.is_empty() {
+                        format!("{reason}; the serial console stayed silent")
+                    } else {
+                        reason
+                    },
+                    tail,
+                    log: Some(kept),
+                })
+            }
+        }
+    }
+
+    /// A layer made by one of kiln's own components (the guest agent), cached like any other.
+    #[allow(clippy::too_many_arguments)]
+    async fn internal_layer(
+        &self,
+        recipe: &Recipe,
+        c: &Component,
+        chain: &[StoredLayer],
+        run_dir: &std::path::Path,
+        logs: &std::path::Path,
+        epoch: i64,
+        observer: &Arc<dyn BuildObserver>,
+    ) -> Result<(StoredLayer, bool), StageFailure> {
+        let cache = StepCache::new(self.home.clone());
+        let key = StepKey {
+            kind: "internal".into(),
+            parents: chain.iter().map(|l| l.info.diff_id.clone()).collect(),
+            input: c.sha256.clone(),
+            parameters: Vec::new(),
+            builder: BuilderKind::Sandbox.to_string(),
+            working_directory: "/".into(),
+            compression: format!("{:?}", recipe.compression),
+        }
+        .digest();
+        if !self.options.no_cache {
+            if let Some(l) = cache.get(&key) {
+                return Ok((l, true));
+            }
+        }
+        let dir = run_dir.join(file_safe(&c.name));
+        let log_dir = logs.join(format!("build-{}", file_safe(&c.name)));
+        let fail_with = |mut f: StageFailure| {
+            f.component = Some(c.name.clone());
+            f
+        };
+        let (run, upper, created) = self
+            .run_in_sandbox(
+                recipe,
+                &format!("{}-{}", short_id(run_dir), file_safe(&c.name)),
+                chain,
+                &dir,
+                &[c],
+                &["build"],
+                &log_dir,
+                Vec::new(),
+                observer,
+                State::Building,
+            )
+            .await
+            .map_err(fail_with)?;
+        if !run.report.status.ok() {
+            return Err(StageFailure::from_run(
+                State::Building,
+                Some(c.name.clone()),
+                &run,
+                &log_dir,
+            ));
+        }
+        let store = LayerStore::new(self.home.clone());
+        let layer = capture(&store, &upper, &created, epoch, recipe, &c.name)
+            .await
+            .map_err(|e| {
+                fail_with(StageFailure::new(
+                    State::Building,
+                    format!("capturing the layer: {e}"),
+                ))
+            })?;
+        if let Err(e) = cache.put(&key, &layer, &format!("kiln {}", c.name)) {
+            tracing::warn!("cannot record the layer in the step cache: {e}");
+        }
+        Ok((layer, false))
+    }
+}
+
+/// Runs documents' phases on an instance, logging into `log_dir`; after passing tests, reads
+/// the package inventory.
+async fn drive(
+    instance: Arc<dyn Instance>,
+    components: &[&Component],
+    phases: &[&str],
+    log_dir: &std::path::Path,
+    env: Vec<(String, String)>,
+    observer: &Arc<dyn BuildObserver>,
+    stage: State,
+) -> Result<SandboxRun, StageFailure> {
+    {
+        std::fs::create_dir_all(log_dir).map_err(|e| {
+            StageFailure::new(stage, format!("creating {}: {e}", log_dir.display()))
+        })?;
         let console = std::fs::File::create(log_dir.join("console.log"))
             .map_err(|e| StageFailure::new(stage, format!("creating the log: {e}")))?;
         let tails = Arc::new(Tails::default());
@@ -836,7 +1473,7 @@ impl Builder {
             Arc::new(ConsoleLog::new(std::io::BufWriter::new(console))),
             tails.clone(),
         ]));
-        let engine = Engine::new(sandbox.clone())
+        let engine = Engine::new(instance.clone())
             .with_observer(toe_observer)
             .with_env(env);
         let spec = RunSpec {
@@ -857,22 +1494,52 @@ impl Builder {
         );
         let mut packages = Vec::new();
         if stage == State::Testing && report.status.ok() {
-            packages = read_inventory(sandbox.as_ref()).await;
+            packages = read_inventory(instance.as_ref()).await;
         }
-        let created = sandbox.created_paths();
-        if let Err(e) = sandbox.stop().await {
-            tracing::warn!("stopping the sandbox: {e}");
-        }
-        Ok((
-            SandboxRun {
-                report,
-                tails,
-                packages,
-            },
-            upper,
-            created,
-        ))
+        Ok(SandboxRun {
+            report,
+            tails,
+            packages,
+        })
     }
+}
+
+/// Free space the builder VM's disk gets beyond its content when the recipe gives no size:
+/// components install packages in it.
+const VM_BUILDER_HEADROOM: u64 = 2 << 30;
+
+/// True when kiln puts the guest agent into a `bootstrap:` parent itself (the recipe asked for a
+/// disk and did not list the agent among its own packages).
+fn parent_adds_guest_agent(recipe: &Recipe) -> bool {
+    matches!(recipe.parent, crate::recipe::ParentImage::Bootstrap { .. })
+        && !recipe
+            .bootstrap_packages
+            .iter()
+            .any(|p| p == "qemu-guest-agent")
+}
+
+/// One of kiln's own components, from its document text.
+fn internal_component(text: &str) -> Result<Component, String> {
+    let loaded = kiln_toe::load::parse(kiln_toe::document::Source {
+        name: "kiln (built in)".into(),
+        text: text.to_string(),
+        dir: None,
+    })
+    .map_err(|d| d.to_string())?;
+    let name = loaded.document.name.clone();
+    Ok(Component {
+        sha256: sha256_hex(text.as_bytes()),
+        source: format!("kiln:{name}"),
+        resolved: Resolved {
+            identity: format!("kiln:{name}"),
+            loaded,
+        },
+        name,
+        parameters: Vec::new(),
+        cache: true,
+        has_layer: true,
+        has_test: false,
+    })
 }
 
 struct SandboxRun {

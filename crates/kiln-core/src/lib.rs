@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod cache;
+pub mod disk;
 pub mod inventory;
 pub mod parent;
 pub mod recipe;

@@ -101,7 +101,7 @@ pub async fn resolve(
     };
     match &recipe.parent {
         ParentImage::Bootstrap { distro, suite } => {
-            let mut packages = recipe.bootstrap_packages.clone();
+            let mut packages = recipe.bootstrap_package_list();
             packages.sort();
             packages.dedup();
             let request = serde_json::json!({

@@ -218,6 +218,45 @@ pub struct TestsConfig {
 pub enum OutputKind {
     /// An OCI image (layout in each region).
     Oci,
+    /// A bootable disk image (files in each region's `disks` folder).
+    Disk,
+}
+
+/// The packages a `bootstrap:` parent gets when the recipe wants a disk image: a kernel made
+/// for virtual machines, an init, device management and the QEMU guest agent.
+pub const DISK_BOOTSTRAP_PACKAGES: &[&str] = &[
+    "linux-image-cloud-amd64",
+    "systemd-sysv",
+    "udev",
+    "qemu-guest-agent",
+];
+
+/// Disk image settings (`disk:` and `blockDeviceMappings`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// Formats written to each region (the first is the one tested when it matters).
+    pub formats: Vec<kiln_image::disk::DiskFormat>,
+    /// qcow2 with compressed clusters.
+    pub compressed: bool,
+    /// Disk size (`blockDeviceMappings[0].ebs.volumeSize`); content plus headroom when `None`.
+    pub size_bytes: Option<u64>,
+    /// Kernel packages added to a `bootstrap:` parent.
+    pub kernel_packages: Vec<String>,
+    /// Remove the QEMU guest agent from the distributed disk if kiln installed it (Image
+    /// Builder's `systemsManagerAgent.uninstallAfterBuild`).
+    pub remove_guest_agent: bool,
+}
+
+impl Default for DiskSpec {
+    fn default() -> Self {
+        DiskSpec {
+            formats: vec![kiln_image::disk::DiskFormat::Qcow2],
+            compressed: false,
+            size_bytes: None,
+            kernel_packages: vec!["linux-image-cloud-amd64".into()],
+            remove_guest_agent: false,
+        }
+    }
 }
 
 /// Layer compression.
@@ -262,12 +301,30 @@ pub struct Distribution {
 pub enum BuilderKind {
     /// Linux namespaces over overlayfs.
     Sandbox,
+    /// A QEMU virtual machine booted from the parent's disk image.
+    Vm,
 }
 
 impl fmt::Display for BuilderKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sandbox")
+        f.write_str(match self {
+            BuilderKind::Sandbox => "sandbox",
+            BuilderKind::Vm => "vm",
+        })
     }
+}
+
+/// How kiln's virtual machines (VM builders, disk test instances) run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmSettings {
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub cpus: u32,
+    /// How long a boot may take to reach the guest agent.
+    pub boot_timeout_secs: u64,
+    /// KVM, TCG, or KVM when it works.
+    pub accel: kiln_instance::vm::Accel,
 }
 
 /// Where and how the build runs.
@@ -281,6 +338,8 @@ pub struct Infrastructure {
     pub limits: kiln_instance::sandbox::Limits,
     /// Remove the instance when a build fails (keep it to debug when false).
     pub terminate_instance_on_failure: bool,
+    /// Virtual machines.
+    pub vm: VmSettings,
 }
 
 /// A parsed, valid recipe.
@@ -306,6 +365,8 @@ pub struct Recipe {
     pub tests: TestsConfig,
     /// Outputs.
     pub outputs: Vec<OutputKind>,
+    /// Disk image settings (used when `outputs` has `disk`).
+    pub disk: DiskSpec,
     /// OCI configuration of the output.
     pub image_config: ImageConfigSpec,
     /// Regions.
@@ -322,6 +383,36 @@ impl Recipe {
     /// The folder relative paths in the recipe resolve against.
     pub fn dir(&self) -> PathBuf {
         recipe_dir(&self.source.path)
+    }
+
+    /// Whether the build makes a disk image.
+    pub fn wants_disk(&self) -> bool {
+        self.outputs.contains(&OutputKind::Disk)
+    }
+
+    /// Whether the build makes an OCI image.
+    pub fn wants_oci(&self) -> bool {
+        self.outputs.contains(&OutputKind::Oci)
+    }
+
+    /// The packages a `bootstrap:` parent is made with: the recipe's, plus what a bootable disk
+    /// needs when one is wanted.
+    pub fn bootstrap_package_list(&self) -> Vec<String> {
+        let mut p = self.bootstrap_packages.clone();
+        if self.wants_disk() || self.infrastructure.builder == BuilderKind::Vm {
+            let extra = self
+                .disk
+                .kernel_packages
+                .iter()
+                .cloned()
+                .chain(DISK_BOOTSTRAP_PACKAGES[1..].iter().map(|s| s.to_string()));
+            for e in extra {
+                if !p.contains(&e) {
+                    p.push(e);
+                }
+            }
+        }
+        p
     }
 }
 
@@ -347,6 +438,9 @@ const TOP_KEYS: &[&str] = &[
     "compression",
     "infrastructure",
     "tags",
+    "disk",
+    "blockDeviceMappings",
+    "additionalInstanceConfiguration",
 ];
 
 /// Reads a recipe file.
@@ -492,7 +586,12 @@ fn build(r: &mut Reader, root: &Node, source: &Arc<RecipeSource>) -> Option<Reci
         }
     }
 
-    let mut outputs = vec![OutputKind::Oci];
+    let infrastructure = infrastructure(r, m);
+    let mut outputs = if infrastructure.builder == BuilderKind::Vm {
+        vec![OutputKind::Disk]
+    } else {
+        vec![OutputKind::Oci]
+    };
     if let Some(o) = m.get("outputs") {
         outputs.clear();
         for (i, word) in r
@@ -501,19 +600,45 @@ fn build(r: &mut Reader, root: &Node, source: &Arc<RecipeSource>) -> Option<Reci
             .iter()
             .enumerate()
         {
-            match word.as_str() {
-                "oci" => outputs.push(OutputKind::Oci),
+            let span = o.as_seq().and_then(|s| s.get(i)).map_or(o.span, |n| n.span);
+            let kind = match word.as_str() {
+                "oci" => OutputKind::Oci,
+                "disk" => OutputKind::Disk,
                 other => {
-                    let span = o.as_seq().and_then(|s| s.get(i)).map_or(o.span, |n| n.span);
                     r.error(
                         span,
                         format!("unknown output `{other}`"),
-                        Some("this kiln produces `oci` images".into()),
+                        Some(
+                            kiln_yaml::did_you_mean(other, ["oci", "disk"])
+                                .map(|s| format!("did you mean `{s}`?"))
+                                .unwrap_or_else(|| "outputs are `oci` and `disk`".into()),
+                        ),
                     );
+                    continue;
                 }
+            };
+            if outputs.contains(&kind) {
+                r.error(span, format!("output `{word}` is listed twice"), None);
+            } else {
+                outputs.push(kind);
             }
         }
+        if outputs.is_empty() && !r.has_errors() {
+            r.error(
+                o.span,
+                "`outputs` is empty",
+                Some("list `oci`, `disk` or both".into()),
+            );
+        }
+        if infrastructure.builder == BuilderKind::Vm && outputs.contains(&OutputKind::Oci) {
+            r.error(
+                o.span,
+                "`builder: vm` makes disk images only: a VM's disk is one filesystem, not layers",
+                Some("build the container image with the sandbox builder (the default), which makes both outputs from one recipe".into()),
+            );
+        }
     }
+    let disk = disk_spec(r, m, outputs.contains(&OutputKind::Disk));
 
     let image_config = image_config(r, m);
     let distributions = distributions(r, m, &base);
@@ -531,7 +656,6 @@ fn build(r: &mut Reader, root: &Node, source: &Arc<RecipeSource>) -> Option<Reci
             Compression::Gzip
         }
     };
-    let infrastructure = infrastructure(r, m);
     if let Some(t) = m.get("tags") {
         if let Some(tm) = r.map(t, "`tags`") {
             for (k, v) in &tm.entries {
@@ -565,6 +689,7 @@ fn build(r: &mut Reader, root: &Node, source: &Arc<RecipeSource>) -> Option<Reci
         working_directory,
         tests,
         outputs,
+        disk,
         image_config,
         distributions,
         compression,
@@ -829,6 +954,156 @@ pub fn parse_size(s: &str) -> Option<u64> {
     Some((n * mult as f64) as u64)
 }
 
+fn disk_spec(r: &mut Reader, m: &Map, wanted: bool) -> DiskSpec {
+    use kiln_image::disk::DiskFormat;
+    let mut d = DiskSpec::default();
+    if let Some(node) = m.get("disk") {
+        if !wanted {
+            r.warn(
+                node.span,
+                "`disk` applies when `outputs` has `disk`; it is ignored",
+                None,
+            );
+        }
+        if let Some(dm) = r.map(node, "`disk`") {
+            r.known_keys(
+                dm,
+                &[
+                    "formats",
+                    "compressed",
+                    "kernelPackages",
+                    "removeGuestAgent",
+                ],
+                "`disk`",
+            );
+            if let Some(f) = dm.get("formats") {
+                let words = r.strings(dm, "formats", true).unwrap_or_default();
+                let mut formats = Vec::new();
+                for (i, w) in words.iter().enumerate() {
+                    let span = f.as_seq().and_then(|s| s.get(i)).map_or(f.span, |n| n.span);
+                    match DiskFormat::parse(w) {
+                        Some(fmt) if !formats.contains(&fmt) => formats.push(fmt),
+                        Some(_) => r.error(span, format!("format `{w}` is listed twice"), None),
+                        None => r.error(
+                            span,
+                            format!("unknown disk format `{w}`"),
+                            Some(
+                                kiln_yaml::did_you_mean(w, ["raw", "qcow2", "vmdk", "vhd"])
+                                    .map(|s| format!("did you mean `{s}`?"))
+                                    .unwrap_or_else(|| "use raw, qcow2, vmdk or vhd".into()),
+                            ),
+                        ),
+                    }
+                }
+                if formats.is_empty() && words.is_empty() {
+                    r.error(f.span, "`formats` is empty", None);
+                }
+                if !formats.is_empty() {
+                    d.formats = formats;
+                }
+            }
+            if let Some(c) = r.boolean(dm, "compressed") {
+                d.compressed = c;
+                if c && !d.formats.contains(&DiskFormat::Qcow2) {
+                    if let Some(n) = dm.get("compressed") {
+                        r.warn(
+                            n.span,
+                            "only qcow2 disks are compressed; no qcow2 format is listed",
+                            None,
+                        );
+                    }
+                }
+            }
+            if let Some(k) = r.strings(dm, "kernelPackages", true) {
+                d.kernel_packages = k;
+            }
+            if let Some(g) = r.boolean(dm, "removeGuestAgent") {
+                d.remove_guest_agent = g;
+            }
+        }
+    }
+    // Image Builder's shape for the same wish.
+    if let Some(a) = m.get("additionalInstanceConfiguration") {
+        if let Some(am) = r.map(a, "`additionalInstanceConfiguration`") {
+            r.known_keys(
+                am,
+                &["systemsManagerAgent", "userDataOverride"],
+                "`additionalInstanceConfiguration`",
+            );
+            if let Some(u) = am.get("userDataOverride") {
+                r.warn(
+                    u.span,
+                    "kiln has no user data: `userDataOverride` is ignored",
+                    Some("run setup commands in a component".into()),
+                );
+            }
+            if let Some(s) = am.get("systemsManagerAgent") {
+                if let Some(sm) = r.map(s, "`systemsManagerAgent`") {
+                    r.known_keys(sm, &["uninstallAfterBuild"], "`systemsManagerAgent`");
+                    if let Some(u) = r.boolean(sm, "uninstallAfterBuild") {
+                        d.remove_guest_agent = u;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(node) = m.get("blockDeviceMappings") {
+        if let Some(items) = r.list(node, "`blockDeviceMappings`") {
+            if items.len() > 1 {
+                r.error(
+                    items[1].span,
+                    "kiln images have one disk: give one block device mapping",
+                    None,
+                );
+            }
+            if let Some(item) = items.first() {
+                if let Some(bm) = r.map(item, "a block device mapping") {
+                    r.known_keys(
+                        bm,
+                        &["deviceName", "ebs", "noDevice", "virtualName"],
+                        "a block device mapping",
+                    );
+                    if let Some(e) = bm.get("ebs") {
+                        if let Some(em) = r.map(e, "`ebs`") {
+                            r.known_keys(
+                                em,
+                                &[
+                                    "volumeSize",
+                                    "volumeType",
+                                    "deleteOnTermination",
+                                    "encrypted",
+                                    "iops",
+                                    "throughput",
+                                    "kmsKeyId",
+                                    "snapshotId",
+                                ],
+                                "`ebs`",
+                            );
+                            if let Some(v) = em.get("volumeSize") {
+                                // Image Builder counts GiB; a size with a unit is read as written.
+                                let bytes = match v.as_scalar().and_then(|s| s.as_int()) {
+                                    Some(g) if g > 0 => Some((g as u64) << 30),
+                                    Some(_) => None,
+                                    None => v.as_text().and_then(parse_size),
+                                };
+                                match bytes {
+                                    Some(b) if b >= 64 << 20 => d.size_bytes = Some(b),
+                                    _ => r.error(
+                                        v.span,
+                                        "`volumeSize` is a size in GiB (Image Builder's unit), or a size such as 3GiB, of at least 64MiB",
+                                        None,
+                                    ),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    d
+}
+
 fn infrastructure(r: &mut Reader, m: &Map) -> Infrastructure {
     use kiln_instance::sandbox::{Limits, Network};
     let mut infra = Infrastructure {
@@ -836,6 +1111,12 @@ fn infrastructure(r: &mut Reader, m: &Map) -> Infrastructure {
         network: Network::Host,
         limits: Limits::default(),
         terminate_instance_on_failure: true,
+        vm: VmSettings {
+            memory_mib: 1024,
+            cpus: 2,
+            boot_timeout_secs: 600,
+            accel: kiln_instance::vm::Accel::Auto,
+        },
     };
     let Some(node) = m.get("infrastructure") else {
         return infra;
@@ -852,19 +1133,47 @@ fn infrastructure(r: &mut Reader, m: &Map) -> Infrastructure {
             "cpus",
             "pids",
             "terminateInstanceOnFailure",
+            "bootTimeoutSeconds",
+            "accelerator",
         ],
         "`infrastructure`",
     );
     match r.string(im, "builder").as_deref() {
         None | Some("sandbox") => {}
+        Some("vm") => infra.builder = BuilderKind::Vm,
         Some(other) => {
             if let Some(n) = im.get("builder") {
                 r.error(
                     n.span,
                     format!("unknown builder `{other}`"),
-                    Some("this kiln builds in a `sandbox`".into()),
+                    Some("use `sandbox` (Linux namespaces, the default) or `vm` (QEMU)".into()),
                 );
             }
+        }
+    }
+    match r.string(im, "accelerator").as_deref() {
+        None | Some("auto") => {}
+        Some("kvm") => infra.vm.accel = kiln_instance::vm::Accel::Kvm,
+        Some("tcg") => infra.vm.accel = kiln_instance::vm::Accel::Tcg,
+        Some(other) => {
+            if let Some(n) = im.get("accelerator") {
+                r.error(
+                    n.span,
+                    format!("unknown accelerator `{other}`"),
+                    Some("use auto (KVM when it works, else TCG), kvm or tcg".into()),
+                );
+            }
+        }
+    }
+    if let Some(t) = r.integer(im, "bootTimeoutSeconds") {
+        if (10..=86_400).contains(&t) {
+            infra.vm.boot_timeout_secs = t as u64;
+        } else if let Some(n) = im.get("bootTimeoutSeconds") {
+            r.error(
+                n.span,
+                "`bootTimeoutSeconds` must be between 10 and 86400",
+                None,
+            );
         }
     }
     match r.string(im, "network").as_deref() {
@@ -882,7 +1191,10 @@ fn infrastructure(r: &mut Reader, m: &Map) -> Infrastructure {
     }
     if let Some(mem) = r.string(im, "memory") {
         match parse_size(&mem) {
-            Some(b) if b >= 16 << 20 => infra.limits.memory_bytes = Some(b),
+            Some(b) if b >= 16 << 20 => {
+                infra.limits.memory_bytes = Some(b);
+                infra.vm.memory_mib = (b >> 20).clamp(256, u64::from(u32::MAX)) as u32;
+            }
             _ => {
                 if let Some(n) = im.get("memory") {
                     r.error(
@@ -898,7 +1210,10 @@ fn infrastructure(r: &mut Reader, m: &Map) -> Infrastructure {
     }
     if let Some(c) = im.get("cpus") {
         match c.as_scalar().and_then(|s| s.as_float()) {
-            Some(f) if f > 0.0 => infra.limits.cpus = Some(f),
+            Some(f) if f > 0.0 => {
+                infra.limits.cpus = Some(f);
+                infra.vm.cpus = (f.ceil() as u32).max(1);
+            }
             _ => r.error(c.span, "`cpus` must be a positive number", None),
         }
     }

@@ -104,6 +104,8 @@ pub enum CacheUse {
     NotRun,
     /// No layer: the component has no build or validate phase (tests only).
     NoLayer,
+    /// Built inside the builder VM, whose disk is one filesystem: no layer, no step cache.
+    InVm,
 }
 
 /// One step of a component, with its timing.
@@ -163,6 +165,33 @@ pub struct TestRecord {
     /// The build whose test result was reused, for `cached`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reused_from: Option<String>,
+    /// Where the tests ran: `sandbox` or `vm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// For a VM: milliseconds from starting QEMU to the guest agent answering (firmware,
+    /// bootloader, kernel, init).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_ms: Option<u64>,
+    /// For a VM: `kvm` or `tcg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<String>,
+}
+
+/// The disk image of a build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskRecord {
+    /// The kernel it boots (`vmlinuz-...` in /boot).
+    pub kernel: String,
+    /// Its virtual size in bytes.
+    pub size: u64,
+    /// The root filesystem's UUID.
+    pub filesystem_uuid: String,
+    /// The QEMU guest agent: `in the parent`, `installed by kiln` or `installed by kiln,
+    /// removed after the tests`.
+    pub guest_agent: String,
+    /// Milliseconds spent assembling the disk.
+    pub assemble_ms: u64,
 }
 
 /// Where the image went.
@@ -171,13 +200,13 @@ pub struct TestRecord {
 pub struct OutputRecord {
     /// Region.
     pub region: String,
-    /// `oci-layout`.
+    /// `oci-layout`, or `disk-FORMAT` (`disk-qcow2`, `disk-raw`, ...).
     pub kind: String,
-    /// The layout folder.
+    /// The layout folder, or the disk file.
     pub location: PathBuf,
-    /// Tag in it.
+    /// Tag in it (for a disk: the version, or `VERSION-BUILD`).
     pub tag: String,
-    /// Manifest digest.
+    /// Manifest digest (for a disk: `sha256:` of the file).
     pub manifest_digest: String,
 }
 
@@ -234,6 +263,9 @@ pub struct ImageRecord {
     /// The test stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tests: Option<TestRecord>,
+    /// The disk image, when the recipe asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskRecord>,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<FailureInfo>,
@@ -519,6 +551,7 @@ mod tests {
             parent: None,
             components: vec![],
             tests: None,
+            disk: None,
             failure: None,
             outputs: vec![],
             layers: vec![],

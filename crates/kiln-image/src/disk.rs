@@ -496,6 +496,18 @@ impl DiskFormat {
     }
 }
 
+/// Writes a qcow2 disk (with its backing chain) out as one raw disk (through a temporary name).
+pub fn flatten(qcow2: &Path, out: &Path) -> Result<(), DiskError> {
+    let qemu_img = need("qemu-img", "qemu-utils")?;
+    let tmp = out.with_extension("partial");
+    let mut cmd = Command::new(qemu_img);
+    cmd.args(["convert", "-q", "-f", "qcow2", "-O", "raw"])
+        .arg(qcow2)
+        .arg(&tmp);
+    run(&mut cmd, "qemu-img")?;
+    fs::rename(&tmp, out).map_err(io("writing", out))
+}
+
 /// Converts a raw disk into another format (through a temporary name).
 pub fn convert(
     raw: &Path,

@@ -501,14 +501,15 @@ pub(crate) fn prepare_layout(layout: &Path) -> Result<(), OciError> {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             // Refuse to scatter blobs into a directory that holds something else; `blobs` may
-            // be there already, filled by write_layer before the first image.
+            // be there already, filled by write_layer before the first image, and `disks`, where
+            // a kiln region keeps its disk images.
             let foreign = fs::read_dir(layout)
                 .map_err(io_err(layout, "cannot list"))?
                 .filter_map(Result::ok)
                 .map(|e| e.file_name())
                 .find(|n| {
                     let n = n.to_string_lossy();
-                    n != LOCK_FILE && n != "blobs" && !n.starts_with(TMP_PREFIX)
+                    n != LOCK_FILE && n != "blobs" && n != "disks" && !n.starts_with(TMP_PREFIX)
                 });
             if let Some(name) = foreign {
                 return Err(layout_err(

@@ -97,7 +97,7 @@ fn spec(name: &str, disk: &Path) -> VmSpec {
         cpus: 2,
         network: Network::None,
         boot_timeout: Duration::from_secs(240),
-        agent: PathBuf::from(env!("CARGO_BIN_EXE_kiln-agent")),
+        agent: PathBuf::from(env!("CARGO_BIN_EXE_kiln-sandbox-helper")),
         working_dir: "/root".into(),
         env: kiln_instance::sandbox::default_env(),
         accel: Accel::Auto,

@@ -94,6 +94,7 @@ impl BuildObserver for BuildTerminal {
                 let what = match record.cache {
                     CacheUse::Hit => "from the step cache".to_string(),
                     CacheUse::NoLayer => "no build or validate phase (tests only)".to_string(),
+                    CacheUse::InVm => format!("built in the VM in {}", secs(record.duration_ms)),
                     _ => format!(
                         "built in {} ({} layer)",
                         secs(record.duration_ms),
@@ -131,6 +132,11 @@ pub async fn run(args: BuildArgs) -> Result<u8> {
             PathBuf::from("/proc/self/exe"),
             vec![kiln_instance::sandbox::HELPER_ARG.to_string()],
         ),
+        keeper: (
+            PathBuf::from("/proc/self/exe"),
+            vec![kiln_instance::vm::keeper::KEEPER_ARG.to_string()],
+        ),
+        agent: agent_path(),
         cache_max_bytes: cfg.cache_max_bytes,
         registries: cfg.registries.clone(),
     };
@@ -172,6 +178,15 @@ pub async fn run(args: BuildArgs) -> Result<u8> {
     })
 }
 
+/// `kiln-agent`: `KILN_AGENT`, or next to the kiln binary (cargo and the packages put it there).
+fn agent_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KILN_AGENT") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.join("kiln-agent"))
+}
+
 fn report(r: &ImageRecord, output: Output) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if output == Output::Json {
@@ -181,16 +196,44 @@ fn report(r: &ImageRecord, output: Output) -> Result<()> {
     }
     if r.state == State::Available {
         let with_layers = r.components.iter().filter(|c| c.layer.is_some()).count();
+        let tests = match &r.tests {
+            Some(t) if t.boot_ms.is_some() => format!(
+                "{} in a VM that booted in {}",
+                t.status,
+                secs(t.boot_ms.unwrap_or(0))
+            ),
+            Some(t) => t.status.clone(),
+            None => "-".into(),
+        };
+        let built = if r.components.iter().any(|c| c.cache == CacheUse::InVm) {
+            "built in a VM".to_string()
+        } else {
+            format!(
+                "{} of {} component layers from the step cache",
+                r.cache_hits(),
+                with_layers
+            )
+        };
         writeln!(
             out,
-            "AVAILABLE {} in {} ({} of {} component layers from the step cache; tests {})",
+            "AVAILABLE {} in {} ({built}; tests {tests})",
             r.build_version(),
             secs(r.duration_ms),
-            r.cache_hits(),
-            with_layers,
-            r.tests.as_ref().map(|t| t.status.as_str()).unwrap_or("-")
         )?;
-        for o in r.outputs.iter().filter(|o| o.tag == r.version.to_string()) {
+        for o in r.outputs.iter().filter(|o| o.kind.starts_with("disk-")) {
+            writeln!(
+                out,
+                "  {}: {}  ({})",
+                o.region,
+                o.location.display(),
+                o.manifest_digest
+            )?;
+        }
+        for o in r
+            .outputs
+            .iter()
+            .filter(|o| o.kind == "oci-layout" && o.tag == r.version.to_string())
+        {
             writeln!(
                 out,
                 "  {}: oci:{}:{}  ({})",

@@ -41,12 +41,16 @@ enum Command {
 pub const EXIT_INVALID: u8 = 2;
 
 fn main() -> ExitCode {
-    // kiln re-runs itself as the sandbox helper: handle that before anything else starts
+    // kiln re-runs itself as the sandbox helper and the VM keeper: handle that before anything starts
     // (no runtime, no threads: the helper forks).
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(kiln_instance::sandbox::HELPER_ARG) {
         let spec = args.get(2).map(String::as_str).unwrap_or("");
         kiln_instance::sandbox::init::helper_main(spec);
+    }
+    if args.get(1).map(String::as_str) == Some(kiln_instance::vm::keeper::KEEPER_ARG) {
+        let argv = args.get(2).map(String::as_str).unwrap_or("");
+        kiln_instance::vm::keeper::keeper_main(argv);
     }
     let cli = Cli::parse();
     let filter = if cli.trace { "debug" } else { "warn" };

@@ -7,6 +7,7 @@
 //! protocol (streamed output, file operations, file transfer). The serial console goes to a
 //! log file whose last lines are quoted when a boot fails.
 
+pub mod guest;
 pub mod keeper;
 pub mod qmp;
 

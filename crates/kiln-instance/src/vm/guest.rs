@@ -1,12 +1,12 @@
-//! `kiln-agent`: kiln's agent inside a VM guest. kiln copies it into the guest's `/run` through
-//! the QEMU guest agent at every boot and starts it on a virtio-serial port; it then serves the
-//! same protocol as a sandbox's agent (streamed output, file operations, file transfer).
+//! `kiln-agent`: kiln's agent inside a VM guest. kiln copies it into the guest's `/run/kiln`
+//! through the QEMU guest agent at every boot and starts it on a virtio-serial port; it then
+//! serves the same protocol as a sandbox's agent (streamed output, file operations, transfer).
 //!
-//! Usage: `kiln-agent --port /dev/virtio-ports/dev.kiln.agent.0 --config '{"working_dir":..,"env":..}'`
+//! Command line: `--port /dev/virtio-ports/dev.kiln.agent.0 --config '{"working_dir":..,"env":..}'`.
 
 use std::io::{Read, Write};
 
-use kiln_instance::agent::{serve, AgentConfig};
+use crate::agent::{serve, AgentConfig};
 
 #[derive(serde::Deserialize)]
 struct Config {
@@ -19,11 +19,11 @@ fn fail(msg: &str) -> ! {
     std::process::exit(2)
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
+/// Runs the agent with the process's command line (`args[1..]` as above). Never returns.
+pub fn agent_main(args: &[String]) -> ! {
     let mut port = None;
     let mut config = None;
-    let mut i = 1;
+    let mut i = 0;
     while i < args.len() {
         match (args[i].as_str(), args.get(i + 1)) {
             ("--port", Some(v)) => port = Some(v.clone()),
@@ -107,4 +107,5 @@ fn main() {
         },
         Vec::new(),
     ));
+    std::process::exit(0)
 }

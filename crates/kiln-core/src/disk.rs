@@ -1,0 +1,372 @@
+//! Disk images of a build: what a bootable image needs (a kernel, an init, the guest agent),
+//! assembling the raw disk from layers, and placing its formats in a region.
+//!
+//! The disk is made from the same layers as the OCI image, plus two that never go into the OCI
+//! image: the guest agent (when kiln had to install it) and the boot files (fstab, GRUB's
+//! configuration), which are written per build.
+
+use std::path::{Path, PathBuf};
+
+use kiln_image::disk::{self as kdisk, DiskFormat};
+use sha2::{Digest, Sha256};
+
+use crate::store::StoredLayer;
+
+/// The component kiln runs in the builder when the image has no QEMU guest agent: kiln talks
+/// to test instances through it (Image Builder installs its SSM agent the same way).
+pub const GUEST_AGENT_DOCUMENT: &str = r#"name: kiln-guest-agent
+description: Installs the QEMU guest agent, through which kiln drives VM instances.
+schemaVersion: 1.0
+phases:
+  - name: build
+    steps:
+      - name: InstallGuestAgent
+        action: ExecuteBash
+        inputs:
+          commands:
+            - |
+              set -e
+              if command -v apt-get >/dev/null; then
+                export DEBIAN_FRONTEND=noninteractive
+                printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+                trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+                apt-get update -qq
+                apt-get install -y -qq --no-install-recommends qemu-guest-agent
+                apt-get clean
+                rm -rf /var/lib/apt/lists/*
+              elif command -v dnf >/dev/null; then
+                dnf install -y qemu-guest-agent && dnf clean all
+              elif command -v yum >/dev/null; then
+                yum install -y qemu-guest-agent && yum clean all
+              else
+                echo "no apt-get, dnf or yum in the image: install qemu-guest-agent in a component" >&2
+                exit 1
+              fi
+"#;
+
+/// The component that removes the guest agent kiln installed, when the recipe asks.
+pub const REMOVE_GUEST_AGENT_DOCUMENT: &str = r#"name: kiln-remove-guest-agent
+description: Removes the QEMU guest agent kiln installed for its own use.
+schemaVersion: 1.0
+phases:
+  - name: build
+    steps:
+      - name: RemoveGuestAgent
+        action: ExecuteBash
+        inputs:
+          commands:
+            - |
+              set -e
+              if command -v apt-get >/dev/null; then
+                DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq --autoremove qemu-guest-agent
+              elif command -v dnf >/dev/null; then
+                dnf remove -y qemu-guest-agent
+              else
+                yum remove -y qemu-guest-agent
+              fi
+"#;
+
+/// True when `rel` (a path without leading `/`) exists in the merged layers.
+pub fn exists(chain: &[StoredLayer], rel: &str) -> bool {
+    let layers: Vec<PathBuf> = chain.iter().map(|l| l.fs.clone()).collect();
+    let rel = rel.trim_start_matches('/');
+    let (dir, name) = match rel.rsplit_once('/') {
+        Some((d, n)) => (d, n),
+        None => ("", rel),
+    };
+    let names = kdisk::merged_names(&layers, dir);
+    if names.contains(name) {
+        return true;
+    }
+    // Merged /usr: /sbin and /bin are links into /usr.
+    match dir.split_once('/') {
+        Some(("usr", rest)) => kdisk::merged_names(&layers, rest).contains(name),
+        None if matches!(dir, "sbin" | "bin" | "lib") => {
+            kdisk::merged_names(&layers, &format!("usr/{dir}")).contains(name)
+        }
+        _ => false,
+    }
+}
+
+/// True when the layers carry the QEMU guest agent.
+pub fn has_guest_agent(chain: &[StoredLayer]) -> bool {
+    exists(chain, "usr/sbin/qemu-ga") || exists(chain, "usr/bin/qemu-ga")
+}
+
+/// The kernel and initrd a disk boots, or what is missing and how to fix it.
+pub fn bootable(chain: &[StoredLayer]) -> Result<(String, Option<String>), String> {
+    let layers: Vec<PathBuf> = chain.iter().map(|l| l.fs.clone()).collect();
+    let Some(kernel) = kdisk::find_kernel(&layers) else {
+        return Err("the image has no kernel (no /boot/vmlinuz-*), so a disk image of it cannot boot: \
+                    add a component that installs one (Debian: `apt-get install -y linux-image-cloud-amd64`), \
+                    or use a `bootstrap:` parent, where kiln adds it"
+            .into());
+    };
+    if !exists(chain, "sbin/init") && !exists(chain, "usr/sbin/init") {
+        return Err(
+            "the image has no init (/sbin/init), so a disk image of it cannot boot: \
+                    add a component that installs one (Debian: `apt-get install -y systemd-sysv`), \
+                    or use a `bootstrap:` parent, where kiln adds it"
+                .into(),
+        );
+    }
+    Ok(kernel)
+}
+
+/// Identifiers of a disk, derived from its content so that the same layers give the same disk.
+#[derive(Debug, Clone)]
+pub struct DiskIds {
+    /// The root filesystem's UUID (fstab and GRUB find it by this).
+    pub filesystem: String,
+    /// The GPT disk GUID.
+    pub disk: String,
+    /// The root partition's GUID.
+    pub partition: String,
+}
+
+impl DiskIds {
+    /// Identifiers for a disk made of `chain`.
+    pub fn of(chain: &[StoredLayer]) -> Self {
+        let uuid = |salt: &str| {
+            let mut h = Sha256::new();
+            h.update(salt.as_bytes());
+            for l in chain {
+                h.update(l.info.diff_id.as_bytes());
+            }
+            let d = h.finalize();
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&d[..16]);
+            uuid::Builder::from_random_bytes(b)
+                .into_uuid()
+                .hyphenated()
+                .to_string()
+        };
+        DiskIds {
+            filesystem: uuid("kiln-fs"),
+            disk: uuid("kiln-disk"),
+            partition: uuid("kiln-part"),
+        }
+    }
+}
+
+/// What assembling a disk made.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    /// The raw disk.
+    pub raw: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The kernel it boots (file name in /boot).
+    pub kernel: String,
+    /// Its identifiers.
+    pub ids: DiskIds,
+}
+
+/// Bytes the partition table and GRUB take around the root filesystem.
+const DISK_OVERHEAD: u64 = 4 << 20;
+
+/// Assembles the raw disk of `chain` (bottom first) in `work`. `disk_size` is the whole disk
+/// (the recipe's block device mapping); `extra` is free space to add when it is not given.
+pub fn assemble(
+    chain: &[StoredLayer],
+    work: &Path,
+    disk_size: Option<u64>,
+    extra: u64,
+) -> Result<Assembled, String> {
+    let (kernel, initrd) = bootable(chain)?;
+    let ids = DiskIds::of(chain);
+    std::fs::create_dir_all(work).map_err(|e| format!("creating {}: {e}", work.display()))?;
+    let boot = work.join("boot-files");
+    let _ = std::fs::remove_dir_all(&boot);
+    kdisk::boot_files(&boot, &ids.filesystem, &kernel, initrd.as_deref())
+        .map_err(|e| e.to_string())?;
+    let mut lowers: Vec<PathBuf> = vec![boot.clone()];
+    lowers.extend(chain.iter().rev().map(|l| l.fs.clone()));
+    let fs = work.join("root.ext4");
+    let fs_size = match disk_size {
+        Some(s) => Some(s.saturating_sub(DISK_OVERHEAD) >> 20 << 20),
+        None if extra > 0 => {
+            // Ask for the default size first (content plus headroom), then grow it.
+            let probe = kdisk::root_filesystem(&lowers, &fs, &ids.filesystem, None)
+                .map_err(|e| e.to_string())?;
+            Some(probe + extra)
+        }
+        None => None,
+    };
+    kdisk::root_filesystem(&lowers, &fs, &ids.filesystem, fs_size).map_err(|e| match e {
+        kdisk::DiskError::TooSmall { wanted, needed } => format!(
+            "blockDeviceMappings asks for a {} MiB disk, but the image needs about {} MiB: raise ebs.volumeSize",
+            wanted >> 20,
+            (needed + DISK_OVERHEAD) >> 20
+        ),
+        e => e.to_string(),
+    })?;
+    let raw = work.join("disk.raw");
+    let size = kdisk::assemble(&fs, &raw, &ids.disk, &ids.partition).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&fs);
+    let _ = std::fs::remove_dir_all(&boot);
+    Ok(Assembled {
+        raw,
+        size,
+        kernel,
+        ids,
+    })
+}
+
+/// A disk placed in a region.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    /// The file, named after the build (`NAME-VERSION-BUILD.EXT`).
+    pub path: PathBuf,
+    /// `sha256:` of its bytes.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Writes `raw` in `format` into `region/disks/`, as `BUILD_STEM.EXT`; it appears complete or
+/// not at all.
+pub fn place(
+    raw: &Path,
+    region: &Path,
+    build_stem: &str,
+    format: DiskFormat,
+    compressed: bool,
+) -> Result<Placed, String> {
+    let dir = region.join("disks");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let ext = format.extension();
+    let path = dir.join(format!("{build_stem}.{ext}"));
+    kdisk::convert(raw, &path, format, compressed).map_err(|e| e.to_string())?;
+    let digest = file_sha256(&path)?;
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    Ok(Placed { path, digest, size })
+}
+
+/// Points `STEM.EXT` (the version's name) at a placed build's file: a hard link swapped in by a
+/// rename, so a reader sees the old disk or the new one.
+pub fn link_version(placed: &Path, stem: &str) -> Result<PathBuf, String> {
+    let dir = placed.parent().unwrap_or(Path::new("."));
+    let ext = placed
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let latest = dir.join(format!("{stem}.{ext}"));
+    let tmp = dir.join(format!(".{stem}.{ext}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::hard_link(placed, &tmp)
+        .and_then(|_| std::fs::rename(&tmp, &latest))
+        .map_err(|e| format!("linking {}: {e}", latest.display()))?;
+    Ok(latest)
+}
+
+fn file_sha256(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+/// Host programs a disk build needs, with the Debian package of each.
+pub const HOST_PROGRAMS: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("qemu-img", "qemu-utils"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("sfdisk", "fdisk"),
+    ("grub-mkimage", "grub-pc-bin"),
+];
+
+/// The host programs that are missing, as `program (package)`.
+pub fn missing_host_programs() -> Vec<String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
+        .collect();
+    HOST_PROGRAMS
+        .iter()
+        .filter(|(p, _)| !dirs.iter().any(|d| d.join(p).is_file()))
+        .map(|(p, pkg)| format!("{p} ({pkg})"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LayerInfo;
+
+    fn layer(dir: &Path, id: &str) -> StoredLayer {
+        StoredLayer {
+            info: LayerInfo {
+                diff_id: id.into(),
+                digest: String::new(),
+                size: 0,
+                media_type: String::new(),
+                description: String::new(),
+                tree_bytes: 0,
+                created: chrono::Utc::now(),
+            },
+            fs: dir.to_path_buf(),
+            blob: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn bootable_names_what_is_missing() {
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("a");
+        std::fs::create_dir_all(a.join("usr/sbin")).unwrap();
+        let chain = vec![layer(&a, "sha256:a")];
+        let e = bootable(&chain).unwrap_err();
+        assert!(e.contains("no kernel") && e.contains("linux-image"), "{e}");
+        std::fs::create_dir_all(a.join("boot")).unwrap();
+        std::fs::write(a.join("boot/vmlinuz-6.1.0-9-cloud-amd64"), b"k").unwrap();
+        let e = bootable(&chain).unwrap_err();
+        assert!(e.contains("no init") && e.contains("systemd-sysv"), "{e}");
+        std::os::unix::fs::symlink("usr/sbin", a.join("sbin")).unwrap();
+        std::fs::write(a.join("usr/sbin/init"), b"i").unwrap();
+        let (k, initrd) = bootable(&chain).unwrap();
+        assert_eq!(k, "vmlinuz-6.1.0-9-cloud-amd64");
+        assert_eq!(initrd, None);
+        assert!(!has_guest_agent(&chain));
+        let b = t.path().join("b");
+        std::fs::create_dir_all(b.join("usr/sbin")).unwrap();
+        std::fs::write(b.join("usr/sbin/qemu-ga"), b"q").unwrap();
+        let chain2 = vec![layer(&a, "sha256:a"), layer(&b, "sha256:b")];
+        assert!(has_guest_agent(&chain2));
+    }
+
+    #[test]
+    fn ids_follow_the_content() {
+        let t = tempfile::tempdir().unwrap();
+        let one = DiskIds::of(&[layer(t.path(), "sha256:1")]);
+        let again = DiskIds::of(&[layer(t.path(), "sha256:1")]);
+        let two = DiskIds::of(&[layer(t.path(), "sha256:2")]);
+        assert_eq!(one.filesystem, again.filesystem);
+        assert_ne!(one.filesystem, two.filesystem);
+        assert_ne!(one.filesystem, one.disk);
+        assert!(uuid::Uuid::parse_str(&one.partition).is_ok());
+    }
+
+    #[test]
+    fn the_internal_documents_are_valid() {
+        for text in [GUEST_AGENT_DOCUMENT, REMOVE_GUEST_AGENT_DOCUMENT] {
+            let r = kiln_toe::load::parse(kiln_toe::document::Source {
+                name: "internal".into(),
+                text: text.into(),
+                dir: None,
+            });
+            assert!(r.is_ok(), "{:?}", r.err().map(|d| d.to_string()));
+        }
+    }
+}
