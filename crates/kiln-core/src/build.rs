@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cache::{StepCache, StepKey};
 use crate::disk;
+use crate::instances::{Instances, KeptInstance, KeptKind};
 use crate::inventory;
 use crate::parent::{self, compression_of, Parent};
 use crate::recipe::{BuilderKind, ComponentSource, Recipe};
@@ -130,6 +131,7 @@ struct StageFailure {
     reason: String,
     tail: Vec<String>,
     log: Option<PathBuf>,
+    kept: Option<KeptInstance>,
 }
 
 impl StageFailure {
@@ -148,6 +150,7 @@ impl StageFailure {
             step,
             reason,
             log: Some(log_dir.join("console.log")),
+            kept: run.kept.clone(),
         }
     }
 
@@ -159,6 +162,7 @@ impl StageFailure {
             reason: reason.into(),
             tail: Vec::new(),
             log: None,
+            kept: None,
         }
     }
 }
@@ -479,6 +483,7 @@ impl Builder {
                     reason: f.reason,
                     output_tail: f.tail,
                     log: f.log,
+                    kept_instance: f.kept.map(|k| k.id),
                 });
             }
         }
@@ -549,6 +554,9 @@ impl Builder {
         let store = LayerStore::new(self.home.clone());
         let total = components.len();
         let vm_builder = recipe.infrastructure.builder == BuilderKind::Vm;
+        // Set when a failed instance is to be kept for debugging.
+        let keep: Option<String> =
+            (!recipe.infrastructure.terminate_instance_on_failure).then(|| rec.build_version());
         if recipe.wants_disk() {
             // A disk that cannot boot is known now, not after every component ran.
             disk::bootable(chain).map_err(|e| {
@@ -640,6 +648,7 @@ impl Builder {
                     image_env(rec, "BUILDING"),
                     observer,
                     State::Building,
+                    keep.as_deref(),
                 )
                 .await
                 .map_err(|mut f| {
@@ -706,6 +715,9 @@ impl Builder {
                 self.assemble(recipe, &disk_chain, run_dir, rec, observer)
                     .await?,
             );
+        }
+        if let Some(d) = rec.disk.as_mut() {
+            d.guest_agent = guest_agent.to_string();
         }
 
         // TESTING: a fresh sandbox from the captured image, every component's test phase.
@@ -823,13 +835,31 @@ impl Builder {
                     State::Testing,
                 );
                 let r = tokio::time::timeout(limit, run).await;
-                if let Err(e) = vm.stop().await {
-                    tracing::warn!("stopping the test VM: {e}");
-                }
                 let _ = std::fs::copy(vm.console_log(), log_dir.join("serial-console.log"));
+                let failed = !matches!(&r, Ok(Ok(run)) if run.report.status.ok());
+                let kept = match (&keep, failed) {
+                    (Some(build), true) => {
+                        self.keep_vm(&vm, &test_dir, &test_id, build, State::Testing)
+                            .await
+                    }
+                    _ => None,
+                };
+                if kept.is_none() {
+                    if let Err(e) = vm.stop().await {
+                        tracing::warn!("stopping the test VM: {e}");
+                    }
+                }
                 match r {
-                    Ok(r) => r?,
-                    Err(_) => return Err(too_long()),
+                    Ok(r) => {
+                        let mut r = r?;
+                        r.kept = kept;
+                        r
+                    }
+                    Err(_) => {
+                        let mut f = too_long();
+                        f.kept = kept;
+                        return Err(f);
+                    }
                 }
             } else {
                 let run = self.run_in_sandbox(
@@ -843,6 +873,7 @@ impl Builder {
                     image_env(rec, "TESTING"),
                     observer,
                     State::Testing,
+                    keep.as_deref(),
                 );
                 match tokio::time::timeout(limit, run).await {
                     Ok(r) => r?.0,
@@ -1038,6 +1069,100 @@ impl Builder {
         Ok(placed)
     }
 
+    /// Keeps a failed sandbox's filesystem running for debugging: its folder moves to the kept
+    /// instances and new namespaces hold it. `None` (and a warning) when that fails.
+    fn keep_sandbox(
+        &self,
+        lowers: &[PathBuf],
+        dir: &std::path::Path,
+        id: &str,
+        build: &str,
+        stage: State,
+        name: &str,
+    ) -> Option<KeptInstance> {
+        let instances = Instances::new(&self.home);
+        let kept_dir = instances.dir_of(id);
+        let go = || -> Result<KeptInstance, String> {
+            if let Some(p) = kept_dir.parent() {
+                std::fs::create_dir_all(p).map_err(|e| e.to_string())?;
+            }
+            std::fs::rename(dir, &kept_dir).map_err(|e| e.to_string())?;
+            let pid = crate::instances::start_kept_sandbox(
+                lowers,
+                &kept_dir.join("upper"),
+                &kept_dir.join("work"),
+                &kept_dir.join("root"),
+                &format!("kiln-{}", name.chars().take(40).collect::<String>()),
+            )
+            .map_err(|e| e.to_string())?;
+            let k = KeptInstance {
+                id: id.to_string(),
+                kind: KeptKind::Sandbox,
+                build: build.to_string(),
+                stage: stage.as_str().to_string(),
+                kept_at: Utc::now(),
+                pid,
+                dir: kept_dir.clone(),
+                qga_socket: None,
+                console: None,
+            };
+            instances.add(&k).map_err(|e| e.to_string())?;
+            Ok(k)
+        };
+        match go() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!("could not keep the failed sandbox: {e}");
+                None
+            }
+        }
+    }
+
+    /// Keeps a failed VM running for debugging: it outlives kiln, its folder moves to the kept
+    /// instances. `None` (and a warning) when that fails.
+    async fn keep_vm(
+        &self,
+        vm: &Vm,
+        dir: &std::path::Path,
+        id: &str,
+        build: &str,
+        stage: State,
+    ) -> Option<KeptInstance> {
+        let instances = Instances::new(&self.home);
+        let kept_dir = instances.dir_of(id);
+        let sockets = vm.sockets_dir().to_path_buf();
+        let pid = vm.detach().await?;
+        let moved = kept_dir
+            .parent()
+            .map(std::fs::create_dir_all)
+            .unwrap_or(Ok(()))
+            .and_then(|_| std::fs::rename(dir, &kept_dir));
+        let base = if moved.is_ok() {
+            kept_dir.as_path()
+        } else {
+            dir
+        };
+        let qga = match sockets.strip_prefix(dir) {
+            Ok(rel) => base.join(rel).join("qga.sock"),
+            Err(_) => sockets.join("qga.sock"),
+        };
+        let k = KeptInstance {
+            id: id.to_string(),
+            kind: KeptKind::Vm,
+            build: build.to_string(),
+            stage: stage.as_str().to_string(),
+            kept_at: Utc::now(),
+            pid,
+            dir: base.to_path_buf(),
+            qga_socket: Some(qga),
+            console: Some(base.join("console.log")),
+        };
+        if let Err(e) = instances.add(&k) {
+            tracing::warn!("could not record the kept VM: {e}");
+        }
+        Some(k)
+    }
+
     /// `chain` with the QEMU guest agent: as it is when the image has one, or with a layer from
     /// kiln's own component that installs it.
     #[allow(clippy::too_many_arguments)]
@@ -1165,12 +1290,12 @@ impl Builder {
             )
             .await?;
         observer.event(&BuildEvent::Progress(&format!(
-            "the builder VM booted in {:.1} s ({:?})",
+            "the builder VM booted in {:.1} s ({})",
             vm.boot_times()
                 .first()
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0),
-            vm.accel()
+            format!("{:?}", vm.accel()).to_lowercase()
         )));
         let total = components.len();
         let mut outcome = Ok(());
@@ -1228,9 +1353,29 @@ impl Builder {
                 record: &rec.components[i],
             });
         }
+        let _ = std::fs::copy(vm.console_log(), log_dir.join("serial-console.log"));
+        if let (Err(f), false) = (
+            &mut outcome,
+            recipe.infrastructure.terminate_instance_on_failure,
+        ) {
+            let build = rec.build_version();
+            let id = format!("{}-build", short_id(run_dir));
+            f.kept = self
+                .keep_vm(
+                    &vm,
+                    &run_dir.join("builder-vm"),
+                    &id,
+                    &build,
+                    State::Building,
+                )
+                .await;
+            if f.kept.is_some() {
+                let kept = std::mem::replace(&mut outcome, Ok(()));
+                kept?;
+            }
+        }
         observer.event(&BuildEvent::Progress("powering the builder VM off"));
         let stopped = vm.stop().await;
-        let _ = std::fs::copy(vm.console_log(), log_dir.join("serial-console.log"));
         outcome?;
         stopped.map_err(|e| {
             StageFailure::new(State::Building, format!("powering the builder VM off: {e}"))
@@ -1277,6 +1422,7 @@ impl Builder {
         env: Vec<(String, String)>,
         observer: &Arc<dyn BuildObserver>,
         stage: State,
+        keep: Option<&str>,
     ) -> Result<(SandboxRun, PathBuf, Vec<String>), StageFailure> {
         std::fs::create_dir_all(log_dir).map_err(|e| {
             StageFailure::new(stage, format!("creating {}: {e}", log_dir.display()))
@@ -1313,7 +1459,16 @@ impl Builder {
         if let Err(e) = sandbox.stop().await {
             tracing::warn!("stopping the sandbox: {e}");
         }
-        Ok((run?, upper, created))
+        let mut run = run?;
+        if let (Some(build), false) = (keep, run.report.status.ok()) {
+            let lowers: Vec<PathBuf> = chain.iter().rev().map(|l| l.fs.clone()).collect();
+            run.kept = self.keep_sandbox(&lowers, dir, id, build, stage, &recipe.name);
+            if run.kept.is_some() {
+                // The writable layer moved to the kept instance: nothing to capture here.
+                return Ok((run, upper, created));
+            }
+        }
+        Ok((run, upper, created))
     }
 
     /// Boots a VM from `disk` (through a copy-on-write overlay in `dir`). A boot that fails
@@ -1372,6 +1527,7 @@ impl Builder {
                     },
                     tail,
                     log: Some(kept),
+                    kept: None,
                 })
             }
         }
@@ -1423,6 +1579,7 @@ impl Builder {
                 Vec::new(),
                 observer,
                 State::Building,
+                None,
             )
             .await
             .map_err(fail_with)?;
@@ -1500,6 +1657,7 @@ async fn drive(
             report,
             tails,
             packages,
+            kept: None,
         })
     }
 }
@@ -1546,6 +1704,8 @@ struct SandboxRun {
     report: ExecutionReport,
     tails: Arc<Tails>,
     packages: Vec<Package>,
+    /// The instance kept for debugging after this run failed.
+    kept: Option<KeptInstance>,
 }
 
 /// A name usable as a file name: letters, digits, `.`, `_` and `-`; anything else becomes `-`.

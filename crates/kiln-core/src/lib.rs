@@ -4,6 +4,7 @@
 pub mod build;
 pub mod cache;
 pub mod disk;
+pub mod instances;
 pub mod inventory;
 pub mod parent;
 pub mod recipe;

@@ -12,6 +12,9 @@ use crate::recipe::{Compression, ParentImage, Recipe};
 use crate::record::{ImageQuery, ParentRecord, Records};
 use crate::store::{Home, LayerStore, StoreError, StoredLayer};
 
+/// The hostname a bootstrapped image carries (each instance sets its own).
+const BOOTSTRAP_HOSTNAME: &str = "debian";
+
 /// Why a parent image could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum ParentError {
@@ -107,6 +110,7 @@ pub async fn resolve(
             let request = serde_json::json!({
                 "distro": distro, "suite": suite, "variant": "minbase",
                 "packages": packages, "mirror": recipe.bootstrap_mirror,
+                "hostname": BOOTSTRAP_HOSTNAME,
             });
             let key = StepKey {
                 kind: "bootstrap".into(),
@@ -255,6 +259,16 @@ pub async fn resolve(
                     )
                 }));
             };
+            if rec
+                .components
+                .iter()
+                .any(|c| c.cache == crate::record::CacheUse::InVm)
+            {
+                return Err(unavailable(format!(
+                    "{} was built by the VM builder: its result is a disk image, not layers, so it cannot be a parent; build the parent with the sandbox builder (outputs: [oci, disk])",
+                    rec.build_version()
+                )));
+            }
             // Its layers are usually still in the store; otherwise read them from a region.
             let layers: Option<Vec<StoredLayer>> =
                 rec.layers.iter().map(|d| store.get(d)).collect();
@@ -395,6 +409,10 @@ async fn bootstrap(
     if !packages.is_empty() {
         cmd.arg(format!("--include={}", packages.join(",")));
     }
+    // mmdebstrap copies the build host's hostname in; an image must not carry it.
+    cmd.arg(format!(
+        "--customize-hook=echo {BOOTSTRAP_HOSTNAME} > \"$1/etc/hostname\"; printf '127.0.0.1\\tlocalhost\\n127.0.1.1\\t{BOOTSTRAP_HOSTNAME}\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n' > \"$1/etc/hosts\""
+    ));
     cmd.arg(suite).arg(&tar);
     if let Some(m) = &recipe.bootstrap_mirror {
         cmd.arg(m);

@@ -229,6 +229,7 @@ pub const DISK_BOOTSTRAP_PACKAGES: &[&str] = &[
     "systemd-sysv",
     "udev",
     "qemu-guest-agent",
+    "systemd-resolved",
 ];
 
 /// Disk image settings (`disk:` and `blockDeviceMappings`).
@@ -639,6 +640,18 @@ fn build(r: &mut Reader, root: &Node, source: &Arc<RecipeSource>) -> Option<Reci
         }
     }
     let disk = disk_spec(r, m, outputs.contains(&OutputKind::Disk));
+    let agent_node = m
+        .get("disk")
+        .or_else(|| m.get("additionalInstanceConfiguration"));
+    if let (true, BuilderKind::Vm, Some(node)) =
+        (disk.remove_guest_agent, infrastructure.builder, agent_node)
+    {
+        r.error(
+            node.span,
+            "removing the guest agent needs the sandbox builder: with `builder: vm` the disk is the VM's, and the test VM needs the agent",
+            Some("drop removeGuestAgent, or build with the sandbox builder".into()),
+        );
+    }
 
     let image_config = image_config(r, m);
     let distributions = distributions(r, m, &base);
@@ -1396,5 +1409,76 @@ tags:
         assert_eq!(parse_size("512MiB"), Some(512 << 20));
         assert_eq!(parse_size("1.5G"), Some(3 << 29));
         assert_eq!(parse_size("lots"), None);
+    }
+
+    const HEAD: &str =
+        "name: d\nsemanticVersion: 1.0.0\nparentImage: bootstrap:debian/bookworm\ncomponents:\n  - componentArn: a\n";
+
+    #[test]
+    fn disk_outputs_and_their_settings() {
+        use kiln_image::disk::DiskFormat;
+        let r = recipe(&format!(
+            "{HEAD}outputs: [oci, disk]\ndisk:\n  formats: [qcow2, vmdk]\n  compressed: true\nblockDeviceMappings:\n  - ebs:\n      volumeSize: 4\nadditionalInstanceConfiguration:\n  systemsManagerAgent:\n    uninstallAfterBuild: true\ninfrastructure:\n  memory: 2GiB\n  cpus: 4\n  bootTimeoutSeconds: 120\n  accelerator: tcg\n"
+        ))
+        .unwrap();
+        assert!(r.wants_disk() && r.wants_oci());
+        assert_eq!(r.disk.formats, vec![DiskFormat::Qcow2, DiskFormat::Vmdk]);
+        assert!(r.disk.compressed && r.disk.remove_guest_agent);
+        assert_eq!(r.disk.size_bytes, Some(4 << 30));
+        assert_eq!(r.infrastructure.vm.memory_mib, 2048);
+        assert_eq!(r.infrastructure.vm.cpus, 4);
+        assert_eq!(r.infrastructure.vm.boot_timeout_secs, 120);
+        assert_eq!(r.infrastructure.vm.accel, kiln_instance::vm::Accel::Tcg);
+        // A bootstrap parent of a disk image gets what booting needs.
+        let p = r.bootstrap_package_list();
+        for needed in DISK_BOOTSTRAP_PACKAGES.iter().skip(1) {
+            assert!(p.iter().any(|x| x == needed), "{needed} in {p:?}");
+        }
+        assert!(p.iter().any(|x| x == "linux-image-cloud-amd64"));
+        // Without a disk, nothing is added.
+        let plain = recipe(HEAD).unwrap();
+        assert!(!plain.wants_disk());
+        assert!(plain.bootstrap_package_list().is_empty());
+    }
+
+    #[test]
+    fn the_vm_builder_makes_disks_only() {
+        let r = recipe(&format!("{HEAD}infrastructure:\n  builder: vm\n")).unwrap();
+        assert_eq!(r.infrastructure.builder, BuilderKind::Vm);
+        assert!(r.wants_disk() && !r.wants_oci());
+        let e = recipe(&format!(
+            "{HEAD}outputs: [oci]\ninfrastructure:\n  builder: vm\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("makes disk images only"), "{e}");
+        let e = recipe(&format!(
+            "{HEAD}disk:\n  removeGuestAgent: true\ninfrastructure:\n  builder: vm\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("recipe.yml:7:3") && e.contains("sandbox builder"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_disk_settings_are_pointed_at() {
+        let e = recipe(&format!(
+            "{HEAD}outputs: [oci, disc]\ndisk:\n  formats: [qcow3]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("recipe.yml:6:16: error: unknown output `disc`")
+                && e.contains("did you mean `disk`?"),
+            "{e}"
+        );
+        assert!(
+            e.contains("recipe.yml:8:13: error: unknown disk format `qcow3`")
+                && e.contains("`qcow2`"),
+            "{e}"
+        );
     }
 }

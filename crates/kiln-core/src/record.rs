@@ -86,6 +86,9 @@ pub struct FailureInfo {
     /// The full log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<PathBuf>,
+    /// The instance kept for debugging (`terminateInstanceOnFailure: false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_instance: Option<String>,
 }
 
 /// How a component's layer was obtained.
@@ -514,6 +517,7 @@ impl Records {
                 reason,
                 output_tail: Vec::new(),
                 log: None,
+                kept_instance: None,
             });
             if self.save(&r).is_ok() {
                 fixed.push(r.build_version());

@@ -218,6 +218,25 @@ pub fn boot_files(
         "etc/fstab",
         format!("# Written by kiln: the root filesystem, by UUID.\nUUID={fs_uuid} / ext4 errors=remount-ro 0 1\n"),
     )?;
+    // DHCP on every Ethernet interface through systemd-networkd (DNS through systemd-resolved
+    // when the image has it), as cloud images do; the image's own .network files sort first.
+    write(
+        "etc/systemd/network/99-kiln-dhcp.network",
+        "# Written by kiln: DHCP on every Ethernet interface the image does not configure itself.\n\
+         [Match]\nType=ether\nName=en* eth*\n\n[Network]\nDHCP=yes\n"
+            .to_string(),
+    )?;
+    for (wants, unit) in [
+        ("multi-user.target.wants", "systemd-networkd.service"),
+        ("sockets.target.wants", "systemd-networkd.socket"),
+    ] {
+        let d = dir.join("etc/systemd/system").join(wants);
+        fs::create_dir_all(&d).map_err(io("creating", &d))?;
+        let link = d.join(unit);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(format!("/lib/systemd/system/{unit}"), &link)
+            .map_err(io("linking", &link))?;
+    }
     let initrd_line = initrd
         .map(|i| format!("    initrd /boot/{i}\n"))
         .unwrap_or_default();
@@ -228,7 +247,7 @@ pub fn boot_files(
              serial --unit=0 --speed=115200\n\
              terminal_input serial console\n\
              terminal_output serial console\n\
-             set timeout=1\n\
+             set timeout=0\n\
              search --no-floppy --fs-uuid --set=root {fs_uuid}\n\
              menuentry 'kiln image' {{\n\
              \x20   linux /boot/{kernel} root=UUID={fs_uuid} ro console=tty0 console=ttyS0,115200n8\n\

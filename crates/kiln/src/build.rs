@@ -275,6 +275,17 @@ fn report(r: &ImageRecord, output: Output) -> Result<()> {
             "  nothing was distributed; `kiln image get {}` shows the record",
             r.build_version()
         )?;
+        if let Some(id) = &f.kept_instance {
+            let home = kiln_core::store::Home::new(crate::config::kiln_home());
+            if let Ok(k) = kiln_core::instances::Instances::new(&home).get(id) {
+                writeln!(
+                    out,
+                    "  the failed instance is kept (terminateInstanceOnFailure: false):"
+                )?;
+                writeln!(out, "    shell: {}", k.shell_hint())?;
+                writeln!(out, "    stop:  kiln instance stop {id}")?;
+            }
+        }
     }
     Ok(())
 }

@@ -229,6 +229,14 @@ fn get(a: GetArgs) -> Result<u8> {
                 .map(|b| format!(" (passed in {b})"))
                 .unwrap_or_default()
         )?;
+        if let Some(ms) = t.boot_ms {
+            writeln!(
+                out,
+                "             in a VM booted from the disk in {} ({})",
+                seconds(ms),
+                t.accelerator.as_deref().unwrap_or("?")
+            )?;
+        }
         for s in &t.steps {
             writeln!(
                 out,
@@ -239,7 +247,28 @@ fn get(a: GetArgs) -> Result<u8> {
             )?;
         }
     }
+    if let Some(d) = &r.disk {
+        writeln!(
+            out,
+            "  disk       {} MiB, kernel {}, root UUID {}, guest agent {} (assembled in {})",
+            d.size >> 20,
+            d.kernel,
+            d.filesystem_uuid,
+            d.guest_agent,
+            seconds(d.assemble_ms)
+        )?;
+    }
     for o in &r.outputs {
+        if o.kind.starts_with("disk-") {
+            writeln!(
+                out,
+                "  output     {}: {} {}",
+                o.region,
+                o.location.display(),
+                o.manifest_digest
+            )?;
+            continue;
+        }
         writeln!(
             out,
             "  output     {}: oci:{}:{} {}",

@@ -3,6 +3,7 @@
 mod build;
 mod config;
 mod image;
+mod instance;
 mod toe;
 mod ui;
 
@@ -35,6 +36,9 @@ enum Command {
     /// Component documents (AWSTOE-compatible): validate and run them.
     #[command(subcommand)]
     Toe(toe::ToeCommand),
+    /// Instances kept after a failed build (terminateInstanceOnFailure: false).
+    #[command(subcommand)]
+    Instance(instance::InstanceCommand),
 }
 
 /// Exit code for bad input (invalid documents, bad flags): nothing was run.
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
             Command::Image(cmd) => image::run(cmd),
             Command::Cache(cmd) => image::cache(cmd),
             Command::Toe(cmd) => toe::run(cmd).await,
+            Command::Instance(cmd) => instance::run(cmd).await,
         }
     });
     match result {

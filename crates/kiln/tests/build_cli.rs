@@ -5,98 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn home() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-home")
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn kiln_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.args(args).env("KILN_HOME", home()).env("KILN_PLAIN", "1");
-    c
-}
-
-fn kiln(args: &[&str]) -> Output {
-    kiln_cmd(args).output().expect("kiln runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn record(image: &str) -> serde_json::Value {
-    let o = kiln(&["image", "get", image, "--output", "json"]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-/// A bootstrapped Debian base image, built once per test run (and cached across runs), that
-/// cheaper tests start from as `kiln:test-base/1.0.0`.
-fn base() -> &'static str {
-    static BASE: OnceLock<()> = OnceLock::new();
-    BASE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("noop.yaml"),
-            "name: noop\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Mark\n        action: CreateFile\n        inputs:\n          - path: /etc/kiln-test-base\n            content: base\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("recipe.yml"),
-            "name: test-base\nsemanticVersion: 1.0.0\nparentImage: bootstrap:debian/bookworm\nbootstrap:\n  packages: [ca-certificates]\ncomponents:\n  - path: noop.yaml\n",
-        )
-        .unwrap();
-        let o = kiln(&["build", dir.path().join("recipe.yml").to_str().unwrap()]);
-        assert!(o.status.success(), "base image: {}\n{}", text(&o.stdout), text(&o.stderr));
-    });
-    "kiln:test-base/1.0.0"
-}
-
-fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, body).unwrap();
-    p
-}
-
-fn mounts_mention(s: &str) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .contains(s)
-}
-
-/// Processes whose command line contains `needle`.
-fn processes_with(needle: &str) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    String::from_utf8_lossy(&c)
-                        .replace('\0', " ")
-                        .contains(needle)
-                })
-                .unwrap_or(false)
-        })
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| {
-                    !s.rsplit_once(')')
-                        .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-                })
-                .unwrap_or(false)
-        })
-        .collect()
-}
 
 #[test]
 fn golden_nginx_builds_tests_caches_and_is_read_by_skopeo_and_umoci() {
@@ -107,9 +21,12 @@ fn golden_nginx_builds_tests_caches_and_is_read_by_skopeo_and_umoci() {
     // A name of its own, so runs of this test do not count each other's builds.
     let recipe = ex.join("recipe.yml");
     let name = format!("golden-nginx-test-{}", std::process::id());
+    // The container image only: the disk output has its own tests (disk_cli.rs).
     let r = std::fs::read_to_string(&recipe)
         .unwrap()
-        .replace("name: golden-nginx", &format!("name: {name}"));
+        .replace("name: golden-nginx", &format!("name: {name}"))
+        .replace("outputs: [oci, disk]", "outputs: [oci]");
+    assert!(r.contains("outputs: [oci]\n"), "{r}");
     let region = work.path().join("region");
     let r = r.replace(
         "distributions:\n  - region: local\n",
@@ -492,19 +409,6 @@ fn bad_input_gets_clear_messages() {
         "{}",
         text(&o.stderr)
     );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        let t = to.join(e.file_name());
-        if p.is_dir() {
-            copy_dir(&p, &t);
-        } else {
-            std::fs::copy(&p, &t).unwrap();
-        }
-    }
 }
 
 /// Debian's docker-registry on a free loopback port, killed when dropped.

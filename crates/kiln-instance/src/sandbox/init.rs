@@ -33,6 +33,24 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> String {
     format!("{what} {}: {e}", path.display())
 }
 
+/// Where a symbolic link in `dir` points, as an absolute path with `.` and `..` resolved
+/// (`../run/x` in `/etc` is `/run/x`), without touching the filesystem.
+fn link_target(dir: &str, to: &Path) -> PathBuf {
+    use std::path::Component;
+    let joined = Path::new(dir).join(to);
+    let mut out = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Builds the sandbox's root filesystem and makes it `/`. Returns the mount points it had to
 /// create in the writable layer (relative to the root), so captures can leave them out.
 pub fn setup_root(sys: &dyn Syscalls, spec: &SandboxSpec) -> Result<Vec<String>, String> {
@@ -209,7 +227,7 @@ pub fn setup_root(sys: &dyn Syscalls, spec: &SandboxSpec) -> Result<Vec<String>,
 
     if spec.network == Network::Host {
         if let Some(src) = &spec.resolv_conf {
-            let target = root.join("etc/resolv.conf");
+            let mut target = root.join("etc/resolv.conf");
             let bind = match sys.kind(&target) {
                 PathState::File => true,
                 PathState::Missing if sys.kind(&root.join("etc")) == PathState::Dir => {
@@ -217,8 +235,24 @@ pub fn setup_root(sys: &dyn Syscalls, spec: &SandboxSpec) -> Result<Vec<String>,
                     created.push("etc/resolv.conf".to_string());
                     true
                 }
-                // A link (to systemd-resolved's file, say) is left alone: binding over it would
-                // write through it.
+                // A link into /run (systemd-resolved's stub file): the sandbox's /run is its own
+                // tmpfs, so the file it names is made there and the host's bound onto it.
+                PathState::Symlink => {
+                    match sys.read_link(&target).map(|to| link_target("/etc", &to)) {
+                        Ok(to) if to.starts_with("/run/") => {
+                            let inside = root.join(to.strip_prefix("/").unwrap_or(&to));
+                            if let Some(dir) = inside.parent() {
+                                sys.mkdir_all(dir, 0o755)
+                                    .map_err(|e| io("creating", dir, e))?;
+                            }
+                            sys.touch(&inside).map_err(|e| io("creating", &inside, e))?;
+                            target = inside;
+                            true
+                        }
+                        // Any other link is left alone: binding over it would write through it.
+                        _ => false,
+                    }
+                }
                 _ => false,
             };
             if bind {
@@ -500,6 +534,55 @@ mod tests {
         assert!(setup_root(&rec, &s)
             .unwrap_err()
             .contains("too many for one overlay mount"));
+    }
+
+    #[test]
+    fn a_resolv_conf_linked_into_run_gets_the_hosts_file_in_the_sandboxs_run() {
+        let rec = Recorder {
+            existing: vec![
+                ("/k/root/proc".into(), PathState::Dir),
+                ("/k/root/sys".into(), PathState::Dir),
+                ("/k/root/dev".into(), PathState::Dir),
+                ("/k/root/run".into(), PathState::Dir),
+                ("/k/root/etc".into(), PathState::Dir),
+                ("/k/root/etc/resolv.conf".into(), PathState::Symlink),
+            ],
+            // Debian's systemd-resolved links it relative to /etc.
+            links: vec![(
+                "/k/root/etc/resolv.conf".into(),
+                "../run/systemd/resolve/stub-resolv.conf".into(),
+            )],
+            ..Recorder::default()
+        };
+        setup_root(&rec, &spec(Network::Host)).unwrap();
+        let calls = rec.calls();
+        let target = PathBuf::from("/k/root/run/systemd/resolve/stub-resolv.conf");
+        assert!(calls.contains(&Call::Touch(target.clone())));
+        let m = mounts(&calls);
+        assert!(m
+            .iter()
+            .any(|x| x.0 == target.display().to_string() && x.2.contains(MsFlags::MS_RDONLY)));
+        assert!(!m.iter().any(|x| x.0 == "/k/root/etc/resolv.conf"));
+    }
+
+    #[test]
+    fn link_targets() {
+        assert_eq!(
+            link_target("/etc", Path::new("../run/a/b")),
+            PathBuf::from("/run/a/b")
+        );
+        assert_eq!(
+            link_target("/etc", Path::new("/run/x")),
+            PathBuf::from("/run/x")
+        );
+        assert_eq!(
+            link_target("/etc", Path::new("../../../x")),
+            PathBuf::from("/x")
+        );
+        assert_eq!(
+            link_target("/etc", Path::new("./y")),
+            PathBuf::from("/etc/y")
+        );
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub trait Syscalls {
     fn symlink(&self, target: &str, link: &Path) -> std::io::Result<()>;
     /// What is at a path, without following a final symbolic link.
     fn kind(&self, path: &Path) -> PathState;
+    /// Where a symbolic link points.
+    fn read_link(&self, path: &Path) -> std::io::Result<PathBuf>;
     /// Brings the loopback interface up (in a fresh network namespace it starts down).
     fn loopback_up(&self) -> std::io::Result<()>;
 }
@@ -106,6 +108,9 @@ impl Syscalls for Linux {
         std::os::unix::fs::symlink(target, link)
     }
 
+    fn read_link(&self, path: &Path) -> std::io::Result<PathBuf> {
+        std::fs::read_link(path)
+    }
     fn kind(&self, path: &Path) -> PathState {
         match std::fs::symlink_metadata(path) {
             Err(_) => PathState::Missing,
@@ -180,6 +185,8 @@ pub struct Recorder {
     pub calls: std::sync::Mutex<Vec<Call>>,
     /// Paths that exist (anything not listed is missing).
     pub existing: Vec<(PathBuf, PathState)>,
+    /// Symbolic links and where they point.
+    pub links: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Recorder {
@@ -243,6 +250,13 @@ impl Syscalls for Recorder {
     fn symlink(&self, target: &str, link: &Path) -> std::io::Result<()> {
         self.push(Call::Symlink(target.to_string(), link.to_path_buf()));
         Ok(())
+    }
+    fn read_link(&self, path: &Path) -> std::io::Result<PathBuf> {
+        self.links
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, t)| t.clone())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
     }
     fn kind(&self, path: &Path) -> PathState {
         self.existing

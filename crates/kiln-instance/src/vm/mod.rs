@@ -280,6 +280,11 @@ impl Vm {
             .unwrap_or_default()
     }
 
+    /// Where QEMU's sockets are (the guest agent's `qga.sock` among them).
+    pub fn sockets_dir(&self) -> &Path {
+        &self.sockets
+    }
+
     /// The copy-on-write layer that holds everything the VM wrote.
     pub fn overlay(&self) -> &Path {
         &self.overlay

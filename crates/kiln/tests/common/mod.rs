@@ -1,0 +1,109 @@
+//! Helpers shared by kiln's command-line tests: one data directory under the target folder
+//! (so Debian is bootstrapped once, and kept between runs), the kiln binary, records, processes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub fn home() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-home")
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn kiln_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.args(args).env("KILN_HOME", home()).env("KILN_PLAIN", "1");
+    c
+}
+
+pub fn kiln(args: &[&str]) -> Output {
+    kiln_cmd(args).output().expect("kiln runs")
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn record(image: &str) -> serde_json::Value {
+    let o = kiln(&["image", "get", image, "--output", "json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// A bootstrapped Debian base image, built once per test run (and cached across runs), that
+/// cheaper tests start from as `kiln:test-base/1.0.0`.
+pub fn base() -> &'static str {
+    static BASE: OnceLock<()> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("noop.yaml"),
+            "name: noop\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Mark\n        action: CreateFile\n        inputs:\n          - path: /etc/kiln-test-base\n            content: base\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("recipe.yml"),
+            "name: test-base\nsemanticVersion: 1.0.0\nparentImage: bootstrap:debian/bookworm\nbootstrap:\n  packages: [ca-certificates]\ncomponents:\n  - path: noop.yaml\n",
+        )
+        .unwrap();
+        let o = kiln(&["build", dir.path().join("recipe.yml").to_str().unwrap()]);
+        assert!(o.status.success(), "base image: {}\n{}", text(&o.stdout), text(&o.stderr));
+    });
+    "kiln:test-base/1.0.0"
+}
+
+pub fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+pub fn mounts_mention(s: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(s)
+}
+
+/// Processes whose command line contains `needle`.
+pub fn processes_with(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
+                .unwrap_or(false)
+        })
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    !s.rsplit_once(')')
+                        .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        let t = to.join(e.file_name());
+        if p.is_dir() {
+            copy_dir(&p, &t);
+        } else {
+            std::fs::copy(&p, &t).unwrap();
+        }
+    }
+}

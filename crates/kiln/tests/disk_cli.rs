@@ -1,0 +1,398 @@
+//! Disk images end to end: built, booted in QEMU (TCG here) and tested, built inside a VM,
+//! broken on purpose, kept for debugging, and killed mid-boot.
+//!
+//! Every test boots real VMs, so each proves one thing with the smallest image that shows it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A Debian base with a kernel, built once: `kiln:disk-base/1.0.0`. Its bootstrap is the one
+/// golden-nginx with a disk output uses (the same packages), so it is made once.
+fn disk_base() -> &'static str {
+    static BASE: OnceLock<()> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "noop.yaml",
+            "name: noop\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Mark\n        action: CreateFile\n        inputs:\n          - path: /etc/kiln-disk-base\n            content: base\n",
+        );
+        let r = write(
+            dir.path(),
+            "recipe.yml",
+            "name: disk-base\nsemanticVersion: 1.0.0\nparentImage: bootstrap:debian/bookworm\nbootstrap:\n  packages: [ca-certificates]\ncomponents:\n  - path: noop.yaml\noutputs: [oci, disk]\nimageTestsConfiguration:\n  imageTestsEnabled: false\n",
+        );
+        let o = kiln(&["build", r.to_str().unwrap()]);
+        assert!(
+            o.status.success(),
+            "disk base: {}\n{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+    });
+    "kiln:disk-base/1.0.0"
+}
+
+fn qemu_processes_of(run_id: &str) -> Vec<i32> {
+    processes_with(&format!("kiln-{run_id}"))
+}
+
+/// Boots `disk` with nothing but `qemu-system-x86_64 -drive file=DISK` (no -kernel), and
+/// returns the serial console once a login prompt shows (or what it said when it did not).
+fn boot_to_login(disk: &Path, serial: &Path) -> (bool, String) {
+    let mut q = std::process::Command::new("qemu-system-x86_64")
+        .arg("-drive")
+        .arg(format!("file={}", disk.display()))
+        .args(["-m", "1024", "-display", "none", "-monitor", "none"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 (scripts/setup installs it)");
+    let started = Instant::now();
+    let mut console = String::new();
+    let mut ok = false;
+    while started.elapsed() < Duration::from_secs(300) {
+        console = String::from_utf8_lossy(&std::fs::read(serial).unwrap_or_default()).into_owned();
+        if console.contains("login:") {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = q.kill();
+    let _ = q.wait();
+    (ok, console)
+}
+
+#[test]
+fn golden_nginx_disk_boots_tests_nginx_in_the_vm_and_boots_with_plain_qemu() {
+    disk_base(); // shares the bootstrap
+    let work = tempfile::tempdir().unwrap();
+    let ex = work.path().join("golden-nginx");
+    copy_dir(&repo().join("examples/golden-nginx"), &ex);
+    let name = format!("golden-nginx-disk-{}", std::process::id());
+    let region = work.path().join("region");
+    let recipe = ex.join("recipe.yml");
+    let r = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("name: golden-nginx", &format!("name: {name}"))
+        .replace(
+            "distributions:\n  - region: local",
+            &format!(
+                "disk:\n  formats: [qcow2, raw]\n  compressed: true\ndistributions:\n  - region: local\n    path: {}",
+                region.display()
+            ),
+        );
+    assert!(
+        r.contains("outputs: [oci, disk]") && r.contains("formats:"),
+        "{r}"
+    );
+    std::fs::write(&recipe, r).unwrap();
+    let o = kiln(&["build", recipe.to_str().unwrap()]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", text(&o.stderr));
+    assert!(out.contains("tests passed in a VM that booted in"), "{out}");
+
+    let rec = record(&format!("{name}/1.0.0/1"));
+    assert_eq!(rec["state"], "AVAILABLE");
+    let tests = &rec["tests"];
+    assert_eq!(tests["instance"], "vm", "{tests}");
+    assert!(tests["bootMs"].as_u64().unwrap() > 1000, "{tests}");
+    // The nginx test phase ran inside the booted VM: the service answered over HTTP.
+    let steps: Vec<(String, String)> = tests["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        steps.contains(&("test/ServesHealthPage".into(), "success".into())),
+        "{steps:?}"
+    );
+    let log =
+        std::fs::read_to_string(Path::new(rec["logs"].as_str().unwrap()).join("test/console.log"))
+            .unwrap();
+    assert!(log.contains("nginx serves /healthz"), "{log}");
+    assert!(log.contains("active"), "{log}");
+    assert!(
+        Path::new(rec["logs"].as_str().unwrap())
+            .join("test/serial-console.log")
+            .is_file(),
+        "the serial console is in the build's logs"
+    );
+    assert!(rec["disk"]["kernel"]
+        .as_str()
+        .unwrap()
+        .starts_with("vmlinuz-"));
+
+    // Both formats in the region, under the build's name and the version's name.
+    let disks = region.join("disks");
+    let qcow2 = disks.join(format!("{name}-1.0.0.qcow2"));
+    for f in [
+        format!("{name}-1.0.0-1.qcow2"),
+        format!("{name}-1.0.0.qcow2"),
+        format!("{name}-1.0.0-1.raw"),
+    ] {
+        assert!(disks.join(&f).is_file(), "{f} is missing");
+    }
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&qcow2)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    // And the OCI image beside them.
+    assert!(region.join("index.json").is_file());
+
+    // A user boots it with plain QEMU: firmware, GRUB, the image's kernel, a login prompt.
+    let (ok, console) = boot_to_login(&qcow2, &work.path().join("serial.log"));
+    let tail: Vec<&str> = console.lines().rev().take(15).collect();
+    assert!(ok, "no login prompt; the console ended with: {tail:?}");
+}
+
+#[test]
+fn the_vm_builder_reboots_on_exit_194_and_continues_with_the_same_step() {
+    let parent = disk_base();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "reboot.yaml",
+        r#"name: reboot-check
+schemaVersion: 1.0
+phases:
+  - name: build
+    steps:
+      - name: RebootOnce
+        action: ExecuteBash
+        inputs:
+          commands:
+            - |
+              if [ -f /var/lib/kiln-first-boot ]; then
+                echo "back after the reboot"
+                exit 0
+              fi
+              cat /proc/sys/kernel/random/boot_id > /var/lib/kiln-first-boot
+              exit 194
+      - name: CameBack
+        action: ExecuteBash
+        inputs:
+          commands:
+            - test "$(cat /var/lib/kiln-first-boot)" != "$(cat /proc/sys/kernel/random/boot_id)"
+            - echo "a different boot id"
+            - test -d /run/systemd/system && echo "systemd is running"
+  - name: test
+    steps:
+      - name: BuiltInTheVm
+        action: Assert
+        inputs:
+          fileExists: /var/lib/kiln-first-boot
+"#,
+    );
+    let name = format!("vm-builder-{}", std::process::id());
+    let region = dir.path().join("region");
+    let recipe = write(
+        dir.path(),
+        "recipe.yml",
+        &format!(
+            "name: {name}\nsemanticVersion: 1.0.0\nparentImage: {parent}\ncomponents:\n  - path: reboot.yaml\ninfrastructure:\n  builder: vm\ndistributions:\n  - region: r\n    path: {}\n",
+            region.display()
+        ),
+    );
+    let o = kiln(&["build", recipe.to_str().unwrap()]);
+    // The report goes to stdout, progress (the steps' output among it) to stderr.
+    let out = format!("{}{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("exit code 194: rebooting the instance, then running this step again"),
+        "{out}"
+    );
+    assert!(out.contains("back after the reboot"), "{out}");
+    assert!(out.contains("a different boot id"), "{out}");
+    assert!(out.contains("systemd is running"), "{out}");
+    let rec = record(&format!("{name}/1.0.0/1"));
+    assert_eq!(rec["components"][0]["cache"], "in-vm");
+    assert_eq!(rec["tests"]["instance"], "vm");
+    assert!(region
+        .join("disks")
+        .join(format!("{name}-1.0.0.qcow2"))
+        .is_file());
+    // Its result is a disk, not layers: it cannot be a parent.
+    let child = write(
+        dir.path(),
+        "child.yml",
+        &format!("name: {name}-child\nsemanticVersion: 1.0.0\nparentImage: kiln:{name}/1.0.0\ncomponents:\n  - path: reboot.yaml\n"),
+    );
+    let o = kiln(&["build", child.to_str().unwrap()]);
+    assert_ne!(o.status.code(), Some(0));
+    let all = format!("{}{}", text(&o.stdout), text(&o.stderr));
+    assert!(all.contains("built by the VM builder"), "{all}");
+}
+
+#[test]
+fn a_kernel_that_cannot_boot_fails_in_testing_with_the_console_and_is_not_distributed() {
+    let parent = disk_base();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "break.yaml",
+        "name: break-kernel\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Overwrite\n        action: ExecuteBash\n        inputs:\n          commands:\n            - for k in /boot/vmlinuz-*; do echo 'not a kernel' > \"$k\"; done\n",
+    );
+    let name = format!("bad-kernel-{}", std::process::id());
+    let region = dir.path().join("region");
+    let recipe = write(
+        dir.path(),
+        "recipe.yml",
+        &format!(
+            "name: {name}\nsemanticVersion: 1.0.0\nparentImage: {parent}\ncomponents:\n  - path: break.yaml\noutputs: [oci, disk]\ndistributions:\n  - region: r\n    path: {}\n",
+            region.display()
+        ),
+    );
+    let o = kiln(&["build", recipe.to_str().unwrap()]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{}", text(&o.stderr));
+    assert!(
+        out.contains(&format!("FAILED {name}/1.0.0/1 in TESTING")),
+        "{out}"
+    );
+    assert!(out.contains("the VM could not boot"), "{out}");
+    // GRUB's own words, from the serial console.
+    assert!(out.contains("error:"), "{out}");
+    let rec = record(&format!("{name}/1.0.0/1"));
+    assert_eq!(rec["failure"]["stage"], "TESTING");
+    assert!(!rec["failure"]["outputTail"].as_array().unwrap().is_empty());
+    assert!(rec["outputs"].as_array().unwrap().is_empty());
+    assert!(!region.exists(), "nothing may be distributed");
+}
+
+#[test]
+fn a_failed_vm_is_kept_on_request_and_nothing_is_left_when_kiln_is_killed_mid_boot() {
+    let parent = disk_base();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "failtest.yaml",
+        "name: failtest\nschemaVersion: 1.0\nphases:\n  - name: test\n    steps:\n      - name: Nope\n        action: ExecuteBash\n        inputs:\n          commands: ['echo failing on purpose; exit 4']\n",
+    );
+    // 1. Kept: the VM whose test failed stays up, reachable through `kiln instance shell`.
+    let name = format!("keep-vm-{}", std::process::id());
+    let recipe = write(
+        dir.path(),
+        "keep.yml",
+        &format!(
+            "name: {name}\nsemanticVersion: 1.0.0\nparentImage: {parent}\ncomponents:\n  - path: failtest.yaml\noutputs: [disk]\ninfrastructure:\n  terminateInstanceOnFailure: false\n"
+        ),
+    );
+    let o = kiln(&["build", recipe.to_str().unwrap()]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{}", text(&o.stderr));
+    assert!(out.contains("the failed instance is kept"), "{out}");
+    let rec = record(&format!("{name}/1.0.0/1"));
+    let id = rec["failure"]["keptInstance"].as_str().unwrap().to_string();
+    let list = text(&kiln(&["instance", "list"]).stdout);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&id) && l.contains("vm") && l.contains("running")),
+        "{list}"
+    );
+    let o = kiln(&[
+        "instance",
+        "shell",
+        &id,
+        "-c",
+        "cat /etc/kiln-disk-base; uname -s",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "baseLinux\n");
+    let o = kiln(&["instance", "stop", &id]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        processes_with(&format!("{}-test", &id[..8])).is_empty(),
+        "the kept VM's QEMU survived `kiln instance stop`"
+    );
+    assert!(!text(&kiln(&["instance", "list"]).stdout).contains(&id));
+
+    // 2. By default nothing outlives kiln, even when it is killed while the VM boots.
+    let name = format!("killed-boot-{}", std::process::id());
+    let recipe = write(
+        dir.path(),
+        "killed.yml",
+        &format!(
+            "name: {name}\nsemanticVersion: 1.0.0\nparentImage: {parent}\ncomponents:\n  - path: failtest.yaml\noutputs: [disk]\n"
+        ),
+    );
+    let mut child = kiln_cmd(&["build", recipe.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let progress = child.stderr.take().unwrap();
+    let mut run_id = None;
+    for line in BufReader::new(progress).lines() {
+        let line = line.unwrap();
+        if line.contains("booting a test VM") {
+            break;
+        }
+        if run_id.is_none() {
+            run_id = std::fs::read_dir(home().join("run"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .find(|n| n.starts_with(&name));
+        }
+    }
+    let run = run_id.expect("the build's run folder");
+    let short: String = run
+        .chars()
+        .rev()
+        .take(8)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    // Until QEMU is up, then kill kiln outright.
+    let t0 = Instant::now();
+    while qemu_processes_of(&short).is_empty() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!qemu_processes_of(&short).is_empty(), "QEMU never started");
+    std::thread::sleep(Duration::from_secs(2));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let t0 = Instant::now();
+    while !qemu_processes_of(&short).is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        qemu_processes_of(&short).is_empty(),
+        "QEMU outlived the killed kiln"
+    );
+    // The next kiln marks the build interrupted and sweeps its folder.
+    let rec = record(&format!("{name}/1.0.0/1"));
+    assert_eq!(rec["state"], "FAILED");
+    assert!(rec["failure"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("interrupted"));
+    assert!(
+        !home().join("run").join(&run).exists(),
+        "the run folder was not swept"
+    );
+}
