@@ -26,8 +26,8 @@ from datetime import datetime
 r = json.load(sys.stdin)
 t = lambda s: datetime.fromisoformat(s[:26].rstrip("Z"))
 start = t(r["created"])
-testing = [h for h in r["history"] if h["state"] == "TESTING"][0]
-print(f"{(t(testing[\"at\"]) - start).total_seconds():.1f}")'
+at = [h["at"] for h in r["history"] if h["state"] == "TESTING"][0]
+print("%.1f" % (t(at) - start).total_seconds())'
 }
 
 # The shared parent: Debian bookworm with a kernel, systemd, the guest agent and an SSH server
@@ -94,7 +94,7 @@ for i in $(seq 1 "$runs"); do
   s=$(now); KILN_HOME="$home" "$kiln" build "$work/kiln-src/recipe.yml" -q >&2; e=$(now)
   t[kiln_last]+=" $(elapsed "$s" "$e")"
   t[kiln_last_before]+=" $(before_boot "$home" golden-nginx/1.0.0/2)"
-  t[boot]+=" $(KILN_HOME="$home" "$kiln" image get golden-nginx/1.0.0/2 -o json | python3 -c 'import json,sys; print(f"{json.load(sys.stdin)["tests"]["bootMs"]/1000:.1f}")')"
+  t[boot]+=" $(KILN_HOME="$home" "$kiln" image get golden-nginx/1.0.0/2 -o json | python3 -c 'import json,sys; print("%.1f" % (json.load(sys.stdin)["tests"]["bootMs"] / 1000))')"
   # Packer, cold (it has no cache).
   out=$(bench/packer/run.sh "$parent_qcow2" "$work/packer-out" | tail -1)
   t[packer_cold]+=" ${out#packer_seconds=}"
@@ -112,3 +112,5 @@ cat <<EOF
 
 kiln is $(python3 -c "print(f'{$pc / $kc:.2f}')")x faster than Packer cold.
 EOF
+echo
+echo "raw runs (s): kiln cold:${t[kiln_cold]}; before boot:${t[kiln_cold_before]}; last changed:${t[kiln_last]}; before boot:${t[kiln_last_before]}; boot:${t[boot]}; packer:${t[packer_cold]}"

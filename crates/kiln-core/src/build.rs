@@ -1495,7 +1495,8 @@ impl Builder {
             working_dir: recipe.working_directory.clone(),
             env: Vec::new(),
             accel: vm.accel,
-            kvm_verdict: Some(self.home.cache().join("kvm-verdict")),
+            // Whether KVM works is a fact of this host until it reboots: /run is the place.
+            kvm_verdict: Some(PathBuf::from("/run/kiln/kvm-verdict")),
         };
         let _ = std::fs::create_dir_all(log_dir);
         match Vm::start(spec, self.options.keeper.clone()).await {

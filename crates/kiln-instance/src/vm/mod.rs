@@ -33,8 +33,9 @@ pub const GUEST_AGENT_PATH: &str = "/run/kiln/kiln-agent";
 /// Lines of the serial console kept for error messages.
 const CONSOLE_TAIL: usize = 40;
 
-/// How long KVM may stay silent before kiln takes it for broken and uses TCG.
-const KVM_GRACE: Duration = Duration::from_secs(15);
+/// How long KVM may stay silent before kiln takes it for broken and uses TCG. Under KVM the
+/// firmware and GRUB write to the serial console within about a second.
+const KVM_GRACE: Duration = Duration::from_secs(6);
 
 /// Accelerator choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -569,6 +570,9 @@ impl Vm {
 
     fn remember_kvm_broken(&self) {
         if let Some(p) = &self.spec.kvm_verdict {
+            if let Some(d) = p.parent() {
+                let _ = std::fs::create_dir_all(d);
+            }
             let _ = std::fs::write(p, format!("{} tcg\n", boot_id()));
         }
     }
