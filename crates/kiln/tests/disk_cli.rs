@@ -90,7 +90,7 @@ fn golden_nginx_disk_boots_tests_nginx_in_the_vm_and_boots_with_plain_qemu() {
         .replace(
             "distributions:\n  - region: local",
             &format!(
-                "disk:\n  formats: [qcow2, raw]\n  compressed: true\ndistributions:\n  - region: local\n    path: {}",
+                "disk:\n  formats: [qcow2, raw]\n  compressed: true\n  removeGuestAgent: true\ndistributions:\n  - region: local\n    path: {}",
                 region.display()
             ),
         );
@@ -99,7 +99,9 @@ fn golden_nginx_disk_boots_tests_nginx_in_the_vm_and_boots_with_plain_qemu() {
         "{r}"
     );
     std::fs::write(&recipe, r).unwrap();
-    let o = kiln(&["build", recipe.to_str().unwrap()]);
+    // --no-cache: an earlier run of this test leaves an identical image that passed, whose
+    // result would otherwise be reused instead of booting.
+    let o = kiln(&["build", recipe.to_str().unwrap(), "--no-cache"]);
     let out = text(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{out}\n{}", text(&o.stderr));
     assert!(out.contains("tests passed in a VM that booted in"), "{out}");
@@ -140,6 +142,17 @@ fn golden_nginx_disk_boots_tests_nginx_in_the_vm_and_boots_with_plain_qemu() {
         .as_str()
         .unwrap()
         .starts_with("vmlinuz-"));
+    // kiln put the guest agent in for its tests and took it out afterwards, as asked; the
+    // plain boot below shows the disk it distributed still boots.
+    assert_eq!(
+        rec["disk"]["guestAgent"],
+        "installed by kiln, removed after the tests"
+    );
+    let purge = std::fs::read_to_string(
+        Path::new(rec["logs"].as_str().unwrap()).join("build-kiln-remove-guest-agent/console.log"),
+    )
+    .unwrap();
+    assert!(purge.contains("qemu-guest-agent"), "{purge}");
 
     // Both formats in the region, under the build's name and the version's name.
     let disks = region.join("disks");
