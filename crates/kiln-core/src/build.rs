@@ -850,10 +850,13 @@ impl Builder {
                     }
                 }
                 match r {
-                    Ok(r) => {
-                        let mut r = r?;
+                    Ok(Ok(mut r)) => {
                         r.kept = kept;
                         r
+                    }
+                    Ok(Err(mut f)) => {
+                        f.kept = kept;
+                        return Err(f);
                     }
                     Err(_) => {
                         let mut f = too_long();
