@@ -66,6 +66,28 @@ phases:
               fi
 "#;
 
+/// Where a disk's QEMU guest agent comes from (kiln drives VMs through it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestAgent {
+    /// The image had it.
+    InImage,
+    /// kiln added it (to a `bootstrap:` parent, or as a layer of its own component).
+    InstalledByKiln,
+    /// kiln added it and took it out after the tests (`disk.removeGuestAgent`).
+    RemovedAfterTests,
+}
+
+impl GuestAgent {
+    /// As the build record says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestAgent::InImage => "in the image",
+            GuestAgent::InstalledByKiln => "installed by kiln",
+            GuestAgent::RemovedAfterTests => "installed by kiln, removed after the tests",
+        }
+    }
+}
+
 /// True when `rel` (a path without leading `/`) exists in the merged layers.
 pub fn exists(chain: &[StoredLayer], rel: &str) -> bool {
     let layers: Vec<PathBuf> = chain.iter().map(|l| l.fs.clone()).collect();
@@ -184,14 +206,8 @@ pub fn assemble(
     lowers.extend(chain.iter().rev().map(|l| l.fs.clone()));
     let fs = work.join("root.ext4");
     let fs_size = match disk_size {
-        Some(s) => Some(s.saturating_sub(DISK_OVERHEAD) >> 20 << 20),
-        None if extra > 0 => {
-            // Ask for the default size first (content plus headroom), then grow it.
-            let probe = kdisk::root_filesystem(&lowers, &fs, &ids.filesystem, None)
-                .map_err(|e| e.to_string())?;
-            Some(probe + extra)
-        }
-        None => None,
+        Some(s) => kdisk::FsSize::Exact(s.saturating_sub(DISK_OVERHEAD) >> 20 << 20),
+        None => kdisk::FsSize::Fit { extra },
     };
     kdisk::root_filesystem(&lowers, &fs, &ids.filesystem, fs_size).map_err(|e| match e {
         kdisk::DiskError::TooSmall { wanted, needed } => format!(

@@ -17,8 +17,13 @@ fn main() {
     let mut lowers: Vec<PathBuf> = vec![boot];
     lowers.extend(layers.iter().rev().cloned());
     let t = std::time::Instant::now();
-    let size =
-        kiln_image::disk::root_filesystem(&lowers, &work.join("root.ext4"), uuid, None).unwrap();
+    let size = kiln_image::disk::root_filesystem(
+        &lowers,
+        &work.join("root.ext4"),
+        uuid,
+        kiln_image::disk::FsSize::Fit { extra: 0 },
+    )
+    .unwrap();
     println!("root filesystem {size} bytes in {:?}", t.elapsed());
     let t = std::time::Instant::now();
     let raw = work.join("disk.raw");

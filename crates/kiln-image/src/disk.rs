@@ -257,7 +257,8 @@ pub fn boot_files(
     )
 }
 
-/// The merged tree's size in bytes and number of inodes, read inside the private namespace.
+/// A shell script that mounts the layers (topmost first) read-only as one tree at `$m`, then
+/// runs `body`; meant for [`in_private_mounts`].
 fn overlay_script(lowers_top_first: &[PathBuf], body: &str) -> Result<String, DiskError> {
     let lower = lowers_top_first
         .iter()
@@ -272,44 +273,60 @@ fn overlay_script(lowers_top_first: &[PathBuf], body: &str) -> Result<String, Di
     ))
 }
 
-/// Writes an ext4 filesystem file from the merged layers (topmost first). With `size` unset,
-/// the filesystem is the content plus a quarter and 256 MiB of headroom.
-pub fn root_filesystem(
-    lowers_top_first: &[PathBuf],
-    out: &Path,
-    fs_uuid: &str,
-    size: Option<u64>,
-) -> Result<u64, DiskError> {
+/// Runs a script in a private mount namespace of its own: its mounts vanish with it.
+fn in_private_mounts(script: &str, what: &str) -> Result<String, DiskError> {
     let unshare = need("unshare", "util-linux")?;
-    let mkfs = need("mkfs.ext4", "e2fsprogs")?;
-    // One namespace does it all: measure, then make the filesystem from the merged view.
-    let probe = overlay_script(
-        lowers_top_first,
-        "du -s --block-size=1 \"$m\" | cut -f1\nfind \"$m\" -xdev | wc -l",
-    )?;
-    let out_text = run(
-        Command::new(&unshare).args([
+    run(
+        Command::new(unshare).args([
             "--mount",
             "--propagation",
             "private",
             "--",
             "/bin/sh",
             "-c",
-            &probe,
+            script,
         ]),
-        "unshare",
+        what,
+    )
+}
+
+/// How big a root filesystem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsSize {
+    /// The content plus a quarter and 256 MiB of headroom, plus `extra` bytes.
+    Fit {
+        /// Free space beyond the default headroom.
+        extra: u64,
+    },
+    /// Exactly this many bytes (an error when the content does not fit).
+    Exact(u64),
+}
+
+/// Writes an ext4 filesystem file from the merged layers (topmost first), of `size`.
+pub fn root_filesystem(
+    lowers_top_first: &[PathBuf],
+    out: &Path,
+    fs_uuid: &str,
+    size: FsSize,
+) -> Result<u64, DiskError> {
+    let mkfs = need("mkfs.ext4", "e2fsprogs")?;
+    // Measure the merged view first, then make the filesystem from it.
+    let probe = overlay_script(
+        lowers_top_first,
+        "du -s --block-size=1 \"$m\" | cut -f1\nfind \"$m\" -xdev | wc -l",
     )?;
+    let out_text = in_private_mounts(&probe, "unshare")?;
     let mut nums = out_text
         .split_whitespace()
         .filter_map(|n| n.parse::<u64>().ok());
     let (used, inodes) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
     let needed = (used + inodes * 256) + used / 4 + (256 << 20);
     let size = match size {
-        Some(s) if s < used + inodes * 256 + (64 << 20) => {
+        FsSize::Exact(s) if s < used + inodes * 256 + (64 << 20) => {
             return Err(DiskError::TooSmall { wanted: s, needed })
         }
-        Some(s) => s,
-        None => needed.div_ceil(1 << 20) << 20,
+        FsSize::Exact(s) => s,
+        FsSize::Fit { extra } => (needed + extra).div_ceil(1 << 20) << 20,
     };
     let _ = fs::remove_file(out);
     let body = format!(
@@ -319,18 +336,7 @@ pub fn root_filesystem(
         kib = size / 1024
     );
     let script = overlay_script(lowers_top_first, &body)?;
-    run(
-        Command::new(&unshare).args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "/bin/sh",
-            "-c",
-            &script,
-        ]),
-        "mkfs.ext4",
-    )?;
+    in_private_mounts(&script, "mkfs.ext4")?;
     Ok(size)
 }
 

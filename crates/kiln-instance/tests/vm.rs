@@ -14,6 +14,8 @@ use kiln_instance::{ExecRequest, ExitStatus, Instance, Stream};
 
 static FIXTURE: Mutex<Option<PathBuf>> = Mutex::new(None);
 
+const FIT: kiln_image::disk::FsSize = kiln_image::disk::FsSize::Fit { extra: 0 };
+
 /// The test disk: bootstrapped with mmdebstrap and assembled by kiln-image, once.
 fn disk() -> PathBuf {
     let mut f = FIXTURE.lock().unwrap_or_else(|e| e.into_inner());
@@ -43,7 +45,7 @@ fn disk() -> PathBuf {
         let uuid = "5d0b7a52-7f1e-4a57-8c1d-2d3f4e5a6b7c";
         kiln_image::disk::boot_files(&boot, uuid, &kernel, initrd.as_deref()).unwrap();
         let fs = dir.join("root.ext4");
-        kiln_image::disk::root_filesystem(&[boot, root.clone()], &fs, uuid, None).unwrap();
+        kiln_image::disk::root_filesystem(&[boot, root.clone()], &fs, uuid, FIT).unwrap();
         let raw = dir.join("disk.raw");
         kiln_image::disk::assemble(
             &fs,
@@ -58,7 +60,7 @@ fn disk() -> PathBuf {
         std::fs::write(bad.join("boot").join(&kernel), b"not a kernel").unwrap();
         let bad_boot = dir.join("boot");
         let bad_fs = dir.join("bad.ext4");
-        kiln_image::disk::root_filesystem(&[bad, bad_boot, root.clone()], &bad_fs, uuid, None)
+        kiln_image::disk::root_filesystem(&[bad, bad_boot, root.clone()], &bad_fs, uuid, FIT)
             .unwrap();
         let bad_raw = dir.join("bad.raw");
         kiln_image::disk::assemble(
