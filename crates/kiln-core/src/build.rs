@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::cache::{StepCache, StepKey};
-use crate::disk;
+use crate::disk::{self, GuestAgent};
 use crate::instances::{Instances, KeptInstance, KeptKind};
 use crate::inventory;
 use crate::parent::{self, compression_of, Parent};
@@ -311,14 +311,8 @@ impl Builder {
             let missing = doc.missing_parameters(&c.parameters);
             if !missing.is_empty() {
                 return Err(fail(format!(
-                    "parameter{} {} ha{} no default: give {} under `parameters` in the recipe",
-                    if missing.len() > 1 { "s" } else { "" },
-                    missing
-                        .iter()
-                        .map(|m| format!("`{m}`"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    if missing.len() > 1 { "ve" } else { "s" },
+                    "{}: give {} under `parameters` in the recipe",
+                    kiln_toe::document::no_default_phrase(&missing),
                     if missing.len() > 1 { "them" } else { "it" },
                 )));
             }
@@ -564,160 +558,146 @@ impl Builder {
             })?;
         }
         let mut assembled: Option<disk::Assembled> = None;
-        // The QEMU guest agent: in the image already, or a layer kiln adds for the disk only.
+        // The disk's layers: the image's, plus the QEMU guest agent when kiln had to add it.
         let mut disk_chain: Vec<StoredLayer> = Vec::new();
-        let mut guest_agent = "in the parent";
+        let mut guest_agent = GuestAgent::InImage;
         if vm_builder {
-            let base = self
-                .with_guest_agent(
-                    recipe,
-                    chain,
-                    run_dir,
-                    rec,
-                    epoch,
-                    observer,
-                    &mut guest_agent,
-                )
+            let (base, agent) = self
+                .with_guest_agent(recipe, chain, run_dir, rec, epoch, observer)
                 .await?;
+            guest_agent = agent;
             assembled = Some(
                 self.build_in_vm(recipe, components, rec, records, run_dir, &base, observer)
                     .await?,
             );
-        }
-        for (i, c) in components.iter().enumerate().filter(|_| !vm_builder) {
-            let key = StepKey {
-                kind: "component".into(),
-                parents: chain.iter().map(|l| l.info.diff_id.clone()).collect(),
-                input: c.sha256.clone(),
-                parameters: c.parameters.clone(),
-                builder: recipe.infrastructure.builder.to_string(),
-                working_directory: recipe.working_directory.clone(),
-                compression: format!("{:?}", recipe.compression),
-            }
-            .digest();
-            rec.components[i].cache_key = key.clone();
-            if !c.has_layer {
-                rec.components[i].cache = CacheUse::NoLayer;
-                observer.event(&BuildEvent::ComponentFinished {
-                    index: i,
-                    record: &rec.components[i],
-                });
-                continue;
-            }
-            let usable = c.cache && !self.options.no_cache;
-            if usable {
-                if let Some(layer) = cache.get(&key) {
-                    observer.event(&BuildEvent::ComponentStarted {
-                        index: i,
-                        total,
-                        name: &c.name,
-                        cached: true,
-                    });
-                    let cr = &mut rec.components[i];
-                    cr.cache = CacheUse::Hit;
-                    cr.layer = Some(layer.info.diff_id.clone());
-                    cr.layer_size = layer.info.size;
-                    chain.push(layer);
+        } else {
+            for (i, c) in components.iter().enumerate() {
+                let key = StepKey {
+                    kind: "component".into(),
+                    parents: chain.iter().map(|l| l.info.diff_id.clone()).collect(),
+                    input: c.sha256.clone(),
+                    parameters: c.parameters.clone(),
+                    builder: recipe.infrastructure.builder.to_string(),
+                    working_directory: recipe.working_directory.clone(),
+                    compression: format!("{:?}", recipe.compression),
+                }
+                .digest();
+                rec.components[i].cache_key = key.clone();
+                if !c.has_layer {
+                    rec.components[i].cache = CacheUse::NoLayer;
                     observer.event(&BuildEvent::ComponentFinished {
                         index: i,
                         record: &rec.components[i],
                     });
                     continue;
                 }
-            }
-            observer.event(&BuildEvent::ComponentStarted {
-                index: i,
-                total,
-                name: &c.name,
-                cached: false,
-            });
-            let t0 = Instant::now();
-            let dir = run_dir.join(format!("c{i}"));
-            let log_dir = rec
-                .logs
-                .join(format!("build-{:02}-{}", i + 1, file_safe(&c.name)));
-            let (report, upper, created) = self
-                .run_in_sandbox(
-                    recipe,
-                    &format!("{}-{i}", short_id(run_dir)),
-                    chain,
-                    &dir,
-                    &[c],
-                    &["build", "validate"],
-                    &log_dir,
-                    image_env(rec, "BUILDING"),
-                    observer,
-                    State::Building,
-                    keep.as_deref(),
-                )
-                .await
-                .map_err(|mut f| {
-                    f.component = Some(c.name.clone());
-                    f
-                })?;
-            let steps = timings(&report.report);
-            rec.components[i].steps = steps;
-            rec.components[i].duration_ms = millis(t0);
-            if !report.report.status.ok() {
-                return Err(StageFailure::from_run(
-                    State::Building,
-                    Some(c.name.clone()),
-                    &report,
-                    &log_dir,
-                ));
-            }
-            observer.event(&BuildEvent::Progress(&format!(
-                "capturing the layer of {}",
-                c.name
-            )));
-            let layer = capture(&store, &upper, &created, epoch, recipe, &c.name)
-                .await
-                .map_err(|e| StageFailure {
-                    component: Some(c.name.clone()),
-                    ..StageFailure::new(State::Building, format!("capturing the layer: {e}"))
-                })?;
-            if c.cache {
-                if let Err(e) = cache.put(&key, &layer, &format!("component {}", c.name)) {
-                    tracing::warn!("cannot record the layer in the step cache: {e}");
+                let usable = c.cache && !self.options.no_cache;
+                if usable {
+                    if let Some(layer) = cache.get(&key) {
+                        observer.event(&BuildEvent::ComponentStarted {
+                            index: i,
+                            total,
+                            name: &c.name,
+                            cached: true,
+                        });
+                        let cr = &mut rec.components[i];
+                        cr.cache = CacheUse::Hit;
+                        cr.layer = Some(layer.info.diff_id.clone());
+                        cr.layer_size = layer.info.size;
+                        chain.push(layer);
+                        observer.event(&BuildEvent::ComponentFinished {
+                            index: i,
+                            record: &rec.components[i],
+                        });
+                        continue;
+                    }
                 }
+                observer.event(&BuildEvent::ComponentStarted {
+                    index: i,
+                    total,
+                    name: &c.name,
+                    cached: false,
+                });
+                let t0 = Instant::now();
+                let dir = run_dir.join(format!("c{i}"));
+                let log_dir = rec
+                    .logs
+                    .join(format!("build-{:02}-{}", i + 1, file_safe(&c.name)));
+                let (report, upper, created) = self
+                    .run_in_sandbox(
+                        recipe,
+                        &format!("{}-{i}", short_id(run_dir)),
+                        chain,
+                        &dir,
+                        &[c],
+                        &["build", "validate"],
+                        &log_dir,
+                        image_env(rec, "BUILDING"),
+                        observer,
+                        State::Building,
+                        keep.as_deref(),
+                    )
+                    .await
+                    .map_err(|mut f| {
+                        f.component = Some(c.name.clone());
+                        f
+                    })?;
+                let steps = timings(&report.report);
+                rec.components[i].steps = steps;
+                rec.components[i].duration_ms = millis(t0);
+                if !report.report.status.ok() {
+                    return Err(StageFailure::from_run(
+                        State::Building,
+                        Some(c.name.clone()),
+                        &report,
+                        &log_dir,
+                    ));
+                }
+                observer.event(&BuildEvent::Progress(&format!(
+                    "capturing the layer of {}",
+                    c.name
+                )));
+                let layer = capture(&store, &upper, &created, epoch, recipe, &c.name)
+                    .await
+                    .map_err(|e| StageFailure {
+                        component: Some(c.name.clone()),
+                        ..StageFailure::new(State::Building, format!("capturing the layer: {e}"))
+                    })?;
+                if c.cache {
+                    if let Err(e) = cache.put(&key, &layer, &format!("component {}", c.name)) {
+                        tracing::warn!("cannot record the layer in the step cache: {e}");
+                    }
+                }
+                let cr = &mut rec.components[i];
+                cr.cache = if !c.cache {
+                    CacheUse::Disabled
+                } else if self.options.no_cache {
+                    CacheUse::Bypassed
+                } else {
+                    CacheUse::Miss
+                };
+                cr.layer = Some(layer.info.diff_id.clone());
+                cr.layer_size = layer.info.size;
+                chain.push(layer);
+                save(rec);
+                observer.event(&BuildEvent::ComponentFinished {
+                    index: i,
+                    record: &rec.components[i],
+                });
             }
-            let cr = &mut rec.components[i];
-            cr.cache = if !c.cache {
-                CacheUse::Disabled
-            } else if self.options.no_cache {
-                CacheUse::Bypassed
-            } else {
-                CacheUse::Miss
-            };
-            cr.layer = Some(layer.info.diff_id.clone());
-            cr.layer_size = layer.info.size;
-            chain.push(layer);
-            save(rec);
-            observer.event(&BuildEvent::ComponentFinished {
-                index: i,
-                record: &rec.components[i],
-            });
+            if recipe.wants_disk() {
+                (disk_chain, guest_agent) = self
+                    .with_guest_agent(recipe, chain, run_dir, rec, epoch, observer)
+                    .await?;
+                assembled = Some(
+                    self.assemble(recipe, &disk_chain, run_dir, rec, observer)
+                        .await?,
+                );
+            }
         }
         rec.layers = chain.iter().map(|l| l.info.diff_id.clone()).collect();
-        if recipe.wants_disk() && !vm_builder {
-            disk_chain = self
-                .with_guest_agent(
-                    recipe,
-                    chain,
-                    run_dir,
-                    rec,
-                    epoch,
-                    observer,
-                    &mut guest_agent,
-                )
-                .await?;
-            assembled = Some(
-                self.assemble(recipe, &disk_chain, run_dir, rec, observer)
-                    .await?,
-            );
-        }
         if let Some(d) = rec.disk.as_mut() {
-            d.guest_agent = guest_agent.to_string();
+            d.guest_agent = guest_agent.as_str().to_string();
         }
 
         // TESTING: a fresh sandbox from the captured image, every component's test phase.
@@ -837,17 +817,18 @@ impl Builder {
                 let r = tokio::time::timeout(limit, run).await;
                 let _ = std::fs::copy(vm.console_log(), log_dir.join("serial-console.log"));
                 let failed = !matches!(&r, Ok(Ok(run)) if run.report.status.ok());
-                let kept = match (&keep, failed) {
-                    (Some(build), true) => {
-                        self.keep_vm(&vm, &test_dir, &test_id, build, State::Testing)
-                            .await
-                    }
-                    _ => None,
-                };
-                if kept.is_none() {
-                    if let Err(e) = vm.stop().await {
-                        tracing::warn!("stopping the test VM: {e}");
-                    }
+                let (kept, stopped) = self
+                    .keep_or_stop(
+                        &vm,
+                        keep.as_deref(),
+                        failed,
+                        &test_dir,
+                        &test_id,
+                        State::Testing,
+                    )
+                    .await;
+                if let Err(e) = stopped {
+                    tracing::warn!("stopping the test VM: {e}");
                 }
                 match r {
                     Ok(Ok(mut r)) => {
@@ -925,7 +906,7 @@ impl Builder {
 
         // The guest agent kiln brought in goes, when the recipe asks: one more layer on the disk.
         if let Some(a) = assembled.as_mut() {
-            if recipe.disk.remove_guest_agent && guest_agent == "installed by kiln" {
+            if recipe.disk.remove_guest_agent && guest_agent == GuestAgent::InstalledByKiln {
                 observer.event(&BuildEvent::Progress(
                     "removing the QEMU guest agent kiln installed (disk.removeGuestAgent)",
                 ));
@@ -938,10 +919,10 @@ impl Builder {
                 *a = self
                     .assemble(recipe, &disk_chain, run_dir, rec, observer)
                     .await?;
-                guest_agent = "installed by kiln, removed after the tests";
+                guest_agent = GuestAgent::RemovedAfterTests;
             }
             if let Some(d) = rec.disk.as_mut() {
-                d.guest_agent = guest_agent.to_string();
+                d.guest_agent = guest_agent.as_str().to_string();
             }
             save(rec);
         }
@@ -1121,6 +1102,30 @@ impl Builder {
         }
     }
 
+    /// Ends a VM's work: a failed VM is kept when `keep` names the build (see [`Self::keep_vm`]);
+    /// any other is stopped. Returns the kept instance and how stopping went.
+    async fn keep_or_stop(
+        &self,
+        vm: &Vm,
+        keep: Option<&str>,
+        failed: bool,
+        dir: &std::path::Path,
+        id: &str,
+        stage: State,
+    ) -> (
+        Option<KeptInstance>,
+        Result<(), kiln_instance::InstanceError>,
+    ) {
+        let kept = match (keep, failed) {
+            (Some(build), true) => self.keep_vm(vm, dir, id, build, stage).await,
+            _ => None,
+        };
+        if kept.is_some() {
+            return (kept, Ok(()));
+        }
+        (None, vm.stop().await)
+    }
+
     /// Keeps a failed VM running for debugging: it outlives kiln, its folder moves to the kept
     /// instances. `None` (and a warning) when that fails.
     async fn keep_vm(
@@ -1177,15 +1182,14 @@ impl Builder {
         rec: &ImageRecord,
         epoch: i64,
         observer: &Arc<dyn BuildObserver>,
-        note: &mut &'static str,
-    ) -> Result<Vec<StoredLayer>, StageFailure> {
+    ) -> Result<(Vec<StoredLayer>, GuestAgent), StageFailure> {
         if disk::has_guest_agent(chain) {
-            *note = if parent_adds_guest_agent(recipe) {
-                "installed by kiln"
+            let agent = if parent_adds_guest_agent(recipe) {
+                GuestAgent::InstalledByKiln
             } else {
-                "in the image"
+                GuestAgent::InImage
             };
-            return Ok(chain.to_vec());
+            return Ok((chain.to_vec(), agent));
         }
         observer.event(&BuildEvent::Progress(
             "the image has no QEMU guest agent: installing it for the disk image (kiln drives VMs through it)",
@@ -1207,10 +1211,9 @@ impl Builder {
                 "the guest agent layer comes from the step cache",
             ));
         }
-        *note = "installed by kiln";
         let mut out = chain.to_vec();
         out.push(layer);
-        Ok(out)
+        Ok((out, GuestAgent::InstalledByKiln))
     }
 
     /// Assembles the raw disk of `disk_chain` in the run folder and records it.
@@ -1357,29 +1360,25 @@ impl Builder {
             });
         }
         let _ = std::fs::copy(vm.console_log(), log_dir.join("serial-console.log"));
-        if let (Err(f), false) = (
-            &mut outcome,
-            recipe.infrastructure.terminate_instance_on_failure,
-        ) {
-            let build = rec.build_version();
-            let id = format!("{}-build", short_id(run_dir));
-            f.kept = self
-                .keep_vm(
-                    &vm,
-                    &run_dir.join("builder-vm"),
-                    &id,
-                    &build,
-                    State::Building,
-                )
-                .await;
-            if f.kept.is_some() {
-                let kept = std::mem::replace(&mut outcome, Ok(()));
-                kept?;
-            }
+        let keep =
+            (!recipe.infrastructure.terminate_instance_on_failure).then(|| rec.build_version());
+        if outcome.is_ok() || keep.is_none() {
+            observer.event(&BuildEvent::Progress("powering the builder VM off"));
         }
-        observer.event(&BuildEvent::Progress("powering the builder VM off"));
-        let stopped = vm.stop().await;
-        outcome?;
+        let (kept, stopped) = self
+            .keep_or_stop(
+                &vm,
+                keep.as_deref(),
+                outcome.is_err(),
+                &run_dir.join("builder-vm"),
+                &format!("{}-build", short_id(run_dir)),
+                State::Building,
+            )
+            .await;
+        if let Err(mut f) = outcome {
+            f.kept = kept;
+            return Err(f);
+        }
         stopped.map_err(|e| {
             StageFailure::new(State::Building, format!("powering the builder VM off: {e}"))
         })?;
@@ -1465,11 +1464,9 @@ impl Builder {
         let mut run = run?;
         if let (Some(build), false) = (keep, run.report.status.ok()) {
             let lowers: Vec<PathBuf> = chain.iter().rev().map(|l| l.fs.clone()).collect();
+            // On success the writable layer moves to the kept instance (the run failed: it is
+            // not captured).
             run.kept = self.keep_sandbox(&lowers, dir, id, build, stage, &recipe.name);
-            if run.kept.is_some() {
-                // The writable layer moved to the kept instance: nothing to capture here.
-                return Ok((run, upper, created));
-            }
         }
         Ok((run, upper, created))
     }

@@ -190,7 +190,7 @@ pub struct DiskRecord {
     pub size: u64,
     /// The root filesystem's UUID.
     pub filesystem_uuid: String,
-    /// The QEMU guest agent: `in the parent`, `installed by kiln` or `installed by kiln,
+    /// The QEMU guest agent: `in the image`, `installed by kiln` or `installed by kiln,
     /// removed after the tests`.
     pub guest_agent: String,
     /// Milliseconds spent assembling the disk.
