@@ -6,6 +6,7 @@
 //! writable layer moves here, over the same read-only layers) in a new set of namespaces whose
 //! PID 1 waits; the processes of the failed step are gone.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -247,5 +248,3 @@ pub fn start_kept_sandbox(
         "the kept sandbox did not start (unshare or mount failed)".into(),
     ))
 }
-
-use std::os::unix::process::CommandExt;

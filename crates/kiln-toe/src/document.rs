@@ -52,6 +52,21 @@ impl Document {
     }
 }
 
+/// ``parameter `a` has no default`` or ``parameters `a`, `b` have no default``, for messages
+/// about [`Document::missing_parameters`].
+pub fn no_default_phrase(missing: &[&str]) -> String {
+    let names = missing
+        .iter()
+        .map(|m| format!("`{m}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if missing.len() > 1 {
+        format!("parameters {names} have no default")
+    } else {
+        format!("parameter {names} has no default")
+    }
+}
+
 /// A parameter the caller may set.
 #[derive(Debug, Clone)]
 pub struct Parameter {

@@ -364,15 +364,9 @@ impl Engine {
         let missing = doc.missing_parameters(given);
         if !missing.is_empty() {
             return Err(format!(
-                "{}: parameter{} {} ha{} no default and no value was given; pass --parameters {}",
+                "{}: {} and no value was given; pass --parameters {}",
                 doc.source.name,
-                if missing.len() > 1 { "s" } else { "" },
-                missing
-                    .iter()
-                    .map(|m| format!("`{m}`"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                if missing.len() > 1 { "ve" } else { "s" },
+                crate::document::no_default_phrase(&missing),
                 missing
                     .iter()
                     .map(|m| format!("{m}=VALUE"))

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use kiln_core::cache::StepCache;
-use kiln_core::record::{ImageQuery, ImageRecord, Records};
+use kiln_core::record::{ImageQuery, ImageRecord, Records, StepTiming};
 use kiln_core::store::Home;
 
 use crate::build::{bytes, seconds, Output};
@@ -104,6 +104,20 @@ pub fn run(cmd: ImageCommand) -> Result<u8> {
         ImageCommand::Get(a) => get(a),
         ImageCommand::Logs(a) => logs(a),
     }
+}
+
+/// One line per step: name, status, time.
+fn write_steps(out: &mut impl Write, steps: &[StepTiming]) -> std::io::Result<()> {
+    for s in steps {
+        writeln!(
+            out,
+            "         {:<40} {:<10} {:>8}",
+            s.step,
+            s.status,
+            seconds(s.duration_ms)
+        )?;
+    }
+    Ok(())
 }
 
 fn list(a: ListArgs) -> Result<u8> {
@@ -208,15 +222,7 @@ fn get(a: GetArgs) -> Result<u8> {
                 .map(|l| format!("{} ({})", &l[..l.len().min(19)], bytes(c.layer_size)))
                 .unwrap_or_else(|| "no layer".into())
         )?;
-        for s in &c.steps {
-            writeln!(
-                out,
-                "         {:<40} {:<10} {:>8}",
-                s.step,
-                s.status,
-                seconds(s.duration_ms)
-            )?;
-        }
+        write_steps(&mut out, &c.steps)?;
     }
     if let Some(t) = &r.tests {
         writeln!(
@@ -237,15 +243,7 @@ fn get(a: GetArgs) -> Result<u8> {
                 t.accelerator.as_deref().unwrap_or("?")
             )?;
         }
-        for s in &t.steps {
-            writeln!(
-                out,
-                "         {:<40} {:<10} {:>8}",
-                s.step,
-                s.status,
-                seconds(s.duration_ms)
-            )?;
-        }
+        write_steps(&mut out, &t.steps)?;
     }
     if let Some(d) = &r.disk {
         writeln!(

@@ -236,15 +236,7 @@ fn a_failing_step_fails_the_build_and_leaves_nothing_behind() {
         processes_with("sleep 900").is_empty(),
         "a process of the build outlived it"
     );
-    let run = home().join("run");
-    let leftovers: Vec<_> = std::fs::read_dir(&run)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.to_string_lossy().contains(&name))
-                .collect()
-        })
-        .unwrap_or_default();
+    let leftovers = run_folders_of(&name);
     assert!(leftovers.is_empty(), "scratch left: {leftovers:?}");
 }
 
@@ -302,14 +294,7 @@ fn a_killed_kiln_leaves_nothing_running_and_the_build_is_marked_interrupted() {
     assert_eq!(rec["failure"]["stage"], "BUILDING");
     let o = kiln(&["cache", "info"]);
     assert!(o.status.success());
-    let left: Vec<_> = std::fs::read_dir(home().join("run"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.to_string_lossy().contains(&name))
-                .collect()
-        })
-        .unwrap_or_default();
+    let left = run_folders_of(&name);
     assert!(left.is_empty(), "scratch not swept: {left:?}");
 }
 

@@ -364,11 +364,10 @@ fn a_failed_vm_is_kept_on_request_and_nothing_is_left_when_kiln_is_killed_mid_bo
             break;
         }
         if run_id.is_none() {
-            run_id = std::fs::read_dir(home().join("run"))
-                .unwrap()
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .find(|n| n.starts_with(&name));
+            run_id = run_folders_of(&name)
+                .first()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned());
         }
     }
     let run = run_id.expect("the build's run folder");

@@ -107,3 +107,15 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The run folders (`$KILN_HOME/run/...`) of builds whose name contains `name`.
+pub fn run_folders_of(name: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(home().join("run"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().contains(name))
+                .collect()
+        })
+        .unwrap_or_default()
+}
