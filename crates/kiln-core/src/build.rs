@@ -26,7 +26,7 @@ use crate::inventory;
 use crate::parent::{self, compression_of, Parent};
 use crate::recipe::{BuilderKind, ComponentSource, Recipe};
 use crate::record::*;
-use crate::store::{self, read_json, write_json, Home, LayerStore, StoredLayer};
+use crate::store::{self, read_json, sha256_hex, write_json, Home, LayerStore, StoredLayer};
 use kiln_image::disk::DiskFormat;
 
 /// How a build runs.
@@ -215,10 +215,6 @@ struct TestCacheEntry {
     build_version: String,
     passed_at: DateTime<Utc>,
     packages: Vec<Package>,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 fn millis(since: Instant) -> u64 {

@@ -254,7 +254,7 @@ pub fn place(
     let ext = format.extension();
     let path = dir.join(format!("{build_stem}.{ext}"));
     kdisk::convert(raw, &path, format, compressed).map_err(|e| e.to_string())?;
-    let digest = file_sha256(&path)?;
+    let digest = kiln_image::digest::sha256_file(&path).map_err(|e| e.to_string())?;
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     Ok(Placed { path, digest, size })
 }
@@ -276,44 +276,14 @@ pub fn link_version(placed: &Path, stem: &str) -> Result<PathBuf, String> {
     Ok(latest)
 }
 
-fn file_sha256(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let mut f =
-        std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("sha256:{}", hex::encode(h.finalize())))
-}
-
-/// Host programs a disk build needs, with the Debian package of each.
-pub const HOST_PROGRAMS: &[(&str, &str)] = &[
-    ("qemu-system-x86_64", "qemu-system-x86"),
-    ("qemu-img", "qemu-utils"),
-    ("mkfs.ext4", "e2fsprogs"),
-    ("sfdisk", "fdisk"),
-    ("grub-mkimage", "grub-pc-bin"),
-];
-
-/// The host programs that are missing, as `program (package)`.
+/// The host programs a disk build needs and this host lacks, as `program (package)`: those
+/// kiln-image assembles and converts disks with, and QEMU.
 pub fn missing_host_programs() -> Vec<String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
-        .collect();
-    HOST_PROGRAMS
-        .iter()
-        .filter(|(p, _)| !dirs.iter().any(|d| d.join(p).is_file()))
-        .map(|(p, pkg)| format!("{p} ({pkg})"))
-        .collect()
+    let mut missing = kdisk::missing_tools();
+    if kiln_instance::vm::qemu_binary().is_err() {
+        missing.push("qemu-system-x86_64 (qemu-system-x86)".into());
+    }
+    missing
 }
 
 #[cfg(test)]

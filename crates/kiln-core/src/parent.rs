@@ -4,13 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use kiln_image::oci_spec::image::ImageConfiguration;
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncBufReadExt;
 
 use crate::cache::{StepCache, StepKey};
 use crate::recipe::{Compression, ParentImage, Recipe};
 use crate::record::{ImageQuery, ParentRecord, Records};
-use crate::store::{Home, LayerStore, StoreError, StoredLayer};
+use crate::store::{sha256_hex, Home, LayerStore, StoreError, StoredLayer};
 
 /// The hostname a bootstrapped image carries (each instance sets its own).
 const BOOTSTRAP_HOSTNAME: &str = "debian";
@@ -58,10 +57,6 @@ pub(crate) fn compression_of(c: Compression) -> kiln_image::Compression {
         Compression::Gzip => kiln_image::Compression::Gzip,
         Compression::Zstd => kiln_image::Compression::Zstd,
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// Finds `program` in `PATH`.

@@ -47,6 +47,12 @@ pub(crate) fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Stor
     move |source| StoreError::Io { what, path, source }
 }
 
+/// The hex SHA-256 of bytes (cache keys, recipe and document digests).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Writes JSON through a temporary file and a rename: readers see the old or the new file.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Corrupt {

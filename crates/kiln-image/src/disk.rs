@@ -103,6 +103,24 @@ fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> DiskError {
     move |source| DiskError::Io { what, path, source }
 }
 
+/// The host programs disk assembly and conversion run, with the Debian package of each.
+pub const TOOLS: &[(&str, &str)] = &[
+    ("unshare", "util-linux"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("sfdisk", "fdisk"),
+    ("grub-mkimage", "grub-pc-bin"),
+    ("qemu-img", "qemu-utils"),
+];
+
+/// The [`TOOLS`] this host lacks, as `program (package)`, found where assembly looks for them.
+pub fn missing_tools() -> Vec<String> {
+    TOOLS
+        .iter()
+        .filter(|(p, pkg)| need(p, pkg).is_err())
+        .map(|(p, pkg)| format!("{p} ({pkg})"))
+        .collect()
+}
+
 fn need(program: &str, package: &str) -> Result<PathBuf, DiskError> {
     for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
         let p = Path::new(dir).join(program);

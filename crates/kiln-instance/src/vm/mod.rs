@@ -117,7 +117,8 @@ pub struct Vm {
     agent_cache: Mutex<AgentCache>,
 }
 
-fn qemu_binary() -> Result<PathBuf, InstanceError> {
+/// `qemu-system-x86_64`, or what to install.
+pub fn qemu_binary() -> Result<PathBuf, InstanceError> {
     for p in [
         "/usr/bin/qemu-system-x86_64",
         "/usr/local/bin/qemu-system-x86_64",
