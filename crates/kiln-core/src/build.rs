@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -115,6 +116,7 @@ pub enum BuildError {
 struct Component {
     name: String,
     source: String,
+    arn: Option<String>,
     resolved: Resolved,
     sha256: String,
     parameters: Vec<(String, String)>,
@@ -240,6 +242,33 @@ fn timings(report: &ExecutionReport) -> Vec<StepTiming> {
         .collect()
 }
 
+/// Saves a record, warning when the store cannot take it (the build goes on; the final
+/// record is saved with an error).
+async fn save(records: &Records, rec: &ImageRecord) {
+    if let Err(e) = records.save(rec).await {
+        tracing::warn!("cannot save the build record: {e}");
+    }
+}
+
+/// Returns once `kiln image cancel` has asked to stop this build, unless it is distributing.
+async fn cancel_requested(records: &Records, arn: &str, distributing: &AtomicBool) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if distributing.load(Ordering::SeqCst) {
+            continue;
+        }
+        if records
+            .store()
+            .db()
+            .cancel_requested(arn)
+            .await
+            .unwrap_or(false)
+        {
+            return;
+        }
+    }
+}
+
 /// The first failed step of a report: `(phase/step, message)`, or the phase-level reason.
 fn first_failure(report: &ExecutionReport) -> (Option<String>, String) {
     for d in &report.documents {
@@ -268,6 +297,21 @@ pub struct Builder {
     home: Home,
     options: BuildOptions,
     loader: DocumentLoader,
+    store: Option<crate::state::Store>,
+    origin: Origin,
+}
+
+/// Where a build comes from, for its record.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// Who started it.
+    pub owner: String,
+    /// The pipeline, when a pipeline runs it.
+    pub pipeline: Option<String>,
+    /// The stored recipe.
+    pub recipe_arn: Option<String>,
+    /// The infrastructure and distribution configurations.
+    pub configurations: Vec<String>,
 }
 
 impl Builder {
@@ -277,7 +321,30 @@ impl Builder {
             home,
             options,
             loader: DocumentLoader::new(),
+            store: None,
+            origin: Origin {
+                owner: crate::resources::current_owner(),
+                ..Origin::default()
+            },
         }
+    }
+
+    /// Records builds in this store (opened from the data directory otherwise); components
+    /// named by ARN come from it too.
+    pub fn with_store(mut self, store: crate::state::Store) -> Self {
+        self.loader = self
+            .loader
+            .with_resolver(Arc::new(crate::resources::StoreResolver::new(
+                store.clone(),
+            )));
+        self.store = Some(store);
+        self
+    }
+
+    /// Says where the build comes from (a pipeline, a stored recipe).
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = origin;
+        self
     }
 
     /// Where component documents named by ARN come from.
@@ -335,6 +402,7 @@ impl Builder {
                 doc.name.clone()
             };
             out.push(Component {
+                arn: matches!(c.source, ComponentSource::Arn(_)).then(|| doc.source.name.clone()),
                 name,
                 sha256: sha256_hex(doc.source.text.as_bytes()),
                 has_layer: doc.phase("build").is_some() || doc.phase("validate").is_some(),
@@ -400,20 +468,21 @@ impl Builder {
         ));
         let lock =
             RunLock::acquire(&run_dir).map_err(|e| BuildError::Environment(e.to_string()))?;
-        let records = Records::new(self.home.clone());
-        for b in records.recover_interrupted() {
+        let store = match &self.store {
+            Some(s) => s.clone(),
+            None => crate::state::Store::open(&self.home).await?,
+        };
+        let records = Records::new(store);
+        for b in records.recover_interrupted().await? {
             observer.event(&BuildEvent::Progress(&format!(
                 "{b} was interrupted earlier; it is now FAILED"
             )));
         }
-        let build = records.allocate(&recipe.name, &recipe.semantic_version)?;
-        let logs = records.logs_dir(&recipe.name, &recipe.semantic_version, build);
-        std::fs::create_dir_all(&logs).map_err(store::io("creating", &logs))?;
         let mut rec = ImageRecord {
-            arn: image_arn(&recipe.name, &recipe.semantic_version, build),
+            arn: String::new(),
             name: recipe.name.clone(),
             version: recipe.semantic_version,
-            build,
+            build: 0,
             state: State::Pending,
             history: Vec::new(),
             recipe: recipe.source.path.clone(),
@@ -424,6 +493,7 @@ impl Builder {
                 .map(|c| ComponentRecord {
                     name: c.name.clone(),
                     source: c.source.clone(),
+                    arn: c.arn.clone(),
                     document_sha256: c.sha256.clone(),
                     parameters: c.parameters.clone(),
                     cache_key: String::new(),
@@ -442,16 +512,25 @@ impl Builder {
             packages: Vec::new(),
             created: now,
             duration_ms: 0,
-            logs: logs.clone(),
+            logs: PathBuf::new(),
             run_dir: Some(run_dir.clone()),
+            owner: self.origin.owner.clone(),
+            pipeline: self.origin.pipeline.clone(),
+            recipe_arn: self.origin.recipe_arn.clone(),
+            configurations: self.origin.configurations.clone(),
+            distributing: Vec::new(),
         };
         rec.set_state(State::Pending, None);
-        records.save(&rec)?;
+        records.create(&mut rec).await?;
+        let logs = rec.logs.clone();
+        std::fs::create_dir_all(&logs).map_err(store::io("creating", &logs))?;
         observer.event(&BuildEvent::Started(&rec));
 
         let mut chain: Vec<StoredLayer> = Vec::new();
-        let result = self
-            .stages(
+        let arn = rec.arn.clone();
+        let distributing = AtomicBool::new(false);
+        let result = {
+            let stages = self.stages(
                 recipe,
                 &components,
                 &mut rec,
@@ -460,11 +539,23 @@ impl Builder {
                 epoch,
                 &mut chain,
                 &observer,
-            )
-            .await;
+                &distributing,
+            );
+            // `kiln image cancel` asks through the store; dropping the stages stops their
+            // instance (sandbox helpers and VM keepers die with their handles). Once
+            // distribution starts the build finishes: a region is never left half-written.
+            tokio::select! {
+                r = stages => Some(r),
+                _ = cancel_requested(&records, &arn, &distributing) => None,
+            }
+        };
         match result {
-            Ok(()) => rec.set_state(State::Available, None),
-            Err(f) => {
+            None => {
+                observer.event(&BuildEvent::Progress("cancelled on request"));
+                rec.set_state(State::Cancelled, Some("cancelled on request".into()));
+            }
+            Some(Ok(())) => rec.set_state(State::Available, None),
+            Some(Err(f)) => {
                 rec.set_state(State::Failed, Some(f.reason.clone()));
                 rec.failure = Some(FailureInfo {
                     stage: f.stage,
@@ -481,7 +572,8 @@ impl Builder {
         // The final record is written while the run folder is still held: another kiln that
         // sees the folder released must also see the final state, never take the build for
         // an interrupted one.
-        let saved = records.save(&rec);
+        rec.distributing.clear();
+        let saved = records.save(&rec).await;
         drop(lock);
         store::remove_tree(&run_dir);
         saved?;
@@ -506,15 +598,11 @@ impl Builder {
         epoch: i64,
         chain: &mut Vec<StoredLayer>,
         observer: &Arc<dyn BuildObserver>,
+        distributing: &AtomicBool,
     ) -> Result<(), StageFailure> {
-        let save = |rec: &ImageRecord| {
-            if let Err(e) = records.save(rec) {
-                tracing::warn!("cannot save the build record: {e}");
-            }
-        };
         // BUILDING: the parent, then each component.
         rec.set_state(State::Building, None);
-        save(rec);
+        save(records, rec).await;
         observer.event(&BuildEvent::Stage(State::Building));
         let parent_log = Mutex::new(std::fs::File::create(rec.logs.join("parent.log")).ok());
         let progress = |line: &str| {
@@ -538,7 +626,7 @@ impl Builder {
         .map_err(|e| StageFailure::new(State::Building, e.to_string()))?;
         rec.parent = Some(parent.record.clone());
         chain.extend(parent.layers.iter().cloned());
-        save(rec);
+        save(records, rec).await;
 
         let cache = StepCache::new(self.home.clone());
         let store = LayerStore::new(self.home.clone());
@@ -675,7 +763,7 @@ impl Builder {
                 cr.layer = Some(layer.info.diff_id.clone());
                 cr.layer_size = layer.info.size;
                 chain.push(layer);
-                save(rec);
+                save(records, rec).await;
                 observer.event(&BuildEvent::ComponentFinished {
                     index: i,
                     record: &rec.components[i],
@@ -698,7 +786,7 @@ impl Builder {
 
         // TESTING: a fresh sandbox from the captured image, every component's test phase.
         rec.set_state(State::Testing, None);
-        save(rec);
+        save(records, rec).await;
         observer.event(&BuildEvent::Stage(State::Testing));
         let t0 = Instant::now();
         let testable: Vec<&Component> = components.iter().filter(|c| c.has_test).collect();
@@ -898,7 +986,7 @@ impl Builder {
                 },
             );
         }
-        save(rec);
+        save(records, rec).await;
 
         // The guest agent kiln brought in goes, when the recipe asks: one more layer on the disk.
         if let Some(a) = assembled.as_mut() {
@@ -920,12 +1008,15 @@ impl Builder {
             if let Some(d) = rec.disk.as_mut() {
                 d.guest_agent = guest_agent.as_str().to_string();
             }
-            save(rec);
+            save(records, rec).await;
         }
 
-        // DISTRIBUTING: every region gets the image, each atomically.
+        // DISTRIBUTING: every region gets the image, each atomically. What it will write is
+        // saved first, so that a kiln that dies half-way can be undone by the next one.
+        distributing.store(true, Ordering::SeqCst);
+        rec.distributing = self.plan_outputs(recipe, rec);
         rec.set_state(State::Distributing, None);
-        save(rec);
+        save(records, rec).await;
         observer.event(&BuildEvent::Stage(State::Distributing));
         // Disks first: they can be taken back if an OCI region fails afterwards.
         let placed_disks = match &assembled {
@@ -945,9 +1036,10 @@ impl Builder {
                 .path
                 .clone()
                 .unwrap_or_else(|| self.home.regions().join(&d.region));
+            // The build's own tag first: the version's tag moves only once the image is in.
             let tags = [
-                rec.version.to_string(),
                 format!("{}-{}", rec.version, rec.build),
+                rec.version.to_string(),
             ];
             for tag in &tags {
                 let (dir2, tag2, blobs2, settings2) =
@@ -991,6 +1083,45 @@ impl Builder {
             });
         }
         Ok(())
+    }
+
+    /// Where distribution will write this build.
+    fn plan_outputs(&self, recipe: &Recipe, rec: &ImageRecord) -> Vec<PlannedOutput> {
+        let mut plan = Vec::new();
+        for d in &recipe.distributions {
+            let dir = d
+                .path
+                .clone()
+                .unwrap_or_else(|| self.home.regions().join(&d.region));
+            if recipe.wants_oci() {
+                plan.push(PlannedOutput {
+                    region: d.region.clone(),
+                    kind: "oci".into(),
+                    location: dir.clone(),
+                    tags: vec![
+                        format!("{}-{}", rec.version, rec.build),
+                        rec.version.to_string(),
+                    ],
+                });
+            }
+            if recipe.wants_disk() {
+                for format in &recipe.disk.formats {
+                    plan.push(PlannedOutput {
+                        region: d.region.clone(),
+                        kind: "disk".into(),
+                        location: dir.join("disks").join(format!(
+                            "{}-{}-{}.{}",
+                            rec.name,
+                            rec.version,
+                            rec.build,
+                            format.extension()
+                        )),
+                        tags: Vec::new(),
+                    });
+                }
+            }
+        }
+        plan
     }
 
     /// Places the disk in every region in each format, under this build's own names. A failure
@@ -1347,7 +1478,7 @@ impl Builder {
                 ));
                 break;
             }
-            if let Err(e) = records.save(rec) {
+            if let Err(e) = records.save(rec).await {
                 tracing::warn!("cannot save the build record: {e}");
             }
             observer.event(&BuildEvent::ComponentFinished {
@@ -1684,6 +1815,7 @@ fn internal_component(text: &str) -> Result<Component, String> {
     let name = loaded.document.name.clone();
     Ok(Component {
         sha256: sha256_hex(text.as_bytes()),
+        arn: None,
         source: format!("kiln:{name}"),
         resolved: Resolved {
             identity: format!("kiln:{name}"),

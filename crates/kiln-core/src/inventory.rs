@@ -64,6 +64,45 @@ pub struct PackageDiff {
     pub changed: Vec<(Package, Package)>,
 }
 
+impl PackageDiff {
+    /// True when the inventories are the same.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// The image a build's packages are compared with: the newest AVAILABLE image made before it
+/// by the same pipeline (for `kiln build FILE`, of the same name).
+pub async fn previous_image(
+    records: &crate::record::Records,
+    rec: &crate::record::ImageRecord,
+) -> Result<Option<crate::record::ImageRecord>, crate::store::StoreError> {
+    let mut f = kiln_store::Filter {
+        states: vec!["AVAILABLE".into()],
+        order: kiln_store::Order::Newest,
+        ..kiln_store::Filter::default()
+    };
+    match &rec.pipeline {
+        Some(p) => f.pipeline = Some(p.clone()),
+        None => f.name = Some(rec.name.clone()),
+    }
+    // Newest first, a page at a time: the previous image is usually on the first.
+    f.limit = Some(50);
+    loop {
+        let page = records.summaries(&f).await?;
+        for s in &page {
+            let same_origin = s.pipeline == rec.pipeline;
+            if s.created < rec.created && s.arn != rec.arn && same_origin {
+                return records.get(&s.arn).await;
+            }
+        }
+        if page.len() < 50 {
+            return Ok(None);
+        }
+        f.offset += 50;
+    }
+}
+
 /// Compares inventories by package name and architecture.
 pub fn diff(old: &[Package], new: &[Package]) -> PackageDiff {
     use std::collections::BTreeMap;

@@ -4,10 +4,14 @@
 pub mod build;
 pub mod cache;
 pub mod disk;
+pub mod distribute;
 pub mod instances;
 pub mod inventory;
 pub mod parent;
+pub mod pipeline;
 pub mod recipe;
 pub mod record;
+pub mod resources;
+pub mod state;
 pub mod store;
 pub mod version;

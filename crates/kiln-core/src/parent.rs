@@ -228,20 +228,35 @@ pub async fn resolve(
             p.record.resolved = pulled.manifest_digest;
             Ok(p)
         }
-        ParentImage::Image { name, version } => {
-            let records = Records::new(home.clone());
+        ParentImage::Image {
+            name,
+            version,
+            build,
+        } => {
+            let state = crate::state::Store::open(home)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let records = Records::new(state);
             let q = ImageQuery {
                 name: name.clone(),
                 version: Some(*version),
-                build: None,
+                build: *build,
             };
-            let Some(rec) = records.newest_available(&q) else {
+            let found = records
+                .newest_available(&q)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let Some(rec) = found else {
+                let mut any = crate::record::filter_of(&ImageQuery {
+                    name: name.clone(),
+                    version: None,
+                    build: None,
+                });
+                any.limit = Some(10);
                 let known: Vec<String> = records
-                    .find(&ImageQuery {
-                        name: name.clone(),
-                        version: None,
-                        build: None,
-                    })
+                    .summaries(&any)
+                    .await
+                    .map_err(|e| unavailable(e.to_string()))?
                     .iter()
                     .map(|r| format!("{} ({})", r.build_version(), r.state.as_str()))
                     .collect();
@@ -249,7 +264,7 @@ pub async fn resolve(
                     format!("kiln has built no image named `{name}`")
                 } else {
                     format!(
-                        "no AVAILABLE build of `{name}` matches {version}; builds: {}",
+                        "no AVAILABLE build of `{name}` matches {version}; newest builds: {}",
                         known.join(", ")
                     )
                 }));

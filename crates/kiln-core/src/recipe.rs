@@ -75,6 +75,8 @@ pub enum ParentImage {
         name: String,
         /// Version filter.
         version: VersionFilter,
+        /// One build of it (an image ARN can name one).
+        build: Option<u32>,
     },
 }
 
@@ -86,7 +88,16 @@ impl fmt::Display for ParentImage {
             ParentImage::Oci { dir, tag: None } => write!(f, "oci:{}", dir.display()),
             ParentImage::Registry { reference } => write!(f, "docker://{reference}"),
             ParentImage::Rootfs { file } => write!(f, "rootfs:{}", file.display()),
-            ParentImage::Image { name, version } => write!(f, "kiln:{name}/{version}"),
+            ParentImage::Image {
+                name,
+                version,
+                build: None,
+            } => write!(f, "kiln:{name}/{version}"),
+            ParentImage::Image {
+                name,
+                version,
+                build: Some(n),
+            } => write!(f, "kiln:{name}/{version}/{n}"),
         }
     }
 }
@@ -105,6 +116,14 @@ pub fn parse_parent(text: &str, base: &Path) -> Result<ParentImage, String> {
             base.join(p)
         }
     };
+    if text.starts_with("arn:") {
+        let q: crate::record::ImageQuery = text.parse()?;
+        return Ok(ParentImage::Image {
+            name: q.name,
+            version: q.version.unwrap_or_default(),
+            build: q.build,
+        });
+    }
     let Some((scheme, rest)) = text.split_once(':') else {
         // `name/version` without a scheme is a kiln image.
         return parse_image(text);
@@ -170,15 +189,16 @@ pub fn parse_parent(text: &str, base: &Path) -> Result<ParentImage, String> {
 }
 
 fn parse_image(text: &str) -> Result<ParentImage, String> {
-    let (name, version) = text
-        .split_once('/')
-        .ok_or_else(|| format!("`{text}` is not an image reference; kiln reads {TRANSPORTS}"))?;
-    let version = version
-        .parse::<VersionFilter>()
-        .map_err(|e| e.to_string())?;
+    if !text.contains('/') {
+        return Err(format!(
+            "`{text}` is not an image reference; kiln reads {TRANSPORTS}, or an image ARN"
+        ));
+    }
+    let q: crate::record::ImageQuery = text.parse()?;
     Ok(ParentImage::Image {
-        name: name.to_string(),
-        version,
+        name: q.name,
+        version: q.version.unwrap_or_default(),
+        build: q.build,
     })
 }
 
@@ -378,6 +398,8 @@ pub struct Recipe {
     pub infrastructure: Infrastructure,
     /// The file.
     pub source: Arc<RecipeSource>,
+    /// Warnings found while reading it.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl Recipe {
@@ -469,8 +491,41 @@ fn is_name(s: &str) -> bool {
         && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
+/// What a recipe file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// A recipe for `kiln build FILE`: everything in one file.
+    File,
+    /// An image recipe resource (CreateImageRecipe's fields): makes a disk by default.
+    ImageRecipe,
+    /// A container recipe resource (CreateContainerRecipe's fields): makes an OCI image.
+    ContainerRecipe,
+}
+
+/// Keys of Image Builder's requests that kiln reads but does not use, with why.
+const AWS_ONLY: &[(&str, &str)] = &[
+    ("amiTags", "kiln makes no AMIs"),
+    ("kmsKeyId", "kiln does not encrypt images with KMS"),
+    ("platformOverride", "kiln builds Linux images"),
+    ("imageOsVersionOverride", "kiln reads the OS from the image"),
+    (
+        "instanceConfiguration",
+        "the infrastructure configuration sets the builder",
+    ),
+    (
+        "targetRepository",
+        "the distribution configuration says where images go",
+    ),
+];
+
 /// Parses and checks a recipe, reporting every problem.
 pub fn parse(source: RecipeSource) -> Result<Recipe, RecipeErrors> {
+    parse_as(source, Flavor::File)
+}
+
+/// Parses and checks a recipe of a flavor, reporting every problem. Resource recipes may
+/// leave out `semanticVersion` (kiln picks one; the recipe then says 0.0.0).
+pub fn parse_as(source: RecipeSource, flavor: Flavor) -> Result<Recipe, RecipeErrors> {
     let source = Arc::new(source);
     let mut r = Reader::new();
     let recipe = match kiln_yaml::parse(&source.text) {
@@ -480,13 +535,16 @@ pub fn parse(source: RecipeSource) -> Result<Recipe, RecipeErrors> {
         }
         Ok(p) => {
             r.diagnostics.extend(p.diagnostics);
-            build(&mut r, &p.root, &source)
+            build(&mut r, &p.root, &source, flavor)
         }
     };
     r.diagnostics
         .sort_by_key(|d| d.span.map(|s| (s.start.line, s.start.col)));
     match recipe {
-        Some(recipe) if !r.has_errors() => Ok(recipe),
+        Some(mut recipe) if !r.has_errors() => {
+            recipe.warnings = r.diagnostics;
+            Ok(recipe)
+        }
         _ => Err(RecipeErrors {
             source,
             diagnostics: r.diagnostics,
@@ -494,9 +552,18 @@ pub fn parse(source: RecipeSource) -> Result<Recipe, RecipeErrors> {
     }
 }
 
-fn build(r: &mut Reader, root: &Node, source: &Arc<RecipeSource>) -> Option<Recipe> {
+fn build(
+    r: &mut Reader,
+    root: &Node,
+    source: &Arc<RecipeSource>,
+    flavor: Flavor,
+) -> Option<Recipe> {
     let m = r.map(root, "a recipe")?;
-    r.known_keys(m, TOP_KEYS, "a recipe");
+    if flavor == Flavor::File {
+        r.known_keys(m, TOP_KEYS, "a recipe");
+    } else {
+        resource_keys(r, m, flavor);
+    }
     let base = recipe_dir(&source.path);
     let at = root.span;
 
@@ -510,17 +577,20 @@ fn build(r: &mut Reader, root: &Node, source: &Arc<RecipeSource>) -> Option<Reci
             );
         }
     }
-    let semantic_version = r
-        .required_string(m, "semanticVersion", at, "a recipe")
-        .and_then(|v| match v.parse::<Version>() {
-            Ok(v) => Some(v),
-            Err(e) => {
-                if let Some(n) = m.get("semanticVersion") {
-                    r.error(n.span, e.to_string(), None);
-                }
-                None
+    let semantic_version = if flavor != Flavor::File && m.get("semanticVersion").is_none() {
+        Some(Version::default().to_string())
+    } else {
+        r.required_string(m, "semanticVersion", at, "a recipe")
+    };
+    let semantic_version = semantic_version.and_then(|v| match v.parse::<Version>() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            if let Some(n) = m.get("semanticVersion") {
+                r.error(n.span, e.to_string(), None);
             }
-        });
+            None
+        }
+    });
     let description = r.string(m, "description").unwrap_or_default();
     let parent = r
         .required_string(m, "parentImage", at, "a recipe")
@@ -588,7 +658,8 @@ fn build(r: &mut Reader, root: &Node, source: &Arc<RecipeSource>) -> Option<Reci
     }
 
     let infrastructure = infrastructure(r, m);
-    let mut outputs = if infrastructure.builder == BuilderKind::Vm {
+    let mut outputs = if infrastructure.builder == BuilderKind::Vm || flavor == Flavor::ImageRecipe
+    {
         vec![OutputKind::Disk]
     } else {
         vec![OutputKind::Oci]
@@ -629,6 +700,13 @@ fn build(r: &mut Reader, root: &Node, source: &Arc<RecipeSource>) -> Option<Reci
                 o.span,
                 "`outputs` is empty",
                 Some("list `oci`, `disk` or both".into()),
+            );
+        }
+        if flavor == Flavor::ContainerRecipe && outputs.contains(&OutputKind::Disk) {
+            r.error(
+                o.span,
+                "a container recipe makes container images only",
+                Some("make disks with an image recipe (kiln recipe create without containerType), which may list both outputs".into()),
             );
         }
         if infrastructure.builder == BuilderKind::Vm && outputs.contains(&OutputKind::Oci) {
@@ -708,7 +786,103 @@ fn build(r: &mut Reader, root: &Node, source: &Arc<RecipeSource>) -> Option<Reci
         compression,
         infrastructure,
         source: source.clone(),
+        warnings: Vec::new(),
     })
+}
+
+/// The keys of a recipe resource: the recipe's own, Image Builder's request fields, and the
+/// settings that belong to other resources (refused with where they go).
+fn resource_keys(r: &mut Reader, m: &Map, flavor: Flavor) {
+    let elsewhere = [
+        (
+            "infrastructure",
+            "an infrastructure configuration (kiln infrastructure create)",
+        ),
+        (
+            "distributions",
+            "a distribution configuration (kiln distribution create)",
+        ),
+        (
+            "imageTestsConfiguration",
+            "the pipeline (its imageTestsConfiguration)",
+        ),
+    ];
+    let mut allowed: Vec<&str> = TOP_KEYS
+        .iter()
+        .copied()
+        .filter(|k| !elsewhere.iter().any(|(e, _)| e == k))
+        .collect();
+    allowed.push("clientToken");
+    allowed.extend(AWS_ONLY.iter().map(|(k, _)| *k));
+    if flavor == Flavor::ContainerRecipe {
+        allowed.extend([
+            "containerType",
+            "dockerfileTemplateData",
+            "dockerfileTemplateUri",
+        ]);
+    }
+    for (key, node) in m.keys() {
+        if let Some((_, place)) = elsewhere.iter().find(|(e, _)| *e == key) {
+            r.error(
+                node.span,
+                format!("`{key}` does not belong in a stored recipe"),
+                Some(format!("it goes in {place}")),
+            );
+        } else if let Some((_, why)) = AWS_ONLY.iter().find(|(k, _)| *k == key) {
+            r.warn(node.span, format!("`{key}` is ignored: {why}"), None);
+        }
+    }
+    let only_known: Vec<(&str, &Node)> = m
+        .keys()
+        .filter(|(k, _)| !elsewhere.iter().any(|(e, _)| e == k))
+        .collect();
+    for (key, node) in only_known {
+        if !allowed.contains(&key) {
+            let hint = kiln_yaml::did_you_mean(key, allowed.iter().copied())
+                .map(|s| format!("did you mean `{s}`?"));
+            r.error(node.span, format!("unknown key `{key}` in a recipe"), hint);
+        }
+    }
+    if flavor == Flavor::ContainerRecipe {
+        if let Some(t) = m.get("containerType") {
+            if t.as_text() != Some("DOCKER") {
+                r.error(
+                    t.span,
+                    "`containerType` is DOCKER (the only type Image Builder has)",
+                    None,
+                );
+            }
+        }
+        if let Some(d) = m.get("dockerfileTemplateData") {
+            let standard = d.as_text().is_some_and(|t| {
+                t.lines().map(str::trim).filter(|l| !l.is_empty()).all(|l| {
+                    matches!(
+                        l.replace(' ', "").as_str(),
+                        "FROM{{{imagebuilder:parentImage}}}"
+                            | "{{{imagebuilder:environments}}}"
+                            | "{{{imagebuilder:components}}}"
+                    )
+                })
+            });
+            if !standard {
+                r.error(
+                    d.span,
+                    "kiln builds container images from components, not Dockerfile instructions",
+                    Some("use the standard template (FROM {{{ imagebuilder:parentImage }}}, {{{ imagebuilder:environments }}}, {{{ imagebuilder:components }}}) or leave it out, and move the instructions into a component".into()),
+                );
+            }
+        }
+        if let Some(u) = m.get("dockerfileTemplateUri") {
+            r.error(
+                u.span,
+                "kiln builds container images from components, not Dockerfile templates",
+                Some(
+                    "leave dockerfileTemplateUri out and move the instructions into a component"
+                        .into(),
+                ),
+            );
+        }
+    }
 }
 
 fn components(r: &mut Reader, m: &Map, base: &Path, at: Span) -> Vec<ComponentRef> {
@@ -1117,7 +1291,31 @@ fn disk_spec(r: &mut Reader, m: &Map, wanted: bool) -> DiskSpec {
     d
 }
 
+/// The keys of kiln's infrastructure settings.
+pub(crate) const INFRA_KEYS: &[&str] = &[
+    "builder",
+    "network",
+    "memory",
+    "cpus",
+    "pids",
+    "terminateInstanceOnFailure",
+    "bootTimeoutSeconds",
+    "accelerator",
+];
+
 fn infrastructure(r: &mut Reader, m: &Map) -> Infrastructure {
+    let Some(node) = m.get("infrastructure") else {
+        return infrastructure_settings(r, &Map::default());
+    };
+    let Some(im) = r.map(node, "`infrastructure`") else {
+        return infrastructure_settings(r, &Map::default());
+    };
+    r.known_keys(im, INFRA_KEYS, "`infrastructure`");
+    infrastructure_settings(r, im)
+}
+
+/// Reads kiln's infrastructure settings (the keys of [`INFRA_KEYS`]) from a map.
+pub(crate) fn infrastructure_settings(r: &mut Reader, im: &Map) -> Infrastructure {
     use kiln_instance::sandbox::{Limits, Network};
     let mut infra = Infrastructure {
         builder: BuilderKind::Sandbox,
@@ -1131,26 +1329,6 @@ fn infrastructure(r: &mut Reader, m: &Map) -> Infrastructure {
             accel: kiln_instance::vm::Accel::Auto,
         },
     };
-    let Some(node) = m.get("infrastructure") else {
-        return infra;
-    };
-    let Some(im) = r.map(node, "`infrastructure`") else {
-        return infra;
-    };
-    r.known_keys(
-        im,
-        &[
-            "builder",
-            "network",
-            "memory",
-            "cpus",
-            "pids",
-            "terminateInstanceOnFailure",
-            "bootTimeoutSeconds",
-            "accelerator",
-        ],
-        "`infrastructure`",
-    );
     match r.string(im, "builder").as_deref() {
         None | Some("sandbox") => {}
         Some("vm") => infra.builder = BuilderKind::Vm,

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{read_json, write_json, Home, StoreError};
+use kiln_store::{Filter, Kind, Row, Update};
+
+use crate::state::Store;
+use crate::store::{read_json, Home, StoreError};
 use crate::version::{Version, VersionFilter};
 
 /// The region and account kiln names its resources with.
@@ -137,6 +140,9 @@ pub struct ComponentRecord {
     pub document_sha256: String,
     /// Parameters given.
     pub parameters: Vec<(String, String)>,
+    /// The stored component it is (its exact ARN), when the recipe named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
     /// Step cache key.
     pub cache_key: String,
     /// Cache outcome.
@@ -287,6 +293,37 @@ pub struct ImageRecord {
     /// Scratch folder of the kiln process running it (locked while it runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_dir: Option<PathBuf>,
+    /// Who started it (the login name).
+    #[serde(default)]
+    pub owner: String,
+    /// The pipeline that made it (none for `kiln build FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+    /// The image recipe or container recipe it was made from, when it is a stored one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe_arn: Option<String>,
+    /// The infrastructure and distribution configurations (pipelines).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configurations: Vec<String>,
+    /// Where distribution is writing, saved before it writes: what to take back when the
+    /// build dies half-way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distributing: Vec<PlannedOutput>,
+}
+
+/// One place distribution writes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedOutput {
+    /// Region.
+    pub region: String,
+    /// An OCI layout folder (`oci`) or a disk file (`disk`).
+    pub kind: String,
+    /// The layout folder or the disk file.
+    pub location: PathBuf,
+    /// Tags this build writes into the layout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 impl ImageRecord {
@@ -370,145 +407,266 @@ impl std::str::FromStr for ImageQuery {
     }
 }
 
-/// Build records in the data directory.
+/// Build records, kept in the state store; logs stay in files beside them.
 #[derive(Debug, Clone)]
 pub struct Records {
-    home: Home,
+    store: Store,
+}
+
+/// The short form of a record that lists show (the store keeps it beside the full record, so
+/// a list of thousands of images never reads them all).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSummary {
+    /// Image ARN.
+    pub arn: String,
+    /// Image name.
+    pub name: String,
+    /// Semantic version.
+    pub version: Version,
+    /// Build number.
+    pub build: u32,
+    /// Current state.
+    pub state: State,
+    /// When the build started.
+    pub created: DateTime<Utc>,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// Component layers reused from the step cache.
+    pub cache_hits: usize,
+    /// Components that have a layer.
+    pub layers: usize,
+    /// Who started it.
+    #[serde(default)]
+    pub owner: String,
+    /// The pipeline that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+}
+
+impl ImageSummary {
+    /// `name/x.y.z/n`.
+    pub fn build_version(&self) -> String {
+        format!("{}/{}/{}", self.name, self.version, self.build)
+    }
+}
+
+impl ImageRecord {
+    /// Its summary.
+    pub fn summary(&self) -> ImageSummary {
+        ImageSummary {
+            arn: self.arn.clone(),
+            name: self.name.clone(),
+            version: self.version,
+            build: self.build,
+            state: self.state,
+            created: self.created,
+            duration_ms: self.duration_ms,
+            cache_hits: self.cache_hits(),
+            layers: self.components.iter().filter(|c| c.layer.is_some()).count(),
+            owner: self.owner.clone(),
+            pipeline: self.pipeline.clone(),
+        }
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt {
+        path: PathBuf::from("kiln.db"),
+        why: e.to_string(),
+    })
+}
+
+/// The store row of a record.
+pub fn row_of(r: &ImageRecord) -> Result<Row, StoreError> {
+    let mut row = crate::state::row(Kind::Image, r.arn.clone(), r.name.clone());
+    row.version = Some(crate::state::nodes(&r.version));
+    row.build = Some(r.build);
+    row.owner = r.owner.clone();
+    row.state = Some(r.state.as_str().to_string());
+    row.pipeline = r.pipeline.clone();
+    row.digest = r.recipe_sha256.clone();
+    row.created_ms = crate::state::millis(r.created);
+    row.summary = json(&r.summary())?;
+    row.body = json(r)?;
+    Ok(row)
+}
+
+/// The store's filter for a query.
+pub fn filter_of(q: &ImageQuery) -> Filter {
+    Filter {
+        kind: Some(Kind::Image),
+        name: Some(q.name.clone()),
+        version: q.version.map(|f| f.nodes()).unwrap_or([None; 3]),
+        build: q.build,
+        ..Filter::default()
+    }
 }
 
 impl Records {
-    /// The records of a data directory.
-    pub fn new(home: Home) -> Self {
-        Records { home }
+    /// The records of a store.
+    pub fn new(store: Store) -> Self {
+        Records { store }
     }
 
-    fn version_dir(&self, name: &str, version: &Version) -> PathBuf {
-        self.home.images().join(name).join(version.to_string())
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
-    /// The folder of one build (record and logs).
+    fn home(&self) -> &Home {
+        self.store.home()
+    }
+
+    /// The folder of one build's files (its logs).
     pub fn build_dir(&self, name: &str, version: &Version, build: u32) -> PathBuf {
-        self.version_dir(name, version).join(build.to_string())
+        self.home()
+            .images()
+            .join(name)
+            .join(version.to_string())
+            .join(build.to_string())
     }
 
-    /// Reserves the next build number of a version: creates its folder atomically, so two
-    /// builds never get the same number.
-    pub fn allocate(&self, name: &str, version: &Version) -> Result<u32, StoreError> {
-        let dir = self.version_dir(name, version);
-        std::fs::create_dir_all(&dir).map_err(crate::store::io("creating", &dir))?;
-        let mut n = self.builds_of(name, version).into_iter().max().unwrap_or(0) + 1;
-        loop {
-            let d = dir.join(n.to_string());
-            match std::fs::create_dir(&d) {
-                Ok(()) => return Ok(n),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
-                Err(e) => return Err(crate::store::io("creating", &d)(e)),
-            }
+    /// Where a build's logs go.
+    pub fn logs_dir(&self, name: &str, version: &Version, build: u32) -> PathBuf {
+        self.build_dir(name, version, build).join("logs")
+    }
+
+    /// Stores a new record under the next build number of its version (two kiln processes
+    /// never get the same one), filling in its number, ARN and logs folder.
+    pub async fn create(&self, rec: &mut ImageRecord) -> Result<(), StoreError> {
+        let template = rec.clone();
+        let make = |build: u32| {
+            let mut r = template.clone();
+            self.number(&mut r, build);
+            let summary = serde_json::to_string(&r.summary()).unwrap_or_default();
+            let body = serde_json::to_string(&r).unwrap_or_default();
+            (r.arn, summary, body)
+        };
+        let row = row_of(rec)?;
+        let stored = self.store.db().create_build(row, Vec::new(), &make).await?;
+        let build = stored.build.unwrap_or(1);
+        self.number(rec, build);
+        Ok(())
+    }
+
+    fn number(&self, r: &mut ImageRecord, build: u32) {
+        r.build = build;
+        r.arn = image_arn(&r.name, &r.version, build);
+        r.logs = self.logs_dir(&r.name, &r.version, build);
+    }
+
+    /// Saves a record's new state.
+    pub async fn save(&self, record: &ImageRecord) -> Result<(), StoreError> {
+        self.store
+            .db()
+            .update(
+                &record.arn,
+                Update {
+                    state: Some(record.state.as_str().to_string()),
+                    summary: Some(json(&record.summary())?),
+                    body: Some(json(record)?),
+                    ..Update::default()
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// One record by ARN.
+    pub async fn get(&self, arn: &str) -> Result<Option<ImageRecord>, StoreError> {
+        match self.store.db().get(arn).await? {
+            None => Ok(None),
+            Some(row) => parse_body(&row).map(Some),
         }
     }
 
-    fn builds_of(&self, name: &str, version: &Version) -> Vec<u32> {
-        let Ok(entries) = std::fs::read_dir(self.version_dir(name, version)) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+    /// Summaries matching a filter (kind is set to images).
+    pub async fn summaries(&self, filter: &Filter) -> Result<Vec<ImageSummary>, StoreError> {
+        let mut f = filter.clone();
+        f.kind = Some(Kind::Image);
+        let rows = self.store.db().list(&f).await?;
+        rows.iter()
+            .map(|row| {
+                serde_json::from_str(&row.summary).map_err(|e| StoreError::Corrupt {
+                    path: crate::state::db_path(self.home()),
+                    why: format!("the summary of {}: {e}", row.arn),
+                })
+            })
             .collect()
     }
 
-    /// Saves a record (atomically).
-    pub fn save(&self, record: &ImageRecord) -> Result<(), StoreError> {
-        write_json(
-            &self
-                .build_dir(&record.name, &record.version, record.build)
-                .join("image.json"),
-            record,
-        )
-    }
-
-    /// Loads one record.
-    pub fn load(
+    /// The newest build a query names, in one of `states` (any state when empty).
+    pub async fn newest(
         &self,
-        name: &str,
-        version: &Version,
-        build: u32,
+        q: &ImageQuery,
+        states: &[State],
     ) -> Result<Option<ImageRecord>, StoreError> {
-        read_json(&self.build_dir(name, version, build).join("image.json"))
-    }
-
-    /// Every record, oldest first (records that cannot be read are skipped with a warning).
-    pub fn all(&self) -> Vec<ImageRecord> {
-        let mut out = Vec::new();
-        let Ok(names) = std::fs::read_dir(self.home.images()) else {
-            return out;
-        };
-        for name in names.flatten() {
-            let Ok(versions) = std::fs::read_dir(name.path()) else {
-                continue;
-            };
-            for v in versions.flatten() {
-                let Ok(builds) = std::fs::read_dir(v.path()) else {
-                    continue;
-                };
-                for b in builds.flatten() {
-                    match read_json::<ImageRecord>(&b.path().join("image.json")) {
-                        Ok(Some(r)) => out.push(r),
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!("{e}"),
-                    }
-                }
-            }
+        let mut f = filter_of(q);
+        f.states = states.iter().map(|s| s.as_str().to_string()).collect();
+        f.limit = Some(1);
+        match self.store.db().list(&f).await?.first() {
+            None => Ok(None),
+            Some(row) => self.get(&row.arn).await,
         }
-        out.sort_by_key(|r| r.created);
-        out
     }
 
-    /// The records a query names, newest first.
-    pub fn find(&self, q: &ImageQuery) -> Vec<ImageRecord> {
-        let mut found: Vec<ImageRecord> = self
-            .all()
-            .into_iter()
-            .filter(|r| r.name == q.name)
-            .filter(|r| q.version.is_none_or(|f| f.matches(&r.version)))
-            .filter(|r| q.build.is_none_or(|n| n == r.build))
-            .collect();
-        found.sort_by(|a, b| crate::version::cmp_build((b.version, b.build), (a.version, a.build)));
-        found
-    }
-
-    /// The newest AVAILABLE build a query names (parent images, "the previous image").
-    pub fn newest_available(&self, q: &ImageQuery) -> Option<ImageRecord> {
-        self.find(q)
-            .into_iter()
-            .find(|r| r.state == State::Available)
+    /// The newest AVAILABLE build a query names (parent images).
+    pub async fn newest_available(
+        &self,
+        q: &ImageQuery,
+    ) -> Result<Option<ImageRecord>, StoreError> {
+        self.newest(q, &[State::Available]).await
     }
 
     /// Marks builds whose kiln process died (their run folder is no longer held) as FAILED
-    /// with reason "interrupted". Returns their build versions.
-    pub fn recover_interrupted(&self) -> Vec<String> {
+    /// with reason "interrupted", and takes back what they had begun to distribute. Returns
+    /// their build versions.
+    pub async fn recover_interrupted(&self) -> Result<Vec<String>, StoreError> {
+        // By state alone (only images have these states): the state index answers it.
+        let running = Filter {
+            states: [
+                State::Pending,
+                State::Building,
+                State::Testing,
+                State::Distributing,
+            ]
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect(),
+            ..Filter::default()
+        };
         let mut fixed = Vec::new();
-        for mut r in self.all() {
-            if r.state.is_final() {
+        for row in self.store.db().list(&running).await? {
+            let Some(r) = self.get(&row.arn).await? else {
                 continue;
-            }
+            };
             let alive = r
                 .run_dir
                 .as_deref()
                 .is_some_and(kiln_instance::sandbox::is_held);
-            if alive {
+            if alive || r.state.is_final() {
                 continue;
             }
             // A build writes its final record before it releases its run folder, so a fresh
             // read now tells a finished build from a dead one.
-            match self.load(&r.name, &r.version, r.build) {
-                Ok(Some(fresh)) if !fresh.state.is_final() => r = fresh,
-                _ => continue,
+            let Some(mut r) = self.get(&row.arn).await? else {
+                continue;
+            };
+            if r.state.is_final() {
+                continue;
             }
             let stage = r.state;
-            let reason =
+            let mut reason =
                 "interrupted: the kiln process running this build stopped before it finished"
                     .to_string();
+            if stage == State::Distributing {
+                let undone = crate::distribute::take_back(self, &r).await;
+                if !undone.is_empty() {
+                    reason.push_str(&format!("; took back {}", undone.join(", ")));
+                }
+                r.outputs.clear();
+            }
             r.set_state(State::Failed, Some(reason.clone()));
             r.failure = Some(FailureInfo {
                 stage,
@@ -519,17 +677,19 @@ impl Records {
                 log: None,
                 kept_instance: None,
             });
-            if self.save(&r).is_ok() {
-                fixed.push(r.build_version());
-            }
+            self.save(&r).await?;
+            fixed.push(r.build_version());
         }
-        fixed
+        Ok(fixed)
     }
+}
 
-    /// Where a build's logs go.
-    pub fn logs_dir(&self, name: &str, version: &Version, build: u32) -> PathBuf {
-        self.build_dir(name, version, build).join("logs")
-    }
+/// A stored record.
+pub fn parse_body(row: &Row) -> Result<ImageRecord, StoreError> {
+    serde_json::from_str(&row.body).map_err(|e| StoreError::Corrupt {
+        path: PathBuf::from("kiln.db"),
+        why: format!("the record of {}: {e}", row.arn),
+    })
 }
 
 /// Reads a record file directly (tests, tools).
@@ -541,13 +701,13 @@ pub fn read_record(path: &Path) -> Result<Option<ImageRecord>, StoreError> {
 mod tests {
     use super::*;
 
-    fn record(name: &str, version: &str, build: u32, state: State) -> ImageRecord {
+    fn record(name: &str, version: &str, state: State) -> ImageRecord {
         let version: Version = version.parse().unwrap();
         ImageRecord {
-            arn: image_arn(name, &version, build),
+            arn: String::new(),
             name: name.into(),
             version,
-            build,
+            build: 0,
             state,
             history: vec![],
             recipe: "r.yml".into(),
@@ -564,69 +724,110 @@ mod tests {
             duration_ms: 0,
             logs: PathBuf::new(),
             run_dir: None,
+            owner: "tester".into(),
+            pipeline: None,
+            recipe_arn: None,
+            configurations: vec![],
+            distributing: vec![],
         }
     }
 
-    #[test]
-    fn build_numbers_and_queries() {
+    async fn records(dir: &Path) -> Records {
+        Records::new(Store::open(&Home::new(dir)).await.unwrap())
+    }
+
+    async fn add(recs: &Records, mut r: ImageRecord) -> ImageRecord {
+        recs.create(&mut r).await.unwrap();
+        r
+    }
+
+    #[tokio::test]
+    async fn build_numbers_and_queries() {
         let d = tempfile::tempdir().unwrap();
-        let recs = Records::new(Home::new(d.path()));
-        let v: Version = "1.0.0".parse().unwrap();
-        assert_eq!(recs.allocate("web", &v).unwrap(), 1);
-        assert_eq!(recs.allocate("web", &v).unwrap(), 2);
-        recs.save(&record("web", "1.0.0", 1, State::Available))
-            .unwrap();
-        recs.save(&record("web", "1.0.0", 2, State::Failed))
-            .unwrap();
-        recs.save(&record("web", "1.2.0", 1, State::Available))
-            .unwrap();
-        recs.save(&record("db", "1.0.0", 1, State::Available))
-            .unwrap();
+        let recs = records(d.path()).await;
+        let a = add(&recs, record("web", "1.0.0", State::Available)).await;
+        let b = add(&recs, record("web", "1.0.0", State::Failed)).await;
+        add(&recs, record("web", "1.2.0", State::Available)).await;
+        add(&recs, record("db", "1.0.0", State::Available)).await;
+        assert_eq!((a.build, b.build), (1, 2));
+        assert_eq!(
+            a.arn,
+            "arn:kiln:imagebuilder:local:000000000000:image/web/1.0.0/1"
+        );
+        assert!(a.logs.ends_with("images/web/1.0.0/1/logs"));
         let q: ImageQuery = "web/1.x.x".parse().unwrap();
-        let found = recs.find(&q);
+        let found = recs.summaries(&filter_of(&q)).await.unwrap();
         assert_eq!(
             found.iter().map(|r| r.build_version()).collect::<Vec<_>>(),
             vec!["web/1.2.0/1", "web/1.0.0/2", "web/1.0.0/1"]
         );
         let q: ImageQuery = "web/1.0.x".parse().unwrap();
         assert_eq!(
-            recs.newest_available(&q).unwrap().build_version(),
+            recs.newest_available(&q)
+                .await
+                .unwrap()
+                .unwrap()
+                .build_version(),
             "web/1.0.0/1"
         );
-        assert_eq!(recs.all().len(), 4);
         assert_eq!(
-            image_arn("Web", &v, 3),
-            "arn:kiln:imagebuilder:local:000000000000:image/web/1.0.0/3"
+            recs.newest(&q, &[]).await.unwrap().unwrap().build_version(),
+            "web/1.0.0/2"
         );
         let q: ImageQuery = "arn:kiln:imagebuilder:local:000000000000:image/web/1.0.0/2"
             .parse()
             .unwrap();
         assert_eq!(q.build, Some(2));
         assert!("web/1.x.2".parse::<ImageQuery>().is_err());
+        // Saving changes the state the store filters on.
+        let mut b = b;
+        b.set_state(State::Available, None);
+        recs.save(&b).await.unwrap();
+        let q: ImageQuery = "web/1.0.0".parse().unwrap();
+        assert_eq!(recs.newest_available(&q).await.unwrap().unwrap().build, 2);
     }
 
-    #[test]
-    fn interrupted_builds_are_failed() {
+    #[tokio::test]
+    async fn interrupted_builds_are_failed() {
         let d = tempfile::tempdir().unwrap();
-        let recs = Records::new(Home::new(d.path()));
+        let recs = records(d.path()).await;
         let held_dir = d.path().join("run/held");
         let lock = kiln_instance::sandbox::RunLock::acquire(&held_dir).unwrap();
-        let mut running = record("a", "1.0.0", 1, State::Building);
+        let mut running = record("a", "1.0.0", State::Building);
         running.run_dir = Some(held_dir.clone());
-        let mut dead = record("b", "1.0.0", 1, State::Testing);
+        let mut dead = record("b", "1.0.0", State::Testing);
         dead.run_dir = Some(d.path().join("run/gone"));
-        recs.save(&running).unwrap();
-        recs.save(&dead).unwrap();
-        recs.save(&record("c", "1.0.0", 1, State::Available))
-            .unwrap();
-        assert_eq!(recs.recover_interrupted(), vec!["b/1.0.0/1".to_string()]);
-        let b = recs
-            .load("b", &"1.0.0".parse().unwrap(), 1)
-            .unwrap()
-            .unwrap();
+        add(&recs, running).await;
+        let dead = add(&recs, dead).await;
+        add(&recs, record("c", "1.0.0", State::Available)).await;
+        assert_eq!(
+            recs.recover_interrupted().await.unwrap(),
+            vec!["b/1.0.0/1".to_string()]
+        );
+        let b = recs.get(&dead.arn).await.unwrap().unwrap();
         assert_eq!(b.state, State::Failed);
         assert_eq!(b.failure.unwrap().stage, State::Testing);
         drop(lock);
-        assert_eq!(recs.recover_interrupted(), vec!["a/1.0.0/1".to_string()]);
+        assert_eq!(
+            recs.recover_interrupted().await.unwrap(),
+            vec!["a/1.0.0/1".to_string()]
+        );
+    }
+
+    #[tokio::test]
+    async fn json_records_of_older_kilns_are_imported_once() {
+        let d = tempfile::tempdir().unwrap();
+        let mut old = record("legacy", "2.0.0", State::Available);
+        old.build = 3;
+        old.arn = image_arn("legacy", &old.version, 3);
+        let file = d.path().join("images/legacy/2.0.0/3/image.json");
+        crate::store::write_json(&file, &old).unwrap();
+        let recs = records(d.path()).await;
+        let got = recs.get(&old.arn).await.unwrap().unwrap();
+        assert_eq!(got.build, 3);
+        assert!(file.exists(), "the JSON file stays");
+        // The next build of that version continues the numbering.
+        let next = add(&recs, record("legacy", "2.0.0", State::Pending)).await;
+        assert_eq!(next.build, 4);
     }
 }

@@ -39,6 +39,9 @@ pub enum StoreError {
     /// A layer could not be written or read.
     #[error(transparent)]
     Layer(#[from] kiln_image::LayerError),
+    /// The state store (resources and build records) failed.
+    #[error(transparent)]
+    State(#[from] kiln_store::StoreError),
 }
 
 pub(crate) fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {

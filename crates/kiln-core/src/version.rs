@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_NODE: u32 = (1 << 30) - 1;
 
 /// A semantic version `major.minor.patch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Version {
     /// Major.
@@ -102,8 +104,8 @@ impl Version {
     }
 }
 
-/// A version filter: `1.2.3`, `1.2.x`, `1.x.x`, `x.x.x`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A version filter: `1.2.3`, `1.2.x`, `1.x.x`, `x.x.x` (the default: any version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct VersionFilter {
     nodes: [Option<u32>; 3],
 }
@@ -159,6 +161,18 @@ impl VersionFilter {
             .iter()
             .zip(self.nodes.iter())
             .all(|(have, want)| want.is_none_or(|w| w == *have))
+    }
+
+    /// The nodes, `None` where the filter has `x`.
+    pub fn nodes(&self) -> [Option<u32>; 3] {
+        self.nodes
+    }
+
+    /// The filter that matches exactly one version.
+    pub fn exact(v: &Version) -> Self {
+        VersionFilter {
+            nodes: [Some(v.major), Some(v.minor), Some(v.patch)],
+        }
     }
 
     /// True when there is no wildcard.

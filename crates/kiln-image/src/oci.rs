@@ -674,6 +674,57 @@ fn copy(
 
 /// Points `tag` at `entry` in `index.json`, under the layout's lock.
 pub(crate) fn update_index(layout: &Path, tag: &str, entry: Value) -> Result<(), OciError> {
+    edit_index(layout, tag, |_| Some(entry)).map(|_| ())
+}
+
+/// Removes a tag from `index.json` (its blobs stay: other tags may name them). Returns whether
+/// the layout had it.
+pub fn remove_tag(layout: &Path, tag: &str) -> Result<bool, OciError> {
+    if !layout.join("index.json").exists() {
+        return Ok(false);
+    }
+    let mut had = false;
+    edit_index(layout, tag, |old| {
+        had = old.is_some();
+        None
+    })?;
+    Ok(had)
+}
+
+/// Points `tag` at the image `from` names (to put a tag back where it was).
+pub fn copy_tag(layout: &Path, from: &str, tag: &str) -> Result<(), OciError> {
+    let index = read_index(layout)?;
+    let Some(d) = index.manifests().iter().find(|d| ref_name(d) == Some(from)) else {
+        return Err(layout_err(layout, format!("has no image tagged {from}")));
+    };
+    let mut entry = serde_json::to_value(d)
+        .map_err(|e| OciError::Invalid(format!("cannot serialise index.json: {e}")))?;
+    if let Some(a) = entry.get_mut("annotations").and_then(Value::as_object_mut) {
+        a.insert(REF_NAME.to_string(), Value::String(tag.to_string()));
+    }
+    update_index(layout, tag, entry)
+}
+
+/// The manifest digest a tag names, `None` when the layout or the tag is not there.
+pub fn tag_digest(layout: &Path, tag: &str) -> Result<Option<String>, OciError> {
+    if !layout.join("index.json").exists() {
+        return Ok(None);
+    }
+    let index = read_index(layout)?;
+    Ok(index
+        .manifests()
+        .iter()
+        .find(|d| ref_name(d) == Some(tag))
+        .map(|d| d.digest().to_string()))
+}
+
+/// Replaces (or with `None`, removes) the entry of `tag` in `index.json`, under the layout's
+/// lock; `change` sees the old entry.
+fn edit_index(
+    layout: &Path,
+    tag: &str,
+    change: impl FnOnce(Option<&Value>) -> Option<Value>,
+) -> Result<(), OciError> {
     let _lock = lock_layout(layout)?;
     let path = layout.join("index.json");
     let mut index = match fs::read(&path) {
@@ -702,8 +753,11 @@ pub(crate) fn update_index(layout: &Path, tag: &str, entry: Value) -> Result<(),
             .and_then(Value::as_str)
             == Some(tag)
     };
-    match manifests.iter().position(tagged) {
-        Some(i) => {
+    let at = manifests.iter().position(tagged);
+    match (at, change(at.map(|i| &manifests[i]))) {
+        (Some(_), None) => manifests.retain(|m| !tagged(m)),
+        (None, None) => return Ok(()),
+        (Some(i), Some(entry)) => {
             manifests[i] = entry;
             let mut seen = 0usize;
             manifests.retain(|m| {
@@ -715,7 +769,7 @@ pub(crate) fn update_index(layout: &Path, tag: &str, entry: Value) -> Result<(),
                 }
             });
         }
-        None => manifests.push(entry),
+        (None, Some(entry)) => manifests.push(entry),
     }
     let bytes = serde_json::to_vec(&index)
         .map_err(|e| OciError::Invalid(format!("cannot serialise index.json: {e}")))?;

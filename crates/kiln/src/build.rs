@@ -28,6 +28,13 @@ pub enum Output {
 pub struct BuildArgs {
     /// The recipe file.
     recipe: PathBuf,
+    #[command(flatten)]
+    flags: BuildFlags,
+}
+
+/// How a build runs and reports (shared by `kiln build` and `kiln pipeline start`).
+#[derive(Args)]
+pub struct BuildFlags {
     /// Rebuild every component instead of taking unchanged ones from the step cache.
     #[arg(long)]
     no_cache: bool,
@@ -120,11 +127,27 @@ pub async fn run(args: BuildArgs) -> Result<u8> {
             return Ok(EXIT_INVALID);
         }
     };
+    let name = args.recipe.display().to_string();
+    for w in &recipe.warnings {
+        eprint!("{}", w.render(&name, &recipe.source.text));
+    }
+    let store = kiln_core::state::Store::open(&Home::new(config::kiln_home())).await?;
+    Ok(execute(&recipe, store, None, &args.flags).await?.0)
+}
+
+/// Runs one build in the foreground: progress on stderr, the result on stdout, Ctrl-C stops
+/// it. Returns the exit code and the record (when the build got a number).
+pub async fn execute(
+    recipe: &kiln_core::recipe::Recipe,
+    store: kiln_core::state::Store,
+    origin: Option<kiln_core::build::Origin>,
+    flags: &BuildFlags,
+) -> Result<(u8, Option<ImageRecord>)> {
     let cfg = config::load()?;
     let home = Home::new(config::kiln_home());
     let options = BuildOptions {
-        no_cache: args.no_cache,
-        refresh_parent: args.refresh_parent,
+        no_cache: flags.no_cache,
+        refresh_parent: flags.refresh_parent,
         epoch: std::env::var("SOURCE_DATE_EPOCH")
             .ok()
             .and_then(|v| v.trim().parse().ok()),
@@ -141,10 +164,13 @@ pub async fn run(args: BuildArgs) -> Result<u8> {
         registries: cfg.registries.clone(),
     };
     let observer = Arc::new(BuildTerminal {
-        term: ui::Terminal::new(args.quiet),
+        term: ui::Terminal::new(flags.quiet),
     });
-    let builder = Builder::new(home, options);
-    let build = builder.build(&recipe, observer.clone());
+    let mut builder = Builder::new(home, options).with_store(store);
+    if let Some(o) = origin {
+        builder = builder.with_origin(o);
+    }
+    let build = builder.build(recipe, observer.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     // On a signal the build future is dropped: its sandboxes are stopped (their namespaces
@@ -154,12 +180,12 @@ pub async fn run(args: BuildArgs) -> Result<u8> {
         _ = tokio::signal::ctrl_c() => {
             observer.term.finish();
             eprintln!("interrupted: the build was stopped; its instance and every process in it are gone");
-            return Ok(130);
+            return Ok((130, None));
         }
         _ = term.recv() => {
             observer.term.finish();
             eprintln!("terminated: the build was stopped");
-            return Ok(143);
+            return Ok((143, None));
         }
     };
     let record = match record {
@@ -167,15 +193,16 @@ pub async fn run(args: BuildArgs) -> Result<u8> {
         Err(e) => {
             eprintln!("error: {e}");
             eprintln!("nothing was built");
-            return Ok(EXIT_INVALID);
+            return Ok((EXIT_INVALID, None));
         }
     };
-    report(&record, args.output)?;
-    Ok(if record.state == State::Available {
+    report(&record, flags.output)?;
+    let code = if record.state == State::Available {
         0
     } else {
         1
-    })
+    };
+    Ok((code, Some(record)))
 }
 
 /// `kiln-agent`: `KILN_AGENT`, or next to the kiln binary (cargo and the packages put it there).
@@ -243,6 +270,12 @@ fn report(r: &ImageRecord, output: Output) -> Result<()> {
                 o.manifest_digest
             )?;
         }
+    } else if r.state == State::Cancelled {
+        writeln!(
+            out,
+            "CANCELLED {} (on request); nothing was distributed",
+            r.build_version()
+        )?;
     } else if let Some(f) = &r.failure {
         writeln!(out, "FAILED {} in {}", r.build_version(), f.stage.as_str())?;
         if let Some(c) = &f.component {

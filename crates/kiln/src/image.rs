@@ -5,8 +5,9 @@ use std::io::Write;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use kiln_core::cache::StepCache;
-use kiln_core::record::{ImageQuery, ImageRecord, Records, StepTiming};
+use kiln_core::record::{filter_of, ImageQuery, ImageRecord, Records, State, StepTiming};
 use kiln_core::store::Home;
+use kiln_store::Filter;
 
 use crate::build::{bytes, seconds, Output};
 use crate::config;
@@ -20,6 +21,18 @@ pub enum ImageCommand {
     Get(GetArgs),
     /// Print a build's logs.
     Logs(LogsArgs),
+    /// Stop a running build (it ends CANCELLED; nothing is distributed).
+    Cancel(CancelArgs),
+}
+
+/// `kiln image cancel`
+#[derive(Args)]
+pub struct CancelArgs {
+    /// NAME/VERSION/BUILD, or an image ARN.
+    image: String,
+    /// Seconds to wait for the build to stop.
+    #[arg(long, default_value_t = 120)]
+    wait: u64,
 }
 
 /// `kiln image list`
@@ -27,6 +40,18 @@ pub enum ImageCommand {
 pub struct ListArgs {
     /// Only this image name (NAME, or NAME/VERSION with x wildcards).
     filter: Option<String>,
+    /// Only images in this state (AVAILABLE, FAILED, BUILDING, ...).
+    #[arg(long)]
+    state: Option<String>,
+    /// Only images this owner started (`self`: you).
+    #[arg(long)]
+    owner: Option<String>,
+    /// Only images this pipeline made (its name or ARN).
+    #[arg(long)]
+    pipeline: Option<String>,
+    /// At most this many rows (0: all of them).
+    #[arg(long, default_value_t = 100)]
+    max_results: u32,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t)]
     output: Output,
@@ -78,14 +103,20 @@ pub struct PruneArgs {
     max_size: Option<String>,
 }
 
-fn records() -> Records {
-    Records::new(Home::new(config::kiln_home()))
+/// The build records of the data directory, with interrupted builds marked FAILED.
+pub async fn records() -> Result<Records> {
+    let home = Home::new(config::kiln_home());
+    kiln_instance::sandbox::sweep(&home.run());
+    let store = kiln_core::state::Store::open(&home).await?;
+    let records = Records::new(store);
+    // A build whose kiln died shows as FAILED (interrupted) from the next command on.
+    records.recover_interrupted().await?;
+    Ok(records)
 }
 
-fn one(reference: &str) -> Result<ImageRecord> {
+async fn one(records: &Records, reference: &str) -> Result<ImageRecord> {
     let q: ImageQuery = reference.parse().map_err(anyhow::Error::msg)?;
-    let found = records().find(&q);
-    match found.into_iter().next() {
+    match records.newest(&q, &[]).await? {
         Some(r) => Ok(r),
         None => {
             bail!("no build matches `{reference}` (`kiln image list` shows what kiln has built)")
@@ -94,15 +125,13 @@ fn one(reference: &str) -> Result<ImageRecord> {
 }
 
 /// Runs `kiln image ...`.
-pub fn run(cmd: ImageCommand) -> Result<u8> {
-    // A build whose kiln died shows as FAILED (interrupted) from the next command on.
-    let home = Home::new(config::kiln_home());
-    kiln_instance::sandbox::sweep(&home.run());
-    records().recover_interrupted();
+pub async fn run(cmd: ImageCommand) -> Result<u8> {
+    let records = records().await?;
     match cmd {
-        ImageCommand::List(a) => list(a),
-        ImageCommand::Get(a) => get(a),
-        ImageCommand::Logs(a) => logs(a),
+        ImageCommand::List(a) => list(&records, a).await,
+        ImageCommand::Get(a) => get(&records, a).await,
+        ImageCommand::Logs(a) => logs(&records, a).await,
+        ImageCommand::Cancel(a) => cancel(&records, a).await,
     }
 }
 
@@ -120,18 +149,48 @@ fn write_steps(out: &mut impl Write, steps: &[StepTiming]) -> std::io::Result<()
     Ok(())
 }
 
-fn list(a: ListArgs) -> Result<u8> {
-    let mut all = records().all();
-    if let Some(f) = &a.filter {
-        let q: ImageQuery = f.parse().map_err(anyhow::Error::msg)?;
-        all.retain(|r| r.name == q.name && q.version.is_none_or(|v| v.matches(&r.version)));
+async fn list(records: &Records, a: ListArgs) -> Result<u8> {
+    let mut filter = match &a.filter {
+        Some(f) => filter_of(&f.parse::<ImageQuery>().map_err(anyhow::Error::msg)?),
+        None => Filter::default(),
+    };
+    if let Some(s) = &a.state {
+        let s = s.to_ascii_uppercase();
+        let known = [
+            "PENDING",
+            "BUILDING",
+            "TESTING",
+            "DISTRIBUTING",
+            "AVAILABLE",
+            "FAILED",
+            "CANCELLED",
+        ];
+        if !known.contains(&s.as_str()) {
+            bail!("unknown state `{s}`: use one of {}", known.join(", "));
+        }
+        filter.states = vec![s];
     }
-    all.sort_by(|a, b| {
-        a.name.cmp(&b.name).then(kiln_core::version::cmp_build(
-            (b.version, b.build),
-            (a.version, a.build),
-        ))
+    filter.owner = a.owner.as_ref().map(|o| {
+        if o.eq_ignore_ascii_case("self") {
+            kiln_core::resources::current_owner()
+        } else {
+            o.clone()
+        }
     });
+    if let Some(p) = &a.pipeline {
+        let resources = kiln_core::resources::Resources::new(records.store().clone());
+        let p = resources.get(p, &[kiln_store::Kind::ImagePipeline]).await?;
+        filter.pipeline = Some(p.arn);
+    }
+    filter.limit = (a.max_results > 0).then_some(a.max_results);
+    let all = records.summaries(&filter).await?;
+    let total = if filter.limit.is_some_and(|l| all.len() as u32 >= l) {
+        let mut f = filter.clone();
+        f.kind = Some(kiln_store::Kind::Image);
+        records.store().db().count(&f).await?
+    } else {
+        all.len() as u64
+    };
     let mut out = std::io::stdout().lock();
     if a.output == Output::Json {
         serde_json::to_writer_pretty(&mut out, &all)?;
@@ -148,7 +207,7 @@ fn list(a: ListArgs) -> Result<u8> {
         "NAME", "VERSION", "BUILD", "STATE", "CREATED", "DURATION"
     )?;
     for r in &all {
-        let layers = r.components.iter().filter(|c| c.layer.is_some()).count();
+        let layers = r.layers;
         writeln!(
             out,
             "{:<24} {:<10} {:>5}  {:<12} {:<20} {:>9}  {}/{}",
@@ -158,24 +217,55 @@ fn list(a: ListArgs) -> Result<u8> {
             r.state.as_str(),
             r.created.format("%Y-%m-%d %H:%M:%S"),
             seconds(r.duration_ms),
-            r.cache_hits(),
+            r.cache_hits,
             layers
+        )?;
+    }
+    if total > all.len() as u64 {
+        writeln!(
+            out,
+            "({} of {total} shown; --max-results 0 shows all, or filter by name, version, state)",
+            all.len()
         )?;
     }
     Ok(0)
 }
 
-fn get(a: GetArgs) -> Result<u8> {
-    let r = one(&a.image)?;
+async fn get(records: &Records, a: GetArgs) -> Result<u8> {
+    let r = one(records, &a.image).await?;
+    let previous = kiln_core::inventory::previous_image(records, &r).await?;
+    let diff = previous
+        .as_ref()
+        .map(|p| kiln_core::inventory::diff(&p.packages, &r.packages));
     let mut out = std::io::stdout().lock();
     if a.output == Output::Json {
-        serde_json::to_writer_pretty(&mut out, &r)?;
+        let mut v = serde_json::to_value(&r)?;
+        if let (Some(o), Some(p), Some(d)) = (v.as_object_mut(), &previous, &diff) {
+            o.insert(
+                "previousImage".into(),
+                serde_json::Value::String(p.arn.clone()),
+            );
+            o.insert("packageDiff".into(), serde_json::to_value(d)?);
+        }
+        serde_json::to_writer_pretty(&mut out, &v)?;
         writeln!(out)?;
         return Ok(0);
     }
     writeln!(out, "{}", r.arn)?;
     writeln!(out, "  state      {}", r.state.as_str())?;
-    writeln!(out, "  recipe     {}", r.recipe.display())?;
+    if !r.owner.is_empty() {
+        writeln!(out, "  owner      {}", r.owner)?;
+    }
+    if let Some(p) = &r.pipeline {
+        writeln!(out, "  pipeline   {p}")?;
+    }
+    match &r.recipe_arn {
+        Some(a) => writeln!(out, "  recipe     {a}")?,
+        None => writeln!(out, "  recipe     {}", r.recipe.display())?,
+    }
+    for c in &r.configurations {
+        writeln!(out, "  uses       {c}")?;
+    }
     if let Some(p) = &r.parent {
         writeln!(
             out,
@@ -222,6 +312,9 @@ fn get(a: GetArgs) -> Result<u8> {
                 .map(|l| format!("{} ({})", &l[..l.len().min(19)], bytes(c.layer_size)))
                 .unwrap_or_else(|| "no layer".into())
         )?;
+        if let Some(arn) = &c.arn {
+            writeln!(out, "         {arn}")?;
+        }
         write_steps(&mut out, &c.steps)?;
     }
     if let Some(t) = &r.tests {
@@ -301,6 +394,35 @@ fn get(a: GetArgs) -> Result<u8> {
         }
     }
     writeln!(out, "  packages   {}", r.packages.len())?;
+    match (&previous, &diff) {
+        (Some(p), Some(d)) if d.is_empty() => {
+            writeln!(out, "             the same as {}", p.build_version())?
+        }
+        (Some(p), Some(d)) => {
+            writeln!(
+                out,
+                "             against {}: {} added, {} removed, {} changed",
+                p.build_version(),
+                d.added.len(),
+                d.removed.len(),
+                d.changed.len()
+            )?;
+            for x in &d.added {
+                writeln!(out, "             + {} {}", x.name, x.version)?;
+            }
+            for x in &d.removed {
+                writeln!(out, "             - {} {}", x.name, x.version)?;
+            }
+            for (old, new) in &d.changed {
+                writeln!(
+                    out,
+                    "             ~ {} {} -> {}",
+                    new.name, old.version, new.version
+                )?;
+            }
+        }
+        _ => {}
+    }
     if a.packages {
         for p in &r.packages {
             writeln!(
@@ -314,8 +436,8 @@ fn get(a: GetArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn logs(a: LogsArgs) -> Result<u8> {
-    let r = one(&a.image)?;
+async fn logs(records: &Records, a: LogsArgs) -> Result<u8> {
+    let r = one(records, &a.image).await?;
     let mut dirs: Vec<std::path::PathBuf> = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(&r.logs)
         .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -361,12 +483,47 @@ fn logs(a: LogsArgs) -> Result<u8> {
     Ok(0)
 }
 
+async fn cancel(records: &Records, a: CancelArgs) -> Result<u8> {
+    let r = one(records, &a.image).await?;
+    if r.state.is_final() {
+        bail!(
+            "{} is {}: only a running build can be cancelled",
+            r.build_version(),
+            r.state.as_str()
+        );
+    }
+    if r.state == State::Distributing {
+        bail!(
+            "{} is distributing: it finishes so that no region is left half-written",
+            r.build_version()
+        );
+    }
+    records.store().db().request_cancel(&r.arn).await?;
+    eprintln!("asked {} to stop; waiting for it", r.build_version());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.wait);
+    loop {
+        records.recover_interrupted().await?;
+        let now = records.get(&r.arn).await?;
+        if let Some(now) = now.filter(|n| n.state.is_final()) {
+            println!("{} {}", now.state.as_str(), now.build_version());
+            return Ok(if now.state == State::Cancelled { 0 } else { 1 });
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "{} has not stopped after {} s; it stops at its next step (the request stays)",
+                r.build_version(),
+                a.wait
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
 /// Runs `kiln cache ...`.
-pub fn cache(cmd: CacheCommand) -> Result<u8> {
+pub async fn cache(cmd: CacheCommand) -> Result<u8> {
     let cfg = config::load()?;
     let home = Home::new(config::kiln_home());
-    kiln_instance::sandbox::sweep(&home.run());
-    records().recover_interrupted();
+    records().await?;
     let cache = StepCache::new(home.clone());
     let mut out = std::io::stdout().lock();
     match cmd {

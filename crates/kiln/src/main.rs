@@ -4,6 +4,7 @@ mod build;
 mod config;
 mod image;
 mod instance;
+mod resource;
 mod toe;
 mod ui;
 
@@ -39,6 +40,21 @@ enum Command {
     /// Instances kept after a failed build (terminateInstanceOnFailure: false).
     #[command(subcommand)]
     Instance(instance::InstanceCommand),
+    /// Components (versioned, immutable): create, get, list, delete.
+    #[command(subcommand)]
+    Component(resource::VersionedCommand),
+    /// Image and container recipes (versioned, immutable): create, get, list, delete.
+    #[command(subcommand)]
+    Recipe(resource::VersionedCommand),
+    /// Infrastructure configurations: how builds run (builder, CPUs, memory, logs).
+    #[command(subcommand)]
+    Infrastructure(resource::ConfigCommand),
+    /// Distribution configurations: where images go.
+    #[command(subcommand)]
+    Distribution(resource::ConfigCommand),
+    /// Image pipelines: recipe + infrastructure + distribution + tests + schedule.
+    #[command(subcommand)]
+    Pipeline(resource::PipelineCommand),
 }
 
 /// Exit code for bad input (invalid documents, bad flags): nothing was run.
@@ -78,10 +94,15 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Build(args) => build::run(args).await,
-            Command::Image(cmd) => image::run(cmd),
-            Command::Cache(cmd) => image::cache(cmd),
+            Command::Image(cmd) => image::run(cmd).await,
+            Command::Cache(cmd) => image::cache(cmd).await,
             Command::Toe(cmd) => toe::run(cmd).await,
             Command::Instance(cmd) => instance::run(cmd).await,
+            Command::Component(c) => resource::run(resource::Which::Component(c)).await,
+            Command::Recipe(c) => resource::run(resource::Which::Recipe(c)).await,
+            Command::Infrastructure(c) => resource::run(resource::Which::Infrastructure(c)).await,
+            Command::Distribution(c) => resource::run(resource::Which::Distribution(c)).await,
+            Command::Pipeline(c) => resource::run(resource::Which::Pipeline(c)).await,
         }
     });
     match result {

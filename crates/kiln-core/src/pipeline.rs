@@ -1,0 +1,205 @@
+//! Image pipelines: a stored recipe, infrastructure and distribution configuration put
+//! together into the recipe one build runs.
+
+use std::path::PathBuf;
+
+use kiln_store::Kind;
+use serde_json::{json, Value};
+
+use crate::build::Origin;
+use crate::recipe::{self, Recipe, RecipeSource};
+use crate::resources::{Reference, Resource, ResourceError, Resources};
+
+/// What a pipeline run builds.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The pipeline.
+    pub pipeline: Resource,
+    /// The recipe version it resolved to.
+    pub recipe: Resource,
+    /// Its infrastructure configuration.
+    pub infrastructure: Resource,
+    /// Its distribution configuration, if it has one (else region `local`).
+    pub distribution: Option<Resource>,
+    /// The recipe the build runs.
+    pub build_recipe: Recipe,
+    /// For the image's record.
+    pub origin: Origin,
+}
+
+impl Plan {
+    /// Where the infrastructure configuration sends logs: a local folder.
+    pub fn log_folder(&self) -> Option<PathBuf> {
+        self.infrastructure
+            .request
+            .pointer("/logging/localPath")
+            .and_then(Value::as_str)
+            .map(PathBuf::from)
+    }
+
+    /// Where the infrastructure configuration sends logs: an S3 bucket and key prefix.
+    pub fn log_bucket(&self) -> Option<(String, String)> {
+        let s3 = self.infrastructure.request.pointer("/logging/s3Logs")?;
+        Some((
+            s3.get("s3BucketName")?.as_str()?.to_string(),
+            s3.get("s3KeyPrefix")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        ))
+    }
+}
+
+async fn resolve(
+    resources: &Resources,
+    pipeline: &Resource,
+    key: &str,
+    kind: Kind,
+) -> Result<Option<Resource>, ResourceError> {
+    let Some(text) = pipeline.field(key) else {
+        return Ok(None);
+    };
+    let r = Reference::parse(text, &[kind]).map_err(ResourceError::NotFound)?;
+    match resources.newest(&r).await? {
+        Some(found) => Ok(Some(found)),
+        None => Err(ResourceError::NotFound(format!(
+            "pipeline {}: its {key} {text} matches nothing any more",
+            pipeline.name
+        ))),
+    }
+}
+
+/// Puts a pipeline's resources together into the recipe of its next build.
+pub async fn plan(resources: &Resources, pipeline_ref: &str) -> Result<Plan, ResourceError> {
+    let pipeline = resources.get(pipeline_ref, &[Kind::ImagePipeline]).await?;
+    let recipe = match resolve(resources, &pipeline, "imageRecipeArn", Kind::ImageRecipe).await? {
+        Some(r) => r,
+        None => resolve(
+            resources,
+            &pipeline,
+            "containerRecipeArn",
+            Kind::ContainerRecipe,
+        )
+        .await?
+        .ok_or_else(|| {
+            ResourceError::NotFound(format!("pipeline {} has no recipe", pipeline.name))
+        })?,
+    };
+    let infrastructure = resolve(
+        resources,
+        &pipeline,
+        "infrastructureConfigurationArn",
+        Kind::InfrastructureConfiguration,
+    )
+    .await?
+    .ok_or_else(|| {
+        ResourceError::NotFound(format!(
+            "pipeline {} has no infrastructure configuration",
+            pipeline.name
+        ))
+    })?;
+    let distribution = resolve(
+        resources,
+        &pipeline,
+        "distributionConfigurationArn",
+        Kind::DistributionConfiguration,
+    )
+    .await?;
+
+    // The recipe's own fields, then what the other resources say.
+    let mut doc = recipe.request.clone();
+    let Some(o) = doc.as_object_mut() else {
+        return Err(ResourceError::Invalid(format!(
+            "recipe {} is stored damaged (not a mapping)",
+            recipe.arn
+        )));
+    };
+    for k in [
+        "amiTags",
+        "kmsKeyId",
+        "platformOverride",
+        "imageOsVersionOverride",
+        "instanceConfiguration",
+        "targetRepository",
+        "containerType",
+        "dockerfileTemplateData",
+        "dockerfileTemplateUri",
+    ] {
+        o.remove(k);
+    }
+    if recipe.kind() == Kind::ContainerRecipe {
+        o.insert("outputs".into(), json!(["oci"]));
+    } else if !o.contains_key("outputs") {
+        o.insert("outputs".into(), json!(["disk"]));
+    }
+    let mut infra = serde_json::Map::new();
+    for k in crate::recipe::INFRA_KEYS {
+        if let Some(v) = infrastructure.request.get(*k) {
+            infra.insert(k.to_string(), v.clone());
+        }
+    }
+    o.insert("infrastructure".into(), Value::Object(infra));
+    let regions: Vec<Value> = match &distribution {
+        Some(d) => d
+            .request
+            .get("distributions")
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|i| {
+                        let mut m = serde_json::Map::new();
+                        for k in ["region", "path"] {
+                            if let Some(v) = i.get(k) {
+                                m.insert(k.into(), v.clone());
+                            }
+                        }
+                        Value::Object(m)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        None => vec![json!({"region": "local"})],
+    };
+    o.insert("distributions".into(), Value::Array(regions));
+    if let Some(t) = pipeline.request.get("imageTestsConfiguration") {
+        o.insert("imageTestsConfiguration".into(), t.clone());
+    }
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| {
+        ResourceError::Invalid(format!(
+            "cannot put pipeline {} together: {e}",
+            pipeline.name
+        ))
+    })?;
+    let build_recipe = recipe::parse(RecipeSource {
+        path: PathBuf::from(format!(
+            "pipeline {} (recipe {})",
+            pipeline.name, recipe.arn
+        )),
+        text,
+    })
+    .map_err(|e| {
+        ResourceError::Invalid(format!(
+            "pipeline {}: its resources do not make a valid recipe:\n{e}",
+            pipeline.name
+        ))
+    })?;
+    let mut configurations = vec![infrastructure.arn.clone()];
+    if let Some(d) = &distribution {
+        configurations.push(d.arn.clone());
+    }
+    let origin = Origin {
+        owner: crate::resources::current_owner(),
+        pipeline: Some(pipeline.arn.clone()),
+        recipe_arn: Some(recipe.arn.clone()),
+        configurations,
+    };
+    Ok(Plan {
+        pipeline,
+        recipe,
+        infrastructure,
+        distribution,
+        build_recipe,
+        origin,
+    })
+}

@@ -1,0 +1,127 @@
+//! The state store of a data directory: resources and image records in `$KILN_HOME/kiln.db`
+//! (SQLite through kiln-store), shared by every kiln process using that directory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_store::{Kind, Row, SqliteStore, StateStore};
+
+use crate::record::ImageRecord;
+use crate::store::{read_json, Home, StoreError};
+
+/// A data directory's state store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Arc<dyn StateStore>,
+    home: Home,
+}
+
+/// The store's file in a data directory.
+pub fn db_path(home: &Home) -> PathBuf {
+    home.root.join("kiln.db")
+}
+
+/// Marks a data directory whose JSON build records (kiln before the state store) were imported.
+const IMPORTED: &str = ".imported-into-kiln.db";
+
+impl Store {
+    /// Opens (or creates) the store of a data directory. Build records an older kiln kept as
+    /// JSON files are imported once; the files stay where they are.
+    pub async fn open(home: &Home) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&home.root).map_err(crate::store::io("creating", &home.root))?;
+        let db = SqliteStore::open(&db_path(home)).await?;
+        let store = Store {
+            db: Arc::new(db),
+            home: home.clone(),
+        };
+        store.import_json_records().await?;
+        Ok(store)
+    }
+
+    /// A store over another backend (a PostgreSQL one, or tests).
+    pub fn with_backend(home: &Home, db: Arc<dyn StateStore>) -> Store {
+        Store {
+            db,
+            home: home.clone(),
+        }
+    }
+
+    /// The backend.
+    pub fn db(&self) -> &dyn StateStore {
+        self.db.as_ref()
+    }
+
+    /// The data directory.
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
+    async fn import_json_records(&self) -> Result<(), StoreError> {
+        let images = self.home.images();
+        let marker = images.join(IMPORTED);
+        if !images.is_dir() || marker.exists() {
+            return Ok(());
+        }
+        let mut rows = Vec::new();
+        for name in std::fs::read_dir(&images).into_iter().flatten().flatten() {
+            for v in std::fs::read_dir(name.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                for b in std::fs::read_dir(v.path()).into_iter().flatten().flatten() {
+                    let file = b.path().join("image.json");
+                    match read_json::<ImageRecord>(&file) {
+                        Ok(Some(r)) => rows.push(crate::record::row_of(&r)?),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!("not imported: {e}"),
+                    }
+                }
+            }
+        }
+        let mut fresh = Vec::new();
+        for row in rows {
+            if self.db.get(&row.arn).await?.is_none() {
+                fresh.push(row);
+            }
+        }
+        if !fresh.is_empty() {
+            tracing::info!("importing {} JSON build records", fresh.len());
+            self.db.import(fresh).await?;
+        }
+        std::fs::write(&marker, b"").map_err(crate::store::io("writing", &marker))?;
+        Ok(())
+    }
+}
+
+/// The kind of an image row.
+pub const IMAGE: Kind = Kind::Image;
+
+/// A row's `[major, minor, patch]`.
+pub fn nodes(v: &crate::version::Version) -> [u32; 3] {
+    [v.major, v.minor, v.patch]
+}
+
+/// Milliseconds since the epoch of a time.
+pub fn millis(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// An empty row of a kind, to be filled.
+pub fn row(kind: Kind, arn: String, name: String) -> Row {
+    Row {
+        kind,
+        arn,
+        name,
+        version: None,
+        build: None,
+        owner: String::new(),
+        state: None,
+        pipeline: None,
+        digest: String::new(),
+        created_ms: 0,
+        updated_ms: 0,
+        summary: String::new(),
+        body: String::new(),
+    }
+}

@@ -1,0 +1,474 @@
+//! `kiln component|recipe|infrastructure|distribution|pipeline ...`: resources in the state
+//! store, created from Image Builder request files (YAML or JSON).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use kiln_core::resources::{
+    kind_noun, ListOptions, Outcome, Resource, ResourceError, ResourceSummary, Resources,
+};
+use kiln_core::store::Home;
+use kiln_store::Kind;
+
+use crate::build::{BuildFlags, Output};
+use crate::{config, EXIT_INVALID};
+
+/// The request file: a path, or `--cli-input-json`/`--cli-input-yaml` as the AWS CLI takes it.
+#[derive(Args)]
+pub struct RequestFile {
+    /// The request file (YAML or JSON, with Image Builder's field names).
+    file: Option<PathBuf>,
+    /// The request file, as `aws imagebuilder ... --cli-input-json file://FILE` takes it.
+    #[arg(long, value_name = "file://FILE", conflicts_with = "file")]
+    cli_input_json: Option<String>,
+    /// The same for YAML.
+    #[arg(long, value_name = "file://FILE", conflicts_with_all = ["file", "cli_input_json"])]
+    cli_input_yaml: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    output: Output,
+}
+
+impl RequestFile {
+    fn path(&self) -> Result<PathBuf> {
+        if let Some(f) = &self.file {
+            return Ok(f.clone());
+        }
+        match self
+            .cli_input_json
+            .as_ref()
+            .or(self.cli_input_yaml.as_ref())
+        {
+            Some(f) => Ok(PathBuf::from(f.strip_prefix("file://").unwrap_or(f))),
+            None => bail!("give the request file (kiln ... create FILE)"),
+        }
+    }
+}
+
+/// `get` and `delete`.
+#[derive(Args)]
+pub struct RefArgs {
+    /// An ARN, or NAME (NAME/VERSION for components and recipes; VERSION may use x).
+    reference: String,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    output: Output,
+}
+
+/// `list`.
+#[derive(Args)]
+pub struct ListArgs {
+    /// Only this name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Only versions matching this filter (1.2.3, 1.x.x, ...).
+    #[arg(long)]
+    version: Option<String>,
+    /// Only this owner's (`self`: yours).
+    #[arg(long)]
+    owner: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    output: Output,
+}
+
+/// Components and recipes: versioned and immutable.
+#[derive(Subcommand)]
+pub enum VersionedCommand {
+    /// Create from a request file; without semanticVersion, kiln takes the next patch
+    /// version when the content changed and returns the existing one when it did not.
+    Create(RequestFile),
+    /// Show one (the newest version matching).
+    Get(RefArgs),
+    /// List them.
+    List(ListArgs),
+    /// Delete one version (refused while a recipe or pipeline uses it).
+    Delete(RefArgs),
+}
+
+/// Infrastructure and distribution configurations: one per name, updatable.
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Create from a request file (the same file again changes nothing).
+    Create(RequestFile),
+    /// Replace one with a request file's content (same name, same ARN).
+    Update(RequestFile),
+    /// Show one.
+    Get(RefArgs),
+    /// List them.
+    List(ListArgs),
+    /// Delete one (refused while a pipeline uses it).
+    Delete(RefArgs),
+}
+
+/// Image pipelines.
+#[derive(Subcommand)]
+pub enum PipelineCommand {
+    /// Create from a request file (CreateImagePipeline's fields).
+    Create(RequestFile),
+    /// Replace one with a request file's content.
+    Update(RequestFile),
+    /// Show one.
+    Get(RefArgs),
+    /// List them.
+    List(ListArgs),
+    /// Delete one (its images stay).
+    Delete(RefArgs),
+    /// Run it now: build, test and distribute an image from its recipe, in the foreground.
+    Start(StartArgs),
+}
+
+/// `kiln pipeline start`
+#[derive(Args)]
+pub struct StartArgs {
+    /// The pipeline: its name or ARN.
+    pipeline: String,
+    #[command(flatten)]
+    flags: BuildFlags,
+}
+
+/// Which resource command.
+pub enum Which {
+    /// Components.
+    Component(VersionedCommand),
+    /// Image and container recipes.
+    Recipe(VersionedCommand),
+    /// Infrastructure configurations.
+    Infrastructure(ConfigCommand),
+    /// Distribution configurations.
+    Distribution(ConfigCommand),
+    /// Pipelines.
+    Pipeline(PipelineCommand),
+}
+
+async fn resources() -> Result<Resources> {
+    let home = Home::new(config::kiln_home());
+    Ok(Resources::new(kiln_core::state::Store::open(&home).await?))
+}
+
+/// Runs a resource command.
+pub async fn run(which: Which) -> Result<u8> {
+    let res = resources().await?;
+    let r = match which {
+        Which::Component(c) => versioned(&res, &[Kind::Component], c).await,
+        Which::Recipe(c) => versioned(&res, &[Kind::ImageRecipe, Kind::ContainerRecipe], c).await,
+        Which::Infrastructure(c) => config(&res, Kind::InfrastructureConfiguration, c).await,
+        Which::Distribution(c) => config(&res, Kind::DistributionConfiguration, c).await,
+        Which::Pipeline(c) => pipeline(&res, c).await,
+    };
+    match r {
+        Ok(code) => Ok(code),
+        Err(e) => match e.downcast::<ResourceError>() {
+            Ok(ResourceError::Invalid(text)) => {
+                eprint!("{text}");
+                if !text.ends_with('\n') {
+                    eprintln!();
+                }
+                eprintln!("nothing was stored: fix the request above");
+                Ok(EXIT_INVALID)
+            }
+            Ok(other) => {
+                eprintln!("error: {other}");
+                Ok(1)
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
+async fn versioned(res: &Resources, kinds: &[Kind], c: VersionedCommand) -> Result<u8> {
+    match c {
+        VersionedCommand::Create(f) => create(res, kinds[0], &f, false).await,
+        VersionedCommand::Get(a) => get(res, kinds, &a).await,
+        VersionedCommand::List(a) => list(res, kinds, &a).await,
+        VersionedCommand::Delete(a) => delete(res, kinds, &a).await,
+    }
+}
+
+async fn config(res: &Resources, kind: Kind, c: ConfigCommand) -> Result<u8> {
+    match c {
+        ConfigCommand::Create(f) => create(res, kind, &f, false).await,
+        ConfigCommand::Update(f) => create(res, kind, &f, true).await,
+        ConfigCommand::Get(a) => get(res, &[kind], &a).await,
+        ConfigCommand::List(a) => list(res, &[kind], &a).await,
+        ConfigCommand::Delete(a) => delete(res, &[kind], &a).await,
+    }
+}
+
+async fn pipeline(res: &Resources, c: PipelineCommand) -> Result<u8> {
+    let kind = Kind::ImagePipeline;
+    match c {
+        PipelineCommand::Create(f) => create(res, kind, &f, false).await,
+        PipelineCommand::Update(f) => create(res, kind, &f, true).await,
+        PipelineCommand::Get(a) => get(res, &[kind], &a).await,
+        PipelineCommand::List(a) => list(res, &[kind], &a).await,
+        PipelineCommand::Delete(a) => delete(res, &[kind], &a).await,
+        PipelineCommand::Start(a) => start(res, a).await,
+    }
+}
+
+async fn create(res: &Resources, kind: Kind, f: &RequestFile, update: bool) -> Result<u8> {
+    let path = f.path()?;
+    let Outcome {
+        resource,
+        created,
+        warnings,
+    } = if update {
+        res.update(kind, &path).await?
+    } else {
+        res.create(kind, &path).await?
+    };
+    eprint!("{warnings}");
+    let mut out = std::io::stdout().lock();
+    if f.output == Output::Json {
+        let mut v = serde_json::to_value(&resource)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("created".into(), serde_json::Value::Bool(created));
+        }
+        serde_json::to_writer_pretty(&mut out, &v)?;
+        writeln!(out)?;
+        return Ok(0);
+    }
+    let what = format!(
+        "{} {}{}",
+        kind_noun(resource.kind()),
+        resource.name,
+        resource
+            .version
+            .map(|v| format!(" {v}"))
+            .unwrap_or_default()
+    );
+    match (created, update) {
+        (true, false) => writeln!(out, "created {what}")?,
+        (true, true) => writeln!(out, "updated {what}")?,
+        (false, _) => writeln!(out, "unchanged: {what} already has this content")?,
+    }
+    writeln!(out, "  {}", resource.arn)?;
+    Ok(0)
+}
+
+async fn get(res: &Resources, kinds: &[Kind], a: &RefArgs) -> Result<u8> {
+    let r = res.get(&a.reference, kinds).await?;
+    let mut out = std::io::stdout().lock();
+    if a.output == Output::Json {
+        serde_json::to_writer_pretty(&mut out, &r)?;
+        writeln!(out)?;
+        return Ok(0);
+    }
+    print_resource(&mut out, &r)?;
+    Ok(0)
+}
+
+fn print_resource(out: &mut impl Write, r: &Resource) -> std::io::Result<()> {
+    writeln!(out, "{}", r.arn)?;
+    writeln!(out, "  type        {}", kind_noun(r.kind()))?;
+    writeln!(out, "  name        {}", r.name)?;
+    if let Some(v) = r.version {
+        writeln!(out, "  version     {v}")?;
+    }
+    if let Some(t) = &r.component_type {
+        writeln!(out, "  kind        {t}")?;
+    }
+    if let Some(s) = &r.status {
+        writeln!(out, "  status      {s}")?;
+    }
+    if !r.description.is_empty() {
+        writeln!(out, "  description {}", r.description)?;
+    }
+    writeln!(out, "  owner       {}", r.owner)?;
+    writeln!(out, "  created     {}", r.date_created.to_rfc3339())?;
+    if let Some(u) = r.date_updated {
+        writeln!(out, "  updated     {}", u.to_rfc3339())?;
+    }
+    writeln!(out, "  digest      sha256:{}", r.digest)?;
+    for u in &r.uses {
+        writeln!(out, "  uses        {u}")?;
+    }
+    let mut fields = r.request.clone();
+    if let Some(o) = fields.as_object_mut() {
+        for k in ["name", "description", "semanticVersion", "data", "status"] {
+            o.remove(k);
+        }
+    }
+    if fields.as_object().is_some_and(|o| !o.is_empty()) {
+        let text = serde_json::to_string_pretty(&fields).unwrap_or_default();
+        writeln!(out, "  fields")?;
+        for l in text.lines() {
+            writeln!(out, "    {l}")?;
+        }
+    }
+    if let Some(d) = &r.data {
+        writeln!(out, "  document")?;
+        for l in d.lines() {
+            writeln!(out, "    {l}")?;
+        }
+    }
+    Ok(())
+}
+
+async fn list(res: &Resources, kinds: &[Kind], a: &ListArgs) -> Result<u8> {
+    let version = match &a.version {
+        Some(v) => Some(v.parse().map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let o = ListOptions {
+        name: a.name.clone(),
+        version,
+        owner: a.owner.clone(),
+    };
+    let all: Vec<ResourceSummary> = res.list(kinds, &o).await?;
+    let mut out = std::io::stdout().lock();
+    if a.output == Output::Json {
+        serde_json::to_writer_pretty(&mut out, &all)?;
+        writeln!(out)?;
+        return Ok(0);
+    }
+    if all.is_empty() {
+        writeln!(
+            out,
+            "no {}s yet (`kiln {} create FILE` makes one)",
+            kind_noun(kinds[0]),
+            kiln_core::resources::cli_noun(kinds[0])
+        )?;
+        return Ok(0);
+    }
+    writeln!(
+        out,
+        "{:<28} {:<9} {:<18} {:<10} {:<20} ARN",
+        "NAME", "VERSION", "TYPE", "OWNER", "CREATED"
+    )?;
+    for r in &all {
+        let ty = match (&r.component_type, &r.status) {
+            (Some(t), _) => t.clone(),
+            (_, Some(s)) => s.clone(),
+            _ => r.kind.clone(),
+        };
+        writeln!(
+            out,
+            "{:<28} {:<9} {:<18} {:<10} {:<20} {}",
+            r.name,
+            r.version
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into()),
+            ty,
+            r.owner,
+            r.date_created.format("%Y-%m-%d %H:%M:%S"),
+            r.arn
+        )?;
+    }
+    Ok(0)
+}
+
+async fn delete(res: &Resources, kinds: &[Kind], a: &RefArgs) -> Result<u8> {
+    let r = res.delete(&a.reference, kinds).await?;
+    println!("deleted {} {}", kind_noun(r.kind()), r.arn);
+    Ok(0)
+}
+
+async fn start(res: &Resources, a: StartArgs) -> Result<u8> {
+    let plan = kiln_core::pipeline::plan(res, &a.pipeline).await?;
+    eprintln!(
+        "pipeline {}: recipe {}, {}{}",
+        plan.pipeline.name,
+        plan.recipe.arn,
+        plan.infrastructure.arn,
+        plan.distribution
+            .as_ref()
+            .map(|d| format!(", {}", d.arn))
+            .unwrap_or_default()
+    );
+    let (code, record) = crate::build::execute(
+        &plan.build_recipe,
+        res.store().clone(),
+        Some(plan.origin.clone()),
+        &a.flags,
+    )
+    .await?;
+    if let Some(rec) = &record {
+        ship_logs(&plan, rec).await;
+    }
+    Ok(code)
+}
+
+/// Copies a build's logs where the infrastructure configuration's `logging` says.
+async fn ship_logs(plan: &kiln_core::pipeline::Plan, rec: &kiln_core::record::ImageRecord) {
+    let sub = format!("{}/{}/{}", rec.name, rec.version, rec.build);
+    if let Some(dir) = plan.log_folder() {
+        let to = dir.join(&sub);
+        match copy_tree(&rec.logs, &to) {
+            Ok(n) => eprintln!("logs: {n} file(s) copied to {}", to.display()),
+            Err(e) => eprintln!("warning: the logs were not copied to {}: {e}", to.display()),
+        }
+    }
+    if let Some((bucket, prefix)) = plan.log_bucket() {
+        let s3 = match config::load() {
+            Ok(c) => c.s3,
+            Err(e) => {
+                eprintln!("warning: the logs were not uploaded to s3://{bucket}: {e}");
+                return;
+            }
+        };
+        let Some(s3) = s3 else {
+            eprintln!("warning: the logs were not uploaded to s3://{bucket}: no S3 endpoint is configured (config.yaml `s3:` or AWS_ENDPOINT_URL)");
+            return;
+        };
+        let client = kiln_s3::S3Client::new(s3);
+        let mut n = 0;
+        for f in files_under(&rec.logs) {
+            let rel = f.strip_prefix(&rec.logs).unwrap_or(&f);
+            let key = format!(
+                "{}{}{sub}/{}",
+                prefix,
+                if prefix.is_empty() || prefix.ends_with('/') {
+                    ""
+                } else {
+                    "/"
+                },
+                rel.display()
+            );
+            match client.put_object_from_file(&bucket, &key, &f, None).await {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    eprintln!(
+                        "warning: uploading {} to s3://{bucket}/{key}: {e}",
+                        f.display()
+                    );
+                    return;
+                }
+            }
+        }
+        eprintln!("logs: {n} file(s) uploaded to s3://{bucket}/{prefix}");
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<usize> {
+    let files = files_under(from);
+    for f in &files {
+        let rel = f.strip_prefix(from).unwrap_or(f);
+        let dest = to.join(rel);
+        if let Some(p) = dest.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::copy(f, &dest)?;
+    }
+    Ok(files.len())
+}
