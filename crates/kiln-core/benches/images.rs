@@ -229,8 +229,11 @@ fn main() {
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         };
         let short = newest_arn.rsplit("image/").next().unwrap_or("").to_string();
-        out.push(time("kiln image list (10,000 rows)", 10, || {
+        out.push(time("kiln image list (first 100 rows)", runs, || {
             cli(&["image", "list"])
+        }));
+        out.push(time("kiln image list --max-results 0 (all)", 10, || {
+            cli(&["image", "list", "--max-results", "0"])
         }));
         out.push(time("kiln image list img-7/1.3.x", runs, || {
             cli(&["image", "list", "img-7/1.3.x"])
