@@ -483,7 +483,8 @@ pub fn load(path: &Path) -> Result<Recipe, RecipeErrors> {
     })
 }
 
-fn is_name(s: &str) -> bool {
+/// A valid resource, image or region name.
+pub(crate) fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.chars()

@@ -18,7 +18,7 @@ use kiln_yaml::{Diagnostic, Map, Node, Reader};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::recipe::{self, ComponentSource, Flavor, RecipeSource};
+use crate::recipe::{self, is_name, ComponentSource, Flavor, RecipeSource};
 use crate::record::{LOCAL_ACCOUNT, LOCAL_REGION};
 use crate::state::Store;
 use crate::store::{sha256_hex, StoreError};
@@ -396,14 +396,6 @@ impl Request {
     fn error_at(&mut self, node: &Node, message: impl Into<String>, hint: Option<String>) {
         self.reader.error(node.span, message, hint);
     }
-}
-
-fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
 /// Keys of Image Builder's requests that kiln accepts and ignores, per kind.
@@ -787,7 +779,8 @@ impl Resources {
         };
         let mut warnings = req.render(&recipe.warnings);
         let version = m
-            .contains_key_text("semanticVersion")
+            .get("semanticVersion")
+            .is_some()
             .then_some(recipe.semantic_version);
         // Components are resources too: named by ARN, and they must exist.
         let mut uses = Vec::new();
@@ -1458,16 +1451,6 @@ pub fn cli_noun(kind: Kind) -> &'static str {
         Kind::DistributionConfiguration => "distribution",
         Kind::ImagePipeline => "pipeline",
         Kind::Image => "image",
-    }
-}
-
-trait ContainsText {
-    fn contains_key_text(&self, key: &str) -> bool;
-}
-
-impl ContainsText for Map {
-    fn contains_key_text(&self, key: &str) -> bool {
-        self.get(key).is_some()
     }
 }
 
