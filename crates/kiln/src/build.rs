@@ -131,7 +131,12 @@ pub async fn run(args: BuildArgs) -> Result<u8> {
     for w in &recipe.warnings {
         eprint!("{}", w.render(&name, &recipe.source.text));
     }
-    let store = kiln_core::state::Store::open(&Home::new(config::kiln_home())).await?;
+    // Without root the build refuses to start, and says why, before anything is opened.
+    let store = if kiln_instance::is_root() {
+        Some(kiln_core::state::Store::open(&Home::new(config::kiln_home())).await?)
+    } else {
+        None
+    };
     Ok(execute(&recipe, store, None, &args.flags).await?.0)
 }
 
@@ -139,7 +144,7 @@ pub async fn run(args: BuildArgs) -> Result<u8> {
 /// it. Returns the exit code and the record (when the build got a number).
 pub async fn execute(
     recipe: &kiln_core::recipe::Recipe,
-    store: kiln_core::state::Store,
+    store: Option<kiln_core::state::Store>,
     origin: Option<kiln_core::build::Origin>,
     flags: &BuildFlags,
 ) -> Result<(u8, Option<ImageRecord>)> {
@@ -166,7 +171,10 @@ pub async fn execute(
     let observer = Arc::new(BuildTerminal {
         term: ui::Terminal::new(flags.quiet),
     });
-    let mut builder = Builder::new(home, options).with_store(store);
+    let mut builder = Builder::new(home, options);
+    if let Some(store) = store {
+        builder = builder.with_store(store);
+    }
     if let Some(o) = origin {
         builder = builder.with_origin(o);
     }

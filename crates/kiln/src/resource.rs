@@ -381,7 +381,7 @@ async fn start(res: &Resources, a: StartArgs) -> Result<u8> {
     );
     let (code, record) = crate::build::execute(
         &plan.build_recipe,
-        res.store().clone(),
+        Some(res.store().clone()),
         Some(plan.origin.clone()),
         &a.flags,
     )
