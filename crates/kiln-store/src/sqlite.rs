@@ -121,6 +121,37 @@ const INSERT_ROW: &str = "INSERT INTO rows (arn, kind, name, name_lower, major, 
      build, owner, state, pipeline, digest, created_ms, updated_ms, summary, body) \
      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
+/// Runs an `INSERT_ROW`-shaped statement with a row's columns bound in its order.
+async fn insert(
+    conn: &mut SqliteConnection,
+    sql: &str,
+    row: &Row,
+) -> Result<sqlx::sqlite::SqliteQueryResult, sqlx::Error> {
+    let [major, minor, patch] = match row.version {
+        Some(v) => v.map(|n| Some(i64::from(n))),
+        None => [None; 3],
+    };
+    sqlx::query(sql)
+        .bind(&row.arn)
+        .bind(row.kind.as_str())
+        .bind(&row.name)
+        .bind(row.name.to_lowercase())
+        .bind(major)
+        .bind(minor)
+        .bind(patch)
+        .bind(row.build.map(i64::from))
+        .bind(&row.owner)
+        .bind(&row.state)
+        .bind(&row.pipeline)
+        .bind(&row.digest)
+        .bind(row.created_ms)
+        .bind(row.updated_ms)
+        .bind(&row.summary)
+        .bind(&row.body)
+        .execute(&mut *conn)
+        .await
+}
+
 /// The SQLite backend.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -413,30 +444,7 @@ impl SqliteStore {
     }
 
     async fn insert_row(&self, conn: &mut SqliteConnection, row: &Row) -> Result<(), sqlx::Error> {
-        let [major, minor, patch] = match row.version {
-            Some(v) => v.map(|n| Some(i64::from(n))),
-            None => [None; 3],
-        };
-        sqlx::query(INSERT_ROW)
-            .bind(&row.arn)
-            .bind(row.kind.as_str())
-            .bind(&row.name)
-            .bind(row.name.to_lowercase())
-            .bind(major)
-            .bind(minor)
-            .bind(patch)
-            .bind(row.build.map(i64::from))
-            .bind(&row.owner)
-            .bind(&row.state)
-            .bind(&row.pipeline)
-            .bind(&row.digest)
-            .bind(row.created_ms)
-            .bind(row.updated_ms)
-            .bind(&row.summary)
-            .bind(&row.body)
-            .execute(&mut *conn)
-            .await
-            .map(|_| ())
+        insert(conn, INSERT_ROW, row).await.map(|_| ())
     }
 
     async fn insert_refs(
@@ -662,29 +670,7 @@ impl SqliteStore {
         let sql = format!("{INSERT_ROW} ON CONFLICT (arn) DO NOTHING");
         let mut stored = 0;
         for (row, refs) in rows {
-            let [major, minor, patch] = match row.version {
-                Some(v) => v.map(|n| Some(i64::from(n))),
-                None => [None; 3],
-            };
-            let done = sqlx::query(&sql)
-                .bind(&row.arn)
-                .bind(row.kind.as_str())
-                .bind(&row.name)
-                .bind(row.name.to_lowercase())
-                .bind(major)
-                .bind(minor)
-                .bind(patch)
-                .bind(row.build.map(i64::from))
-                .bind(&row.owner)
-                .bind(&row.state)
-                .bind(&row.pipeline)
-                .bind(&row.digest)
-                .bind(row.created_ms)
-                .bind(row.updated_ms)
-                .bind(&row.summary)
-                .bind(&row.body)
-                .execute(&mut *conn)
-                .await;
+            let done = insert(conn, &sql, &row).await;
             match done {
                 Ok(done) if done.rows_affected() == 0 => continue,
                 Ok(_) => {}
