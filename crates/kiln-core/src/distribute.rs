@@ -113,41 +113,11 @@ fn take_back_disk(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::record::tests::record;
     use crate::record::PlannedOutput;
     use crate::state::Store;
     use crate::store::Home;
     use kiln_image::{write_image, ImageSettings};
-
-    fn rec(build: u32, state: State) -> ImageRecord {
-        let version = "1.0.0".parse().unwrap();
-        ImageRecord {
-            arn: String::new(),
-            name: "web".into(),
-            version,
-            build,
-            state,
-            history: vec![],
-            recipe: "r".into(),
-            recipe_sha256: String::new(),
-            parent: None,
-            components: vec![],
-            tests: None,
-            disk: None,
-            failure: None,
-            outputs: vec![],
-            layers: vec![],
-            packages: vec![],
-            created: chrono::Utc::now(),
-            duration_ms: 0,
-            logs: Default::default(),
-            run_dir: None,
-            owner: String::new(),
-            pipeline: None,
-            recipe_arn: None,
-            configurations: vec![],
-            distributing: vec![],
-        }
-    }
 
     #[tokio::test]
     async fn a_dead_builds_tags_and_disks_are_taken_back() {
@@ -161,7 +131,7 @@ mod tests {
         let disks = layout.join("disks");
         std::fs::create_dir_all(&disks).unwrap();
         // Build 1 is AVAILABLE: tags 1.0.0-1 and 1.0.0, disk web-1.0.0-1.raw and its version name.
-        let mut one = rec(0, State::Available);
+        let mut one = record("web", "1.0.0", State::Available);
         records.create(&mut one).await.unwrap();
         let s1 = ImageSettings::default();
         write_image(&layout, "1.0.0-1", &[], &s1).unwrap();
@@ -169,7 +139,7 @@ mod tests {
         std::fs::write(disks.join("web-1.0.0-1.raw"), b"one").unwrap();
         crate::disk::link_version(&disks.join("web-1.0.0-1.raw"), "web-1.0.0").unwrap();
         // Build 2 died after moving both tags and the disk name to itself.
-        let mut two = rec(0, State::Distributing);
+        let mut two = record("web", "1.0.0", State::Distributing);
         records.create(&mut two).await.unwrap();
         let s2 = ImageSettings {
             labels: [("b".to_string(), "2".to_string())].into(),

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use kiln_store::{Filter, Kind, Row, Update};
 
-use crate::state::Store;
+use crate::state::{from_json, to_json, Store};
 use crate::store::{read_json, Home, StoreError};
 use crate::version::{Version, VersionFilter};
 
@@ -470,13 +470,6 @@ impl ImageRecord {
     }
 }
 
-fn json<T: Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Corrupt {
-        path: PathBuf::from("kiln.db"),
-        why: e.to_string(),
-    })
-}
-
 /// The store row of a record.
 pub fn row_of(r: &ImageRecord) -> Result<Row, StoreError> {
     let mut row = crate::state::row(Kind::Image, r.arn.clone(), r.name.clone());
@@ -487,8 +480,8 @@ pub fn row_of(r: &ImageRecord) -> Result<Row, StoreError> {
     row.pipeline = r.pipeline.clone();
     row.digest = r.recipe_sha256.clone();
     row.created_ms = crate::state::millis(r.created);
-    row.summary = json(&r.summary())?;
-    row.body = json(r)?;
+    row.summary = to_json(&r.summary())?;
+    row.body = to_json(r)?;
     Ok(row)
 }
 
@@ -564,8 +557,8 @@ impl Records {
                 &record.arn,
                 Update {
                     state: Some(record.state.as_str().to_string()),
-                    summary: Some(json(&record.summary())?),
-                    body: Some(json(record)?),
+                    summary: Some(to_json(&record.summary())?),
+                    body: Some(to_json(record)?),
                     ..Update::default()
                 },
             )
@@ -588,10 +581,11 @@ impl Records {
         let rows = self.store.db().list(&f).await?;
         rows.iter()
             .map(|row| {
-                serde_json::from_str(&row.summary).map_err(|e| StoreError::Corrupt {
-                    path: crate::state::db_path(self.home()),
-                    why: format!("the summary of {}: {e}", row.arn),
-                })
+                from_json(
+                    &row.summary,
+                    &format!("the summary of {}", row.arn),
+                    &crate::state::db_path(self.home()),
+                )
             })
             .collect()
     }
@@ -686,10 +680,11 @@ impl Records {
 
 /// A stored record.
 pub fn parse_body(row: &Row) -> Result<ImageRecord, StoreError> {
-    serde_json::from_str(&row.body).map_err(|e| StoreError::Corrupt {
-        path: PathBuf::from("kiln.db"),
-        why: format!("the record of {}: {e}", row.arn),
-    })
+    from_json(
+        &row.body,
+        &format!("the record of {}", row.arn),
+        Path::new("kiln.db"),
+    )
 }
 
 /// Reads a record file directly (tests, tools).
@@ -698,10 +693,11 @@ pub fn read_record(path: &Path) -> Result<Option<ImageRecord>, StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record(name: &str, version: &str, state: State) -> ImageRecord {
+    /// A record with nothing in it yet (tests of other modules use it too).
+    pub(crate) fn record(name: &str, version: &str, state: State) -> ImageRecord {
         let version: Version = version.parse().unwrap();
         ImageRecord {
             arn: String::new(),

@@ -9,7 +9,6 @@
 //! infrastructure-as-code can re-apply files freely.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -20,7 +19,7 @@ use serde_json::Value;
 
 use crate::recipe::{self, is_name, ComponentSource, Flavor, RecipeSource};
 use crate::record::{LOCAL_ACCOUNT, LOCAL_REGION};
-use crate::state::Store;
+use crate::state::{from_json, to_json, Store};
 use crate::store::{sha256_hex, StoreError};
 use crate::version::{Version, VersionFilter};
 
@@ -338,6 +337,22 @@ pub fn current_owner() -> String {
         })
 }
 
+/// An owner as lists filter by it: `self` is whoever runs kiln.
+pub fn owner_filter(owner: &str) -> String {
+    if owner.eq_ignore_ascii_case("self") {
+        current_owner()
+    } else {
+        owner.to_string()
+    }
+}
+
+/// Makes a relative path in a request absolute against the request's folder.
+fn resolve_path(value: &mut Value, dir: &Path) {
+    if let Some(s) = value.as_str() {
+        *value = Value::String(dir.join(s).display().to_string());
+    }
+}
+
 /// A request file, parsed.
 struct Request {
     path: PathBuf,
@@ -444,13 +459,7 @@ pub struct ListOptions {
 impl ListOptions {
     /// The owner filter with `self` resolved.
     pub fn owner(&self) -> Option<String> {
-        self.owner.as_ref().map(|o| {
-            if o.eq_ignore_ascii_case("self") {
-                current_owner()
-            } else {
-                o.clone()
-            }
-        })
+        self.owner.as_deref().map(owner_filter)
     }
 }
 
@@ -893,9 +902,7 @@ impl Resources {
             o.remove("clientToken");
             // A relative local log folder is relative to the request file.
             if let Some(p) = o.get_mut("logging").and_then(|l| l.get_mut("localPath")) {
-                if let Some(s) = p.as_str() {
-                    *p = Value::String(req.dir().join(s).display().to_string());
-                }
+                resolve_path(p, &req.dir());
             }
         }
         let digest = content_digest(&request, &[]);
@@ -985,9 +992,7 @@ impl Resources {
             if let Some(Value::Array(items)) = o.get_mut("distributions") {
                 for item in items {
                     if let Some(p) = item.get_mut("path") {
-                        if let Some(s) = p.as_str() {
-                            *p = Value::String(dir.join(s).display().to_string());
-                        }
+                        resolve_path(p, &dir);
                     }
                 }
             }
@@ -1326,14 +1331,19 @@ impl Resources {
 
     /// The newest resource a reference names, or an error saying what exists.
     pub async fn get(&self, text: &str, kinds: &[Kind]) -> Result<Resource, ResourceError> {
+        let parsed = Reference::parse(text, kinds).map_err(ResourceError::NotFound)?;
+        // An ARN says its kind; a plain name may be any of them (image or container recipe).
+        let candidates = if text.starts_with("arn:") {
+            vec![parsed.kind]
+        } else {
+            kinds.to_vec()
+        };
         let mut last = None;
-        for k in kinds {
-            let r = Reference::parse(text, &[*k])
-                .or_else(|_| Reference::parse(text, kinds))
-                .map_err(ResourceError::NotFound)?;
-            if r.kind != *k {
-                continue;
-            }
+        for kind in candidates {
+            let r = Reference {
+                kind,
+                ..parsed.clone()
+            };
             if let Some(found) = self.newest(&r).await? {
                 return Ok(found);
             }
@@ -1370,14 +1380,11 @@ impl Resources {
                 ..Filter::default()
             };
             for row in self.store.db().list(&f).await? {
-                out.push(
-                    serde_json::from_str::<ResourceSummary>(&row.summary).map_err(|e| {
-                        StoreError::Corrupt {
-                            path: crate::state::db_path(self.store.home()),
-                            why: format!("the summary of {}: {e}", row.arn),
-                        }
-                    })?,
-                );
+                out.push(from_json(
+                    &row.summary,
+                    &format!("the summary of {}", row.arn),
+                    &crate::state::db_path(self.store.home()),
+                )?);
             }
         }
         Ok(out)
@@ -1510,19 +1517,13 @@ fn content_digest(request: &Value, skip: &[&str]) -> String {
     sha256_hex(v.to_string().as_bytes())
 }
 
-fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Corrupt {
-        path: PathBuf::from("kiln.db"),
-        why: e.to_string(),
-    })
-}
-
 /// A stored resource.
 pub fn parse_row(row: &Row) -> Result<Resource, StoreError> {
-    serde_json::from_str(&row.body).map_err(|e| StoreError::Corrupt {
-        path: PathBuf::from("kiln.db"),
-        why: format!("the resource {}: {e}", row.arn),
-    })
+    from_json(
+        &row.body,
+        &format!("the resource {}", row.arn),
+        Path::new("kiln.db"),
+    )
 }
 
 /// Finds components by ARN in the store (for recipes and ExecuteDocument).
@@ -1557,9 +1558,4 @@ impl kiln_toe::loader::ComponentResolver for StoreResolver {
             })),
         }
     }
-}
-
-/// A shared handle to the resolver (what the loader takes).
-pub fn resolver(store: Store) -> Arc<StoreResolver> {
-    Arc::new(StoreResolver::new(store))
 }

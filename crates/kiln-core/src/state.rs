@@ -94,9 +94,6 @@ impl Store {
     }
 }
 
-/// The kind of an image row.
-pub const IMAGE: Kind = Kind::Image;
-
 /// A row's `[major, minor, patch]`.
 pub fn nodes(v: &crate::version::Version) -> [u32; 3] {
     [v.major, v.minor, v.patch]
@@ -124,4 +121,24 @@ pub fn row(kind: Kind, arn: String, name: String) -> Row {
         summary: String::new(),
         body: String::new(),
     }
+}
+
+/// JSON for a row's summary or body.
+pub fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt {
+        path: PathBuf::from("kiln.db"),
+        why: e.to_string(),
+    })
+}
+
+/// Reads a row's summary or body; `what` names it in the error (`the record of ARN`).
+pub fn from_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    what: &str,
+    db: &std::path::Path,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        path: db.to_path_buf(),
+        why: format!("{what}: {e}"),
+    })
 }
