@@ -52,14 +52,8 @@ fn golden_nginx_builds_tests_caches_and_is_read_by_skopeo_and_umoci() {
     );
     let rec = record(&format!("{name}/1.0.0/1"));
     assert_eq!(rec["state"], "AVAILABLE");
-    let states: Vec<&str> = rec["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["state"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        states,
+        states(&rec),
         [
             "PENDING",
             "BUILDING",

@@ -35,6 +35,16 @@ pub fn record(image: &str) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// The states a record went through, in order.
+pub fn states(rec: &serde_json::Value) -> Vec<String> {
+    rec["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// A bootstrapped Debian base image, built once per test run (and cached across runs), that
 /// cheaper tests start from as `kiln:test-base/1.0.0`.
 pub fn base() -> &'static str {
