@@ -1870,7 +1870,10 @@ fn short_id(run_dir: &std::path::Path) -> String {
 fn image_env(rec: &ImageRecord, phase: &str) -> Vec<(String, String)> {
     vec![
         ("IMAGE_BUILD_VERSION_ARN".into(), rec.arn.clone()),
-        ("IMAGE_PIPELINE_ARN".into(), String::new()),
+        (
+            "IMAGE_PIPELINE_ARN".into(),
+            rec.pipeline.clone().unwrap_or_default(),
+        ),
         ("IMAGE_PHASE".into(), phase.into()),
         ("IMAGE_VERSION".into(), rec.version.to_string()),
         ("IMAGE_BUILD_VERSION".into(), rec.build.to_string()),
