@@ -244,6 +244,22 @@ pub struct ParentRecord {
     pub cached: bool,
 }
 
+impl ParentRecord {
+    /// The OCI chain ID of its layers: one digest for the parent's whole content, whatever
+    /// kind of parent it was (a bootstrap has no manifest to name it by).
+    pub fn chain_id(&self) -> Option<String> {
+        let mut layers = self.layers.iter();
+        let mut chain = layers.next()?.clone();
+        for diff_id in layers {
+            chain = format!(
+                "sha256:{}",
+                crate::store::sha256_hex(format!("{chain} {diff_id}").as_bytes())
+            );
+        }
+        Some(chain)
+    }
+}
+
 /// The record of one build of an image version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -808,6 +824,23 @@ pub(crate) mod tests {
             recs.recover_interrupted().await.unwrap(),
             vec!["a/1.0.0/1".to_string()]
         );
+    }
+
+    #[test]
+    fn parent_chain_id() {
+        let p = |layers: &[&str]| ParentRecord {
+            reference: "r".into(),
+            resolved: "r".into(),
+            layers: layers.iter().map(|l| l.to_string()).collect(),
+            cached: false,
+        };
+        assert_eq!(p(&[]).chain_id(), None);
+        assert_eq!(p(&["sha256:aa"]).chain_id().unwrap(), "sha256:aa");
+        let two = format!(
+            "sha256:{}",
+            crate::store::sha256_hex(b"sha256:aa sha256:bb")
+        );
+        assert_eq!(p(&["sha256:aa", "sha256:bb"]).chain_id().unwrap(), two);
     }
 
     #[tokio::test]

@@ -234,6 +234,12 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
     let mut out = std::io::stdout().lock();
     if a.output == Output::Json {
         let mut v = serde_json::to_value(&r)?;
+        if let (Some(o), Some(chain)) = (
+            v.as_object_mut(),
+            r.parent.as_ref().and_then(|p| p.chain_id()),
+        ) {
+            o.insert("parentChainId".into(), serde_json::Value::String(chain));
+        }
         if let (Some(o), Some(p), Some(d)) = (v.as_object_mut(), &previous, &diff) {
             o.insert(
                 "previousImage".into(),
@@ -268,6 +274,13 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
             p.resolved,
             if p.cached { " (cached)" } else { "" }
         )?;
+        if let Some(chain) = p.chain_id() {
+            writeln!(
+                out,
+                "             content {chain} ({} layers)",
+                p.layers.len()
+            )?;
+        }
     }
     writeln!(
         out,

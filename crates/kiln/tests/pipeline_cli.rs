@@ -319,6 +319,11 @@ fn two_pipelines_run_at_once_and_images_record_their_history() {
     assert_eq!(r2["packageDiff"]["added"][0]["name"], "kiln-marker");
     let shown = ok(&["image", "get", &format!("{a}/1.0.0/2")]);
     assert!(shown.contains("+ kiln-marker 2"), "{shown}");
+    // The parent is named by the digest of its content too, the same for both builds.
+    let chain = ra["parentChainId"].as_str().unwrap();
+    assert!(chain.starts_with("sha256:") && chain.len() == 71, "{chain}");
+    assert_eq!(r2["parentChainId"], chain);
+    assert!(shown.contains(&format!("content {chain}")), "{shown}");
     let listed = ok(&["image", "list", "--pipeline", &a]);
     assert_eq!(listed.lines().count(), 3, "{listed}");
 }
