@@ -133,7 +133,7 @@ async fn vm_shell(k: &KeptInstance, command: Option<&str>) -> Result<u8> {
         .qga_socket
         .as_deref()
         .context("the instance record has no guest agent socket")?;
-    let mut qga = Qga::connect(sock, Duration::from_secs(10))
+    let mut qga = Qga::connect_within(sock, Duration::from_secs(30))
         .await
         .with_context(|| format!("connecting to the guest agent at {}", sock.display()))?;
     if let Some(c) = command {

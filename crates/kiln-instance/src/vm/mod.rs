@@ -745,7 +745,7 @@ impl Vm {
         } else {
             "powerdown"
         };
-        if let Ok(mut q) = Qga::connect(&qga, Duration::from_secs(5)).await {
+        if let Ok(mut q) = Qga::connect_within(&qga, Duration::from_secs(5)).await {
             if q.shutdown(mode).await.is_ok() {
                 return;
             }

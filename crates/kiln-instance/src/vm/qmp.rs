@@ -159,6 +159,9 @@ impl Qmp {
     }
 }
 
+/// The pause between two attempts of [`Qga::connect_within`].
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
+
 /// A guest agent connection.
 pub struct Qga {
     lines: Lines,
@@ -178,6 +181,24 @@ impl Qga {
             .await
             .map_err(|_| ProtocolError::Timeout("guest-sync-delimited".into()))??;
         Ok(q)
+    }
+
+    /// Connects like [`Qga::connect`], trying again until `within` has passed: QEMU takes one
+    /// guest agent client at a time and may drop a new one while the last is being let go
+    /// (seen as "connection reset" right after another kiln process closed its connection).
+    pub async fn connect_within(path: &Path, within: Duration) -> Result<Qga, ProtocolError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match Qga::connect(path, left.min(Duration::from_secs(5))).await {
+                Ok(q) => return Ok(q),
+                Err(e) if tokio::time::Instant::now() + RETRY_PAUSE >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::debug!("guest agent at {}: {e}; trying again", path.display());
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
     }
 
     async fn sync(&mut self) -> Result<(), ProtocolError> {
