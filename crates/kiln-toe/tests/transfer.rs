@@ -4,17 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../kiln/tests/common/moto.rs"]
+mod moto;
 
-use std::net::TcpListener as StdListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use common::*;
-use kiln_s3::{Credentials, S3Client, S3Config};
+use kiln_s3::S3Client;
 use kiln_toe::report::{RunStatus, StepStatus};
+use moto::Moto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BODY: &str = "downloaded content\n";
@@ -159,70 +158,9 @@ phases:
     );
 }
 
-/// A moto S3 server on a free port, stopped when dropped.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_MOTO_SERVER") {
-        return PathBuf::from(p);
-    }
-    let tools = std::env::var("KILN_TEST_TOOLS").unwrap_or_else(|_| "/opt/kiln-test".into());
-    let p = PathBuf::from(tools).join("venv/bin/moto_server");
-    assert!(
-        p.exists(),
-        "moto's S3 server is not installed at {}: run `scripts/setup --test` first",
-        p.display()
-    );
-    p
-}
-
-fn start_moto() -> Moto {
-    let port = StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(moto_binary())
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto_server starts");
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto did not start within 30 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Moto { child, endpoint }
-}
-
-fn s3_config(endpoint: &str) -> S3Config {
-    S3Config {
-        endpoint: Some(endpoint.to_string()),
-        region: "us-east-1".into(),
-        credentials: Some(Credentials {
-            access_key_id: "testing".into(),
-            secret_access_key: "testing".into(),
-            session_token: None,
-        }),
-        path_style: true,
-    }
-}
-
 #[tokio::test]
 async fn s3_download_upload_and_documents() {
-    let moto = start_moto();
+    let moto = Moto::start();
     let http = reqwest::Client::new();
     let put = |key: &str, body: &str| {
         let url = format!("{}/{key}", moto.endpoint);
@@ -247,7 +185,7 @@ async fn s3_download_upload_and_documents() {
     std::fs::create_dir_all(f.path().join("up/deep")).unwrap();
     std::fs::write(f.path().join("up/x.txt"), "x").unwrap();
     std::fs::write(f.path().join("up/deep/y.txt"), "y").unwrap();
-    let s3 = Arc::new(S3Client::new(s3_config(&moto.endpoint)));
+    let s3 = Arc::new(S3Client::new(moto.config()));
     let engine = f
         .engine()
         .with_s3(s3.clone())

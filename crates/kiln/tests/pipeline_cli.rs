@@ -4,12 +4,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/moto.rs"]
+mod moto;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use moto::Moto;
 
 fn arn(kind: &str, rest: &str) -> String {
     format!("arn:kiln:imagebuilder:local:000000000000:{kind}/{rest}")
@@ -256,17 +259,31 @@ fn two_pipelines_run_at_once_and_images_record_their_history() {
     let id = std::process::id();
     let a = pipeline(d, &format!("pa{id}"), "echo a > /etc/a");
     let b = pipeline(d, &format!("pb{id}"), "echo b > /etc/b");
+    // b also uploads its logs to S3.
+    let s3 = Moto::start();
+    s3.create_bucket("kiln-logs");
+    let i = write(
+        d,
+        "pb-i.yaml",
+        &format!("name: {b}\nlogging:\n  localPath: logs\n  s3Logs:\n    s3BucketName: kiln-logs\n    s3KeyPrefix: builds\n"),
+    );
+    ok(&["infrastructure", "update", i.to_str().unwrap()]);
     let start = |p: &str| {
         kiln_cmd(&["pipeline", "start", p])
             .current_dir(d)
+            .env("AWS_ENDPOINT_URL", &s3.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
     let (ca, cb) = (start(&a), start(&b));
+    let mut errors = String::new();
     for (c, p) in [(ca, &a), (cb, &b)] {
         let o = c.wait_with_output().unwrap();
+        errors.push_str(&text(&o.stderr));
         assert!(
             o.status.success(),
             "{p}: {}\n{}",
@@ -300,6 +317,14 @@ fn two_pipelines_run_at_once_and_images_record_their_history() {
         d.join(format!("logs/{a}/1.0.0/1/parent.log")).exists(),
         "logs go where the infrastructure configuration says"
     );
+    let local = std::fs::read(d.join(format!("logs/{b}/1.0.0/1/parent.log"))).unwrap();
+    let uploaded = tokio::runtime::Runtime::new().unwrap().block_on(
+        kiln_s3::S3Client::new(s3.config())
+            .get_object("kiln-logs", &format!("builds/{b}/1.0.0/1/parent.log")),
+    );
+    let uploaded =
+        uploaded.unwrap_or_else(|e| panic!("the logs are in the s3Logs bucket: {e}\n{errors}"));
+    assert_eq!(uploaded, local);
 
     // A new component version is picked up by the wildcard; the image records the package
     // change against the pipeline's previous image.
