@@ -283,12 +283,33 @@ impl SqliteStore {
                 return Ok(());
             };
             let target = current + 1;
-            if current >= 1 {
-                self.backup(&mut conn, target).await?;
+            // A write by another process between the copy and the migration's lock would be
+            // missing from the copy: the copy is made again when SQLite says one came in.
+            let before = data_version(&mut conn, &self.path).await?;
+            let copied = if current >= 1 {
+                self.backup(&mut conn, target).await?
+            } else {
+                None
+            };
+            #[cfg(test)]
+            tests::write_between(&self.path).await;
+            let mut tx = WriteTx { conn, done: false };
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut *tx.conn)
+                .await
+                .map_err(|e| self.error(e))?;
+            let moved = data_version(&mut tx.conn, &self.path).await? != before;
+            if let (true, Some(copy)) = (moved, &copied) {
+                self.end(tx, Ok(())).await?;
+                tokio::fs::remove_file(copy)
+                    .await
+                    .map_err(|source| StoreError::Io {
+                        path: copy.clone(),
+                        source,
+                    })?;
+                tracing::info!("the store changed while it was copied; copying it again");
+                continue;
             }
-            drop(conn);
-
-            let mut tx = self.begin().await?;
             // Another process may have migrated while this one waited for the lock.
             let result = match schema_version(&mut tx.conn, &self.path).await {
                 Ok(again) if again != current => Ok(false),
@@ -326,8 +347,13 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Copies the database to `PATH.before-schema-N` so that an upgrade can be undone by hand.
-    async fn backup(&self, conn: &mut SqliteConnection, target: i64) -> Result<(), StoreError> {
+    /// Copies the database to `PATH.before-schema-N` so that an upgrade can be undone by hand;
+    /// returns the copy when this call wrote it.
+    async fn backup(
+        &self,
+        conn: &mut SqliteConnection,
+        target: i64,
+    ) -> Result<Option<PathBuf>, StoreError> {
         let copy = sibling(&self.path, &format!(".before-schema-{target}"));
         let exists = copy.try_exists().map_err(|source| StoreError::Io {
             path: copy.clone(),
@@ -337,7 +363,7 @@ impl SqliteStore {
             // Left by an earlier try of the same upgrade, which changed nothing (migrations
             // are transactions): that copy is as good, and a user's backup is never replaced.
             tracing::info!(copy = %copy.display(), "keeping the existing copy of the store");
-            return Ok(());
+            return Ok(None);
         }
         // Written under another name first, so that a copy cut short (a full disk) is never
         // taken for a whole one.
@@ -365,7 +391,7 @@ impl SqliteStore {
             .await
             .map_err(io(&copy))?;
         tracing::info!(copy = %copy.display(), "copied the store before upgrading its schema");
-        Ok(())
+        Ok(Some(copy))
     }
 
     /// Starts a write transaction, waiting up to the busy timeout for other processes.
@@ -951,6 +977,14 @@ async fn read_version(path: &Path) -> Result<i64, StoreError> {
 
 /// The version in `kiln_schema`: 0 for an empty database, `Corrupt` when the table is
 /// unreadable or the file is some other SQLite database.
+/// SQLite's count of commits by other connections, as this connection has seen them.
+async fn data_version(conn: &mut SqliteConnection, path: &Path) -> Result<i64, StoreError> {
+    sqlx::query_scalar("PRAGMA data_version")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| map_error(path, e))
+}
+
 async fn schema_version(conn: &mut SqliteConnection, path: &Path) -> Result<i64, StoreError> {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'",
@@ -1196,16 +1230,13 @@ mod tests {
         assert_eq!(successor("\u{10FFFF}"), None);
     }
 
-    #[tokio::test]
-    async fn an_upgrade_copies_the_store_first() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let path = dir.path().join("kiln.db");
-        let store = SqliteStore::open(&path).await.unwrap();
-        let row = Row {
+    /// Component c, version 1.0.N, build 1.
+    fn component(n: u32) -> Row {
+        Row {
             kind: Kind::Component,
-            arn: "arn:component/c/1.0.0/1".to_owned(),
+            arn: format!("arn:component/c/1.0.{n}/1"),
             name: "c".to_owned(),
-            version: Some([1, 0, 0]),
+            version: Some([1, 0, n]),
             build: Some(1),
             owner: "Self".to_owned(),
             state: None,
@@ -1215,7 +1246,15 @@ mod tests {
             updated_ms: 2,
             summary: "{}".to_owned(),
             body: "{}".to_owned(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_copies_the_store_first() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("kiln.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let row = component(0);
         store.import(vec![row.clone()]).await.unwrap();
 
         let next = [MIGRATIONS[0], "CREATE TABLE extra (x INTEGER NOT NULL);"];
@@ -1244,6 +1283,50 @@ mod tests {
             }) => assert_eq!((found, supported), (2, SCHEMA_VERSION)),
             other => panic!("expected TooNew, got {other:?}"),
         }
+    }
+
+    /// A row another process writes into the store at PATH just after its copy is made.
+    static WRITE_BETWEEN: std::sync::Mutex<Option<(PathBuf, Row)>> = std::sync::Mutex::new(None);
+
+    pub(super) async fn write_between(path: &Path) {
+        let row = {
+            let mut w = WRITE_BETWEEN.lock().unwrap();
+            match w.take() {
+                Some((p, row)) if p == path => row,
+                other => {
+                    *w = other;
+                    return;
+                }
+            }
+        };
+        let other = Box::pin(SqliteStore::open(path)).await.unwrap();
+        other.import(vec![row]).await.unwrap();
+        other.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_write_during_the_copy_is_in_the_copy() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("kiln.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let row = component;
+        store.import(vec![row(0)]).await.unwrap();
+        *WRITE_BETWEEN.lock().unwrap() = Some((path.clone(), row(1)));
+        let next = [MIGRATIONS[0], "CREATE TABLE extra (x INTEGER NOT NULL);"];
+        store.migrate(&next).await.unwrap();
+        assert!(
+            WRITE_BETWEEN.lock().unwrap().is_none(),
+            "the write happened"
+        );
+        store.close().await;
+
+        let copy = SqliteStore::open(&sibling(&path, ".before-schema-2"))
+            .await
+            .unwrap();
+        for n in [0, 1] {
+            assert_eq!(copy.get(&row(n).arn).await.unwrap(), Some(row(n)));
+        }
+        copy.close().await;
     }
 
     #[test]
