@@ -129,12 +129,7 @@ fn golden_nginx_builds_tests_caches_and_is_read_by_skopeo_and_umoci() {
     let o = kiln(&["build", recipe.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let rec2 = record(&format!("{name}/1.0.0/2"));
-    let caches: Vec<&str> = rec2["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["cache"].as_str().unwrap())
-        .collect();
+    let caches = field_of(&rec2["components"], "cache");
     assert_eq!(caches, ["hit", "hit", "hit"]);
     assert_eq!(rec2["layers"], rec["layers"], "the same layers");
 
@@ -146,12 +141,7 @@ fn golden_nginx_builds_tests_caches_and_is_read_by_skopeo_and_umoci() {
     let o = kiln(&["build", recipe.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let rec3 = record(&format!("{name}/1.0.0/3"));
-    let caches: Vec<&str> = rec3["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["cache"].as_str().unwrap())
-        .collect();
+    let caches = field_of(&rec3["components"], "cache");
     assert_eq!(caches, ["hit", "hit", "miss"]);
     assert_eq!(
         rec3["tests"]["status"], "passed",
@@ -162,12 +152,7 @@ fn golden_nginx_builds_tests_caches_and_is_read_by_skopeo_and_umoci() {
     let o = kiln(&["build", recipe.to_str().unwrap(), "--no-cache", "--quiet"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let rec4 = record(&format!("{name}/1.0.0/4"));
-    let caches: Vec<&str> = rec4["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["cache"].as_str().unwrap())
-        .collect();
+    let caches = field_of(&rec4["components"], "cache");
     assert_eq!(caches, ["bypassed", "bypassed", "bypassed"]);
 
     // The listing shows them.
@@ -609,12 +594,7 @@ fn cache_opt_out_reboots_disabled_tests_logs_and_prune() {
     let o = kiln(&["build", recipe.to_str().unwrap(), "-q"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let rec2 = record(&format!("{name}/0.1.0/2"));
-    let caches: Vec<&str> = rec2["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["cache"].as_str().unwrap())
-        .collect();
+    let caches = field_of(&rec2["components"], "cache");
     assert_eq!(caches, ["hit", "disabled"]);
     let last = |r: &serde_json::Value| r["layers"].as_array().unwrap().last().cloned();
     assert_ne!(last(&rec2), last(&rec), "a fresh stamp, a new layer");

@@ -114,12 +114,7 @@ fn versions_idempotency_immutability_and_dependencies() {
 
     // Version filters in lists and gets: newest match; x only to the right.
     let listed = json(&["component", "list", "--name", &n, "--version", "1.x.x"]);
-    let versions: Vec<&str> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["version"].as_str().unwrap())
-        .collect();
+    let versions = field_of(&listed, "version");
     assert_eq!(versions, ["1.0.1", "1.0.0"]);
     assert_eq!(
         json(&["component", "get", &format!("{n}/x.x.x")])["version"],

@@ -35,14 +35,18 @@ pub fn record(image: &str) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-/// The states a record went through, in order.
-pub fn states(rec: &serde_json::Value) -> Vec<String> {
-    rec["history"]
-        .as_array()
+/// One text field of every object in a JSON array (`key` of each component, ...).
+pub fn field_of(list: &serde_json::Value, key: &str) -> Vec<String> {
+    list.as_array()
         .unwrap()
         .iter()
-        .map(|h| h["state"].as_str().unwrap().to_string())
+        .map(|item| item[key].as_str().unwrap().to_string())
         .collect()
+}
+
+/// The states a record went through, in order.
+pub fn states(rec: &serde_json::Value) -> Vec<String> {
+    field_of(&rec["history"], "state")
 }
 
 /// A bootstrapped Debian base image, built once per test run (and cached across runs), that
