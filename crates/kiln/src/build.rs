@@ -23,6 +23,13 @@ pub enum Output {
     Json,
 }
 
+/// Writes `value` for `--output json`: pretty JSON and a newline.
+pub fn write_json<T: serde::Serialize + ?Sized>(out: &mut impl Write, value: &T) -> Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
 /// `kiln build`
 #[derive(Args)]
 pub struct BuildArgs {
@@ -225,8 +232,7 @@ fn agent_path() -> Option<PathBuf> {
 fn report(r: &ImageRecord, output: Output) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if output == Output::Json {
-        serde_json::to_writer_pretty(&mut out, r)?;
-        writeln!(out)?;
+        write_json(&mut out, r)?;
         return Ok(());
     }
     if r.state == State::Available {

@@ -9,7 +9,7 @@ use kiln_core::record::{filter_of, ImageQuery, ImageRecord, Records, State, Step
 use kiln_core::store::Home;
 use kiln_store::Filter;
 
-use crate::build::{bytes, seconds, Output};
+use crate::build::{bytes, seconds, write_json, Output};
 use crate::config;
 
 /// `kiln image ...`
@@ -187,8 +187,7 @@ async fn list(records: &Records, a: ListArgs) -> Result<u8> {
     };
     let mut out = std::io::stdout().lock();
     if a.output == Output::Json {
-        serde_json::to_writer_pretty(&mut out, &all)?;
-        writeln!(out)?;
+        write_json(&mut out, &all)?;
         return Ok(0);
     }
     if all.is_empty() {
@@ -247,8 +246,7 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
             );
             o.insert("packageDiff".into(), serde_json::to_value(d)?);
         }
-        serde_json::to_writer_pretty(&mut out, &v)?;
-        writeln!(out)?;
+        write_json(&mut out, &v)?;
         return Ok(0);
     }
     writeln!(out, "{}", r.arn)?;

@@ -9,7 +9,7 @@ use kiln_core::instances::{Instances, KeptInstance, KeptKind};
 use kiln_core::store::Home;
 use kiln_instance::vm::qmp::Qga;
 
-use crate::build::Output;
+use crate::build::{write_json, Output};
 use crate::config;
 
 /// `kiln instance ...`
@@ -80,8 +80,7 @@ fn list(instances: &Instances, output: Output) -> Result<u8> {
     let all = instances.list();
     let mut out = std::io::stdout().lock();
     if output == Output::Json {
-        serde_json::to_writer_pretty(&mut out, &all)?;
-        writeln!(out)?;
+        write_json(&mut out, &all)?;
         return Ok(0);
     }
     if all.is_empty() {

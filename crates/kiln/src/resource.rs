@@ -12,7 +12,7 @@ use kiln_core::resources::{
 use kiln_core::store::Home;
 use kiln_store::Kind;
 
-use crate::build::{BuildFlags, Output};
+use crate::build::{write_json, BuildFlags, Output};
 use crate::{config, EXIT_INVALID};
 
 /// The request file: a path, or `--cli-input-json`/`--cli-input-yaml` as the AWS CLI takes it.
@@ -227,8 +227,7 @@ async fn create(res: &Resources, kind: Kind, f: &RequestFile, update: bool) -> R
         if let Some(o) = v.as_object_mut() {
             o.insert("created".into(), serde_json::Value::Bool(created));
         }
-        serde_json::to_writer_pretty(&mut out, &v)?;
-        writeln!(out)?;
+        write_json(&mut out, &v)?;
         return Ok(0);
     }
     let what = format!(
@@ -253,8 +252,7 @@ async fn get(res: &Resources, kinds: &[Kind], a: &RefArgs) -> Result<u8> {
     let r = res.get(&a.reference, kinds).await?;
     let mut out = std::io::stdout().lock();
     if a.output == Output::Json {
-        serde_json::to_writer_pretty(&mut out, &r)?;
-        writeln!(out)?;
+        write_json(&mut out, &r)?;
         return Ok(0);
     }
     print_resource(&mut out, &r)?;
@@ -321,8 +319,7 @@ async fn list(res: &Resources, kinds: &[Kind], a: &ListArgs) -> Result<u8> {
     let all: Vec<ResourceSummary> = res.list(kinds, &o).await?;
     let mut out = std::io::stdout().lock();
     if a.output == Output::Json {
-        serde_json::to_writer_pretty(&mut out, &all)?;
-        writeln!(out)?;
+        write_json(&mut out, &all)?;
         return Ok(0);
     }
     if all.is_empty() {
