@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn golden_nginx_builds_tests_caches_and_is_read_by_skopeo_and_umoci() {
@@ -240,25 +240,22 @@ fn a_killed_kiln_leaves_nothing_running_and_the_build_is_marked_interrupted() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while processes_with(&marker).len() < 2 {
-        assert!(Instant::now() < deadline, "the step never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let started = || processes_with(&marker).len() >= 2;
+    assert!(
+        eventually(Duration::from_secs(120), started),
+        "the step never started"
+    );
     Command::new("kill")
         .args(["-KILL", &child.id().to_string()])
         .status()
         .unwrap();
     let _ = child.wait();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !processes_with(&marker).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the build's processes outlived kiln: {:?}",
-            processes_with(&marker)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let gone = || processes_with(&marker).is_empty();
+    assert!(
+        eventually(Duration::from_secs(20), gone),
+        "the build's processes outlived kiln: {:?}",
+        processes_with(&marker)
+    );
     assert!(
         !mounts_mention(&format!("run/{name}")),
         "a mount outlived kiln"
@@ -416,11 +413,11 @@ fn start_registry() -> Registry {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "docker-registry did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let up = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    assert!(
+        eventually(Duration::from_secs(30), up),
+        "docker-registry did not start"
+    );
     Registry {
         child,
         port,

@@ -9,7 +9,7 @@ mod moto;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use moto::Moto;
@@ -349,18 +349,15 @@ fn two_pipelines_run_at_once_and_images_record_their_history() {
 }
 
 fn wait_for_state(image: &str, state: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let reached = || {
         let o = kiln(&["image", "get", image, "-o", "json"]);
-        if o.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-            if v["state"] == state {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "{image} never reached {state}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        o.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["state"] == state
+    };
+    assert!(
+        eventually(Duration::from_secs(120), reached),
+        "{image} never reached {state}"
+    );
 }
 
 #[test]
@@ -378,11 +375,12 @@ fn cancel_and_kill_leave_nothing_half_done() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while processes_with(&format!("{marker}1")).is_empty() {
-        assert!(Instant::now() < deadline, "the step never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let step = format!("{marker}1");
+    let started = || !processes_with(&step).is_empty();
+    assert!(
+        eventually(Duration::from_secs(120), started),
+        "the step never started"
+    );
     let out = ok(&["image", "cancel", &format!("{c}/1.0.0/1")]);
     assert!(out.contains("CANCELLED"), "{out}");
     let o = child.wait_with_output().unwrap();
@@ -401,25 +399,22 @@ fn cancel_and_kill_leave_nothing_half_done() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while processes_with(&format!("{marker}2")).is_empty() {
-        assert!(Instant::now() < deadline, "the step never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let step = format!("{marker}2");
+    let started = || !processes_with(&step).is_empty();
+    assert!(
+        eventually(Duration::from_secs(120), started),
+        "the step never started"
+    );
     wait_for_state(&format!("{k}/1.0.0/1"), "BUILDING");
     Command::new("kill")
         .args(["-KILL", &child.id().to_string()])
         .status()
         .unwrap();
     let _ = child.wait();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !processes_with(&format!("{marker}2")).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the build's processes outlived kiln"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        eventually(Duration::from_secs(20), || processes_with(&step).is_empty()),
+        "the build's processes outlived kiln"
+    );
     let rec = record(&format!("{k}/1.0.0/1"));
     assert_eq!(rec["state"], "FAILED");
     assert!(rec["failure"]["reason"]

@@ -83,6 +83,20 @@ pub fn mounts_mention(s: &str) -> bool {
         .contains(s)
 }
 
+/// Whether `done` holds within `within`, asked every 100 ms.
+pub fn eventually(within: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Processes whose command line contains `needle`.
 pub fn processes_with(needle: &str) -> Vec<i32> {
     std::fs::read_dir("/proc")
