@@ -488,6 +488,15 @@ impl ImageRecord {
 
 /// The store row of a record.
 pub fn row_of(r: &ImageRecord) -> Result<Row, StoreError> {
+    let mut row = columns_of(r);
+    row.summary = to_json(&r.summary())?;
+    row.body = to_json(r)?;
+    Ok(row)
+}
+
+/// A record's row without its summary and body (which [`Records::create`] writes once the
+/// build number is known).
+fn columns_of(r: &ImageRecord) -> Row {
     let mut row = crate::state::row(Kind::Image, r.arn.clone(), r.name.clone());
     row.version = Some(crate::state::nodes(&r.version));
     row.build = Some(r.build);
@@ -496,9 +505,7 @@ pub fn row_of(r: &ImageRecord) -> Result<Row, StoreError> {
     row.pipeline = r.pipeline.clone();
     row.digest = r.recipe_sha256.clone();
     row.created_ms = crate::state::millis(r.created);
-    row.summary = to_json(&r.summary())?;
-    row.body = to_json(r)?;
-    Ok(row)
+    row
 }
 
 /// The store's filter for a query.
@@ -548,12 +555,19 @@ impl Records {
         let make = |build: u32| {
             let mut r = template.clone();
             self.number(&mut r, build);
-            let summary = serde_json::to_string(&r.summary()).unwrap_or_default();
-            let body = serde_json::to_string(&r).unwrap_or_default();
-            (r.arn, summary, body)
+            let encoding = |e: serde_json::Error| kiln_store::StoreError::Database {
+                path: crate::state::db_path(self.store.home()),
+                detail: format!("encoding the record of {}: {e}", r.arn),
+            };
+            let summary = serde_json::to_string(&r.summary()).map_err(encoding)?;
+            let body = serde_json::to_string(&r).map_err(encoding)?;
+            Ok((r.arn.clone(), summary, body))
         };
-        let row = row_of(rec)?;
-        let stored = self.store.db().create_build(row, Vec::new(), &make).await?;
+        let stored = self
+            .store
+            .db()
+            .create_build(columns_of(rec), Vec::new(), &make)
+            .await?;
         let build = stored.build.unwrap_or(1);
         self.number(rec, build);
         Ok(())

@@ -176,6 +176,10 @@ pub struct Update {
     pub refs: Option<Vec<String>>,
 }
 
+/// What [`StateStore::create_build`] asks for a build number: (arn, summary, body).
+pub type MakeBuild<'a> =
+    dyn Fn(u32) -> Result<(String, String, String), StoreError> + Send + Sync + 'a;
+
 /// Where kiln's resources and image records are kept.
 ///
 /// Several kiln processes use one store at once (two builds running), so every method is
@@ -199,14 +203,14 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Stores a new row with the next build number of (kind, name case-insensitively, version):
     /// the highest existing build + 1, or 1 when there is none.
     ///
-    /// `make(build)` returns (arn, summary, body) for that number, replacing the row's. Two
-    /// processes calling it at once for the same version get different numbers. Returns the
-    /// stored row.
+    /// `make(build)` returns (arn, summary, body) for that number, replacing the row's (its
+    /// error stores nothing). Two processes calling it at once for the same version get
+    /// different numbers. Returns the stored row.
     async fn create_build(
         &self,
         row: Row,
         refs: Vec<String>,
-        make: &(dyn Fn(u32) -> (String, String, String) + Send + Sync),
+        make: &MakeBuild<'_>,
     ) -> Result<Row, StoreError>;
 
     /// One row with its body.

@@ -18,7 +18,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 
-use crate::{Created, Filter, Kind, Order, Row, StateStore, StoreError, Update};
+use crate::{Created, Filter, Kind, MakeBuild, Order, Row, StateStore, StoreError, Update};
 
 /// Newest schema this build knows.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -563,7 +563,7 @@ impl SqliteStore {
         conn: &mut SqliteConnection,
         mut row: Row,
         refs: &[String],
-        make: &(dyn Fn(u32) -> (String, String, String) + Send + Sync),
+        make: &MakeBuild<'_>,
     ) -> Result<Option<Row>, StoreError> {
         let name_lower = row.name.to_lowercase();
         let mut qb = QueryBuilder::<Sqlite>::new("SELECT MAX(build) FROM rows");
@@ -581,7 +581,7 @@ impl SqliteStore {
                 path: self.path.clone(),
                 detail: format!("{} {} has no build number left", row.kind, row.name),
             })?;
-        let (arn, summary, body) = make(build);
+        let (arn, summary, body) = make(build)?;
         row.arn = arn;
         row.summary = summary;
         row.body = body;
@@ -775,7 +775,7 @@ impl StateStore for SqliteStore {
         &self,
         row: Row,
         refs: Vec<String>,
-        make: &(dyn Fn(u32) -> (String, String, String) + Send + Sync),
+        make: &MakeBuild<'_>,
     ) -> Result<Row, StoreError> {
         let mut attempt = 1;
         loop {

@@ -439,13 +439,15 @@ async fn client_tokens_make_create_idempotent() {
     ));
 }
 
-fn make_image(name: &'static str) -> impl Fn(u32) -> (String, String, String) + Send + Sync {
+fn make_image(
+    name: &'static str,
+) -> impl Fn(u32) -> Result<(String, String, String), StoreError> + Send + Sync {
     move |build| {
-        (
+        Ok((
             format!("{PREFIX}:image/{name}/1.0.0/{build}"),
             format!("{{\"build\":{build}}}"),
             format!("{{\"build\":{build},\"body\":true}}"),
-        )
+        ))
     }
 }
 
@@ -479,11 +481,11 @@ async fn create_build_takes_the_next_number() {
     let other = image("Web", [1, 0, 1], 0);
     let row = store
         .create_build(other, vec![], &|build| {
-            (
+            Ok((
                 format!("{PREFIX}:image/web/1.0.1/{build}"),
                 "{}".to_owned(),
                 "{}".to_owned(),
-            )
+            ))
         })
         .await
         .unwrap();
