@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use kiln_store::{Filter, Kind, Row, Update};
 
-use crate::state::{from_json, to_json, Store};
+use crate::state::{to_json, Store};
 use crate::store::{read_json, Home, StoreError};
 use crate::version::{Version, VersionFilter};
 
@@ -596,11 +596,17 @@ impl Records {
         Ok(())
     }
 
+    /// A stored record.
+    fn parse(&self, row: &Row) -> Result<ImageRecord, StoreError> {
+        self.store
+            .decode(&row.body, &format!("the record of {}", row.arn))
+    }
+
     /// One record by ARN.
     pub async fn get(&self, arn: &str) -> Result<Option<ImageRecord>, StoreError> {
         match self.store.db().get(arn).await? {
             None => Ok(None),
-            Some(row) => parse_body(&row).map(Some),
+            Some(row) => self.parse(&row).map(Some),
         }
     }
 
@@ -611,11 +617,8 @@ impl Records {
         let rows = self.store.db().list(&f).await?;
         rows.iter()
             .map(|row| {
-                from_json(
-                    &row.summary,
-                    &format!("the summary of {}", row.arn),
-                    &crate::state::db_path(self.home()),
-                )
+                self.store
+                    .decode(&row.summary, &format!("the summary of {}", row.arn))
             })
             .collect()
     }
@@ -708,15 +711,6 @@ impl Records {
     }
 }
 
-/// A stored record.
-pub fn parse_body(row: &Row) -> Result<ImageRecord, StoreError> {
-    from_json(
-        &row.body,
-        &format!("the record of {}", row.arn),
-        Path::new("kiln.db"),
-    )
-}
-
 /// Reads a record file directly (tests, tools).
 pub fn read_record(path: &Path) -> Result<Option<ImageRecord>, StoreError> {
     read_json(path)
@@ -765,6 +759,35 @@ pub(crate) mod tests {
     async fn add(recs: &Records, mut r: ImageRecord) -> ImageRecord {
         recs.create(&mut r).await.unwrap();
         r
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_record_is_named_and_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let recs = records(d.path()).await;
+        let a = add(&recs, record("web", "1.0.0", State::Available)).await;
+        let garbled = r#"{"name": 7}"#;
+        recs.store()
+            .db()
+            .update(
+                &a.arn,
+                Update {
+                    body: Some(garbled.into()),
+                    ..Update::default()
+                },
+            )
+            .await
+            .unwrap();
+        let e = recs.get(&a.arn).await.unwrap_err().to_string();
+        let db = crate::state::db_path(&Home::new(d.path()));
+        assert!(
+            e.contains(&format!("the record of {} in {}", a.arn, db.display()))
+                && e.contains("kiln changed nothing")
+                && !e.contains("remove it"),
+            "{e}"
+        );
+        let row = recs.store().db().get(&a.arn).await.unwrap().unwrap();
+        assert_eq!(row.body, garbled);
     }
 
     #[tokio::test]

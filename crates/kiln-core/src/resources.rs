@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::recipe::{self, is_name, ComponentSource, Flavor, RecipeSource};
 use crate::record::{LOCAL_ACCOUNT, LOCAL_REGION};
-use crate::state::{from_json, to_json, Store};
+use crate::state::{to_json, Store};
 use crate::store::{sha256_hex, StoreError};
 use crate::version::{Version, VersionFilter};
 
@@ -464,6 +464,12 @@ impl ListOptions {
 }
 
 impl Resources {
+    /// A stored resource.
+    fn parse(&self, row: &Row) -> Result<Resource, StoreError> {
+        self.store
+            .decode(&row.body, &format!("the resource {}", row.arn))
+    }
+
     /// The resources of a store.
     pub fn new(store: Store) -> Self {
         Resources { store }
@@ -501,7 +507,7 @@ impl Resources {
                 draft.name
             )));
         };
-        let mut old: Resource = parse_row(&old)?;
+        let mut old: Resource = self.parse(&old)?;
         if old.digest == draft.digest {
             return Ok(Outcome {
                 resource: old,
@@ -1268,12 +1274,12 @@ impl Resources {
                 warnings: d.warnings,
             }),
             Ok(Created::Existing(row)) => Ok(Outcome {
-                resource: parse_row(&row)?,
+                resource: self.parse(&row)?,
                 created: false,
                 warnings: d.warnings,
             }),
             Err(DbError::AlreadyExists { existing }) => {
-                let existing: Resource = parse_row(&existing)?;
+                let existing: Resource = self.parse(&existing)?;
                 if existing.digest == d.digest {
                     return Ok(Outcome {
                         resource: existing,
@@ -1324,7 +1330,7 @@ impl Resources {
             return Ok(None);
         };
         match self.store.db().get(&row.arn).await? {
-            Some(row) => Ok(Some(parse_row(&row)?)),
+            Some(row) => Ok(Some(self.parse(&row)?)),
             None => Ok(None),
         }
     }
@@ -1380,11 +1386,10 @@ impl Resources {
                 ..Filter::default()
             };
             for row in self.store.db().list(&f).await? {
-                out.push(from_json(
-                    &row.summary,
-                    &format!("the summary of {}", row.arn),
-                    &crate::state::db_path(self.store.home()),
-                )?);
+                out.push(
+                    self.store
+                        .decode(&row.summary, &format!("the summary of {}", row.arn))?,
+                );
             }
         }
         Ok(out)
@@ -1515,15 +1520,6 @@ fn content_digest(request: &Value, skip: &[&str]) -> String {
         }
     }
     sha256_hex(v.to_string().as_bytes())
-}
-
-/// A stored resource.
-pub fn parse_row(row: &Row) -> Result<Resource, StoreError> {
-    from_json(
-        &row.body,
-        &format!("the resource {}", row.arn),
-        Path::new("kiln.db"),
-    )
 }
 
 /// Finds components by ARN in the store (for recipes and ExecuteDocument).

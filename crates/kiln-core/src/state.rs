@@ -51,6 +51,19 @@ impl Store {
         self.db.as_ref()
     }
 
+    /// Reads a row's summary or body; `what` names it in the error (`the record of ARN`).
+    pub fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        text: &str,
+        what: &str,
+    ) -> Result<T, StoreError> {
+        serde_json::from_str(text).map_err(|e| StoreError::Unreadable {
+            path: db_path(&self.home),
+            what: what.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
     /// The data directory.
     pub fn home(&self) -> &Home {
         &self.home
@@ -125,20 +138,5 @@ pub fn row(kind: Kind, arn: String, name: String) -> Row {
 
 /// JSON for a row's summary or body.
 pub fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Corrupt {
-        path: PathBuf::from("kiln.db"),
-        why: e.to_string(),
-    })
-}
-
-/// Reads a row's summary or body; `what` names it in the error (`the record of ARN`).
-pub fn from_json<T: serde::de::DeserializeOwned>(
-    text: &str,
-    what: &str,
-    db: &std::path::Path,
-) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
-        path: db.to_path_buf(),
-        why: format!("{what}: {e}"),
-    })
+    serde_json::to_string(v).map_err(|e| StoreError::Encode(e.to_string()))
 }

@@ -36,6 +36,22 @@ pub enum StoreError {
         /// What is wrong.
         why: String,
     },
+    /// A row of the state store holds what this kiln cannot read (the store itself is fine).
+    #[error(
+        "{what} in {path} cannot be read ({detail}); kiln changed nothing: it was written by \
+         another version of kiln or edited by hand"
+    )]
+    Unreadable {
+        /// The store's file.
+        path: PathBuf,
+        /// Which row and part (`the record of ARN`).
+        what: String,
+        /// What JSON said.
+        detail: String,
+    },
+    /// A value could not be encoded for the state store (nothing was stored).
+    #[error("encoding {0} for the state store failed; nothing was stored")]
+    Encode(String),
     /// A layer could not be written or read.
     #[error(transparent)]
     Layer(#[from] kiln_image::LayerError),
