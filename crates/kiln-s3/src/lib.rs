@@ -115,6 +115,16 @@ pub fn parse_url(url: &str) -> Result<(String, String), S3Error> {
     Ok((bucket.to_string(), key.to_string()))
 }
 
+/// The key of `rel` under a key prefix taken as a folder (`logs` and `logs/` both give
+/// `logs/REL`; an empty prefix gives `REL`).
+pub fn key_under(prefix: &str, rel: &str) -> String {
+    if prefix.is_empty() || prefix.ends_with('/') {
+        format!("{prefix}{rel}")
+    } else {
+        format!("{prefix}/{rel}")
+    }
+}
+
 /// An S3 client.
 #[derive(Debug, Clone)]
 pub struct S3Client {
@@ -425,6 +435,13 @@ fn xml_text(xml: &str, tag: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_under_a_prefix() {
+        assert_eq!(key_under("", "a/b"), "a/b");
+        assert_eq!(key_under("logs", "a/b"), "logs/a/b");
+        assert_eq!(key_under("logs/", "a/b"), "logs/a/b");
+    }
 
     #[test]
     fn urls() {

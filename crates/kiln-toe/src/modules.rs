@@ -680,13 +680,8 @@ impl Engine {
                 let FileOpOutput::Paths(paths) = listed else {
                     return Err(Failure::retryable("listing returned no paths"));
                 };
-                let prefix = if key.is_empty() || key.ends_with('/') {
-                    key.clone()
-                } else {
-                    format!("{key}/")
-                };
                 for rel in paths {
-                    jobs.push((format!("{dir}/{rel}"), format!("{prefix}{rel}")));
+                    jobs.push((format!("{dir}/{rel}"), kiln_s3::key_under(&key, &rel)));
                 }
             } else {
                 let object = if key.is_empty() || key.ends_with('/') {

@@ -415,16 +415,7 @@ async fn ship_logs(plan: &kiln_core::pipeline::Plan, rec: &kiln_core::record::Im
         let mut n = 0;
         for f in files_under(&rec.logs) {
             let rel = f.strip_prefix(&rec.logs).unwrap_or(&f);
-            let key = format!(
-                "{}{}{sub}/{}",
-                prefix,
-                if prefix.is_empty() || prefix.ends_with('/') {
-                    ""
-                } else {
-                    "/"
-                },
-                rel.display()
-            );
+            let key = kiln_s3::key_under(&prefix, &format!("{sub}/{}", rel.display()));
             match client.put_object_from_file(&bucket, &key, &f, None).await {
                 Ok(()) => n += 1,
                 Err(e) => {
