@@ -575,6 +575,8 @@ impl Builder {
         rec.distributing.clear();
         let saved = records.save(&rec).await;
         drop(lock);
+        // A cancelled build's VM went with its handle, not through `stop`.
+        kiln_instance::vm::remove_sockets_under(&run_dir);
         store::remove_tree(&run_dir);
         saved?;
         observer.event(&BuildEvent::Finished(&rec));

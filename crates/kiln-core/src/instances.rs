@@ -53,9 +53,9 @@ pub struct KeptInstance {
 }
 
 impl KeptInstance {
-    /// True while its process runs.
+    /// True while its process runs (a killed keeper can linger as a zombie: that is not alive).
     pub fn alive(&self) -> bool {
-        Path::new(&format!("/proc/{}", self.pid)).exists()
+        kiln_instance::process::is_alive(self.pid as i32)
     }
 
     /// How a person gets a shell in it.
@@ -150,6 +150,7 @@ impl Instances {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        kiln_instance::vm::remove_sockets_under(&k.dir);
         crate::store::remove_tree(&k.dir);
         if k.dir.exists() {
             return Err(KeepError::Io(format!(

@@ -282,7 +282,9 @@ pub fn kill_tree(root: i32) {
     tracing::warn!(root, "processes of a killed step survived repeated SIGKILL");
 }
 
-fn is_alive(pid: i32) -> bool {
+/// True while process `pid` runs: a zombie (dead, not yet reaped by whoever inherited it) does
+/// not count.
+pub fn is_alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| parse_stat(&s))
@@ -292,6 +294,21 @@ fn is_alive(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zombie_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Exited but not reaped: a zombie until `wait`.
+        let t0 = std::time::Instant::now();
+        while is_alive(pid) && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        assert!(!is_alive(pid));
+        child.wait().unwrap();
+        assert!(is_alive(std::process::id() as i32));
+    }
 
     #[test]
     fn stat_with_odd_command_names() {

@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -331,8 +331,32 @@ fn a_failed_vm_is_kept_on_request_and_nothing_is_left_when_kiln_is_killed_mid_bo
         "-c",
         "cat /etc/kiln-disk-base; uname -s",
     ]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    if o.status.code() != Some(0) {
+        // What the kept VM left behind says why it could not be reached.
+        let kept = home().join("instances").join(&id);
+        let tail = |f: &str| {
+            let t = std::fs::read_to_string(kept.join(f)).unwrap_or_default();
+            let lines: Vec<&str> = t.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        };
+        panic!(
+            "kiln instance shell: {}\nqemu processes: {:?}\nqemu.log:\n{}\nconsole.log:\n{}",
+            text(&o.stderr),
+            processes_with(&format!("{}-test", &id[..8])),
+            tail("qemu.log"),
+            tail("console.log")
+        );
+    }
     assert_eq!(text(&o.stdout), "baseLinux\n");
+    let kept: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(home().join("instances").join(&id).join("instance.json")).unwrap(),
+    )
+    .unwrap();
+    let sockets = PathBuf::from(kept["qgaSocket"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(sockets.is_dir());
     let o = kiln(&["instance", "stop", &id]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     std::thread::sleep(Duration::from_secs(1));
@@ -341,6 +365,11 @@ fn a_failed_vm_is_kept_on_request_and_nothing_is_left_when_kiln_is_killed_mid_bo
         "the kept VM's QEMU survived `kiln instance stop`"
     );
     assert!(!text(&kiln(&["instance", "list"]).stdout).contains(&id));
+    assert!(
+        !sockets.exists(),
+        "{} outlived the kept VM",
+        sockets.display()
+    );
 
     // 2. By default nothing outlives kiln, even when it is killed while the VM boots.
     let name = format!("killed-boot-{}", std::process::id());
@@ -386,6 +415,8 @@ fn a_failed_vm_is_kept_on_request_and_nothing_is_left_when_kiln_is_killed_mid_bo
     }
     assert!(!qemu_processes_of(&short).is_empty(), "QEMU never started");
     std::thread::sleep(Duration::from_secs(2));
+    let sockets = socket_folders_under(&home().join("run").join(&run));
+    assert!(!sockets.is_empty(), "the VM's socket folder");
     child.kill().unwrap();
     child.wait().unwrap();
     let t0 = Instant::now();
@@ -407,4 +438,25 @@ fn a_failed_vm_is_kept_on_request_and_nothing_is_left_when_kiln_is_killed_mid_bo
         !home().join("run").join(&run).exists(),
         "the run folder was not swept"
     );
+    for s in sockets {
+        assert!(!s.exists(), "{} was not swept", s.display());
+    }
+}
+
+/// The socket folders of the VMs under `tree`: `sock`, or where it links to when the folder is
+/// too deep for socket paths.
+fn socket_folders_under(tree: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![tree.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let kind = e.file_type().unwrap();
+            if e.file_name() == "sock" {
+                found.push(std::fs::read_link(e.path()).unwrap_or(e.path()));
+            } else if kind.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    found
 }

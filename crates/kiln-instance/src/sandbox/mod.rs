@@ -462,8 +462,8 @@ pub fn is_held(dir: &Path) -> bool {
     nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
 }
 
-/// Removes run folders under `run_root` that no live kiln holds (left by a crash), and empty
-/// `kiln-*` cgroups. Returns the folders removed.
+/// Removes run folders under `run_root` that no live kiln holds (left by a crash) with their
+/// VMs' socket folders, and empty `kiln-*` cgroups. Returns the folders removed.
 pub fn sweep(run_root: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     if let Ok(entries) = std::fs::read_dir(run_root) {
@@ -479,6 +479,7 @@ pub fn sweep(run_root: &Path) -> Vec<PathBuf> {
             if let Ok(lock) =
                 nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
             {
+                crate::vm::remove_sockets_under(&dir);
                 if std::fs::remove_dir_all(&dir).is_ok() {
                     removed.push(dir.clone());
                 }

@@ -22,6 +22,7 @@ use crate::client::{AgentClient, ConnectError};
 use crate::fileops::{FileOp, FileOpOutput};
 use crate::sandbox::Network;
 use crate::{ExecOutcome, ExecRequest, Instance, InstanceError, InstanceKind, OutputSink};
+use keeper::Keeper;
 use qmp::{Qga, Qmp};
 
 /// Name of kiln's agent port in the guest (`/dev/virtio-ports/NAME`).
@@ -81,7 +82,7 @@ pub struct VmSpec {
 
 /// A running QEMU.
 struct Running {
-    keeper: tokio::process::Child,
+    keeper: Keeper,
     qmp: tokio::sync::Mutex<Qmp>,
     client: Arc<AgentClient>,
 }
@@ -202,9 +203,15 @@ impl Vm {
         std::fs::create_dir_all(&spec.dir)
             .map_err(|e| InstanceError::io(format!("creating {}", spec.dir.display()), e))?;
         // Unix socket paths are short (108 bytes): a deep run folder gets a short one of its own.
+        // `sock` then links to it, so that whoever removes the folder finds it too
+        // ([`remove_sockets_under`]): after a crash, or when a kept VM is stopped.
         let mut sockets = spec.dir.join("sock");
         if sockets.join("agent.sock").as_os_str().len() > 100 {
-            sockets = std::env::temp_dir().join(format!("kiln-vm-{}", &uuid_short()));
+            let short = std::env::temp_dir().join(format!("{SHORT_SOCKETS}{}", &uuid_short()));
+            let _ = std::fs::remove_file(&sockets);
+            std::os::unix::fs::symlink(&short, &sockets)
+                .map_err(|e| InstanceError::io(format!("creating {}", sockets.display()), e))?;
+            sockets = short;
         }
         std::fs::create_dir_all(&sockets)
             .map_err(|e| InstanceError::io(format!("creating {}", sockets.display()), e))?;
@@ -305,31 +312,29 @@ impl Vm {
             .unwrap_or_default()
     }
 
-    /// The keeper's process id (to stop a kept VM later).
-    pub async fn keeper_pid(&self) -> Option<u32> {
-        self.running
-            .read()
-            .await
-            .as_ref()
-            .and_then(|r| r.keeper.id())
-    }
-
-    /// Lets the VM outlive kiln (kept for debugging): the keeper stops following kiln.
+    /// Lets the VM outlive kiln (kept for debugging): the keeper stops following kiln. Returns
+    /// the keeper's process id; `None` (the VM stopped) when the keeper did not let go.
     pub async fn detach(&self) -> Option<u32> {
-        let pid = self.keeper_pid().await?;
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGUSR1,
-        );
-        if let Some(r) = self.running.write().await.take() {
-            r.client.close();
-            // Forget the child without killing it.
-            let r = Arc::try_unwrap(r).ok();
-            if let Some(r) = r {
-                std::mem::forget(r.keeper);
+        let r = self.running.write().await.take()?;
+        r.client.close();
+        let Ok(r) = Arc::try_unwrap(r) else {
+            tracing::warn!("VM {} is busy and cannot be kept", self.spec.id);
+            return None;
+        };
+        let pid = r.keeper.id();
+        match r.keeper.detach(Duration::from_secs(10)).await {
+            Ok(pid) => Some(pid),
+            Err(e) => {
+                tracing::warn!("VM {} cannot be kept: {e}", self.spec.id);
+                if let Some(pid) = pid {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                None
             }
         }
-        Some(pid)
     }
 
     fn qemu_args(&self, accel: Accel) -> Result<Vec<String>, InstanceError> {
@@ -400,7 +405,7 @@ impl Vm {
         Ok(a)
     }
 
-    async fn spawn_qemu(&self, accel: Accel) -> Result<tokio::process::Child, InstanceError> {
+    async fn spawn_qemu(&self, accel: Accel) -> Result<Keeper, InstanceError> {
         let _ = std::fs::remove_file(self.console_log());
         for s in ["qga.sock", "agent.sock", "qmp.sock", "events.sock"] {
             let _ = std::fs::remove_file(self.sockets.join(s));
@@ -411,28 +416,13 @@ impl Vm {
         if let Ok(mut w) = self.watch.lock() {
             *w = BootWatch::default();
         }
-        let argv = serde_json::to_string(&self.qemu_args(accel)?)
-            .map_err(|e| InstanceError::Op(e.to_string()))?;
-        let mut cmd = tokio::process::Command::new(&self.helper.0);
-        cmd.args(&self.helper.1)
-            .arg(argv)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::from(
-                std::fs::File::create(self.spec.dir.join("qemu.log"))
-                    .map_err(|e| InstanceError::io("creating qemu.log", e))?,
-            ))
-            .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe and only concerns the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        cmd.spawn().map_err(|source| InstanceError::Spawn {
-            program: self.helper.0.display().to_string(),
-            source,
+        let stderr = std::fs::File::create(self.spec.dir.join("qemu.log"))
+            .map_err(|e| InstanceError::io("creating qemu.log", e))?;
+        Keeper::spawn(&self.helper, &self.qemu_args(accel)?, stderr).map_err(|source| {
+            InstanceError::Spawn {
+                program: self.helper.0.display().to_string(),
+                source,
+            }
         })
     }
 
@@ -514,13 +504,13 @@ impl Vm {
                 seen_output = true;
             }
             if let Some(line) = self.watch.lock().ok().and_then(|w| w.fatal.clone()) {
-                kill_keeper(&mut keeper).await;
+                keeper.kill().await;
                 return Err(self.boot_failure(&format!("the VM could not boot ({})", line.trim())));
             }
             if accel == Accel::Kvm && !seen_output && launched.elapsed() > KVM_GRACE {
                 // /dev/kvm answers but runs nothing (nested virtualisation): software it is.
                 tracing::info!("KVM gave no console output in {KVM_GRACE:?}; using TCG");
-                kill_keeper(&mut keeper).await;
+                keeper.kill().await;
                 self.remember_kvm_broken();
                 accel = Accel::Tcg;
                 keeper = self.spawn_qemu(accel).await?;
@@ -528,7 +518,7 @@ impl Vm {
                 continue;
             }
             if launched.elapsed() > self.spec.boot_timeout {
-                kill_keeper(&mut keeper).await;
+                keeper.kill().await;
                 return Err(self.boot_failure(&format!(
                     "the VM did not boot to its guest agent within {} s",
                     self.spec.boot_timeout.as_secs()
@@ -708,7 +698,7 @@ impl Vm {
         if let Some(r) = self.running.write().await.take() {
             r.client.close();
             if let Ok(mut r) = Arc::try_unwrap(r) {
-                kill_keeper(&mut r.keeper).await;
+                r.keeper.kill().await;
             }
         }
         let _ = std::fs::remove_dir_all(&self.sockets);
@@ -798,28 +788,11 @@ impl Vm {
                 .await
                 .is_err()
             {
-                kill_keeper(&mut r.keeper).await;
+                r.keeper.kill().await;
             }
         }
         let _ = std::fs::remove_dir_all(&self.sockets);
         Ok(())
-    }
-}
-
-/// Kills the keeper and QEMU (its process group) and waits until both are gone.
-async fn kill_keeper(keeper: &mut tokio::process::Child) {
-    use nix::sys::signal::{killpg, Signal};
-    let Some(pid) = keeper.id() else {
-        return;
-    };
-    let group = nix::unistd::Pid::from_raw(pid as i32);
-    let _ = killpg(group, Signal::SIGKILL);
-    let _ = keeper.kill().await;
-    for _ in 0..100 {
-        if killpg(group, None).is_err() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -850,6 +823,40 @@ async fn watch_events(
                 abort();
                 let _ = events.send("QEMU_EXITED".into());
                 return;
+            }
+        }
+    }
+}
+
+/// Name prefix of the short socket folders in the temporary directory.
+const SHORT_SOCKETS: &str = "kiln-vm-";
+
+/// Removes the short socket folders (outside `tree`) of the VMs whose folders are in `tree`,
+/// before `tree` itself goes: a VM's folder links to them as `sock`.
+pub fn remove_sockets_under(tree: &Path) {
+    let mut stack = vec![(tree.to_path_buf(), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(kind) = e.file_type() else {
+                continue;
+            };
+            if kind.is_dir() && depth < 4 {
+                stack.push((e.path(), depth + 1));
+            } else if kind.is_symlink() && e.file_name() == "sock" {
+                let Ok(target) = std::fs::read_link(e.path()) else {
+                    continue;
+                };
+                // Only what kiln made: a short socket folder right in the temporary directory.
+                let ours = target.parent() == Some(std::env::temp_dir().as_path())
+                    && target
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(SHORT_SOCKETS));
+                if ours {
+                    let _ = std::fs::remove_dir_all(&target);
+                }
             }
         }
     }
@@ -963,7 +970,7 @@ impl Instance for Vm {
             self.pump_console();
             if let Some(line) = self.watch.lock().ok().and_then(|w| w.fatal.clone()) {
                 let mut keeper = keeper;
-                kill_keeper(&mut keeper).await;
+                keeper.kill().await;
                 return Err(
                     self.boot_failure(&format!("the VM could not boot again ({})", line.trim()))
                 );
