@@ -113,3 +113,29 @@ fn a_detached_keeper_and_its_program_outlive_the_thread_that_started_it() {
     assert!(child_alive, "the detached keeper's program died");
     assert!(gone_within(child, Duration::from_secs(5)));
 }
+
+#[test]
+fn a_keeper_that_does_not_confirm_the_detach_is_killed_with_its_program() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (keeper, child, result) = rt.block_on(async {
+        let log = tempfile::tempfile().unwrap();
+        let argv = ["sleep".to_string(), "300".to_string()];
+        let keeper = Keeper::spawn(&helper(), &argv, log).unwrap();
+        let pid = keeper.id().unwrap();
+        let child = child_of(pid).expect("the keeper's program never started");
+        // Stopped for good: the detach signal is never handled.
+        signal(pid as i32, Signal::SIGSTOP);
+        let result = keeper.detach(Duration::from_millis(300)).await;
+        (pid as i32, child, result)
+    });
+    let keeper_gone = gone_within(keeper, Duration::from_secs(5));
+    let child_gone = gone_within(child, Duration::from_secs(5));
+    kill_group(keeper);
+    let e = result.expect_err("a keeper that never confirmed was kept");
+    assert!(e.to_string().contains("did not confirm"), "{e}");
+    assert!(keeper_gone, "the keeper outlived a failed detach");
+    assert!(child_gone, "the keeper's program outlived a failed detach");
+}

@@ -93,9 +93,23 @@ impl Keeper {
 
     /// Lets the keeper (and QEMU) outlive kiln. Returns its process id once the keeper has
     /// confirmed: a signal alone is not enough, kiln could exit before the keeper handles it and
-    /// take the VM with it. Fails (leaving the keeper to die with kiln) when the keeper does not
-    /// confirm `within`.
+    /// take the VM with it. When the keeper does not confirm `within`, it is killed with QEMU
+    /// (a VM that may die with kiln at any moment is not worth keeping) and this fails.
     pub async fn detach(mut self, within: Duration) -> std::io::Result<u32> {
+        match self.confirm_detach(within).await {
+            Ok(pid) => {
+                // Forget the handle without killing the keeper.
+                std::mem::forget(self.child);
+                Ok(pid)
+            }
+            Err(e) => {
+                self.kill().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn confirm_detach(&mut self, within: Duration) -> std::io::Result<u32> {
         use tokio::io::AsyncReadExt;
         let (Some(pid), Some(mut confirm)) = (self.child.id(), self.detached.take()) else {
             return Err(std::io::Error::other("the keeper has already ended"));
@@ -104,11 +118,7 @@ impl Keeper {
             .map_err(std::io::Error::from)?;
         let mut byte = [0u8; 1];
         match tokio::time::timeout(within, confirm.read(&mut byte)).await {
-            Ok(Ok(1)) if byte[0] == DETACHED => {
-                // Forget the handle without killing the keeper.
-                std::mem::forget(self.child);
-                Ok(pid)
-            }
+            Ok(Ok(1)) if byte[0] == DETACHED => Ok(pid),
             Ok(Ok(_)) => Err(std::io::Error::other(
                 "the keeper ended instead of detaching",
             )),

@@ -321,17 +321,10 @@ impl Vm {
             tracing::warn!("VM {} is busy and cannot be kept", self.spec.id);
             return None;
         };
-        let pid = r.keeper.id();
         match r.keeper.detach(Duration::from_secs(10)).await {
             Ok(pid) => Some(pid),
             Err(e) => {
-                tracing::warn!("VM {} cannot be kept: {e}", self.spec.id);
-                if let Some(pid) = pid {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+                tracing::warn!("VM {} cannot be kept (it was stopped): {e}", self.spec.id);
                 None
             }
         }
