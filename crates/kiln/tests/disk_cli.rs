@@ -342,7 +342,7 @@ fn a_failed_vm_is_kept_on_request_and_nothing_is_left_when_kiln_is_killed_mid_bo
         panic!(
             "kiln instance shell: {}\nqemu processes: {:?}\nqemu.log:\n{}\nconsole.log:\n{}",
             text(&o.stderr),
-            processes_with(&format!("{}-test", &id[..8])),
+            qemu_processes_of(&id),
             tail("qemu.log"),
             tail("console.log")
         );
