@@ -25,6 +25,7 @@ use crate::disk::{self, GuestAgent};
 use crate::instances::{Instances, KeptInstance, KeptKind};
 use crate::inventory;
 use crate::parent::{self, compression_of, Parent};
+use crate::principal::Principal;
 use crate::recipe::{BuilderKind, ComponentSource, Recipe};
 use crate::record::*;
 use crate::store::{self, read_json, sha256_hex, write_json, Home, LayerStore, StoredLayer};
@@ -302,10 +303,10 @@ pub struct Builder {
 }
 
 /// Where a build comes from, for its record.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Origin {
     /// Who started it.
-    pub owner: String,
+    pub principal: Principal,
     /// The pipeline, when a pipeline runs it.
     pub pipeline: Option<String>,
     /// The stored recipe.
@@ -314,18 +315,27 @@ pub struct Origin {
     pub configurations: Vec<String>,
 }
 
+impl Origin {
+    /// A build a principal started from a recipe file (no pipeline, no stored recipe).
+    pub fn of(principal: Principal) -> Self {
+        Origin {
+            principal,
+            pipeline: None,
+            recipe_arn: None,
+            configurations: Vec::new(),
+        }
+    }
+}
+
 impl Builder {
-    /// A builder for a data directory.
-    pub fn new(home: Home, options: BuildOptions) -> Self {
+    /// A builder for a data directory; `origin` says who builds, for the records.
+    pub fn new(home: Home, options: BuildOptions, origin: Origin) -> Self {
         Builder {
             home,
             options,
             loader: DocumentLoader::new(),
             store: None,
-            origin: Origin {
-                owner: crate::resources::current_owner(),
-                ..Origin::default()
-            },
+            origin,
         }
     }
 
@@ -338,12 +348,6 @@ impl Builder {
                 store.clone(),
             )));
         self.store = Some(store);
-        self
-    }
-
-    /// Says where the build comes from (a pipeline, a stored recipe).
-    pub fn with_origin(mut self, origin: Origin) -> Self {
-        self.origin = origin;
         self
     }
 
@@ -514,7 +518,7 @@ impl Builder {
             duration_ms: 0,
             logs: PathBuf::new(),
             run_dir: Some(run_dir.clone()),
-            owner: self.origin.owner.clone(),
+            owner: self.origin.principal.user.clone(),
             pipeline: self.origin.pipeline.clone(),
             recipe_arn: self.origin.recipe_arn.clone(),
             configurations: self.origin.configurations.clone(),

@@ -9,6 +9,7 @@ pub mod instances;
 pub mod inventory;
 pub mod parent;
 pub mod pipeline;
+pub mod principal;
 pub mod recipe;
 pub mod record;
 pub mod resources;

@@ -7,6 +7,7 @@ use kiln_store::Kind;
 use serde_json::{json, Value};
 
 use crate::build::Origin;
+use crate::principal::Principal;
 use crate::recipe::{self, Recipe, RecipeSource};
 use crate::resources::{Reference, Resource, ResourceError, Resources};
 
@@ -69,8 +70,13 @@ async fn resolve(
     }
 }
 
-/// Puts a pipeline's resources together into the recipe of its next build.
-pub async fn plan(resources: &Resources, pipeline_ref: &str) -> Result<Plan, ResourceError> {
+/// Puts a pipeline's resources together into the recipe of its next build, which `principal`
+/// starts.
+pub async fn plan(
+    resources: &Resources,
+    principal: &Principal,
+    pipeline_ref: &str,
+) -> Result<Plan, ResourceError> {
     let pipeline = resources.get(pipeline_ref, &[Kind::ImagePipeline]).await?;
     let recipe = match resolve(resources, &pipeline, "imageRecipeArn", Kind::ImageRecipe).await? {
         Some(r) => r,
@@ -189,7 +195,7 @@ pub async fn plan(resources: &Resources, pipeline_ref: &str) -> Result<Plan, Res
         configurations.push(d.arn.clone());
     }
     let origin = Origin {
-        owner: crate::resources::current_owner(),
+        principal: principal.clone(),
         pipeline: Some(pipeline.arn.clone()),
         recipe_arn: Some(recipe.arn.clone()),
         configurations,

@@ -11,10 +11,7 @@ use crate::state::{to_json, Store};
 use crate::store::{read_json, Home, StoreError};
 use crate::version::{Version, VersionFilter};
 
-/// The region and account kiln names its resources with.
-pub const LOCAL_REGION: &str = "local";
-/// The account kiln names its resources with.
-pub const LOCAL_ACCOUNT: &str = "000000000000";
+pub use crate::principal::{LOCAL_ACCOUNT, LOCAL_REGION};
 
 /// The state of an image build (Image Builder's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

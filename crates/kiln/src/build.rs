@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use kiln_core::build::{BuildEvent, BuildObserver, BuildOptions, Builder};
+use kiln_core::build::{BuildEvent, BuildObserver, BuildOptions, Builder, Origin};
 use kiln_core::record::{CacheUse, ImageRecord, State};
 use kiln_core::store::Home;
 use kiln_toe::events::Observer;
@@ -178,12 +178,10 @@ pub async fn execute(
     let observer = Arc::new(BuildTerminal {
         term: ui::Terminal::new(flags.quiet),
     });
-    let mut builder = Builder::new(home, options);
+    let origin = origin.unwrap_or_else(|| Origin::of(crate::principal::local()));
+    let mut builder = Builder::new(home, options, origin);
     if let Some(store) = store {
         builder = builder.with_store(store);
-    }
-    if let Some(o) = origin {
-        builder = builder.with_origin(o);
     }
     let build = builder.build(recipe, observer.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

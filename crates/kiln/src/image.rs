@@ -170,7 +170,7 @@ async fn list(records: &Records, a: ListArgs) -> Result<u8> {
         }
         filter.states = vec![s];
     }
-    filter.owner = a.owner.as_deref().map(kiln_core::resources::owner_filter);
+    filter.owner = a.owner.as_deref().map(crate::principal::owner_filter);
     if let Some(p) = &a.pipeline {
         let resources = kiln_core::resources::Resources::new(records.store().clone());
         let p = resources.get(p, &[kiln_store::Kind::ImagePipeline]).await?;

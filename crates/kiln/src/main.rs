@@ -4,6 +4,7 @@ mod build;
 mod config;
 mod image;
 mod instance;
+mod principal;
 mod resource;
 mod toe;
 mod ui;

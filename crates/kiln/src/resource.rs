@@ -365,7 +365,7 @@ async fn delete(res: &Resources, kinds: &[Kind], a: &RefArgs) -> Result<u8> {
 }
 
 async fn start(res: &Resources, a: StartArgs) -> Result<u8> {
-    let plan = kiln_core::pipeline::plan(res, &a.pipeline).await?;
+    let plan = kiln_core::pipeline::plan(res, &crate::principal::local(), &a.pipeline).await?;
     eprintln!(
         "pipeline {}: recipe {}, {}{}",
         plan.pipeline.name,
