@@ -4,11 +4,17 @@
 //! sort on, plus JSON text that kiln-core writes and reads. The default backend is an embedded
 //! SQLite file ([`SqliteStore`]); the SQL stays portable where that costs nothing so that a
 //! PostgreSQL backend can follow behind the same [`StateStore`] trait.
+//!
+//! What the trait promises is checked by a conformance suite that every backend runs: the
+//! `conformance` feature adds the module `conformance` with one check per behaviour, and
+//! `conformance_tests!` turns them into one test each for a backend.
 #![deny(missing_docs)]
 
 use std::fmt;
 use std::path::PathBuf;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod sqlite;
 
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};

@@ -1,0 +1,38 @@
+//! The conformance suite of `StateStore` on the SQLite backend, each check on a file of its own.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use kiln_store::conformance::{Backend, Fresh};
+use kiln_store::{SqliteStore, StateStore};
+use tempfile::TempDir;
+
+/// Stores in temporary directories, each a `kiln.db` of its own.
+struct Sqlite;
+
+#[async_trait::async_trait(?Send)]
+impl Backend for Sqlite {
+    /// The store's directory, deleted with the database file in it when the check ends.
+    type Guard = TempDir;
+
+    async fn fresh(&self) -> Fresh<TempDir> {
+        let dir = TempDir::new().unwrap();
+        let store = SqliteStore::open(&dir.path().join("kiln.db"))
+            .await
+            .unwrap();
+        Fresh {
+            store: Arc::new(store),
+            guard: dir,
+        }
+    }
+
+    async fn open_again(&self, dir: &TempDir) -> Arc<dyn StateStore> {
+        Arc::new(
+            SqliteStore::open(&dir.path().join("kiln.db"))
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+kiln_store::conformance_tests!(Sqlite);
