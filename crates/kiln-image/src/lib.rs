@@ -8,7 +8,9 @@
 //! and a manifest into an OCI image layout under a tag, safely against concurrent writers and
 //! readers; [`oci::read_image`] reads one back (a parent image, say).
 //!
-//! [`registry::pull`] and [`registry::push`] move images between a layout and a registry.
+//! [`registry::pull`] and [`registry::push`] move images between a layout and a registry;
+//! [`registry::manifest_digest`], [`registry::retag`] and [`registry::delete_manifest`] look
+//! up, move and delete tags there.
 //!
 //! Everything here except [`registry`] is synchronous and blocking: callers in async code run
 //! it on a blocking thread. [`registry`] is async (tokio) and does its own file work on
@@ -30,4 +32,7 @@ pub use oci::{
 };
 /// The OCI image-spec types [`oci::ReadImage`] hands out.
 pub use oci_spec;
-pub use registry::{parse_reference, pull, push, RegistryAuth, RegistryError, RegistryOptions};
+pub use registry::{
+    delete_manifest, manifest_digest, parse_reference, pull, push, retag, Deleted, RegistryAuth,
+    RegistryError, RegistryOptions,
+};

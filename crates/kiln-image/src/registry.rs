@@ -12,6 +12,14 @@
 //! [`push`] uploads the blobs the registry does not have yet, then the manifest byte for byte,
 //! so the image keeps the digest it has in the layout.
 //!
+//! Tags move without images moving, which is what staging a build under `VERSION-BUILD`,
+//! promoting it to `VERSION` and taking a dead build back are made of: [`manifest_digest`] says
+//! which manifest a tag names (or that there is none), [`retag`] puts a manifest the repository
+//! has under another tag without moving a blob, and [`delete_manifest`] deletes a manifest by
+//! digest, and with it every tag that names it. Registries that do not delete say so with
+//! [`Deleted::Unsupported`], not an error. oci-client has no DELETE: that request is kiln's
+//! own, answering the registry's basic or bearer-token challenge itself.
+//!
 //! Registries on loopback (`localhost`, 127.0.0.0/8, `[::1]`) are spoken to over plain HTTP,
 //! as Docker treats them as insecure registries; any other only over HTTPS unless
 //! [`RegistryOptions::insecure_http`] says otherwise.
@@ -24,7 +32,7 @@ use std::time::Duration;
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use oci_client::errors::{DigestError, OciDistributionError, OciEnvelope, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth as ClientAuth;
 use oci_client::Client;
@@ -53,6 +61,11 @@ const PARALLEL: usize = 3;
 /// Upload read size (one monolithic PUT per blob, streamed in pieces of this size).
 const UPLOAD_CHUNK: usize = 1 << 20;
 const USER_AGENT: &str = concat!("kiln/", env!("CARGO_PKG_VERSION"));
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
+/// How much of a registry's non-JSON error answer (an HTML page from a proxy, say) an error
+/// message quotes.
+const QUOTED_BODY: usize = 300;
 
 /// Credentials for a registry that does not allow anonymous access (HTTP basic auth, or the
 /// username and password a token service exchanges for a bearer token).
@@ -111,10 +124,11 @@ pub enum RegistryError {
         /// The user whose credentials were refused; `None` when none were given.
         username: Option<String>,
     },
-    /// The registry knows who is asking and refuses.
+    /// The registry knows who is asking and refuses (a 403, or a token registry's 401
+    /// `insufficient_scope` to a user it knows).
     #[error(
-        "registry {registry} answered 403 for {image}: {} may not {action} it; check the \
-         repository name, or ask the registry's administrators for {action} access",
+        "registry {registry} denied {action} access to {image}: {} may not {action} it; check \
+         the repository name, or ask the registry's administrators for {action} access",
         username.as_deref().map_or("an anonymous client".to_string(), |u| format!("user `{u}`"))
     )]
     Denied {
@@ -122,7 +136,7 @@ pub enum RegistryError {
         registry: String,
         /// `REPOSITORY:TAG` or `REPOSITORY@DIGEST`.
         image: String,
-        /// `pull` or `push`.
+        /// `pull`, `push` or `delete`.
         action: &'static str,
         /// The user, if credentials were given.
         username: Option<String>,
@@ -456,6 +470,168 @@ pub async fn push(
     Ok(registry_digest)
 }
 
+/// The digest of the manifest `reference` names on the registry (`HOST/REPOSITORY:TAG`; with
+/// `@DIGEST`, whether the repository has that manifest), or `None` when the registry has no
+/// such tag or repository.
+///
+/// This is a HEAD on the manifest that accepts OCI and Docker schema 2 manifests and indexes,
+/// and reads the registry's `Docker-Content-Digest` (a registry that sends none gets a GET and
+/// the digest of its answer). An index is not resolved to a platform: the digest is the one
+/// the tag names. Credentials that are refused, missing access and unreachable registries are
+/// errors, as [`pull`] reports them.
+pub async fn manifest_digest(
+    reference: &str,
+    opts: &RegistryOptions,
+) -> Result<Option<String>, RegistryError> {
+    let remote = Remote::new(parse_reference(reference)?, opts)?;
+    let digest = remote.digest_of(Action::ResolveTag).await?;
+    tracing::debug!(
+        registry = %remote.registry,
+        image = %remote.image,
+        manifest = digest.as_deref().unwrap_or("(none)"),
+        "manifest digest looked up"
+    );
+    Ok(digest)
+}
+
+/// Puts the manifest `reference` names (`HOST/REPOSITORY:TAG` or `HOST/REPOSITORY@DIGEST`)
+/// under the tag `to_tag` in the same repository, byte for byte and with its media type, and
+/// returns its digest.
+///
+/// No blob moves: the repository has them already. This is how a staged build's tag
+/// (`VERSION-BUILD`) is promoted to `VERSION`, and how `VERSION` is put back on the previous
+/// build's manifest. When `to_tag` named another manifest, it names this one afterwards; the
+/// other stays in the repository (under its other tags, or by digest). An index stays an index,
+/// whose images the repository has since the index came from there. A reference with neither
+/// tag nor digest is refused rather than taken as `latest`.
+pub async fn retag(
+    reference: &str,
+    to_tag: &str,
+    opts: &RegistryOptions,
+) -> Result<String, RegistryError> {
+    let parsed = parse_reference(reference)?;
+    if !names_tag_or_digest(reference) {
+        return Err(RegistryError::BadReference {
+            input: reference.to_string(),
+            reason: "a retag needs the tag or digest to copy, and kiln does not take a missing \
+                     one as `latest`"
+                .into(),
+        });
+    }
+    oci::check_tag(to_tag)?;
+    let source = Remote::new(parsed, opts)?;
+    let (raw, digest) = source.manifest(&source.reference).await?;
+    let media_type = manifest_media_type(&raw).map_err(|m| source.unsupported(m))?;
+    let target = source.with_reference(Reference::with_tag(
+        source.reference.registry().to_string(),
+        source.reference.repository().to_string(),
+        to_tag.to_string(),
+    ));
+    let content_type = media_type.parse().map_err(|_| {
+        target.protocol(
+            &Action::PushManifest.doing(),
+            format!("the manifest's media type `{media_type}` cannot be an HTTP header"),
+        )
+    })?;
+    target
+        .client
+        .push_manifest_raw(&target.reference, raw, content_type)
+        .await
+        .map_err(|e| target.error(e, Action::PushManifest))?;
+    // As after a push: the tag must name what was put there, else another writer raced us
+    // (or the registry rewrote the manifest) and the caller must not believe it moved.
+    let now = target
+        .digest_of(Action::CheckManifest)
+        .await?
+        .unwrap_or_else(|| "nothing".to_string());
+    if now != digest {
+        return Err(target.protocol(
+            &Action::CheckManifest.doing(),
+            format!(
+                "the tag names {now} after kiln put {digest} under it: another writer to the \
+                 same tag raced this one, or the registry rewrote the manifest"
+            ),
+        ));
+    }
+    tracing::info!(
+        registry = %source.registry,
+        from = %source.image,
+        to = %target.image,
+        manifest = %digest,
+        media_type = %media_type,
+        "manifest tagged"
+    );
+    Ok(digest)
+}
+
+/// What [`delete_manifest`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a registry may keep the manifest (Unsupported): look at the outcome"]
+pub enum Deleted {
+    /// The registry deleted the manifest, and with it every tag that named it. Its blobs stay
+    /// until the registry's garbage collection.
+    Deleted {
+        /// The manifest deleted.
+        digest: String,
+    },
+    /// The registry has no such tag, manifest or repository: deleted already, or never pushed.
+    NotFound,
+    /// The registry does not delete manifests (it answered 405 or `UNSUPPORTED`: the CNCF
+    /// registry without `storage.delete.enabled`, or a hosted registry that keeps everything);
+    /// nothing changed. Whether that matters is the caller's decision.
+    Unsupported {
+        /// The manifest kiln asked it to delete.
+        digest: String,
+        /// What the registry answered.
+        detail: String,
+    },
+}
+
+/// Deletes the manifest `reference` names. `HOST/REPOSITORY:TAG` is resolved to its digest
+/// first (as [`manifest_digest`] does) and `HOST/REPOSITORY@DIGEST` is taken as it is; the
+/// manifest is then deleted by digest, the only way the distribution API has.
+///
+/// **Every tag that names the manifest goes with it**, not only the one given. When a dead
+/// build's tag and `VERSION` name the same manifest (after a promotion, or because a
+/// reproducible build gave the same digest again), deleting by the build's tag removes
+/// `VERSION` as well: move tags that must stay off the digest first (with [`retag`]), and
+/// never delete a digest another build still uses. A tag moved by another writer between the
+/// lookup and the deletion is not noticed: the manifest it named at the lookup is deleted.
+///
+/// A reference with neither tag nor digest is refused rather than taken as `latest`.
+/// [`Deleted::Unsupported`] and [`Deleted::NotFound`] are outcomes, not errors; refused
+/// credentials, missing access and unreachable registries are errors.
+pub async fn delete_manifest(
+    reference: &str,
+    opts: &RegistryOptions,
+) -> Result<Deleted, RegistryError> {
+    let parsed = parse_reference(reference)?;
+    if !names_tag_or_digest(reference) {
+        return Err(RegistryError::BadReference {
+            input: reference.to_string(),
+            reason: "a delete needs the tag or digest to delete, and kiln does not take a \
+                     missing one as `latest`"
+                .into(),
+        });
+    }
+    let remote = Remote::new(parsed, opts)?;
+    let digest = match remote.reference.digest() {
+        Some(digest) => digest.to_string(),
+        None => match remote.digest_of(Action::ResolveTag).await? {
+            Some(digest) => digest,
+            None => {
+                tracing::info!(
+                    registry = %remote.registry,
+                    image = %remote.image,
+                    "no such tag: nothing to delete"
+                );
+                return Ok(Deleted::NotFound);
+            }
+        },
+    };
+    remote.delete(&digest).await
+}
+
 /// Runs blocking layout work (file writes, the layout lock) off the async threads.
 async fn blocking<T, F>(f: F) -> Result<T, RegistryError>
 where
@@ -470,6 +646,7 @@ where
 }
 
 /// What a registry call was for, to word its errors.
+#[derive(Clone, Copy)]
 enum Action<'a> {
     PullManifest,
     PullBlob(&'a str),
@@ -477,6 +654,11 @@ enum Action<'a> {
     PushBlob(&'a str),
     PushManifest,
     CheckManifest,
+    /// Which manifest a tag names (a 404 is an answer, not an error).
+    ResolveTag,
+    DeleteManifest(&'a str),
+    /// A bearer token from the registry's token service, for a delete.
+    DeleteToken,
 }
 
 impl Action<'_> {
@@ -488,14 +670,31 @@ impl Action<'_> {
             Action::PushBlob(d) => format!("uploading blob {d}"),
             Action::PushManifest => "pushing the manifest".into(),
             Action::CheckManifest => "checking the pushed manifest".into(),
+            Action::ResolveTag => "looking up the manifest digest".into(),
+            Action::DeleteManifest(d) => format!("deleting manifest {d}"),
+            Action::DeleteToken => "getting a token to delete with".into(),
         }
     }
 
-    fn is_push(&self) -> bool {
-        matches!(
-            self,
-            Action::CheckBlob(_) | Action::PushBlob(_) | Action::PushManifest
-        )
+    /// The access a 403 refused, in the words of [`RegistryError::Denied`].
+    fn access(&self) -> &'static str {
+        match self {
+            Action::CheckBlob(_) | Action::PushBlob(_) | Action::PushManifest => "push",
+            Action::DeleteManifest(_) | Action::DeleteToken => "delete",
+            Action::PullManifest
+            | Action::PullBlob(_)
+            | Action::CheckManifest
+            | Action::ResolveTag => "pull",
+        }
+    }
+}
+
+/// `REPOSITORY:TAG` or `REPOSITORY@DIGEST`, as errors and logs name an image.
+fn image_name(reference: &Reference) -> String {
+    match (reference.tag(), reference.digest()) {
+        (_, Some(digest)) => format!("{}@{digest}", reference.repository()),
+        (Some(tag), None) => format!("{}:{tag}", reference.repository()),
+        (None, None) => format!("{}:latest", reference.repository()),
     }
 }
 
@@ -518,11 +717,7 @@ struct Remote {
 impl Remote {
     fn new(reference: Reference, opts: &RegistryOptions) -> Result<Remote, RegistryError> {
         let registry = reference.registry().to_string();
-        let image = match (reference.tag(), reference.digest()) {
-            (_, Some(digest)) => format!("{}@{digest}", reference.repository()),
-            (Some(tag), None) => format!("{}:{tag}", reference.repository()),
-            (None, None) => format!("{}:latest", reference.repository()),
-        };
+        let image = image_name(&reference);
         let plain = opts.insecure_http || is_loopback(reference.resolve_registry());
         if plain && opts.auth.is_some() && !is_loopback(reference.resolve_registry()) {
             tracing::warn!(
@@ -540,8 +735,8 @@ impl Remote {
             // read and buffer nothing better.
             use_monolithic_push: true,
             platform_resolver: None,
-            connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(Duration::from_secs(300)),
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
             user_agent: USER_AGENT,
             ..ClientConfig::default()
         };
@@ -778,6 +973,291 @@ impl Remote {
         Ok(true)
     }
 
+    /// The same registry, client (and so its tokens) and credentials, for another reference
+    /// in the repository.
+    fn with_reference(&self, reference: Reference) -> Remote {
+        Remote {
+            client: self.client.clone(),
+            auth: self.auth.clone(),
+            image: image_name(&reference),
+            reference,
+            registry: self.registry.clone(),
+            username: self.username.clone(),
+            scheme: self.scheme,
+            insecure_http: self.insecure_http,
+        }
+    }
+
+    /// The digest the registry gives for this reference's manifest; `None` when it has no such
+    /// tag, manifest or repository.
+    async fn digest_of(&self, action: Action<'_>) -> Result<Option<String>, RegistryError> {
+        let digest = match self
+            .client
+            .fetch_manifest_digest(&self.reference, &self.auth)
+            .await
+        {
+            Ok(digest) => digest,
+            Err(e) => {
+                return match self.error(e, action) {
+                    RegistryError::NotFound { .. } => Ok(None),
+                    other => Err(other),
+                }
+            }
+        };
+        // The digest goes into URLs (a DELETE) and is compared with kiln's own sha256 ones.
+        match digest::split(&digest) {
+            Some(("sha256", hex))
+                if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Ok(Some(digest))
+            }
+            _ => Err(self.protocol(
+                &action.doing(),
+                format!(
+                    "it gave the manifest digest `{digest}`, not a sha256 digest; kiln works \
+                     with sha256 only"
+                ),
+            )),
+        }
+    }
+
+    /// Deletes a manifest by digest. oci-client has no DELETE, so this is kiln's own request,
+    /// and it answers the registry's auth challenge itself.
+    async fn delete(&self, digest: &str) -> Result<Deleted, RegistryError> {
+        let action = Action::DeleteManifest(digest);
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{digest}",
+            self.scheme,
+            self.reference.resolve_registry(),
+            self.reference.repository()
+        );
+        let http = self.http_client()?;
+        let mut credential = None;
+        // An anonymous request first, as oci-client does: its 401 says which auth the registry
+        // wants (basic, or a token from where), and credentials go only where one asked.
+        let response = loop {
+            let request = match &credential {
+                None => http.delete(&url),
+                Some(Credential::Basic(user, password)) => {
+                    http.delete(&url).basic_auth(user, Some(password))
+                }
+                Some(Credential::Bearer(token)) => http.delete(&url).bearer_auth(token),
+            };
+            let response = request
+                .send()
+                .await
+                .map_err(|e| self.error(e.into(), action))?;
+            if response.status() != reqwest::StatusCode::UNAUTHORIZED || credential.is_some() {
+                break response;
+            }
+            let challenge = response
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_challenge);
+            match self.answer(&http, challenge).await? {
+                Some(answer) => credential = Some(answer),
+                None => break response,
+            }
+        };
+        let status = response.status();
+        // A token registry that knows the user but grants no delete answers 401 with
+        // `insufficient_scope`: that is missing access, not a wrong password.
+        let insufficient = status == reqwest::StatusCode::UNAUTHORIZED
+            && self.username.is_some()
+            && response
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(is_insufficient_scope);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.error(e.into(), action))?;
+        if insufficient {
+            return Err(RegistryError::Denied {
+                registry: self.registry.clone(),
+                image: self.image.clone(),
+                action: action.access(),
+                username: self.username.clone(),
+            });
+        }
+        let envelope = serde_json::from_slice::<OciEnvelope>(&body).ok();
+        let has = |code: OciErrorCode| {
+            envelope
+                .as_ref()
+                .is_some_and(|env| env.errors.iter().any(|e| e.code == code))
+        };
+        if status.is_success() {
+            tracing::info!(
+                registry = %self.registry,
+                image = %self.image,
+                manifest = digest,
+                "manifest deleted, with every tag that named it"
+            );
+            return Ok(Deleted::Deleted {
+                digest: digest.to_string(),
+            });
+        }
+        if status == reqwest::StatusCode::METHOD_NOT_ALLOWED || has(OciErrorCode::Unsupported) {
+            let detail = match envelope.as_ref().map(envelope_text) {
+                Some(said) if !said.is_empty() => format!("it answered {status}: {said}"),
+                _ => format!("it answered {status}"),
+            };
+            // Info, not a warning: whether a kept manifest matters is the caller's to say.
+            tracing::info!(
+                registry = %self.registry,
+                image = %self.image,
+                manifest = digest,
+                %detail,
+                "the registry does not delete manifests; it keeps this one"
+            );
+            return Ok(Deleted::Unsupported {
+                digest: digest.to_string(),
+                detail,
+            });
+        }
+        if status == reqwest::StatusCode::NOT_FOUND
+            || has(OciErrorCode::ManifestUnknown)
+            || has(OciErrorCode::NameUnknown)
+        {
+            tracing::info!(
+                registry = %self.registry,
+                image = %self.image,
+                manifest = digest,
+                "no such manifest: nothing to delete"
+            );
+            return Ok(Deleted::NotFound);
+        }
+        Err(self.error(http_error(status, &body, envelope, &url), action))
+    }
+
+    /// Answers the auth challenge of a 401: basic auth with the credentials, or a bearer token
+    /// from the token service the challenge names. `None` when there is nothing to answer with
+    /// (no challenge kiln knows, or basic auth without credentials): the 401 then stands.
+    async fn answer(
+        &self,
+        http: &reqwest::Client,
+        challenge: Option<Challenge>,
+    ) -> Result<Option<Credential>, RegistryError> {
+        match challenge {
+            None => Ok(None),
+            Some(Challenge::Basic) => Ok(match &self.auth {
+                ClientAuth::Basic(user, password) => {
+                    Some(Credential::Basic(user.clone(), password.clone()))
+                }
+                _ => None,
+            }),
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            }) => {
+                let token = self
+                    .bearer_token(http, &realm, service.as_deref(), scope.as_deref())
+                    .await?;
+                Ok(Some(Credential::Bearer(token)))
+            }
+        }
+    }
+
+    /// A token from the registry's token service (the Docker token protocol, which the CNCF
+    /// registry, Harbor, GitLab and Docker Hub speak), with the credentials when there are
+    /// any; anonymous tokens exist too, and a registry then refuses the delete itself.
+    async fn bearer_token(
+        &self,
+        http: &reqwest::Client,
+        realm: &str,
+        service: Option<&str>,
+        scope: Option<&str>,
+    ) -> Result<String, RegistryError> {
+        let action = Action::DeleteToken;
+        let mut url = reqwest::Url::parse(realm).map_err(|e| {
+            self.protocol(
+                &action.doing(),
+                format!(
+                    "its token service `{realm}` is not a URL ({e}); the registry's auth setup \
+                     is broken"
+                ),
+            )
+        })?;
+        match url.scheme() {
+            "https" => {}
+            // Plain HTTP for the token only where the registry itself is spoken to that way.
+            "http" if self.scheme == "http" => {}
+            other => {
+                return Err(self.protocol(
+                    &action.doing(),
+                    format!(
+                        "its token service `{realm}` is not HTTPS ({other}); kiln sends \
+                         credentials to it only over HTTPS: have the registry's token realm \
+                         fixed"
+                    ),
+                ))
+            }
+        }
+        // The challenge names the scope the DELETE needs (`repository:NAME:delete` on the CNCF
+        // registry); one that names none gets that asked for.
+        let scope = scope.map_or_else(
+            || format!("repository:{}:delete", self.reference.repository()),
+            str::to_string,
+        );
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            query.append_pair("scope", &scope);
+        }
+        let mut request = http.get(url.clone());
+        if let ClientAuth::Basic(user, password) = &self.auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.error(e.into(), action))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.error(e.into(), action))?;
+        if !status.is_success() {
+            let envelope = serde_json::from_slice::<OciEnvelope>(&body).ok();
+            return Err(self.error(http_error(status, &body, envelope, url.as_str()), action));
+        }
+        // `token` is the Docker protocol's name, `access_token` the OAuth 2 one; services send
+        // either or both.
+        let token = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
+            ["token", "access_token"].iter().find_map(|key| {
+                v.get(key)
+                    .and_then(Value::as_str)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+            })
+        });
+        token.ok_or_else(|| {
+            self.protocol(
+                &action.doing(),
+                format!(
+                    "its token service {} answered {status} without a token; the registry's \
+                     auth setup is broken",
+                    url.as_str().split('?').next().unwrap_or(realm)
+                ),
+            )
+        })
+    }
+
+    /// A plain HTTP client set up as oci-client's is (timeouts, user agent, TLS).
+    fn http_client(&self) -> Result<reqwest::Client, RegistryError> {
+        reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .user_agent(USER_AGENT)
+            .build()
+            .map_err(|e| self.protocol("setting up the HTTP client", error_chain(&e)))
+    }
+
     fn unsupported(&self, message: String) -> RegistryError {
         RegistryError::Unsupported {
             registry: self.registry.clone(),
@@ -838,19 +1318,7 @@ impl Remote {
                     OciErrorCode::Toomanyrequests => Some(429),
                     _ => None,
                 });
-                let said = envelope
-                    .errors
-                    .iter()
-                    .map(|err| match serde_json::to_value(&err.code) {
-                        Ok(Value::String(code)) if !err.message.is_empty() => {
-                            format!("{code}: {}", err.message)
-                        }
-                        Ok(Value::String(code)) => code,
-                        _ => err.message.clone(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                (status, said)
+                (status, envelope_text(envelope))
             }
             OciDistributionError::RequestError(r) => {
                 (r.status().map(|s| s.as_u16()), String::new())
@@ -863,11 +1331,15 @@ impl Remote {
         }) = &e
         {
             let what = match action {
-                Action::PullManifest => "the manifest".to_string(),
                 Action::PullBlob(d) | Action::CheckBlob(d) | Action::PushBlob(d) => {
                     format!("blob {d}")
                 }
-                Action::PushManifest | Action::CheckManifest => "the manifest".to_string(),
+                Action::PullManifest
+                | Action::PushManifest
+                | Action::CheckManifest
+                | Action::ResolveTag
+                | Action::DeleteManifest(_)
+                | Action::DeleteToken => "the manifest".to_string(),
             };
             return self.mismatch(&what, expected, actual);
         }
@@ -883,11 +1355,11 @@ impl Remote {
                 return RegistryError::Denied {
                     registry: self.registry.clone(),
                     image: self.image.clone(),
-                    action: if action.is_push() { "push" } else { "pull" },
+                    action: action.access(),
                     username: self.username.clone(),
                 }
             }
-            Some(404) if matches!(action, Action::PullManifest) => {
+            Some(404) if matches!(action, Action::PullManifest | Action::ResolveTag) => {
                 return RegistryError::NotFound {
                     registry: self.registry.clone(),
                     image: self.image.clone(),
@@ -938,6 +1410,139 @@ impl Remote {
         };
         self.protocol(&action.doing(), message)
     }
+}
+
+/// An answer kiln's own requests did not expect, as oci-client words one, so that
+/// [`Remote::error`] says what it means for a person.
+fn http_error(
+    status: reqwest::StatusCode,
+    body: &[u8],
+    envelope: Option<OciEnvelope>,
+    url: &str,
+) -> OciDistributionError {
+    let url = url.to_string();
+    match (status, envelope) {
+        (reqwest::StatusCode::UNAUTHORIZED, _) => OciDistributionError::UnauthorizedError { url },
+        (_, Some(envelope)) => OciDistributionError::RegistryError { envelope, url },
+        (_, None) => {
+            let text = String::from_utf8_lossy(body);
+            let mut message: String = text.chars().take(QUOTED_BODY).collect();
+            if message.len() < text.len() {
+                message.push_str("...");
+            }
+            OciDistributionError::ServerError {
+                code: status.as_u16(),
+                url,
+                message,
+            }
+        }
+    }
+}
+
+/// What a registry asks for in the `WWW-Authenticate` of a 401.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+}
+
+/// The challenge kiln answers from a `WWW-Authenticate` value: Bearer when offered (a registry
+/// that offers both would rather have a token), else Basic; `None` for anything else.
+fn parse_challenge(header: &str) -> Option<Challenge> {
+    let challenges = http_auth::parse_challenges(header).ok()?;
+    let param = |c: &http_auth::ChallengeRef<'_>, name: &str| {
+        c.params
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.to_unescaped())
+    };
+    let bearer = challenges
+        .iter()
+        .filter(|c| c.scheme.eq_ignore_ascii_case("bearer"))
+        .find_map(|c| {
+            Some(Challenge::Bearer {
+                realm: param(c, "realm")?,
+                service: param(c, "service"),
+                scope: param(c, "scope"),
+            })
+        });
+    bearer.or_else(|| {
+        challenges
+            .iter()
+            .any(|c| c.scheme.eq_ignore_ascii_case("basic"))
+            .then_some(Challenge::Basic)
+    })
+}
+
+/// Whether a `WWW-Authenticate` value says the token was good but grants too little
+/// (`error="insufficient_scope"`, RFC 6750).
+fn is_insufficient_scope(header: &str) -> bool {
+    http_auth::parse_challenges(header).is_ok_and(|challenges| {
+        challenges.iter().any(|c| {
+            c.scheme.eq_ignore_ascii_case("bearer")
+                && c.params.iter().any(|(key, value)| {
+                    key.eq_ignore_ascii_case("error")
+                        && value.to_unescaped() == "insufficient_scope"
+                })
+        })
+    })
+}
+
+/// What kiln's own requests authenticate with. No `Debug`: it holds the password or token.
+enum Credential {
+    Basic(String, String),
+    Bearer(String),
+}
+
+/// The media type to put a manifest under: its `mediaType`, or for an OCI manifest or index
+/// that leaves it out (OCI allows that), the one its shape says.
+fn manifest_media_type(raw: &[u8]) -> Result<String, String> {
+    let value: Value =
+        serde_json::from_slice(raw).map_err(|e| format!("its manifest is not valid JSON: {e}"))?;
+    match (kind_of(raw), value.get("mediaType").and_then(Value::as_str)) {
+        (Kind::SchemaV1, _) => Err(
+            "it has a Docker schema 1 manifest, which is deprecated and unsupported; push it \
+             again with a current Docker or skopeo (they write schema 2)"
+                .into(),
+        ),
+        (_, Some(media_type)) => Ok(media_type.to_string()),
+        (Kind::Index, None) => Ok(OCI_INDEX.to_string()),
+        (Kind::Manifest, None) => Ok(OCI_MANIFEST.to_string()),
+        (Kind::Unknown(_), None) => Err(
+            "its manifest has no mediaType and is neither an image manifest nor an index".into(),
+        ),
+    }
+}
+
+/// Whether a reference names its tag or digest, rather than leaving `latest` to be assumed.
+fn names_tag_or_digest(reference: &str) -> bool {
+    let rest = reference.strip_prefix("docker://").unwrap_or(reference);
+    // The host's port is before the first `/`; a tag is after the last.
+    rest.contains('@')
+        || rest
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'))
+}
+
+/// What a registry's error envelope says, `CODE: message; CODE: message`.
+fn envelope_text(envelope: &OciEnvelope) -> String {
+    envelope
+        .errors
+        .iter()
+        .map(|err| match serde_json::to_value(&err.code) {
+            Ok(Value::String(code)) if !err.message.is_empty() => {
+                format!("{code}: {}", err.message)
+            }
+            Ok(Value::String(code)) => code,
+            _ => err.message.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// An error and its causes, `a: b: c` (reqwest hides the interesting part in the sources).
@@ -1311,5 +1916,133 @@ mod tests {
         let opts = RegistryOptions::default();
         send(pull("localhost/x:1", Path::new("/nonexistent"), "1", &opts));
         send(push(Path::new("/nonexistent"), "1", "localhost/x:1", &opts));
+        send(manifest_digest("localhost/x:1", &opts));
+        send(retag("localhost/x:1", "2", &opts));
+        send(delete_manifest("localhost/x:1", &opts));
+    }
+
+    #[test]
+    fn challenges() {
+        // The CNCF registry's token challenge: the scope's comma is inside the quotes.
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:kiln/app:pull,delete""#
+            ),
+            Some(Challenge::Bearer {
+                realm: "https://auth.example.com/token".into(),
+                service: Some("registry.example.com".into()),
+                scope: Some("repository:kiln/app:pull,delete".into()),
+            })
+        );
+        assert_eq!(
+            parse_challenge(r#"Basic realm="kiln-test""#),
+            Some(Challenge::Basic)
+        );
+        // Both offered: the token wins; scheme names are case-insensitive.
+        assert_eq!(
+            parse_challenge(r#"Basic realm="x", bearer realm="https://a/t""#),
+            Some(Challenge::Bearer {
+                realm: "https://a/t".into(),
+                service: None,
+                scope: None,
+            })
+        );
+        // A bearer challenge without a realm cannot be answered; nor can other schemes.
+        assert_eq!(parse_challenge(r#"Bearer service="x""#), None);
+        assert_eq!(parse_challenge(r#"Negotiate realm="x""#), None);
+        assert_eq!(parse_challenge("\"garbage"), None);
+        assert!(is_insufficient_scope(
+            r#"Bearer realm="https://a/t",scope="repository:x:delete",error="insufficient_scope""#
+        ));
+        assert!(!is_insufficient_scope(
+            r#"Bearer realm="https://a/t",error="invalid_token""#
+        ));
+        assert!(!is_insufficient_scope(r#"Basic realm="x""#));
+    }
+
+    #[test]
+    fn media_types_for_retag() {
+        let typed = format!(r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","layers":[]}}"#);
+        assert_eq!(
+            manifest_media_type(typed.as_bytes()).unwrap(),
+            DOCKER_MANIFEST
+        );
+        // OCI lets both leave mediaType out; the shape tells which it is.
+        assert_eq!(
+            manifest_media_type(br#"{"schemaVersion":2,"manifests":[]}"#).unwrap(),
+            OCI_INDEX
+        );
+        assert_eq!(
+            manifest_media_type(br#"{"schemaVersion":2,"config":{},"layers":[]}"#).unwrap(),
+            OCI_MANIFEST
+        );
+        // Other types (artifacts) are copied as they are.
+        let artifact = br#"{"schemaVersion":2,"mediaType":"application/vnd.example+json"}"#;
+        assert_eq!(
+            manifest_media_type(artifact).unwrap(),
+            "application/vnd.example+json"
+        );
+        let e = manifest_media_type(br#"{"schemaVersion":1,"name":"x"}"#).unwrap_err();
+        assert!(e.contains("schema 1"), "{e}");
+        let e = manifest_media_type(br#"{"schemaVersion":2}"#).unwrap_err();
+        assert!(e.contains("no mediaType"), "{e}");
+        assert!(manifest_media_type(b"not json").is_err());
+    }
+
+    #[test]
+    fn deletes_and_retags_name_their_tag() {
+        for yes in [
+            "localhost:5000/a/b:1.0",
+            "docker://localhost:5000/a:1",
+            "localhost/a@sha256:00",
+        ] {
+            assert!(names_tag_or_digest(yes), "{yes}");
+        }
+        for no in [
+            "localhost:5000/a/b",
+            "docker://localhost:5000/a",
+            "localhost/a",
+        ] {
+            assert!(!names_tag_or_digest(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn unexpected_answers_are_quoted_short() {
+        let page = "<html>".repeat(200);
+        let e = http_error(
+            reqwest::StatusCode::BAD_GATEWAY,
+            page.as_bytes(),
+            None,
+            "https://auth.example.com/token?service=s&scope=x",
+        );
+        match e {
+            OciDistributionError::ServerError { code, url, message } => {
+                assert_eq!(code, 502);
+                assert_eq!(url, "https://auth.example.com/token?service=s&scope=x");
+                assert_eq!(message.chars().count(), QUOTED_BODY + 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            http_error(reqwest::StatusCode::UNAUTHORIZED, b"", None, "http://x/"),
+            OciDistributionError::UnauthorizedError { .. }
+        ));
+    }
+
+    #[test]
+    fn denied_delete_says_delete() {
+        let e = RegistryError::Denied {
+            registry: "r.example.com".into(),
+            image: "kiln/app:1.0-7".into(),
+            action: Action::DeleteManifest("sha256:00").access(),
+            username: Some("ci".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "registry r.example.com denied delete access to kiln/app:1.0-7: user `ci` may not \
+             delete it; check the repository name, or ask the registry's administrators for \
+             delete access"
+        );
     }
 }
