@@ -42,7 +42,7 @@ fn record(i: usize) -> ImageRecord {
                 .map(|s| StepTiming {
                     step: format!("build/step-{s}"),
                     action: "ExecuteBash".into(),
-                    status: "success".into(),
+                    status: kiln_toe::report::StepStatus::Success,
                     duration_ms: 100,
                 })
                 .collect(),
@@ -212,7 +212,10 @@ fn main() {
         rt.block_on(records.newest_available(&q)).unwrap().unwrap();
     }));
     out.push(time("store: recovery check (every command)", runs, || {
-        rt.block_on(records.recover_interrupted()).unwrap();
+        rt.block_on(
+            records.recover_interrupted(&kiln_core::record::LocalRuns, &Default::default()),
+        )
+        .unwrap();
     }));
     out.push(time("store: previous image of the pipeline", runs, || {
         let r = rt.block_on(records.get(&newest_arn)).unwrap().unwrap();

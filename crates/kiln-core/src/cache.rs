@@ -8,38 +8,85 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use kiln_instance::BuilderKind;
+
+use crate::recipe::Compression;
 use crate::store::{read_json, write_json, Home, LayerStore, StoreError, StoredLayer};
 
-/// Bump when the meaning of a key changes, so old entries stop matching.
-const KEY_FORMAT: u32 = 1;
+/// What made a cached layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// A component of the recipe.
+    Component,
+    /// One of kiln's own components (the guest agent, its removal).
+    Internal,
+    /// A `bootstrap:` parent (mmdebstrap).
+    Bootstrap,
+    /// A `rootfs:` parent tarball.
+    Rootfs,
+}
+
+impl StepKind {
+    /// The name the key is made with: never change one, or every cached layer of that kind is
+    /// made again.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Component => "component",
+            StepKind::Internal => "internal",
+            StepKind::Bootstrap => "bootstrap",
+            StepKind::Rootfs => "rootfs",
+        }
+    }
+}
 
 /// Everything that decides a cached layer's content.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct StepKey {
-    /// `component`, `bootstrap`, `rootfs`.
-    pub kind: String,
+    /// What makes the layer.
+    pub kind: StepKind,
     /// Diff ids of the layers below, bottom first.
     pub parents: Vec<String>,
     /// SHA-256 of the input (the component document, the tarball, the bootstrap request).
     pub input: String,
-    /// Parameters, sorted.
+    /// Parameters (their order does not matter).
     pub parameters: Vec<(String, String)>,
-    /// Builder kind (`sandbox`, `vm`).
-    pub builder: String,
-    /// Working directory of the component.
+    /// The builder a component runs on; `None` for parents.
+    pub builder: Option<BuilderKind>,
+    /// Working directory of the component (empty for parents).
     pub working_directory: String,
     /// Layer compression.
-    pub compression: String,
+    pub compression: Compression,
 }
 
+/// The first line of every key: bump it when the meaning of a field changes, so that old
+/// entries stop matching.
+const KEY_FORMAT: &str = "kiln step key 2";
+
 impl StepKey {
-    /// The key's digest (hex).
+    /// The key's digest (hex): SHA-256 over each field written out as `NAME LENGTH:VALUE`, in a
+    /// fixed order, with the names and values above. Nothing in it comes from how Rust prints a
+    /// type, so renaming a variant or a field cannot silently change every key.
     pub fn digest(&self) -> String {
-        let mut me = self.clone();
-        me.parameters.sort();
-        let json = serde_json::json!({ "format": KEY_FORMAT, "key": me });
-        hex::encode(Sha256::digest(json.to_string().as_bytes()))
+        let mut parameters = self.parameters.clone();
+        parameters.sort();
+        let mut text = String::from(KEY_FORMAT);
+        text.push('\n');
+        let mut field = |name: &str, value: &str| {
+            text.push_str(&format!("{name} {}:{value}\n", value.len()));
+        };
+        field("kind", self.kind.as_str());
+        for p in &self.parents {
+            field("parent", p);
+        }
+        field("input", &self.input);
+        for (k, v) in &parameters {
+            field("parameter", k);
+            field("value", v);
+        }
+        field("builder", self.builder.map_or("", BuilderKind::as_str));
+        field("working-directory", &self.working_directory);
+        field("compression", self.compression.as_str());
+        hex::encode(Sha256::digest(text.as_bytes()))
     }
 }
 
@@ -179,14 +226,25 @@ mod tests {
 
     fn key(input: &str) -> StepKey {
         StepKey {
-            kind: "component".into(),
+            kind: StepKind::Component,
             parents: vec!["sha256:aa".into()],
             input: input.into(),
             parameters: vec![("B".into(), "2".into()), ("A".into(), "1".into())],
-            builder: "sandbox".into(),
+            builder: Some(BuilderKind::Sandbox),
             working_directory: "/tmp".into(),
-            compression: "gzip".into(),
+            compression: Compression::Gzip,
         }
+    }
+
+    /// A key's digest is part of every user's cache: if this test fails, the change makes
+    /// every cached layer be built again. Make it only on purpose (bump KEY_FORMAT and say so
+    /// in the release notes), then update the digest here.
+    #[test]
+    fn the_key_of_a_known_input_is_pinned() {
+        assert_eq!(
+            key("doc1").digest(),
+            "9a90b53b3a6506e7db8de19f14b03ff1d3fcbaf48232d4d2021b29a0a3494f6f"
+        );
     }
 
     #[test]
@@ -200,8 +258,17 @@ mod tests {
         c.parents.push("sha256:bb".into());
         assert_ne!(a.digest(), c.digest());
         let mut d = key("doc1");
-        d.builder = "vm".into();
+        d.builder = Some(BuilderKind::Vm);
         assert_ne!(a.digest(), d.digest());
+        let mut e = key("doc1");
+        e.compression = Compression::Zstd;
+        assert_ne!(a.digest(), e.digest());
+        // A parameter value cannot be mistaken for the next parameter's name.
+        let mut f = key("doc1");
+        f.parameters = vec![("A".into(), "1\nvalue 1:2".into())];
+        let mut g = key("doc1");
+        g.parameters = vec![("A".into(), "1".into()), ("2".into(), String::new())];
+        assert_ne!(f.digest(), g.digest());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_image::disk::{self as kdisk, DiskFormat};
+use kiln_image::disk as kdisk;
 use sha2::{Digest, Sha256};
 
 use crate::store::StoredLayer;
@@ -67,14 +67,37 @@ phases:
 "#;
 
 /// Where a disk's QEMU guest agent comes from (kiln drives VMs through it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GuestAgent {
     /// The image had it.
+    #[serde(rename = "in the image")]
     InImage,
     /// kiln added it (to a `bootstrap:` parent, or as a layer of its own component).
+    #[serde(rename = "installed by kiln")]
     InstalledByKiln,
     /// kiln added it and took it out after the tests (`disk.removeGuestAgent`).
+    #[serde(rename = "installed by kiln, removed after the tests")]
     RemovedAfterTests,
+}
+
+/// Reads a record's `guestAgent`, where kiln 0.1 wrote an empty string before it knew.
+pub(crate) fn guest_agent_or_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<GuestAgent>, D::Error> {
+    use serde::Deserialize;
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Ok(None),
+        Some(s) => serde_json::from_value(serde_json::Value::String(s))
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+impl std::fmt::Display for GuestAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 impl GuestAgent {
@@ -229,61 +252,10 @@ pub fn assemble(
     })
 }
 
-/// A disk placed in a region.
-#[derive(Debug, Clone)]
-pub struct Placed {
-    /// The file, named after the build (`NAME-VERSION-BUILD.EXT`).
-    pub path: PathBuf,
-    /// `sha256:` of its bytes.
-    pub digest: String,
-    /// Its size in bytes.
-    pub size: u64,
-}
-
-/// Writes `raw` in `format` into `region/disks/`, as `BUILD_STEM.EXT`; it appears complete or
-/// not at all.
-pub fn place(
-    raw: &Path,
-    region: &Path,
-    build_stem: &str,
-    format: DiskFormat,
-    compressed: bool,
-) -> Result<Placed, String> {
-    let dir = region.join("disks");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let ext = format.extension();
-    let path = dir.join(format!("{build_stem}.{ext}"));
-    kdisk::convert(raw, &path, format, compressed).map_err(|e| e.to_string())?;
-    let digest = kiln_image::digest::sha256_file(&path).map_err(|e| e.to_string())?;
-    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    Ok(Placed { path, digest, size })
-}
-
-/// Points `STEM.EXT` (the version's name) at a placed build's file: a hard link swapped in by a
-/// rename, so a reader sees the old disk or the new one.
-pub fn link_version(placed: &Path, stem: &str) -> Result<PathBuf, String> {
-    let dir = placed.parent().unwrap_or(Path::new("."));
-    let ext = placed
-        .extension()
-        .map(|e| e.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let latest = dir.join(format!("{stem}.{ext}"));
-    let tmp = dir.join(format!(".{stem}.{ext}.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::fs::hard_link(placed, &tmp)
-        .and_then(|_| std::fs::rename(&tmp, &latest))
-        .map_err(|e| format!("linking {}: {e}", latest.display()))?;
-    Ok(latest)
-}
-
 /// The host programs a disk build needs and this host lacks, as `program (package)`: those
-/// kiln-image assembles and converts disks with, and QEMU.
+/// kiln-image assembles and converts disks with. (QEMU is the launcher's to check.)
 pub fn missing_host_programs() -> Vec<String> {
-    let mut missing = kdisk::missing_tools();
-    if kiln_instance::vm::qemu_binary().is_err() {
-        missing.push("qemu-system-x86_64 (qemu-system-x86)".into());
-    }
-    missing
+    kdisk::missing_tools()
 }
 
 #[cfg(test)]

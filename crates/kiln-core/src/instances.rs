@@ -6,25 +6,16 @@
 //! writable layer moves here, over the same read-only layers) in a new set of namespaces whose
 //! PID 1 waits; the processes of the failed step are gone.
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{read_json, write_json, Home};
+use kiln_instance::BuilderKind;
 
-/// What kind of instance was kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeptKind {
-    /// A sandbox (namespaces over the image's layers).
-    Sandbox,
-    /// A QEMU virtual machine.
-    Vm,
-}
+use crate::record::State;
+use crate::store::{read_json, write_json, Home};
 
 /// A kept instance, as `instance.json` records it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,11 +24,11 @@ pub struct KeptInstance {
     /// Short id (`kiln instance shell ID`).
     pub id: String,
     /// Sandbox or VM.
-    pub kind: KeptKind,
+    pub kind: BuilderKind,
     /// The build it belongs to (`NAME/VERSION/BUILD`).
     pub build: String,
     /// BUILDING or TESTING.
-    pub stage: String,
+    pub stage: State,
     /// When it was kept.
     pub kept_at: DateTime<Utc>,
     /// The process that holds it: the namespaces' PID 1 (sandbox) or the keeper (VM).
@@ -61,11 +52,11 @@ impl KeptInstance {
     /// How a person gets a shell in it.
     pub fn shell_hint(&self) -> String {
         match self.kind {
-            KeptKind::Sandbox => format!(
+            BuilderKind::Sandbox => format!(
                 "kiln instance shell {} (or: nsenter --target {} --all /bin/sh)",
                 self.id, self.pid
             ),
-            KeptKind::Vm => format!(
+            BuilderKind::Vm => format!(
                 "kiln instance shell {} (commands through the guest agent; console log: {})",
                 self.id,
                 self.console
@@ -139,9 +130,9 @@ impl Instances {
         if k.alive() {
             match k.kind {
                 // PID 1 of the namespace: the kernel kills everything in it.
-                KeptKind::Sandbox => kill(k.pid, false),
+                BuilderKind::Sandbox => kiln_instance::process::kill_now(k.pid, false),
                 // The keeper leads QEMU's process group.
-                KeptKind::Vm => kill(k.pid, true),
+                BuilderKind::Vm => kiln_instance::process::kill_now(k.pid, true),
             }
             for _ in 0..100 {
                 if !k.alive() {
@@ -160,92 +151,4 @@ impl Instances {
         }
         Ok(())
     }
-}
-
-fn kill(pid: u32, group: bool) {
-    use nix::sys::signal::{kill, killpg, Signal};
-    use nix::unistd::Pid;
-    let p = Pid::from_raw(pid as i32);
-    if group {
-        let _ = killpg(p, Signal::SIGKILL);
-    }
-    let _ = kill(p, Signal::SIGKILL);
-}
-
-/// Starts the namespaces that hold a kept sandbox's filesystem: overlayfs of `lowers` (topmost
-/// first) and `upper` at `root`, /proc, /dev, /run, a hostname, and a PID 1 that waits.
-/// Returns PID 1's process id (for `nsenter --target`).
-pub fn start_kept_sandbox(
-    lowers: &[PathBuf],
-    upper: &Path,
-    work: &Path,
-    root: &Path,
-    hostname: &str,
-) -> Result<u32, KeepError> {
-    let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
-    let lower = lowers
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
-    std::fs::create_dir_all(root).map_err(|e| KeepError::Io(format!("{}: {e}", root.display())))?;
-    std::fs::create_dir_all(work).map_err(|e| KeepError::Io(format!("{}: {e}", work.display())))?;
-    let r = q(root);
-    let script = format!(
-        "set -e\n\
-         mount -t overlay overlay -o 'lowerdir={lower},upperdir={upper},workdir={work}' {r}\n\
-         mkdir -p {r}/proc {r}/dev {r}/run {r}/tmp\n\
-         mount -t proc proc {r}/proc\n\
-         mount --rbind /dev {r}/dev\n\
-         mount -t tmpfs tmpfs {r}/run\n\
-         hostname {host}\n\
-         exec chroot {r} /bin/sh -c 'while :; do sleep 3600; done'\n",
-        upper = upper.display(),
-        work = work.display(),
-        host = hostname,
-    );
-    let child = Command::new("unshare")
-        .args([
-            "--mount",
-            "--uts",
-            "--ipc",
-            "--pid",
-            "--fork",
-            "--propagation",
-            "private",
-            "--",
-            "/bin/sh",
-            "-c",
-            &script,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| KeepError::Io(format!("starting unshare: {e}")))?;
-    let outer = child.id();
-    // unshare forks PID 1 of the new namespace: wait until it stands in the kept root.
-    for _ in 0..100 {
-        let children = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
-            .unwrap_or_default();
-        if let Some(pid) = children
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse::<u32>().ok())
-        {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmd).contains("sleep 3600") {
-                return Ok(pid);
-            }
-        }
-        if !Path::new(&format!("/proc/{outer}")).exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    kill(outer, true);
-    Err(KeepError::Io(
-        "the kept sandbox did not start (unshare or mount failed)".into(),
-    ))
 }

@@ -125,6 +125,50 @@ pub fn diff(old: &[Package], new: &[Package]) -> PackageDiff {
     d
 }
 
+/// Reads the package database inside a (test) instance: dpkg's status file, else `rpm -qa`.
+/// An image with neither has no inventory.
+pub async fn read(instance: &dyn kiln_instance::Instance) -> Vec<Package> {
+    use kiln_instance::fileops::{FileOp, FileOpOutput};
+    if let Ok(FileOpOutput::Text(t)) = instance
+        .file_op(&FileOp::ReadFile {
+            path: "/var/lib/dpkg/status".into(),
+            encoding: Default::default(),
+        })
+        .await
+    {
+        return parse_dpkg_status(&t);
+    }
+    let req = kiln_instance::ExecRequest {
+        program: "rpm".into(),
+        args: vec!["-qa".into(), "--qf".into(), RPM_QUERY.into()],
+        timeout: Some(std::time::Duration::from_secs(120)),
+        ..Default::default()
+    };
+    match instance.exec(&req, &mut kiln_instance::Discard).await {
+        Ok(out) if out.status.success() => parse_rpm_query(&out.stdout),
+        _ => Vec::new(),
+    }
+}
+
+/// The dpkg database straight from the layers (topmost copy wins; a whiteout hides it), for
+/// builds that run no tests.
+pub fn from_layers(chain: &[crate::store::StoredLayer]) -> Vec<Package> {
+    use std::os::unix::fs::FileTypeExt;
+    for l in chain.iter().rev() {
+        let p = l.fs.join("var/lib/dpkg/status");
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_char_device() => return Vec::new(),
+            Ok(m) if m.is_file() => {
+                return std::fs::read_to_string(&p)
+                    .map(|t| parse_dpkg_status(&t))
+                    .unwrap_or_default()
+            }
+            _ => {}
+        }
+    }
+    Vec::new()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,6 @@
 pub mod build;
 pub mod cache;
 pub mod disk;
-pub mod distribute;
 pub mod instances;
 pub mod inventory;
 pub mod parent;

@@ -6,9 +6,9 @@ use std::process::Stdio;
 use kiln_image::oci_spec::image::ImageConfiguration;
 use tokio::io::AsyncBufReadExt;
 
-use crate::cache::{StepCache, StepKey};
+use crate::cache::{StepCache, StepKey, StepKind};
 use crate::recipe::{Compression, ParentImage, Recipe};
-use crate::record::{ImageQuery, ParentRecord, Records};
+use crate::record::{ImageQuery, OutputKind, ParentRecord, Records};
 use crate::store::{sha256_hex, Home, LayerStore, StoreError, StoredLayer};
 
 /// The hostname a bootstrapped image carries (each instance sets its own).
@@ -81,242 +81,291 @@ pub struct RegistryCredentials {
     pub insecure_http: bool,
 }
 
+/// What resolving a parent needs besides the recipe.
+pub struct ParentContext<'a> {
+    /// The data directory (layer store, step cache, pulls).
+    pub home: &'a Home,
+    /// The build records, for `kiln:` parents (the build's own state store).
+    pub records: &'a Records,
+    /// Timestamp for imported layers.
+    pub epoch: i64,
+    /// Bootstrap again instead of taking a cached bootstrap.
+    pub refresh: bool,
+    /// Credentials for registries parents come from.
+    pub registries: &'a [RegistryCredentials],
+    /// Where progress lines go.
+    pub progress: Progress<'a>,
+}
+
 /// Resolves a recipe's parent image into layers.
-pub async fn resolve(
-    home: &Home,
-    recipe: &Recipe,
-    epoch: i64,
-    refresh: bool,
-    registries: &[RegistryCredentials],
-    progress: Progress<'_>,
-) -> Result<Parent, ParentError> {
-    let store = LayerStore::new(home.clone());
-    let cache = StepCache::new(home.clone());
+pub async fn resolve(cx: &ParentContext<'_>, recipe: &Recipe) -> Result<Parent, ParentError> {
     let reference = recipe.parent.to_string();
-    let unavailable = |why: String| ParentError::Unavailable {
-        reference: reference.clone(),
-        why,
-    };
     match &recipe.parent {
         ParentImage::Bootstrap { distro, suite } => {
-            let mut packages = recipe.bootstrap_package_list();
-            packages.sort();
-            packages.dedup();
-            let request = serde_json::json!({
-                "distro": distro, "suite": suite, "variant": "minbase",
-                "packages": packages, "mirror": recipe.bootstrap_mirror,
-                "hostname": BOOTSTRAP_HOSTNAME,
-            });
-            let key = StepKey {
-                kind: "bootstrap".into(),
-                parents: vec![],
-                input: sha256_hex(request.to_string().as_bytes()),
-                parameters: vec![],
-                builder: "mmdebstrap".into(),
-                working_directory: String::new(),
-                compression: format!("{:?}", recipe.compression),
-            }
-            .digest();
-            if !refresh {
-                if let Some(layer) = cache.get(&key) {
-                    return Ok(Parent {
-                        record: ParentRecord {
-                            reference,
-                            resolved: format!(
-                                "{distro}/{suite} minbase (cached {})",
-                                layer.info.diff_id
-                            ),
-                            layers: vec![layer.info.diff_id.clone()],
-                            cached: true,
-                        },
-                        layers: vec![layer],
-                        config: None,
-                    });
-                }
-            }
-            let layer = bootstrap(home, &store, suite, &packages, recipe, epoch, progress).await?;
-            cache.put(&key, &layer, &reference)?;
-            Ok(Parent {
-                record: ParentRecord {
-                    reference,
-                    resolved: format!("{distro}/{suite} minbase"),
-                    layers: vec![layer.info.diff_id.clone()],
-                    cached: false,
-                },
-                layers: vec![layer],
-                config: None,
-            })
+            bootstrapped(cx, recipe, distro, suite, reference).await
         }
-        ParentImage::Rootfs { file } => {
-            if !file.is_file() {
-                return Err(unavailable(format!("no tarball at {}", file.display())));
-            }
-            let file = file.clone();
-            let digest =
-                tokio::task::spawn_blocking(move || kiln_image::digest::sha256_file(&file))
-                    .await
-                    .map_err(|e| unavailable(e.to_string()))?
-                    .map_err(|e| unavailable(e.to_string()))?;
-            let key = StepKey {
-                kind: "rootfs".into(),
-                parents: vec![],
-                input: digest.clone(),
-                parameters: vec![],
-                builder: String::new(),
-                working_directory: String::new(),
-                compression: format!("{:?}", recipe.compression),
-            }
-            .digest();
-            if let Some(layer) = cache.get(&key) {
-                return Ok(Parent {
-                    record: ParentRecord {
-                        reference,
-                        resolved: digest,
-                        layers: vec![layer.info.diff_id.clone()],
-                        cached: true,
-                    },
-                    layers: vec![layer],
-                    config: None,
-                });
-            }
-            progress("importing the root filesystem tarball");
-            let layer = import_tar(
-                &store,
-                file_of(&recipe.parent),
-                epoch,
-                recipe.compression,
-                &reference,
+        ParentImage::Rootfs { file } => from_tarball(cx, recipe, file, reference).await,
+        ParentImage::Oci { dir, tag } => {
+            from_layout(
+                &LayerStore::new(cx.home.clone()),
+                dir,
+                tag.as_deref(),
+                reference,
             )
-            .await?;
-            cache.put(&key, &layer, &reference)?;
-            Ok(Parent {
-                record: ParentRecord {
-                    reference,
-                    resolved: digest,
-                    layers: vec![layer.info.diff_id.clone()],
-                    cached: false,
-                },
-                layers: vec![layer],
-                config: None,
-            })
+            .await
         }
-        ParentImage::Oci { dir, tag } => from_layout(&store, dir, tag.as_deref(), reference).await,
-        ParentImage::Registry { reference: r } => {
-            // Pulled into kiln's own layout (blobs it already has are not fetched again), then
-            // imported like any OCI layout.
-            let parsed =
-                kiln_image::registry::parse_reference(r).map_err(|e| unavailable(e.to_string()))?;
-            let opts = kiln_image::registry::RegistryOptions {
-                auth: registries
-                    .iter()
-                    .find(|c| c.host == parsed.registry())
-                    .map(|c| kiln_image::registry::RegistryAuth {
-                        username: c.username.clone(),
-                        password: c.password.clone(),
-                    }),
-                insecure_http: registries
-                    .iter()
-                    .any(|c| c.host == parsed.registry() && c.insecure_http),
-            };
-            let layout = home.root.join("pulls");
-            let tag = format!("p-{}", &sha256_hex(r.as_bytes())[..24]);
-            progress(&format!("pulling {r}"));
-            let pulled = kiln_image::registry::pull(r, &layout, &tag, &opts)
-                .await
-                .map_err(|e| unavailable(e.to_string()))?;
-            let mut p = from_layout(&store, &layout, Some(&tag), reference).await?;
-            p.record.resolved = pulled.manifest_digest;
-            Ok(p)
-        }
+        ParentImage::Registry { reference: r } => pulled(cx, r, reference).await,
         ParentImage::Image {
             name,
             version,
             build,
         } => {
-            let state = crate::state::Store::open(home)
-                .await
-                .map_err(|e| unavailable(e.to_string()))?;
-            let records = Records::new(state);
             let q = ImageQuery {
                 name: name.clone(),
                 version: Some(*version),
                 build: *build,
             };
-            let found = records
-                .newest_available(&q)
-                .await
-                .map_err(|e| unavailable(e.to_string()))?;
-            let Some(rec) = found else {
-                let mut any = crate::record::filter_of(&ImageQuery {
-                    name: name.clone(),
-                    version: None,
-                    build: None,
-                });
-                any.limit = Some(10);
-                let known: Vec<String> = records
-                    .summaries(&any)
-                    .await
-                    .map_err(|e| unavailable(e.to_string()))?
-                    .iter()
-                    .map(|r| format!("{} ({})", r.build_version(), r.state.as_str()))
-                    .collect();
-                return Err(unavailable(if known.is_empty() {
-                    format!("kiln has built no image named `{name}`")
-                } else {
-                    format!(
-                        "no AVAILABLE build of `{name}` matches {version}; newest builds: {}",
-                        known.join(", ")
-                    )
-                }));
-            };
-            if rec
-                .components
-                .iter()
-                .any(|c| c.cache == crate::record::CacheUse::InVm)
-            {
-                return Err(unavailable(format!(
-                    "{} was built by the VM builder: its result is a disk image, not layers, so it cannot be a parent; build the parent with the sandbox builder (outputs: [oci, disk])",
-                    rec.build_version()
-                )));
-            }
-            // Its layers are usually still in the store; otherwise read them from a region.
-            let layers: Option<Vec<StoredLayer>> =
-                rec.layers.iter().map(|d| store.get(d)).collect();
-            if let Some(layers) = layers {
-                let config = rec
-                    .outputs
-                    .first()
-                    .and_then(|o| kiln_image::read_image(&o.location, Some(&o.tag)).ok())
-                    .map(|r| r.config);
-                return Ok(Parent {
-                    record: ParentRecord {
-                        reference,
-                        resolved: rec.build_version(),
-                        layers: rec.layers.clone(),
-                        cached: true,
-                    },
-                    layers,
-                    config,
-                });
-            }
-            let out = rec.outputs.first().ok_or_else(|| {
-                unavailable(format!(
-                    "{} has no output to read its layers from",
-                    rec.build_version()
-                ))
-            })?;
-            let mut p = from_layout(&store, &out.location, Some(&out.tag), reference).await?;
-            p.record.resolved = rec.build_version();
-            Ok(p)
+            built_by_kiln(cx, &q, reference).await
         }
     }
 }
 
-fn file_of(p: &ParentImage) -> PathBuf {
-    match p {
-        ParentImage::Rootfs { file } => file.clone(),
-        _ => PathBuf::new(),
+/// How distribution reaches the configured registries.
+pub fn registry_access(registries: &[RegistryCredentials]) -> kiln_dist::RegistryAccess {
+    kiln_dist::RegistryAccess::new(
+        registries
+            .iter()
+            .map(|c| (c.host.clone(), registry_options(c)))
+            .collect(),
+    )
+}
+
+fn registry_options(c: &RegistryCredentials) -> kiln_image::registry::RegistryOptions {
+    kiln_image::registry::RegistryOptions {
+        auth: Some(kiln_image::registry::RegistryAuth {
+            username: c.username.clone(),
+            password: c.password.clone(),
+        })
+        .filter(|a| !a.username.is_empty() || !a.password.is_empty()),
+        insecure_http: c.insecure_http,
     }
+}
+
+/// A layer step's parts that are the same for every parent kind.
+fn parent_key(kind: StepKind, input: String, recipe: &Recipe) -> String {
+    StepKey {
+        kind,
+        parents: vec![],
+        input,
+        parameters: vec![],
+        builder: None,
+        working_directory: String::new(),
+        compression: recipe.compression,
+    }
+    .digest()
+}
+
+/// One layer as a parent.
+fn single(reference: String, resolved: String, layer: StoredLayer, cached: bool) -> Parent {
+    Parent {
+        record: ParentRecord {
+            reference,
+            resolved,
+            layers: vec![layer.info.diff_id.clone()],
+            cached,
+        },
+        layers: vec![layer],
+        config: None,
+    }
+}
+
+async fn bootstrapped(
+    cx: &ParentContext<'_>,
+    recipe: &Recipe,
+    distro: &str,
+    suite: &str,
+    reference: String,
+) -> Result<Parent, ParentError> {
+    let cache = StepCache::new(cx.home.clone());
+    let mut packages = recipe.bootstrap_package_list();
+    packages.sort();
+    packages.dedup();
+    let request = serde_json::json!({
+        "distro": distro, "suite": suite, "variant": "minbase",
+        "packages": packages, "mirror": recipe.bootstrap_mirror,
+        "hostname": BOOTSTRAP_HOSTNAME,
+    });
+    let key = parent_key(
+        StepKind::Bootstrap,
+        sha256_hex(request.to_string().as_bytes()),
+        recipe,
+    );
+    if !cx.refresh {
+        if let Some(layer) = cache.get(&key) {
+            let resolved = format!("{distro}/{suite} minbase (cached {})", layer.info.diff_id);
+            return Ok(single(reference, resolved, layer, true));
+        }
+    }
+    let store = LayerStore::new(cx.home.clone());
+    let layer = bootstrap(cx, &store, suite, &packages, recipe).await?;
+    cache.put(&key, &layer, &reference)?;
+    Ok(single(
+        reference,
+        format!("{distro}/{suite} minbase"),
+        layer,
+        false,
+    ))
+}
+
+async fn from_tarball(
+    cx: &ParentContext<'_>,
+    recipe: &Recipe,
+    file: &Path,
+    reference: String,
+) -> Result<Parent, ParentError> {
+    let unavailable = |why: String| ParentError::Unavailable {
+        reference: reference.clone(),
+        why,
+    };
+    if !file.is_file() {
+        return Err(unavailable(format!("no tarball at {}", file.display())));
+    }
+    let f = file.to_path_buf();
+    let digest = tokio::task::spawn_blocking(move || kiln_image::digest::sha256_file(&f))
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .map_err(|e| unavailable(e.to_string()))?;
+    let cache = StepCache::new(cx.home.clone());
+    let key = parent_key(StepKind::Rootfs, digest.clone(), recipe);
+    if let Some(layer) = cache.get(&key) {
+        return Ok(single(reference, digest, layer, true));
+    }
+    (cx.progress)("importing the root filesystem tarball");
+    let store = LayerStore::new(cx.home.clone());
+    let layer = import_tar(
+        &store,
+        file.to_path_buf(),
+        cx.epoch,
+        recipe.compression,
+        &reference,
+    )
+    .await?;
+    cache.put(&key, &layer, &reference)?;
+    Ok(single(reference, digest, layer, false))
+}
+
+/// Pulled into kiln's own layout (blobs it already has are not fetched again), then imported
+/// like any OCI layout.
+async fn pulled(cx: &ParentContext<'_>, r: &str, reference: String) -> Result<Parent, ParentError> {
+    let unavailable = |why: String| ParentError::Unavailable {
+        reference: reference.clone(),
+        why,
+    };
+    let parsed =
+        kiln_image::registry::parse_reference(r).map_err(|e| unavailable(e.to_string()))?;
+    let registries = cx.registries;
+    let opts = kiln_image::registry::RegistryOptions {
+        auth: registries
+            .iter()
+            .find(|c| c.host == parsed.registry())
+            .map(|c| kiln_image::registry::RegistryAuth {
+                username: c.username.clone(),
+                password: c.password.clone(),
+            }),
+        insecure_http: registries
+            .iter()
+            .any(|c| c.host == parsed.registry() && c.insecure_http),
+    };
+    let layout = cx.home.root.join("pulls");
+    let tag = format!("p-{}", &sha256_hex(r.as_bytes())[..24]);
+    (cx.progress)(&format!("pulling {r}"));
+    let pulled = kiln_image::registry::pull(r, &layout, &tag, &opts)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let store = LayerStore::new(cx.home.clone());
+    let mut p = from_layout(&store, &layout, Some(&tag), reference).await?;
+    p.record.resolved = pulled.manifest_digest;
+    Ok(p)
+}
+
+/// An earlier build: the newest AVAILABLE one the query names, from the build's own store.
+async fn built_by_kiln(
+    cx: &ParentContext<'_>,
+    q: &ImageQuery,
+    reference: String,
+) -> Result<Parent, ParentError> {
+    let unavailable = |why: String| ParentError::Unavailable {
+        reference: reference.clone(),
+        why,
+    };
+    let records = cx.records;
+    let found = records
+        .newest_available(q)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let Some(rec) = found else {
+        let name = &q.name;
+        let mut any = crate::record::filter_of(&ImageQuery {
+            name: name.clone(),
+            version: None,
+            build: None,
+        });
+        any.limit = Some(10);
+        let known: Vec<String> = records
+            .summaries(&any)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .iter()
+            .map(|r| format!("{} ({})", r.build_version(), r.state.as_str()))
+            .collect();
+        return Err(unavailable(if known.is_empty() {
+            format!("kiln has built no image named `{name}`")
+        } else {
+            format!(
+                "no AVAILABLE build of `{name}` matches {}; newest builds: {}",
+                q.version.unwrap_or_default(),
+                known.join(", ")
+            )
+        }));
+    };
+    if rec
+        .components
+        .iter()
+        .any(|c| c.cache == crate::record::CacheUse::InVm)
+    {
+        return Err(unavailable(format!(
+            "{} was built by the VM builder: its result is a disk image, not layers, so it cannot be a parent; build the parent with the sandbox builder (outputs: [oci, disk])",
+            rec.build_version()
+        )));
+    }
+    let store = LayerStore::new(cx.home.clone());
+    let image_output = rec.outputs.iter().find(|o| o.kind == OutputKind::OciLayout);
+    // Its layers are usually still in the store; otherwise read them from a region.
+    let layers: Option<Vec<StoredLayer>> = rec.layers.iter().map(|d| store.get(d)).collect();
+    if let Some(layers) = layers {
+        let config = image_output
+            .and_then(|o| kiln_image::read_image(o.path(), Some(&o.tag)).ok())
+            .map(|r| r.config);
+        return Ok(Parent {
+            record: ParentRecord {
+                reference,
+                resolved: rec.build_version(),
+                layers: rec.layers.clone(),
+                cached: true,
+            },
+            layers,
+            config,
+        });
+    }
+    let out = image_output.ok_or_else(|| {
+        unavailable(format!(
+            "{} has no output to read its layers from",
+            rec.build_version()
+        ))
+    })?;
+    let mut p = from_layout(&store, out.path(), Some(&out.tag), reference).await?;
+    p.record.resolved = rec.build_version();
+    Ok(p)
 }
 
 async fn import_tar(
@@ -391,14 +440,13 @@ async fn from_layout(
 }
 
 async fn bootstrap(
-    home: &Home,
+    cx: &ParentContext<'_>,
     store: &LayerStore,
     suite: &str,
     packages: &[String],
     recipe: &Recipe,
-    epoch: i64,
-    progress: Progress<'_>,
 ) -> Result<StoredLayer, ParentError> {
+    let (home, epoch, progress) = (cx.home, cx.epoch, cx.progress);
     let Some(mmdebstrap) = which("mmdebstrap") else {
         return Err(ParentError::MissingProgram {
             program: "mmdebstrap".into(),

@@ -38,6 +38,18 @@ impl Plan {
             .map(PathBuf::from)
     }
 
+    /// Every place the infrastructure configuration sends logs.
+    pub fn logging(&self) -> Vec<kiln_dist::logs::LogDestination> {
+        let mut out = Vec::new();
+        if let Some(dir) = self.log_folder() {
+            out.push(kiln_dist::logs::LogDestination::Folder(dir));
+        }
+        if let Some((bucket, prefix)) = self.log_bucket() {
+            out.push(kiln_dist::logs::LogDestination::S3 { bucket, prefix });
+        }
+        out
+    }
+
     /// Where the infrastructure configuration sends logs: an S3 bucket and key prefix.
     pub fn log_bucket(&self) -> Option<(String, String)> {
         let s3 = self.infrastructure.request.pointer("/logging/s3Logs")?;

@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_yaml::{did_you_mean, Diagnostic, Map, Node, Reader, Span};
+use serde::{Deserialize, Serialize};
 
 use crate::version::{Version, VersionFilter};
 
 /// A recipe file's text, for error messages that quote it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RecipeSource {
     /// Path as given.
     pub path: PathBuf,
@@ -43,7 +45,8 @@ impl fmt::Display for RecipeErrors {
 impl std::error::Error for RecipeErrors {}
 
 /// Where the image starts from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "transport", rename_all = "lowercase")]
 pub enum ParentImage {
     /// `bootstrap:debian/SUITE`: a fresh Debian made with mmdebstrap.
     Bootstrap {
@@ -203,7 +206,8 @@ fn parse_image(text: &str) -> Result<ParentImage, String> {
 }
 
 /// Where a component's document comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ComponentSource {
     /// A document file (`path:`), relative to the recipe.
     Path(PathBuf),
@@ -212,7 +216,8 @@ pub enum ComponentSource {
 }
 
 /// One component of the recipe.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ComponentRef {
     /// Where its document is.
     pub source: ComponentSource,
@@ -220,12 +225,14 @@ pub struct ComponentRef {
     pub parameters: Vec<(String, String)>,
     /// Whether its result may come from the step cache.
     pub cache: bool,
-    /// Where it is in the recipe.
+    /// Where it is in the recipe (for messages while reading it; not sent along).
+    #[serde(skip)]
     pub span: Span,
 }
 
 /// Image tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TestsConfig {
     /// Run the test stage.
     pub enabled: bool,
@@ -233,9 +240,10 @@ pub struct TestsConfig {
     pub timeout_minutes: u32,
 }
 
-/// What a build produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputKind {
+/// What a build produces (`outputs: [oci, disk]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
     /// An OCI image (layout in each region).
     Oci,
     /// A bootable disk image (files in each region's `disks` folder).
@@ -253,7 +261,8 @@ pub const DISK_BOOTSTRAP_PACKAGES: &[&str] = &[
 ];
 
 /// Disk image settings (`disk:` and `blockDeviceMappings`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DiskSpec {
     /// Formats written to each region (the first is the one tested when it matters).
     pub formats: Vec<kiln_image::disk::DiskFormat>,
@@ -281,7 +290,8 @@ impl Default for DiskSpec {
 }
 
 /// Layer compression.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// gzip (every tool reads it).
     Gzip,
@@ -289,8 +299,19 @@ pub enum Compression {
     Zstd,
 }
 
+impl Compression {
+    /// The recipe's word for it (`gzip`, `zstd`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
 /// The OCI image configuration of the output.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ImageConfigSpec {
     /// Entrypoint.
     pub entrypoint: Option<Vec<String>>,
@@ -309,7 +330,8 @@ pub struct ImageConfigSpec {
 }
 
 /// A region to distribute to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Distribution {
     /// Region name.
     pub region: String,
@@ -317,26 +339,11 @@ pub struct Distribution {
     pub path: Option<PathBuf>,
 }
 
-/// Which kind of builder instance runs the build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BuilderKind {
-    /// Linux namespaces over overlayfs.
-    Sandbox,
-    /// A QEMU virtual machine booted from the parent's disk image.
-    Vm,
-}
-
-impl fmt::Display for BuilderKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BuilderKind::Sandbox => "sandbox",
-            BuilderKind::Vm => "vm",
-        })
-    }
-}
+pub use kiln_instance::BuilderKind;
 
 /// How kiln's virtual machines (VM builders, disk test instances) run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct VmSettings {
     /// Memory in MiB.
     pub memory_mib: u32,
@@ -349,7 +356,8 @@ pub struct VmSettings {
 }
 
 /// Where and how the build runs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Infrastructure {
     /// Builder kind.
     pub builder: BuilderKind,
@@ -364,7 +372,8 @@ pub struct Infrastructure {
 }
 
 /// A parsed, valid recipe.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Recipe {
     /// Image name.
     pub name: String,
@@ -385,7 +394,7 @@ pub struct Recipe {
     /// Tests.
     pub tests: TestsConfig,
     /// Outputs.
-    pub outputs: Vec<OutputKind>,
+    pub outputs: Vec<OutputFormat>,
     /// Disk image settings (used when `outputs` has `disk`).
     pub disk: DiskSpec,
     /// OCI configuration of the output.
@@ -398,7 +407,8 @@ pub struct Recipe {
     pub infrastructure: Infrastructure,
     /// The file.
     pub source: Arc<RecipeSource>,
-    /// Warnings found while reading it.
+    /// Warnings found while reading it (shown then; not sent along).
+    #[serde(skip)]
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -410,12 +420,12 @@ impl Recipe {
 
     /// Whether the build makes a disk image.
     pub fn wants_disk(&self) -> bool {
-        self.outputs.contains(&OutputKind::Disk)
+        self.outputs.contains(&OutputFormat::Disk)
     }
 
     /// Whether the build makes an OCI image.
     pub fn wants_oci(&self) -> bool {
-        self.outputs.contains(&OutputKind::Oci)
+        self.outputs.contains(&OutputFormat::Oci)
     }
 
     /// The packages a `bootstrap:` parent is made with: the recipe's, plus what a bootable disk
@@ -661,9 +671,9 @@ fn build(
     let infrastructure = infrastructure(r, m);
     let mut outputs = if infrastructure.builder == BuilderKind::Vm || flavor == Flavor::ImageRecipe
     {
-        vec![OutputKind::Disk]
+        vec![OutputFormat::Disk]
     } else {
-        vec![OutputKind::Oci]
+        vec![OutputFormat::Oci]
     };
     if let Some(o) = m.get("outputs") {
         outputs.clear();
@@ -675,8 +685,8 @@ fn build(
         {
             let span = o.as_seq().and_then(|s| s.get(i)).map_or(o.span, |n| n.span);
             let kind = match word.as_str() {
-                "oci" => OutputKind::Oci,
-                "disk" => OutputKind::Disk,
+                "oci" => OutputFormat::Oci,
+                "disk" => OutputFormat::Disk,
                 other => {
                     r.error(
                         span,
@@ -703,14 +713,14 @@ fn build(
                 Some("list `oci`, `disk` or both".into()),
             );
         }
-        if flavor == Flavor::ContainerRecipe && outputs.contains(&OutputKind::Disk) {
+        if flavor == Flavor::ContainerRecipe && outputs.contains(&OutputFormat::Disk) {
             r.error(
                 o.span,
                 "a container recipe makes container images only",
                 Some("make disks with an image recipe (kiln recipe create without containerType), which may list both outputs".into()),
             );
         }
-        if infrastructure.builder == BuilderKind::Vm && outputs.contains(&OutputKind::Oci) {
+        if infrastructure.builder == BuilderKind::Vm && outputs.contains(&OutputFormat::Oci) {
             r.error(
                 o.span,
                 "`builder: vm` makes disk images only: a VM's disk is one filesystem, not layers",
@@ -718,7 +728,7 @@ fn build(
             );
         }
     }
-    let disk = disk_spec(r, m, outputs.contains(&OutputKind::Disk));
+    let disk = disk_spec(r, m, outputs.contains(&OutputFormat::Disk));
     let agent_node = m
         .get("disk")
         .or_else(|| m.get("additionalInstanceConfiguration"));
@@ -1508,6 +1518,50 @@ mod tests {
         assert!(
             text.contains("recipe.yml:7:14: error: unknown compression `xz`"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_recipe_travels_as_json_and_comes_back_the_same() {
+        let r = recipe(
+            r#"
+name: golden-nginx
+semanticVersion: 1.2.3
+parentImage: kiln:base/1.x.x
+components:
+  - componentArn: arn:kiln:imagebuilder:local:000000000000:component/hardening/1.0.0
+    parameters:
+      - name: Banner
+        value: ["Authorized use only"]
+    cache: false
+outputs: [oci, disk]
+disk:
+  formats: [qcow2, raw]
+imageConfig:
+  env: {LANG: C.UTF-8}
+distributions:
+  - region: lab
+    path: /srv/lab
+infrastructure:
+  network: none
+  memory: 2GiB
+"#,
+        )
+        .unwrap();
+        let text = serde_json::to_string(&r).unwrap();
+        let back: Recipe = serde_json::from_str(&text).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), text);
+        assert_eq!(back.parent, r.parent);
+        assert_eq!(back.disk, r.disk);
+        assert_eq!(back.infrastructure, r.infrastructure);
+        assert_eq!(back.outputs, vec![OutputFormat::Oci, OutputFormat::Disk]);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["parent"]["transport"], "image");
+        assert_eq!(v["parent"]["version"], "1.x.x");
+        assert_eq!(v["infrastructure"]["builder"], "sandbox");
+        assert_eq!(
+            v["components"][0]["source"]["arn"],
+            "arn:kiln:imagebuilder:local:000000000000:component/hardening/1.0.0"
         );
     }
 

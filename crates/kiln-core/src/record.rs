@@ -5,7 +5,14 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use kiln_instance::vm::Accel;
+use kiln_instance::BuilderKind;
 use kiln_store::{Filter, Kind, Row, Update};
+use kiln_toe::report::StepStatus;
+
+pub use crate::disk::GuestAgent;
+/// What distribution wrote: the record keeps kiln-dist's outputs as they are.
+pub use kiln_dist::{Output as OutputRecord, OutputKind, Planned as PlannedOutput};
 
 use crate::state::{to_json, Store};
 use crate::store::{read_json, Home, StoreError};
@@ -50,6 +57,12 @@ impl State {
     /// True once nothing will change any more.
     pub fn is_final(self) -> bool {
         matches!(self, State::Available | State::Failed | State::Cancelled)
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
     }
 }
 
@@ -120,7 +133,7 @@ pub struct StepTiming {
     /// Action module.
     pub action: String,
     /// Step status.
-    pub status: String,
+    pub status: StepStatus,
     /// Milliseconds.
     pub duration_ms: u64,
 }
@@ -157,12 +170,44 @@ pub struct ComponentRecord {
     pub steps: Vec<StepTiming>,
 }
 
+/// How the test stage ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestStatus {
+    /// Every test passed.
+    Passed,
+    /// A test failed.
+    Failed,
+    /// Tests are disabled (`imageTestsEnabled: false`).
+    Skipped,
+    /// This exact image passed its tests before; they were not run again.
+    Cached,
+}
+
+impl TestStatus {
+    /// The record's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestStatus::Passed => "passed",
+            TestStatus::Failed => "failed",
+            TestStatus::Skipped => "skipped",
+            TestStatus::Cached => "cached",
+        }
+    }
+}
+
+impl std::fmt::Display for TestStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// The test stage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TestRecord {
-    /// passed, failed, skipped (tests disabled), cached (the same image passed before).
-    pub status: String,
+    /// How it ended.
+    pub status: TestStatus,
     /// Wall time.
     pub duration_ms: u64,
     /// Its steps.
@@ -171,16 +216,16 @@ pub struct TestRecord {
     /// The build whose test result was reused, for `cached`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reused_from: Option<String>,
-    /// Where the tests ran: `sandbox` or `vm`.
+    /// Where the tests ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance: Option<String>,
+    pub instance: Option<BuilderKind>,
     /// For a VM: milliseconds from starting QEMU to the guest agent answering (firmware,
     /// bootloader, kernel, init).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_ms: Option<u64>,
-    /// For a VM: `kvm` or `tcg`.
+    /// For a VM: the accelerator it ran under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accelerator: Option<String>,
+    pub accelerator: Option<Accel>,
 }
 
 /// The disk image of a build.
@@ -193,27 +238,15 @@ pub struct DiskRecord {
     pub size: u64,
     /// The root filesystem's UUID.
     pub filesystem_uuid: String,
-    /// The QEMU guest agent: `in the image`, `installed by kiln` or `installed by kiln,
-    /// removed after the tests`.
-    pub guest_agent: String,
+    /// Where the disk's QEMU guest agent came from (none until the build knows).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::disk::guest_agent_or_empty"
+    )]
+    pub guest_agent: Option<GuestAgent>,
     /// Milliseconds spent assembling the disk.
     pub assemble_ms: u64,
-}
-
-/// Where the image went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OutputRecord {
-    /// Region.
-    pub region: String,
-    /// `oci-layout`, or `disk-FORMAT` (`disk-qcow2`, `disk-raw`, ...).
-    pub kind: String,
-    /// The layout folder, or the disk file.
-    pub location: PathBuf,
-    /// Tag in it (for a disk: the version, or `VERSION-BUILD`).
-    pub tag: String,
-    /// Manifest digest (for a disk: `sha256:` of the file).
-    pub manifest_digest: String,
 }
 
 /// One package of the image.
@@ -324,21 +357,6 @@ pub struct ImageRecord {
     pub distributing: Vec<PlannedOutput>,
 }
 
-/// One place distribution writes to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PlannedOutput {
-    /// Region.
-    pub region: String,
-    /// An OCI layout folder (`oci`) or a disk file (`disk`).
-    pub kind: String,
-    /// The layout folder or the disk file.
-    pub location: PathBuf,
-    /// Tags this build writes into the layout.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<String>,
-}
-
 impl ImageRecord {
     /// `name/x.y.z/n`.
     pub fn build_version(&self) -> String {
@@ -353,6 +371,15 @@ impl ImageRecord {
             at: Utc::now(),
             reason,
         });
+    }
+
+    /// Which build this is, as distribution names builds.
+    pub fn build_id(&self) -> kiln_dist::BuildId {
+        kiln_dist::BuildId {
+            name: self.name.clone(),
+            version: self.version.to_string(),
+            build: self.build,
+        }
     }
 
     /// Component layers reused from the cache.
@@ -643,10 +670,30 @@ impl Records {
         self.newest(q, &[State::Available]).await
     }
 
-    /// Marks builds whose kiln process died (their run folder is no longer held) as FAILED
-    /// with reason "interrupted", and takes back what they had begun to distribute. Returns
-    /// their build versions.
-    pub async fn recover_interrupted(&self) -> Result<Vec<String>, StoreError> {
+    /// The newest AVAILABLE build of `rec`'s version other than `rec`: where the version's
+    /// names go back to when `rec`'s distribution is taken back.
+    pub async fn previous_available(&self, rec: &ImageRecord) -> Option<u32> {
+        let q = ImageQuery {
+            name: rec.name.clone(),
+            version: rec.version.to_string().parse::<VersionFilter>().ok(),
+            build: None,
+        };
+        self.newest(&q, &[State::Available])
+            .await
+            .ok()
+            .flatten()
+            .filter(|p| p.arn != rec.arn)
+            .map(|p| p.build)
+    }
+
+    /// Marks builds whose process died (as `liveness` tells) as FAILED with reason
+    /// "interrupted", and takes back what they had begun to distribute. Returns their build
+    /// versions.
+    pub async fn recover_interrupted(
+        &self,
+        liveness: &dyn Liveness,
+        registries: &kiln_dist::RegistryAccess,
+    ) -> Result<Vec<String>, StoreError> {
         // By state alone (only images have these states): the state index answers it.
         let running = Filter {
             states: [
@@ -665,11 +712,7 @@ impl Records {
             let Some(r) = self.get(&row.arn).await? else {
                 continue;
             };
-            let alive = r
-                .run_dir
-                .as_deref()
-                .is_some_and(kiln_instance::sandbox::is_held);
-            if alive || r.state.is_final() {
+            if r.state.is_final() || liveness.alive(&r) {
                 continue;
             }
             // A build writes its final record before it releases its run folder, so a fresh
@@ -685,7 +728,10 @@ impl Records {
                 "interrupted: the kiln process running this build stopped before it finished"
                     .to_string();
             if stage == State::Distributing {
-                let undone = crate::distribute::take_back(self, &r).await;
+                let previous = self.previous_available(&r).await;
+                let undone =
+                    kiln_dist::take_back(&r.distributing, &r.build_id(), previous, registries)
+                        .await;
                 if !undone.is_empty() {
                     reason.push_str(&format!("; took back {}", undone.join(", ")));
                 }
@@ -705,6 +751,24 @@ impl Records {
             fixed.push(r.build_version());
         }
         Ok(fixed)
+    }
+}
+
+/// Tells whether the process running a build still lives, so that the build of a process that
+/// died can be marked FAILED.
+pub trait Liveness: Send + Sync {
+    /// True while whoever runs `rec` lives.
+    fn alive(&self, rec: &ImageRecord) -> bool;
+}
+
+/// Builds run by kiln processes on this machine: alive while their run folder's lock is held.
+pub struct LocalRuns;
+
+impl Liveness for LocalRuns {
+    fn alive(&self, rec: &ImageRecord) -> bool {
+        rec.run_dir
+            .as_deref()
+            .is_some_and(kiln_instance::runlock::is_held)
     }
 }
 
@@ -838,7 +902,7 @@ pub(crate) mod tests {
         let d = tempfile::tempdir().unwrap();
         let recs = records(d.path()).await;
         let held_dir = d.path().join("run/held");
-        let lock = kiln_instance::sandbox::RunLock::acquire(&held_dir).unwrap();
+        let lock = kiln_instance::runlock::RunLock::acquire(&held_dir).unwrap();
         let mut running = record("a", "1.0.0", State::Building);
         running.run_dir = Some(held_dir.clone());
         let mut dead = record("b", "1.0.0", State::Testing);
@@ -847,7 +911,9 @@ pub(crate) mod tests {
         let dead = add(&recs, dead).await;
         add(&recs, record("c", "1.0.0", State::Available)).await;
         assert_eq!(
-            recs.recover_interrupted().await.unwrap(),
+            recs.recover_interrupted(&LocalRuns, &Default::default())
+                .await
+                .unwrap(),
             vec!["b/1.0.0/1".to_string()]
         );
         let b = recs.get(&dead.arn).await.unwrap().unwrap();
@@ -855,7 +921,9 @@ pub(crate) mod tests {
         assert_eq!(b.failure.unwrap().stage, State::Testing);
         drop(lock);
         assert_eq!(
-            recs.recover_interrupted().await.unwrap(),
+            recs.recover_interrupted(&LocalRuns, &Default::default())
+                .await
+                .unwrap(),
             vec!["a/1.0.0/1".to_string()]
         );
     }

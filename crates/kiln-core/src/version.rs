@@ -105,9 +105,23 @@ impl Version {
 }
 
 /// A version filter: `1.2.3`, `1.2.x`, `1.x.x`, `x.x.x` (the default: any version).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct VersionFilter {
     nodes: [Option<u32>; 3],
+}
+
+impl TryFrom<String> for VersionFilter {
+    type Error = VersionError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<VersionFilter> for String {
+    fn from(v: VersionFilter) -> String {
+        v.to_string()
+    }
 }
 
 impl FromStr for VersionFilter {

@@ -1,5 +1,5 @@
 //! The agent: serves kiln's requests inside an instance (a sandbox's PID 2, or `kiln-agent` in a
-//! VM guest), over any byte stream, one JSON object per line (see [`crate::sandbox::protocol`]).
+//! VM guest), over any byte stream, one JSON object per line (see [`crate::protocol`]).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -11,9 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::fileops;
 use crate::process;
-use crate::sandbox::protocol::{
-    b64decode, b64encode, Request, RequestBody, Response, ResponseBody, CHUNK,
-};
+use crate::protocol::{b64decode, b64encode, Request, RequestBody, Response, ResponseBody, CHUNK};
 
 /// Where and how the agent runs programs.
 #[derive(Debug, Clone)]
@@ -55,7 +53,14 @@ where
             }
         }
     });
-    send(&out, 0, ResponseBody::Ready { created });
+    send(
+        &out,
+        0,
+        ResponseBody::Ready {
+            version: crate::protocol::VERSION,
+            created,
+        },
+    );
     let mut lines = tokio::io::BufReader::new(reader).lines();
     let mut running: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
     let mut puts: HashMap<u64, (PathBuf, PathBuf, u32, std::fs::File)> = HashMap::new();

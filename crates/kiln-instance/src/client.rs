@@ -11,9 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::sync::mpsc;
 
 use crate::fileops::{FileOp, FileOpOutput};
-use crate::sandbox::protocol::{
-    b64decode, b64encode, Request, RequestBody, Response, ResponseBody, CHUNK,
-};
+use crate::protocol::{b64decode, b64encode, Request, RequestBody, Response, ResponseBody, CHUNK};
 use crate::{ExecOutcome, ExecRequest, InstanceError, OutputSink};
 
 type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<ResponseBody>>>>;
@@ -25,6 +23,26 @@ pub enum ConnectError {
     Fatal(String),
     /// It went away or never answered.
     Gone,
+    /// It speaks another version of the protocol.
+    Version {
+        /// The agent's version.
+        agent: u32,
+    },
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Fatal(m) => f.write_str(m),
+            ConnectError::Gone => f.write_str("the agent went away before it was ready"),
+            ConnectError::Version { agent } => write!(
+                f,
+                "the agent speaks protocol version {agent}, this kiln speaks {}: use the \
+                 kiln-agent built with this kiln (KILN_AGENT names it)",
+                crate::protocol::VERSION
+            ),
+        }
+    }
 }
 
 /// A connection to an agent.
@@ -68,7 +86,8 @@ impl AgentClient {
             let _ = writer.shutdown().await;
         });
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<Vec<String>, String>>();
+        let (ready_tx, ready_rx) =
+            tokio::sync::oneshot::channel::<Result<Vec<String>, ConnectError>>();
         let reader_pending = pending.clone();
         let label = what.to_string();
         tokio::spawn(async move {
@@ -80,14 +99,18 @@ impl AgentClient {
                     continue;
                 };
                 match (resp.id, resp.body) {
-                    (0, ResponseBody::Ready { created }) => {
+                    (0, ResponseBody::Ready { version, created }) => {
                         if let Some(r) = ready.take() {
-                            let _ = r.send(Ok(created));
+                            let _ = r.send(if version == crate::protocol::VERSION {
+                                Ok(created)
+                            } else {
+                                Err(ConnectError::Version { agent: version })
+                            });
                         }
                     }
                     (0, ResponseBody::Fatal(msg)) => {
                         if let Some(r) = ready.take() {
-                            let _ = r.send(Err(msg));
+                            let _ = r.send(Err(ConnectError::Fatal(msg)));
                         }
                     }
                     (0, other) => tracing::warn!("the {label} agent: {other:?}"),
@@ -124,7 +147,7 @@ impl AgentClient {
         });
         match tokio::time::timeout(timeout, ready_rx).await {
             Ok(Ok(Ok(created))) => Ok((client, created)),
-            Ok(Ok(Err(msg))) => Err(ConnectError::Fatal(msg)),
+            Ok(Ok(Err(e))) => Err(e),
             _ => Err(ConnectError::Gone),
         }
     }

@@ -21,13 +21,19 @@ use serde::{Deserialize, Serialize};
 pub mod agent;
 pub mod client;
 pub mod encoding;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 pub mod fileops;
 pub mod host;
+pub mod launcher;
 pub mod process;
+pub mod protocol;
+pub mod runlock;
 pub mod sandbox;
 pub mod vm;
 
 pub use fileops::{FileOp, FileOpOutput};
+pub use launcher::{Boot, Kept, LaunchSpec, Launched, Launcher, LocalLauncher};
 
 /// True when kiln runs as root (the sandbox needs it).
 pub fn is_root() -> bool {
@@ -161,7 +167,55 @@ pub struct ExecOutcome {
     pub stderr: String,
 }
 
-/// What kind of machine an instance is.
+/// Which kind of builder or test instance runs a build's components: the one name for it in
+/// recipes, records, kept instances and launchers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BuilderKind {
+    /// Linux namespaces over an overlayfs view of the image's layers.
+    #[default]
+    Sandbox,
+    /// A QEMU virtual machine booted from a disk image.
+    Vm,
+}
+
+impl BuilderKind {
+    /// The stable name (`sandbox`, `vm`), as recipes write it and records keep it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuilderKind::Sandbox => "sandbox",
+            BuilderKind::Vm => "vm",
+        }
+    }
+}
+
+impl std::fmt::Display for BuilderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::str::FromStr for BuilderKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sandbox" => Ok(BuilderKind::Sandbox),
+            "vm" => Ok(BuilderKind::Vm),
+            other => Err(format!("unknown builder `{other}`: use sandbox or vm")),
+        }
+    }
+}
+
+impl From<BuilderKind> for InstanceKind {
+    fn from(k: BuilderKind) -> Self {
+        match k {
+            BuilderKind::Sandbox => InstanceKind::Sandbox,
+            BuilderKind::Vm => InstanceKind::Vm,
+        }
+    }
+}
+
+/// What kind of machine an instance is (a builder kind, or the host itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceKind {

@@ -282,6 +282,16 @@ pub fn kill_tree(root: i32) {
     tracing::warn!(root, "processes of a killed step survived repeated SIGKILL");
 }
 
+/// Sends SIGKILL to a process and, with `group`, to its whole process group (a kept VM's keeper
+/// leads QEMU's group; a kept sandbox's PID 1 takes its namespace with it).
+pub fn kill_now(pid: u32, group: bool) {
+    let p = Pid::from_raw(pid as i32);
+    if group {
+        let _ = nix::sys::signal::killpg(p, Signal::SIGKILL);
+    }
+    let _ = kill(p, Signal::SIGKILL);
+}
+
 /// True while process `pid` runs: a zombie (dead, not yet reaped by whoever inherited it) does
 /// not count.
 pub fn is_alive(pid: i32) -> bool {

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kiln_instance::fileops::{FileOp, FileOpOutput};
-use kiln_instance::sandbox::{Limits, Network, RunLock, Sandbox, SandboxSpec, HELPER_ARG};
+use kiln_instance::runlock::RunLock;
+use kiln_instance::sandbox::{Limits, Network, Sandbox, SandboxSpec, HELPER_ARG};
 use kiln_instance::{Discard, ExecRequest, ExitStatus, Instance, Stream};
 
 struct Dirs {
@@ -323,7 +324,7 @@ fn sweep_removes_only_abandoned_run_folders() {
         let _gone = RunLock::acquire(&runs.join("dead")).unwrap();
     }
     std::fs::write(runs.join("dead/data"), "x").unwrap();
-    let removed = kiln_instance::sandbox::sweep(&runs);
+    let removed = kiln_instance::runlock::sweep(&runs);
     assert_eq!(removed, vec![runs.join("dead")]);
     assert!(runs.join("alive").exists());
     assert!(

@@ -433,6 +433,21 @@ impl fmt::Display for Action {
     }
 }
 
+/// By its AWSTOE name (`ExecuteBash`), as documents write it.
+impl serde::Serialize for Action {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Action {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Action::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown action module `{name}`")))
+    }
+}
+
 pub use kiln_yaml::did_you_mean;
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! What a run reports while it runs, for progress displays and logs.
 
 use kiln_instance::Stream;
+use serde::{Deserialize, Serialize};
 
 use crate::action::Action;
-use crate::report::{DocumentReport, PhaseReport, StepReport};
+use crate::report::{DocumentReport, PhaseReport, RunStatus, StepReport, StepStatus};
 
 /// Which step an event is about.
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +87,173 @@ pub enum Event<'a> {
         /// Its report.
         report: &'a DocumentReport,
     },
+}
+
+/// Which step an [`OwnedEvent`] is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepId {
+    /// Nesting depth (0 for the run's own documents).
+    pub depth: usize,
+    /// The document's name or path.
+    pub document: String,
+    /// The phase.
+    pub phase: String,
+    /// The step.
+    pub step: String,
+    /// Its action.
+    pub action: Action,
+}
+
+impl From<&StepRef<'_>> for StepId {
+    fn from(s: &StepRef<'_>) -> Self {
+        StepId {
+            depth: s.depth,
+            document: s.document.to_string(),
+            phase: s.phase.to_string(),
+            step: s.step.to_string(),
+            action: s.action,
+        }
+    }
+}
+
+/// An [`Event`] that owns what it says: the form events take to another process or over HTTP
+/// (and to a terminal that shows a build run elsewhere). Reports are reduced to what a person
+/// watching needs; the full reports are in `detailedoutput.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum OwnedEvent {
+    /// A document starts.
+    #[serde(rename_all = "camelCase")]
+    DocumentStarted {
+        /// Nesting depth.
+        depth: usize,
+        /// Where it came from.
+        file: String,
+        /// Its name.
+        name: String,
+    },
+    /// A phase starts.
+    #[serde(rename_all = "camelCase")]
+    PhaseStarted {
+        /// Nesting depth.
+        depth: usize,
+        /// The document.
+        document: String,
+        /// The phase.
+        phase: String,
+    },
+    /// A step starts.
+    StepStarted {
+        /// The step.
+        step: StepId,
+    },
+    /// A line of a step's output.
+    Output {
+        /// The step.
+        step: StepId,
+        /// stdout or stderr.
+        stream: Stream,
+        /// The line.
+        line: String,
+    },
+    /// A retry, a reboot, a loop iteration.
+    Note {
+        /// The step.
+        step: StepId,
+        /// What happened.
+        message: String,
+    },
+    /// A warning not about one step.
+    Warning {
+        /// What happened.
+        message: String,
+    },
+    /// A step ended.
+    #[serde(rename_all = "camelCase")]
+    StepFinished {
+        /// The step.
+        step: StepId,
+        /// How it ended.
+        status: StepStatus,
+        /// Its wall time in milliseconds.
+        duration_ms: u64,
+        /// How many attempts it took.
+        attempts: u32,
+        /// Why it failed (empty otherwise).
+        failure_message: String,
+    },
+    /// A phase ended.
+    PhaseFinished {
+        /// Nesting depth.
+        depth: usize,
+        /// The phase.
+        phase: String,
+        /// How it ended.
+        status: RunStatus,
+    },
+    /// A document ended.
+    DocumentFinished {
+        /// Nesting depth.
+        depth: usize,
+        /// Where it came from.
+        file: String,
+        /// How it ended.
+        status: RunStatus,
+    },
+}
+
+impl From<&Event<'_>> for OwnedEvent {
+    fn from(e: &Event<'_>) -> Self {
+        match e {
+            Event::DocumentStarted { depth, file, name } => OwnedEvent::DocumentStarted {
+                depth: *depth,
+                file: file.to_string(),
+                name: name.to_string(),
+            },
+            Event::PhaseStarted {
+                depth,
+                document,
+                phase,
+            } => OwnedEvent::PhaseStarted {
+                depth: *depth,
+                document: document.to_string(),
+                phase: phase.to_string(),
+            },
+            Event::StepStarted(s) => OwnedEvent::StepStarted { step: s.into() },
+            Event::Output { step, stream, line } => OwnedEvent::Output {
+                step: step.into(),
+                stream: *stream,
+                line: line.to_string(),
+            },
+            Event::Note { step, message } => OwnedEvent::Note {
+                step: step.into(),
+                message: message.to_string(),
+            },
+            Event::Warning { message } => OwnedEvent::Warning {
+                message: message.to_string(),
+            },
+            Event::StepFinished { step, report } => OwnedEvent::StepFinished {
+                step: step.into(),
+                status: report.status,
+                duration_ms: (report.end_time - report.start_time)
+                    .num_milliseconds()
+                    .max(0) as u64,
+                attempts: report.attempts,
+                failure_message: report.failure_message.clone(),
+            },
+            Event::PhaseFinished { depth, report } => OwnedEvent::PhaseFinished {
+                depth: *depth,
+                phase: report.name.clone(),
+                status: report.status,
+            },
+            Event::DocumentFinished { depth, report } => OwnedEvent::DocumentFinished {
+                depth: *depth,
+                file: report.file_path.clone(),
+                status: report.status,
+            },
+        }
+    }
 }
 
 /// Receives events. Called from the run's task; keep it quick.

@@ -8,7 +8,7 @@ use chrono::{DateTime, Local};
 use serde::Serialize;
 
 /// Status of a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepStatus {
     /// It ran and succeeded.
@@ -21,8 +21,46 @@ pub enum StepStatus {
     IgnoredFailure,
 }
 
+#[cfg(test)]
+mod word_tests {
+    use super::*;
+
+    #[test]
+    fn step_words_are_the_report_names() {
+        for s in [
+            StepStatus::Success,
+            StepStatus::Failed,
+            StepStatus::Skipped,
+            StepStatus::IgnoredFailure,
+        ] {
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::Value::String(s.word().into())
+            );
+        }
+    }
+}
+
+impl StepStatus {
+    /// The word used in reports (`success`, `failed`, `skipped`, `ignored-failure`).
+    pub fn word(self) -> &'static str {
+        match self {
+            StepStatus::Success => "success",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::IgnoredFailure => "ignored-failure",
+        }
+    }
+}
+
+impl std::fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.word())
+    }
+}
+
 /// Status of a phase, a document or a whole run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunStatus {
     /// Every step succeeded or was skipped.

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use kiln_core::build::{BuildEvent, BuildObserver, BuildOptions, Builder, Origin};
-use kiln_core::record::{CacheUse, ImageRecord, State};
+use kiln_core::record::{CacheUse, ImageRecord, OutputKind, OutputRecord, State};
 use kiln_core::store::Home;
-use kiln_toe::events::Observer;
+use kiln_dist::logs::LogDestination;
+use kiln_instance::LocalLauncher;
 
 use crate::{config, ui, EXIT_INVALID};
 
@@ -80,17 +81,17 @@ fn secs(ms: u64) -> String {
 }
 
 impl BuildObserver for BuildTerminal {
-    fn event(&self, e: &BuildEvent<'_>) {
+    fn event(&self, e: &BuildEvent) {
         match e {
-            BuildEvent::Started(r) => self.term.line(&format!(
+            BuildEvent::Started { record: r } => self.term.line(&format!(
                 "kiln build {} {} (build {}); logs in {}",
                 r.name,
                 r.version,
                 r.build,
                 r.logs.display()
             )),
-            BuildEvent::Stage(s) => self.term.line(&format!("== {}", s.as_str())),
-            BuildEvent::Progress(p) => self.term.progress(p),
+            BuildEvent::Stage { state } => self.term.line(&format!("== {state}")),
+            BuildEvent::Progress { message } => self.term.progress(message),
             BuildEvent::ComponentStarted {
                 index,
                 total,
@@ -118,8 +119,21 @@ impl BuildObserver for BuildTerminal {
                 self.term
                     .line(&format!("[{}] {}: {what}", index + 1, record.name));
             }
-            BuildEvent::Toe(ev) => self.term.event(ev),
-            BuildEvent::Finished(_) => self.term.finish(),
+            BuildEvent::Step { event } => self.term.step(event),
+            BuildEvent::LogsShipped {
+                to,
+                files,
+                uploaded,
+            } => self.term.line(&format!(
+                "logs: {files} file(s) {} {to}",
+                if *uploaded {
+                    "uploaded to"
+                } else {
+                    "copied to"
+                }
+            )),
+            BuildEvent::Warning { message } => self.term.line(&format!("warning: {message}")),
+            BuildEvent::Finished { .. } => self.term.finish(),
         }
     }
 }
@@ -144,7 +158,18 @@ pub async fn run(args: BuildArgs) -> Result<u8> {
     } else {
         None
     };
-    Ok(execute(&recipe, store, None, &args.flags).await?.0)
+    Ok(execute(&recipe, store, Provenance::default(), &args.flags)
+        .await?
+        .0)
+}
+
+/// Where a build comes from and where its logs go (a pipeline's resources say).
+#[derive(Default)]
+pub struct Provenance {
+    /// Who and what started it; the local principal with no pipeline when `None`.
+    pub origin: Option<Origin>,
+    /// Where its logs are shipped.
+    pub logging: Vec<LogDestination>,
 }
 
 /// Runs one build in the foreground: progress on stderr, the result on stdout, Ctrl-C stops
@@ -152,7 +177,7 @@ pub async fn run(args: BuildArgs) -> Result<u8> {
 pub async fn execute(
     recipe: &kiln_core::recipe::Recipe,
     store: Option<kiln_core::state::Store>,
-    origin: Option<kiln_core::build::Origin>,
+    provenance: Provenance,
     flags: &BuildFlags,
 ) -> Result<(u8, Option<ImageRecord>)> {
     let cfg = config::load()?;
@@ -163,23 +188,19 @@ pub async fn execute(
         epoch: std::env::var("SOURCE_DATE_EPOCH")
             .ok()
             .and_then(|v| v.trim().parse().ok()),
-        helper: (
-            PathBuf::from("/proc/self/exe"),
-            vec![kiln_instance::sandbox::HELPER_ARG.to_string()],
-        ),
-        keeper: (
-            PathBuf::from("/proc/self/exe"),
-            vec![kiln_instance::vm::keeper::KEEPER_ARG.to_string()],
-        ),
-        agent: agent_path(),
         cache_max_bytes: cfg.cache_max_bytes,
         registries: cfg.registries.clone(),
+        s3: cfg.s3.clone(),
     };
+    let launcher = Arc::new(LocalLauncher::current_exe(agent_path()));
     let observer = Arc::new(BuildTerminal {
         term: ui::Terminal::new(flags.quiet),
     });
-    let origin = origin.unwrap_or_else(|| Origin::of(crate::principal::local()));
-    let mut builder = Builder::new(home, options, origin);
+    let origin = provenance
+        .origin
+        .unwrap_or_else(|| Origin::of(crate::principal::local()));
+    let mut builder =
+        Builder::new(home, options, origin, launcher).with_logging(provenance.logging);
     if let Some(store) = store {
         builder = builder.with_store(store);
     }
@@ -241,7 +262,7 @@ fn report(r: &ImageRecord, output: Output) -> Result<()> {
                 t.status,
                 secs(t.boot_ms.unwrap_or(0))
             ),
-            Some(t) => t.status.clone(),
+            Some(t) => t.status.to_string(),
             None => "-".into(),
         };
         let built = if r.components.iter().any(|c| c.cache == CacheUse::InVm) {
@@ -259,26 +280,25 @@ fn report(r: &ImageRecord, output: Output) -> Result<()> {
             r.build_version(),
             secs(r.duration_ms),
         )?;
-        for o in r.outputs.iter().filter(|o| o.kind.starts_with("disk-")) {
+        for o in r.outputs.iter().filter(|o| !o.kind.is_image()) {
             writeln!(
                 out,
                 "  {}: {}  ({})",
                 o.region,
-                o.location.display(),
+                where_is(o),
                 o.manifest_digest
             )?;
         }
         for o in r
             .outputs
             .iter()
-            .filter(|o| o.kind == "oci-layout" && o.tag == r.version.to_string())
+            .filter(|o| o.kind.is_image() && o.tag == r.version.to_string())
         {
             writeln!(
                 out,
-                "  {}: oci:{}:{}  ({})",
+                "  {}: {}  ({})",
                 o.region,
-                o.location.display(),
-                o.tag,
+                where_is(o),
                 o.manifest_digest
             )?;
         }
@@ -333,6 +353,16 @@ fn report(r: &ImageRecord, output: Output) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How a user names an output to other tools: `oci:DIR:TAG` (skopeo, umoci),
+/// `docker://HOST/REPO:TAG`, or a disk's path.
+pub fn where_is(o: &OutputRecord) -> String {
+    match o.kind {
+        OutputKind::OciLayout => format!("oci:{}:{}", o.location, o.tag),
+        OutputKind::OciRegistry => format!("docker://{}:{}", o.location, o.tag),
+        OutputKind::Disk(_) => o.location.clone(),
+    }
 }
 
 /// Sizes for humans (shared with other commands).

@@ -106,12 +106,21 @@ pub struct PruneArgs {
 /// The build records of the data directory, with interrupted builds marked FAILED.
 pub async fn records() -> Result<Records> {
     let home = Home::new(config::kiln_home());
-    kiln_instance::sandbox::sweep(&home.run());
+    kiln_instance::runlock::sweep(&home.run());
     let store = kiln_core::state::Store::open(&home).await?;
     let records = Records::new(store);
     // A build whose kiln died shows as FAILED (interrupted) from the next command on.
-    records.recover_interrupted().await?;
+    recover(&records).await?;
     Ok(records)
+}
+
+/// Marks builds of kiln processes that died FAILED, taking back what they half-distributed.
+async fn recover(records: &Records) -> Result<()> {
+    let access = kiln_core::parent::registry_access(&config::load()?.registries);
+    records
+        .recover_interrupted(&kiln_core::record::LocalRuns, &access)
+        .await?;
+    Ok(())
 }
 
 async fn one(records: &Records, reference: &str) -> Result<ImageRecord> {
@@ -338,7 +347,7 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
                 out,
                 "             in a VM booted from the disk in {} ({})",
                 seconds(ms),
-                t.accelerator.as_deref().unwrap_or("?")
+                t.accelerator.map_or("?", |a| a.as_str())
             )?;
         }
         write_steps(&mut out, &t.steps)?;
@@ -350,27 +359,16 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
             d.size >> 20,
             d.kernel,
             d.filesystem_uuid,
-            d.guest_agent,
+            d.guest_agent.map_or("-", |g| g.as_str()),
             seconds(d.assemble_ms)
         )?;
     }
     for o in &r.outputs {
-        if o.kind.starts_with("disk-") {
-            writeln!(
-                out,
-                "  output     {}: {} {}",
-                o.region,
-                o.location.display(),
-                o.manifest_digest
-            )?;
-            continue;
-        }
         writeln!(
             out,
-            "  output     {}: oci:{}:{} {}",
+            "  output     {}: {} {}",
             o.region,
-            o.location.display(),
-            o.tag,
+            crate::build::where_is(o),
             o.manifest_digest
         )?;
     }
@@ -507,7 +505,7 @@ async fn cancel(records: &Records, a: CancelArgs) -> Result<u8> {
     eprintln!("asked {} to stop; waiting for it", r.build_version());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.wait);
     loop {
-        records.recover_interrupted().await?;
+        recover(records).await?;
         let now = records.get(&r.arn).await?;
         if let Some(now) = now.filter(|n| n.state.is_final()) {
             println!("{} {}", now.state.as_str(), now.build_version());
@@ -554,7 +552,7 @@ pub async fn cache(cmd: CacheCommand) -> Result<u8> {
             let running = std::fs::read_dir(home.run())
                 .map(|d| d.flatten().count())
                 .unwrap_or(0);
-            kiln_instance::sandbox::sweep(&home.run());
+            kiln_instance::runlock::sweep(&home.run());
             let still = std::fs::read_dir(home.run())
                 .map(|d| d.flatten().count())
                 .unwrap_or(0);

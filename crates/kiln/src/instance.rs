@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use kiln_core::instances::{Instances, KeptInstance, KeptKind};
+use kiln_core::instances::{Instances, KeptInstance};
 use kiln_core::store::Home;
 use kiln_instance::vm::qmp::Qga;
+use kiln_instance::BuilderKind;
 
 use crate::build::{write_json, Output};
 use crate::config;
@@ -69,8 +70,8 @@ pub async fn run(cmd: InstanceCommand) -> Result<u8> {
                 );
             }
             match k.kind {
-                KeptKind::Sandbox => sandbox_shell(&k, a.command.as_deref()),
-                KeptKind::Vm => vm_shell(&k, a.command.as_deref()).await,
+                BuilderKind::Sandbox => sandbox_shell(&k, a.command.as_deref()),
+                BuilderKind::Vm => vm_shell(&k, a.command.as_deref()).await,
             }
         }
     }
@@ -97,10 +98,7 @@ fn list(instances: &Instances, output: Output) -> Result<u8> {
             out,
             "{:<16} {:<8} {:<9} {:<8} {:<25} {}",
             k.id,
-            match k.kind {
-                KeptKind::Sandbox => "sandbox",
-                KeptKind::Vm => "vm",
-            },
+            k.kind,
             k.stage,
             if k.alive() { "running" } else { "gone" },
             k.kept_at.format("%Y-%m-%d %H:%M:%S UTC"),

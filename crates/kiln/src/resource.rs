@@ -2,7 +2,7 @@
 //! store, created from Image Builder request files (YAML or JSON).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
@@ -376,87 +376,16 @@ async fn start(res: &Resources, a: StartArgs) -> Result<u8> {
             .map(|d| format!(", {}", d.arn))
             .unwrap_or_default()
     );
-    let (code, record) = crate::build::execute(
+    let provenance = crate::build::Provenance {
+        origin: Some(plan.origin.clone()),
+        logging: plan.logging(),
+    };
+    let (code, _) = crate::build::execute(
         &plan.build_recipe,
         Some(res.store().clone()),
-        Some(plan.origin.clone()),
+        provenance,
         &a.flags,
     )
     .await?;
-    if let Some(rec) = &record {
-        ship_logs(&plan, rec).await;
-    }
     Ok(code)
-}
-
-/// Copies a build's logs where the infrastructure configuration's `logging` says.
-async fn ship_logs(plan: &kiln_core::pipeline::Plan, rec: &kiln_core::record::ImageRecord) {
-    let sub = format!("{}/{}/{}", rec.name, rec.version, rec.build);
-    if let Some(dir) = plan.log_folder() {
-        let to = dir.join(&sub);
-        match copy_tree(&rec.logs, &to) {
-            Ok(n) => eprintln!("logs: {n} file(s) copied to {}", to.display()),
-            Err(e) => eprintln!("warning: the logs were not copied to {}: {e}", to.display()),
-        }
-    }
-    if let Some((bucket, prefix)) = plan.log_bucket() {
-        let s3 = match config::load() {
-            Ok(c) => c.s3,
-            Err(e) => {
-                eprintln!("warning: the logs were not uploaded to s3://{bucket}: {e}");
-                return;
-            }
-        };
-        let Some(s3) = s3 else {
-            eprintln!("warning: the logs were not uploaded to s3://{bucket}: no S3 endpoint is configured (config.yaml `s3:` or AWS_ENDPOINT_URL)");
-            return;
-        };
-        let client = kiln_s3::S3Client::new(s3);
-        let mut n = 0;
-        for f in files_under(&rec.logs) {
-            let rel = f.strip_prefix(&rec.logs).unwrap_or(&f);
-            let key = kiln_s3::key_under(&prefix, &format!("{sub}/{}", rel.display()));
-            match client.put_object_from_file(&bucket, &key, &f, None).await {
-                Ok(()) => n += 1,
-                Err(e) => {
-                    eprintln!(
-                        "warning: uploading {} to s3://{bucket}/{key}: {e}",
-                        f.display()
-                    );
-                    return;
-                }
-            }
-        }
-        eprintln!("logs: {n} file(s) uploaded to s3://{bucket}/{prefix}");
-    }
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<usize> {
-    let files = files_under(from);
-    for f in &files {
-        let rel = f.strip_prefix(from).unwrap_or(f);
-        let dest = to.join(rel);
-        if let Some(p) = dest.parent() {
-            std::fs::create_dir_all(p)?;
-        }
-        std::fs::copy(f, &dest)?;
-    }
-    Ok(files.len())
 }

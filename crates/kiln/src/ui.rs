@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_instance::Stream;
-use kiln_toe::events::{Event, Observer, StepRef};
+use kiln_toe::events::{Event, Observer, OwnedEvent, StepId};
 use kiln_toe::report::StepStatus;
 
 /// Prints progress to stderr.
@@ -21,7 +21,7 @@ fn indent(depth: usize) -> String {
     "  ".repeat(depth)
 }
 
-fn label(s: &StepRef<'_>) -> String {
+fn label(s: &StepId) -> String {
     format!("{}{} › {} ({})", indent(s.depth), s.phase, s.step, s.action)
 }
 
@@ -74,9 +74,16 @@ impl Terminal {
 
 impl Observer for Terminal {
     fn event(&self, event: &Event<'_>) {
+        self.step(&OwnedEvent::from(event));
+    }
+}
+
+impl Terminal {
+    /// Shows one event of the component engine (of a run here, or of a build anywhere).
+    pub fn step(&self, event: &OwnedEvent) {
         let _guard = self.state.lock();
         match event {
-            Event::DocumentStarted { depth, file, name } => {
+            OwnedEvent::DocumentStarted { depth, file, name } => {
                 let name = if name.is_empty() {
                     String::new()
                 } else {
@@ -84,48 +91,52 @@ impl Observer for Terminal {
                 };
                 self.line(&format!("{}document {file}{name}", indent(*depth)));
             }
-            Event::PhaseStarted { depth, phase, .. } => {
+            OwnedEvent::PhaseStarted { depth, phase, .. } => {
                 self.line(&format!("{}phase {phase}", indent(*depth)));
             }
-            Event::StepStarted(s) => match &self.bar {
+            OwnedEvent::StepStarted { step } => match &self.bar {
                 Some(bar) => {
                     bar.reset_elapsed();
-                    bar.set_message(label(s));
+                    bar.set_message(label(step));
                     bar.enable_steady_tick(Duration::from_millis(120));
                 }
-                None => eprintln!("{} started", label(s)),
+                None => eprintln!("{} started", label(step)),
             },
-            Event::Output { step, stream, line } => {
+            OwnedEvent::Output { step, stream, line } => {
                 if !self.quiet {
                     let mark = if *stream == Stream::Stderr { "!" } else { "|" };
                     self.line(&format!("{}  {mark} {line}", indent(step.depth)));
                 }
             }
-            Event::Note { step, message } => {
+            OwnedEvent::Note { step, message } => {
                 self.line(&format!("{}  > {message}", indent(step.depth)));
             }
-            Event::Warning { message } => self.line(&format!("warning: {message}")),
-            Event::StepFinished { step, report } => {
-                let secs = (report.end_time - report.start_time).num_milliseconds() as f64 / 1000.0;
-                let (mark, word) = match report.status {
+            OwnedEvent::Warning { message } => self.line(&format!("warning: {message}")),
+            OwnedEvent::StepFinished {
+                step,
+                status,
+                duration_ms,
+                attempts,
+                failure_message,
+            } => {
+                let secs = *duration_ms as f64 / 1000.0;
+                let (mark, word) = match status {
                     StepStatus::Success => ("✔", "ok"),
                     StepStatus::Failed => ("✘", "failed"),
                     StepStatus::Skipped => ("↷", "skipped"),
                     StepStatus::IgnoredFailure => ("!", "failed (ignored)"),
                 };
-                let attempts = if report.attempts > 1 {
-                    format!(", {} attempts", report.attempts)
+                let attempts = if *attempts > 1 {
+                    format!(", {attempts} attempts")
                 } else {
                     String::new()
                 };
                 let mut text = format!("{mark} {} {word} in {secs:.2} s{attempts}", label(step));
-                if !report.failure_message.is_empty() {
+                if !failure_message.is_empty() {
                     text.push_str(&format!(
                         "\n{}    {}",
                         indent(step.depth),
-                        report
-                            .failure_message
-                            .replace('\n', &format!("\n{}    ", indent(step.depth)))
+                        failure_message.replace('\n', &format!("\n{}    ", indent(step.depth)))
                     ));
                 }
                 self.line(&text);
@@ -134,7 +145,7 @@ impl Observer for Terminal {
                     bar.set_message(String::new());
                 }
             }
-            Event::PhaseFinished { .. } | Event::DocumentFinished { .. } => {}
+            OwnedEvent::PhaseFinished { .. } | OwnedEvent::DocumentFinished { .. } => {}
         }
     }
 }

@@ -17,9 +17,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::protocol::{Response, ResponseBody};
 use super::syscalls::{Linux, PathState, Syscalls};
 use super::{Network, SandboxSpec, SCRATCH};
+use crate::protocol::{Response, ResponseBody};
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;

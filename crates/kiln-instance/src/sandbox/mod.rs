@@ -8,7 +8,7 @@
 //! captures and removes it. [`sweep`] removes what a killed kiln left behind.
 
 pub mod init;
-pub mod protocol;
+pub mod keep;
 pub mod syscalls;
 
 use std::path::{Path, PathBuf};
@@ -336,6 +336,11 @@ impl Sandbox {
                     "the sandbox helper ended before its agent was ready".into(),
                 ))
             }
+            Err(e @ crate::client::ConnectError::Version { .. }) => {
+                let _ = child.kill().await;
+                self.remove_cgroups();
+                Err(InstanceError::Op(format!("the sandbox's agent: {e}")))
+            }
         }
     }
 
@@ -428,82 +433,47 @@ impl Instance for Sandbox {
     }
 }
 
-/// A lock that marks a folder as in use by a live kiln process; [`sweep`] removes folders
-/// whose lock is free (their kiln died). Dropping it releases the lock.
-pub struct RunLock {
-    _lock: nix::fcntl::Flock<std::fs::File>,
-    /// The folder it guards.
-    pub dir: PathBuf,
-}
-
-impl RunLock {
-    /// Creates `dir` and locks it for this process.
-    pub fn acquire(dir: &Path) -> Result<RunLock, InstanceError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| InstanceError::io(format!("creating {}", dir.display()), e))?;
-        let f = std::fs::File::create(dir.join(".lock"))
-            .map_err(|e| InstanceError::io(format!("creating {}/.lock", dir.display()), e))?;
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map(|lock| RunLock {
-                _lock: lock,
-                dir: dir.to_path_buf(),
-            })
-            .map_err(|(_, e)| {
-                InstanceError::Op(format!("{} is in use by another kiln: {e}", dir.display()))
-            })
+#[async_trait]
+impl crate::Launched for Sandbox {
+    fn builder_kind(&self) -> crate::BuilderKind {
+        crate::BuilderKind::Sandbox
     }
-}
 
-/// True when a live process holds the run lock of `dir`.
-pub fn is_held(dir: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(dir.join(".lock")) else {
-        return false;
-    };
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
-}
+    fn created_paths(&self) -> Vec<String> {
+        Sandbox::created_paths(self)
+    }
 
-/// Removes run folders under `run_root` that no live kiln holds (left by a crash) with their
-/// VMs' socket folders, and empty `kiln-*` cgroups. Returns the folders removed.
-pub fn sweep(run_root: &Path) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(run_root) {
-        for e in entries.flatten() {
-            let dir = e.path();
-            if !dir.is_dir() {
-                continue;
-            }
-            let Ok(f) = std::fs::File::open(dir.join(".lock")) else {
-                // No lock file: a folder being created right now, or not ours; leave it.
-                continue;
-            };
-            if let Ok(lock) =
-                nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            {
-                crate::vm::remove_sockets_under(&dir);
-                if std::fs::remove_dir_all(&dir).is_ok() {
-                    removed.push(dir.clone());
-                }
-                drop(lock);
-            }
+    /// The sandbox stops (the failed step's processes die with it); its folder (writable layer,
+    /// work and root folders, which share one parent) moves to `into`, and new namespaces hold
+    /// the same filesystem there.
+    async fn keep(&self, into: &Path) -> Result<crate::Kept, InstanceError> {
+        self.shutdown().await?;
+        let upper = &self.spec.upper;
+        let (Some(dir), Some(upper_name)) = (upper.parent(), upper.file_name()) else {
+            return Err(InstanceError::Op(format!(
+                "{} has no folder to keep",
+                upper.display()
+            )));
+        };
+        if let Some(p) = into.parent() {
+            std::fs::create_dir_all(p)
+                .map_err(|e| InstanceError::io(format!("creating {}", p.display()), e))?;
         }
+        std::fs::rename(dir, into).map_err(|e| {
+            InstanceError::io(format!("moving {} to {}", dir.display(), into.display()), e)
+        })?;
+        let pid = keep::start_kept(
+            &self.spec.lower,
+            &into.join(upper_name),
+            &into.join("work"),
+            &into.join("root"),
+            &self.spec.hostname,
+        )?;
+        Ok(crate::Kept {
+            pid,
+            dir: into.to_path_buf(),
+            guest_agent_socket: None,
+            console: None,
+        })
     }
-    for base in [
-        "/sys/fs/cgroup",
-        "/sys/fs/cgroup/memory",
-        "/sys/fs/cgroup/pids",
-        "/sys/fs/cgroup/cpu",
-    ] {
-        if let Ok(entries) = std::fs::read_dir(base) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with("kiln-") {
-                    let procs =
-                        std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
-                    if procs.trim().is_empty() {
-                        let _ = std::fs::remove_dir(e.path());
-                    }
-                }
-            }
-        }
-    }
-    removed
 }

@@ -51,6 +51,17 @@ pub enum Accel {
     Tcg,
 }
 
+impl Accel {
+    /// The stable name (`auto`, `kvm`, `tcg`), as recipes and records write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Auto => "auto",
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
 /// What a VM is started with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmSpec {
@@ -675,6 +686,9 @@ impl Vm {
             Err(ConnectError::Gone) => {
                 Err(self.boot_failure("kiln-agent did not answer in the VM"))
             }
+            Err(e @ ConnectError::Version { .. }) => {
+                Err(InstanceError::Op(format!("kiln-agent in the VM: {e}")))
+            }
         }
     }
 
@@ -992,5 +1006,63 @@ impl Instance for Vm {
 
     async fn stop(&self) -> Result<(), InstanceError> {
         self.power_off().await
+    }
+}
+
+#[async_trait]
+impl crate::Launched for Vm {
+    fn builder_kind(&self) -> crate::BuilderKind {
+        crate::BuilderKind::Vm
+    }
+
+    fn boot(&self) -> Option<crate::Boot> {
+        self.boot_times().first().map(|d| crate::Boot {
+            duration: *d,
+            accel: self.accel(),
+        })
+    }
+
+    fn console_log(&self) -> Option<PathBuf> {
+        Some(Vm::console_log(self))
+    }
+
+    fn written_disk(&self) -> Option<PathBuf> {
+        Some(self.overlay.clone())
+    }
+
+    /// The VM keeps running (its keeper stops following kiln) and its folder moves to `into`;
+    /// a socket folder outside it (a short one in /tmp) stays where it is.
+    async fn keep(&self, into: &Path) -> Result<crate::Kept, InstanceError> {
+        let sockets = self.sockets.clone();
+        let Some(pid) = self.detach().await else {
+            return Err(InstanceError::Op(format!(
+                "VM {} could not be kept: its keeper did not let go (it was stopped)",
+                self.spec.id
+            )));
+        };
+        let dir = &self.spec.dir;
+        let moved = into
+            .parent()
+            .map(std::fs::create_dir_all)
+            .unwrap_or(Ok(()))
+            .and_then(|_| std::fs::rename(dir, into));
+        if let Err(e) = &moved {
+            tracing::warn!(
+                "the kept VM stays in {} (moving it to {}: {e})",
+                dir.display(),
+                into.display()
+            );
+        }
+        let base = if moved.is_ok() { into } else { dir.as_path() };
+        let qga = match sockets.strip_prefix(dir) {
+            Ok(rel) => base.join(rel).join("qga.sock"),
+            Err(_) => sockets.join("qga.sock"),
+        };
+        Ok(crate::Kept {
+            pid,
+            dir: base.to_path_buf(),
+            guest_agent_socket: Some(qga),
+            console: Some(base.join("console.log")),
+        })
     }
 }

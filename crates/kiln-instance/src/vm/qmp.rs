@@ -274,7 +274,7 @@ impl Qga {
             if s["exited"].as_bool() == Some(true) {
                 let text = |k: &str| {
                     s[k].as_str()
-                        .and_then(crate::sandbox::protocol::b64decode)
+                        .and_then(crate::protocol::b64decode)
                         .map(|b| String::from_utf8_lossy(&b).into_owned())
                         .unwrap_or_default()
                 };
@@ -303,7 +303,7 @@ impl Qga {
             let r = self
                 .execute(
                     "guest-file-write",
-                    json!({ "handle": h, "buf-b64": crate::sandbox::protocol::b64encode(chunk) }),
+                    json!({ "handle": h, "buf-b64": crate::protocol::b64encode(chunk) }),
                 )
                 .await;
             if let Err(e) = r {

@@ -1,10 +1,17 @@
-//! What kiln and the agent inside a sandbox say to each other: one JSON object per line, on the
-//! helper's stdin (requests) and stdout (responses). Requests carry an id; responses name it.
+//! What kiln and its agent in an instance say to each other, whichever backend carries it (a
+//! sandbox helper's stdin and stdout, a VM's virtio-serial port): one JSON object per line.
+//! Requests carry an id; responses name it. The agent opens the conversation with `Ready`, which
+//! says the protocol [`VERSION`] it speaks, so that a kiln and an agent from different releases
+//! (a VM image carrying an old agent, a remote worker) refuse each other clearly instead of
+//! misreading messages.
 
 use serde::{Deserialize, Serialize};
 
 use crate::fileops::{FileOp, FileOpOutput};
 use crate::{ExecRequest, ExitStatus, Stream};
+
+/// The version of this protocol. Bump it whenever a message changes meaning or shape.
+pub const VERSION: u32 = 1;
 
 /// A request to the agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,9 +65,13 @@ pub struct Response {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ResponseBody {
-    /// The sandbox is set up and serving; the paths (relative to its root) that kiln had to
-    /// create in the writable layer as mount points, so that a capture can leave them out.
+    /// The instance is set up and its agent serving; the paths (relative to its root) that
+    /// kiln had to create in the writable layer as mount points, so that a capture can leave
+    /// them out.
     Ready {
+        /// The protocol version the agent speaks (0: an agent from before versions existed).
+        #[serde(default)]
+        version: u32,
         /// Created mount points.
         created: Vec<String>,
     },
@@ -179,5 +190,23 @@ mod tests {
         assert_eq!(s, r#"{"id":3,"body":{"get":{"path":"/etc/os-release"}}}"#);
         let back: Request = serde_json::from_str(&s).unwrap();
         assert!(matches!(back.body, RequestBody::Get { .. }));
+    }
+
+    #[test]
+    fn ready_says_the_version_and_an_old_agent_reads_as_zero() {
+        let r = Response {
+            id: 0,
+            body: ResponseBody::Ready {
+                version: VERSION,
+                created: vec!["etc/resolv.conf".into()],
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"id":0,"body":{"ready":{"version":1,"created":["etc/resolv.conf"]}}}"#
+        );
+        let old: Response =
+            serde_json::from_str(r#"{"id":0,"body":{"ready":{"created":[]}}}"#).unwrap();
+        assert!(matches!(old.body, ResponseBody::Ready { version: 0, .. }));
     }
 }

@@ -1,0 +1,434 @@
+//! One build: recipe → parent layers → components (each in a sandbox whose writable layer
+//! becomes one OCI layer, cached by content; or all in one builder VM) → the disk → tests on a
+//! fresh instance made from the output → each region, atomically → AVAILABLE. Any failure
+//! leaves the image FAILED with the stage, the step, its last output lines and the log, and
+//! nothing in any region.
+//!
+//! [`Builder::build`] checks the input and the host, numbers the build, and runs the stages
+//! (`stages`) over a [`run::BuildRun`]; instances come from the [`Launcher`] it was given, so
+//! the stages run the same over real sandboxes and VMs or over a fake in tests.
+
+mod components;
+mod event;
+mod failure;
+mod image_config;
+mod instance;
+mod run;
+mod stages;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use kiln_dist::logs::LogDestination;
+use kiln_instance::runlock::RunLock;
+use kiln_instance::{BuilderKind, Launcher};
+use kiln_toe::loader::DocumentLoader;
+use kiln_toe::report::ExecutionReport;
+
+use crate::cache::StepCache;
+use crate::parent::RegistryCredentials;
+use crate::principal::Principal;
+use crate::recipe::Recipe;
+use crate::record::{
+    CacheUse, ComponentRecord, ImageRecord, LocalRuns, Records, State, StepTiming,
+};
+use crate::store::{self, sha256_hex, Home, LayerStore};
+
+pub use components::file_safe;
+pub use event::{BuildEvent, BuildObserver, Unobserved};
+
+use components::Component;
+use failure::StageFailure;
+use run::BuildRun;
+
+/// How a build runs.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Rebuild every component (the cache is refreshed, not read).
+    pub no_cache: bool,
+    /// Make the parent image again (re-bootstrap) instead of reusing it.
+    pub refresh_parent: bool,
+    /// Timestamp for layer files and the image config (`SOURCE_DATE_EPOCH`); the build's start
+    /// time when `None`.
+    pub epoch: Option<i64>,
+    /// Most bytes the layer store may use before least-recently-used layers are removed.
+    pub cache_max_bytes: u64,
+    /// Credentials for registries parent images come from and images go to.
+    pub registries: Vec<RegistryCredentials>,
+    /// kiln's S3 settings, for logs shipped to a bucket.
+    pub s3: Option<kiln_s3::S3Config>,
+}
+
+/// Errors that stop a build before it gets a number (bad input, a host that cannot build).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A component document is not valid or cannot be found.
+    #[error("component {index} ({source_name}):\n{message}")]
+    Component {
+        /// 1-based position in the recipe.
+        index: usize,
+        /// Path or ARN.
+        source_name: String,
+        /// The diagnostics.
+        message: String,
+    },
+    /// kiln cannot build here.
+    #[error("{0}")]
+    Environment(String),
+    /// The data directory failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+/// Where a build comes from, for its record.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// Who started it.
+    pub principal: Principal,
+    /// The pipeline, when a pipeline runs it.
+    pub pipeline: Option<String>,
+    /// The stored recipe.
+    pub recipe_arn: Option<String>,
+    /// The infrastructure and distribution configurations.
+    pub configurations: Vec<String>,
+}
+
+impl Origin {
+    /// A build a principal started from a recipe file (no pipeline, no stored recipe).
+    pub fn of(principal: Principal) -> Self {
+        Origin {
+            principal,
+            pipeline: None,
+            recipe_arn: None,
+            configurations: Vec::new(),
+        }
+    }
+}
+
+/// Runs builds in a data directory.
+pub struct Builder {
+    home: Home,
+    options: BuildOptions,
+    loader: DocumentLoader,
+    store: Option<crate::state::Store>,
+    origin: Origin,
+    launcher: Arc<dyn Launcher>,
+    logging: Vec<LogDestination>,
+}
+
+impl Builder {
+    /// A builder for a data directory: `origin` says who builds, for the records; `launcher`
+    /// starts its builder and test instances.
+    pub fn new(
+        home: Home,
+        options: BuildOptions,
+        origin: Origin,
+        launcher: Arc<dyn Launcher>,
+    ) -> Self {
+        Builder {
+            home,
+            options,
+            loader: DocumentLoader::new(),
+            store: None,
+            origin,
+            launcher,
+            logging: Vec::new(),
+        }
+    }
+
+    /// Records builds in this store (opened from the data directory otherwise); components
+    /// named by ARN come from it too.
+    pub fn with_store(mut self, store: crate::state::Store) -> Self {
+        self.loader = self
+            .loader
+            .with_resolver(Arc::new(crate::resources::StoreResolver::new(
+                store.clone(),
+            )));
+        self.store = Some(store);
+        self
+    }
+
+    /// Where component documents named by ARN come from.
+    pub fn with_loader(mut self, loader: DocumentLoader) -> Self {
+        self.loader = loader;
+        self
+    }
+
+    /// Ships every build's logs to these places when it ends (an infrastructure
+    /// configuration's `logging`).
+    pub fn with_logging(mut self, logging: Vec<LogDestination>) -> Self {
+        self.logging = logging;
+        self
+    }
+
+    /// Checks that this host can build the recipe, before anything is numbered or run.
+    fn preflight(&self, recipe: &Recipe) -> Result<(), BuildError> {
+        let env = |e: kiln_instance::InstanceError| BuildError::Environment(e.to_string());
+        if recipe.wants_disk() || recipe.infrastructure.builder == BuilderKind::Vm {
+            let missing = crate::disk::missing_host_programs();
+            if !missing.is_empty() {
+                return Err(BuildError::Environment(format!(
+                    "disk images need {} on this host: run scripts/setup, or apt-get install them",
+                    missing.join(", ")
+                )));
+            }
+            self.launcher.preflight(BuilderKind::Vm).map_err(env)?;
+        }
+        Ok(())
+    }
+
+    /// Builds a recipe. Errors are returned for bad input (nothing was started); once the build
+    /// has a number, the returned record says how it ended (AVAILABLE, FAILED or CANCELLED).
+    pub async fn build(
+        &self,
+        recipe: &Recipe,
+        observer: Arc<dyn BuildObserver>,
+    ) -> Result<ImageRecord, BuildError> {
+        // Every build starts sandboxes (components, tests, kiln's own layers): a host that
+        // cannot is told first, before anything is read.
+        self.launcher
+            .preflight(BuilderKind::Sandbox)
+            .map_err(|e| BuildError::Environment(e.to_string()))?;
+        let components = components::load(&self.loader, recipe).await?;
+        self.preflight(recipe)?;
+        let started = Instant::now();
+        let now = Utc::now();
+        let epoch = self.options.epoch.unwrap_or(now.timestamp());
+        kiln_instance::runlock::sweep(&self.home.run());
+        LayerStore::new(self.home.clone()).sweep();
+
+        // Hold the run folder before the record exists, so that another kiln never takes a
+        // starting build for an interrupted one.
+        let run_dir = self.home.run().join(format!(
+            "{}-{}-{}",
+            recipe.name,
+            recipe.semantic_version,
+            uuid::Uuid::new_v4().simple()
+        ));
+        let lock =
+            RunLock::acquire(&run_dir).map_err(|e| BuildError::Environment(e.to_string()))?;
+        let store = match &self.store {
+            Some(s) => s.clone(),
+            None => crate::state::Store::open(&self.home).await?,
+        };
+        let records = Records::new(store);
+        let access = crate::parent::registry_access(&self.options.registries);
+        for b in records.recover_interrupted(&LocalRuns, &access).await? {
+            observer.event(&BuildEvent::Progress {
+                message: format!("{b} was interrupted earlier; it is now FAILED"),
+            });
+        }
+        let mut rec = self.new_record(recipe, &components, run_dir.clone());
+        records.create(&mut rec).await?;
+        let logs = rec.logs.clone();
+        std::fs::create_dir_all(&logs).map_err(store::io("creating", &logs))?;
+        observer.event(&BuildEvent::Started {
+            record: Box::new(rec.clone()),
+        });
+
+        let mut run = BuildRun {
+            home: &self.home,
+            options: &self.options,
+            launcher: self.launcher.as_ref(),
+            recipe,
+            components: &components,
+            records: &records,
+            observer: observer.clone(),
+            run_dir,
+            epoch,
+            distributing: Arc::new(AtomicBool::new(false)),
+            rec,
+            parent: None,
+            chain: Vec::new(),
+            disk: None,
+        };
+        let result = {
+            let arn = run.rec.arn.clone();
+            let distributing = run.distributing.clone();
+            // `kiln image cancel` asks through the store; dropping the stages stops their
+            // instance (sandbox helpers and VM keepers die with their handles). Once
+            // distribution starts the build finishes: a region is never left half-written.
+            tokio::select! {
+                r = stages::run_all(&mut run) => Some(r),
+                _ = cancel_requested(&records, &arn, &distributing) => None,
+            }
+        };
+        let rec = self.finish(run, result, lock, started).await?;
+        Ok(rec)
+    }
+
+    fn new_record(
+        &self,
+        recipe: &Recipe,
+        components: &[Component],
+        run_dir: PathBuf,
+    ) -> ImageRecord {
+        let mut rec = ImageRecord {
+            arn: String::new(),
+            name: recipe.name.clone(),
+            version: recipe.semantic_version,
+            build: 0,
+            state: State::Pending,
+            history: Vec::new(),
+            recipe: recipe.source.path.clone(),
+            recipe_sha256: sha256_hex(recipe.source.text.as_bytes()),
+            parent: None,
+            components: components
+                .iter()
+                .map(|c| ComponentRecord {
+                    name: c.name.clone(),
+                    source: c.source.clone(),
+                    arn: c.arn.clone(),
+                    document_sha256: c.sha256.clone(),
+                    parameters: c.parameters.clone(),
+                    cache_key: String::new(),
+                    cache: CacheUse::NotRun,
+                    layer: None,
+                    layer_size: 0,
+                    duration_ms: 0,
+                    steps: Vec::new(),
+                })
+                .collect(),
+            tests: None,
+            disk: None,
+            failure: None,
+            outputs: Vec::new(),
+            layers: Vec::new(),
+            packages: Vec::new(),
+            created: Utc::now(),
+            duration_ms: 0,
+            logs: PathBuf::new(),
+            run_dir: Some(run_dir),
+            owner: self.origin.principal.user.clone(),
+            pipeline: self.origin.pipeline.clone(),
+            recipe_arn: self.origin.recipe_arn.clone(),
+            configurations: self.origin.configurations.clone(),
+            distributing: Vec::new(),
+        };
+        rec.set_state(State::Pending, None);
+        rec
+    }
+
+    /// Records how the build ended, releases its run folder, ships its logs and keeps the
+    /// layer store within its bound.
+    async fn finish(
+        &self,
+        run: BuildRun<'_>,
+        result: Option<Result<(), StageFailure>>,
+        lock: RunLock,
+        started: Instant,
+    ) -> Result<ImageRecord, BuildError> {
+        let BuildRun {
+            mut rec,
+            records,
+            observer,
+            run_dir,
+            chain,
+            disk,
+            ..
+        } = run;
+        match result {
+            None => {
+                observer.event(&BuildEvent::Progress {
+                    message: "cancelled on request".into(),
+                });
+                rec.set_state(State::Cancelled, Some("cancelled on request".into()));
+            }
+            Some(Ok(())) => rec.set_state(State::Available, None),
+            Some(Err(f)) => {
+                rec.set_state(State::Failed, Some(f.reason.clone()));
+                rec.failure = Some(f.info());
+            }
+        }
+        rec.duration_ms = millis(started);
+        // The final record is written while the run folder is still held: another kiln that
+        // sees the folder released must also see the final state, never take the build for
+        // an interrupted one.
+        rec.distributing.clear();
+        let saved = records.save(&rec).await;
+        drop(lock);
+        // A cancelled build's VM went with its handle, not through `stop`.
+        kiln_instance::vm::remove_sockets_under(&run_dir);
+        store::remove_tree(&run_dir);
+        saved?;
+        self.ship_logs(&rec, observer.as_ref()).await;
+        observer.event(&BuildEvent::Finished {
+            record: Box::new(rec.clone()),
+        });
+        let mut keep: HashSet<String> = chain.iter().map(|l| l.info.diff_id.clone()).collect();
+        keep.extend(
+            disk.iter()
+                .flat_map(|d| d.chain.iter().map(|l| l.info.diff_id.clone())),
+        );
+        let cache = StepCache::new(self.home.clone());
+        if cache.usage() > self.options.cache_max_bytes {
+            let report = cache.prune(self.options.cache_max_bytes, &keep);
+            tracing::info!(?report, "pruned the step cache");
+        }
+        Ok(rec)
+    }
+
+    /// Copies or uploads the build's logs where `with_logging` said, under
+    /// `NAME/VERSION/BUILD`.
+    async fn ship_logs(&self, rec: &ImageRecord, observer: &dyn BuildObserver) {
+        let sub = format!("{}/{}/{}", rec.name, rec.version, rec.build);
+        for dest in &self.logging {
+            match kiln_dist::logs::ship(&rec.logs, &sub, dest, self.options.s3.as_ref()).await {
+                Ok(s) => observer.event(&BuildEvent::LogsShipped {
+                    to: s.to,
+                    files: s.files,
+                    uploaded: s.uploaded,
+                }),
+                Err(e) => observer.event(&BuildEvent::Warning {
+                    message: e.to_string(),
+                }),
+            }
+        }
+    }
+}
+
+/// Returns once `kiln image cancel` has asked to stop this build, unless it is distributing.
+async fn cancel_requested(records: &Records, arn: &str, distributing: &AtomicBool) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if distributing.load(Ordering::SeqCst) {
+            continue;
+        }
+        if records
+            .store()
+            .db()
+            .cancel_requested(arn)
+            .await
+            .unwrap_or(false)
+        {
+            return;
+        }
+    }
+}
+
+pub(crate) fn millis(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}
+
+/// The steps of a report with their timings, as the record keeps them.
+pub(crate) fn timings(report: &ExecutionReport) -> Vec<StepTiming> {
+    report
+        .documents
+        .iter()
+        .flat_map(|d| d.phases.iter())
+        .flat_map(|p| {
+            p.steps.iter().map(move |s| StepTiming {
+                step: format!("{}/{}", p.name, s.name),
+                action: s.action.clone(),
+                status: s.status,
+                duration_ms: (s.end_time - s.start_time).num_milliseconds().max(0) as u64,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,80 @@
+//! DISTRIBUTING: the image and its disks go to every region through kiln-dist, which checks,
+//! stages and promotes them so that no region shows half of them. What will be written is saved
+//! in the record first, so that a kiln that dies half-way can be undone by the next one.
+
+use std::sync::atomic::Ordering;
+
+use kiln_dist::{Artifact, DiskImage, OciImage, Region};
+
+use crate::build::event::BuildEvent;
+use crate::build::failure::StageFailure;
+use crate::build::image_config::image_settings;
+use crate::build::run::BuildRun;
+use crate::record::State;
+use crate::store::{Home, StoredLayer};
+
+/// The regions of a recipe: each a local image layout folder (its `path`, or
+/// `$KILN_HOME/regions/REGION`).
+pub(crate) fn regions(home: &Home, recipe: &crate::recipe::Recipe) -> Vec<Region> {
+    recipe
+        .distributions
+        .iter()
+        .map(|d| {
+            let dir = d
+                .path
+                .clone()
+                .unwrap_or_else(|| home.regions().join(&d.region));
+            Region::local(&d.region, dir)
+        })
+        .collect()
+}
+
+/// Distributes the build to every region.
+pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
+    // From here on a cancel request waits: a region is never left half-written.
+    run.distributing.store(true, Ordering::SeqCst);
+    let regions = regions(run.home, run.recipe);
+    let artifact = artifact(run).await;
+    run.rec.distributing = kiln_dist::plan(&regions, &artifact);
+    run.enter(State::Distributing).await;
+    let observer = run.observer.clone();
+    let progress = move |line: &str| {
+        observer.event(&BuildEvent::Progress {
+            message: line.to_string(),
+        })
+    };
+    let outputs = kiln_dist::distribute(&regions, &artifact, &progress)
+        .await
+        .map_err(|e| StageFailure::new(State::Distributing, e.to_string()))?;
+    run.rec.outputs = outputs;
+    Ok(())
+}
+
+async fn artifact(run: &BuildRun<'_>) -> Artifact {
+    let image = match (&run.parent, run.recipe.wants_oci()) {
+        (Some(parent), true) => Some(OciImage {
+            blobs: run.chain.iter().map(StoredLayer::as_blob).collect(),
+            settings: image_settings(
+                run.recipe,
+                &run.rec,
+                parent,
+                run.components,
+                &run.chain,
+                run.epoch,
+            ),
+        }),
+        _ => None,
+    };
+    let disk = run.disk.as_ref().map(|d| DiskImage {
+        raw: d.assembled.raw.clone(),
+        formats: run.recipe.disk.formats.clone(),
+        compressed: run.recipe.disk.compressed,
+    });
+    Artifact {
+        build: run.rec.build_id(),
+        image,
+        disk,
+        previous: run.records.previous_available(&run.rec).await,
+        scratch: run.run_dir.join("dist"),
+    }
+}

@@ -1,0 +1,242 @@
+//! The sandbox builder: each component's build and validate phases run in a fresh sandbox over
+//! the layers so far, and its writable layer becomes one layer of the image, found again in the
+//! step cache when nothing that decides it changed.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::build::components::{file_safe, Component};
+use crate::build::event::BuildEvent;
+use crate::build::failure::StageFailure;
+use crate::build::instance::{self, Drive, SandboxJob};
+use crate::build::run::BuildRun;
+use crate::build::{millis, timings};
+use crate::cache::{StepCache, StepKey, StepKind};
+use crate::parent::compression_of;
+use crate::record::{CacheUse, State};
+use crate::store::{LayerStore, StoredLayer};
+use kiln_instance::BuilderKind;
+
+/// Builds every component into a layer on `run.chain`.
+pub(crate) async fn build(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
+    let components = run.components;
+    for (i, c) in components.iter().enumerate() {
+        component(run, i, c).await?;
+    }
+    Ok(())
+}
+
+/// The step-cache key of a component on the chain so far.
+fn key_of(
+    run: &BuildRun<'_>,
+    c: &Component,
+    builder: BuilderKind,
+    workdir: &str,
+    kind: StepKind,
+) -> String {
+    StepKey {
+        kind,
+        parents: run.chain.iter().map(|l| l.info.diff_id.clone()).collect(),
+        input: c.sha256.clone(),
+        parameters: c.parameters.clone(),
+        builder: Some(builder),
+        working_directory: workdir.to_string(),
+        compression: run.recipe.compression,
+    }
+    .digest()
+}
+
+async fn component(run: &mut BuildRun<'_>, i: usize, c: &Component) -> Result<(), StageFailure> {
+    let total = run.components.len();
+    let key = key_of(
+        run,
+        c,
+        run.recipe.infrastructure.builder,
+        &run.recipe.working_directory,
+        StepKind::Component,
+    );
+    run.rec.components[i].cache_key = key.clone();
+    if !c.has_layer {
+        run.rec.components[i].cache = CacheUse::NoLayer;
+        finished(run, i);
+        return Ok(());
+    }
+    let cache = StepCache::new(run.home.clone());
+    if c.cache && !run.options.no_cache {
+        if let Some(layer) = cache.get(&key) {
+            started(run, i, c, total, true);
+            let cr = &mut run.rec.components[i];
+            cr.cache = CacheUse::Hit;
+            cr.layer = Some(layer.info.diff_id.clone());
+            cr.layer_size = layer.info.size;
+            run.chain.push(layer);
+            finished(run, i);
+            return Ok(());
+        }
+    }
+    started(run, i, c, total, false);
+    let t0 = Instant::now();
+    let log_dir = run
+        .rec
+        .logs
+        .join(format!("build-{:02}-{}", i + 1, file_safe(&c.name)));
+    let job = SandboxJob {
+        id: format!("{}-{i}", run.short_id()),
+        chain: &run.chain,
+        dir: run.run_dir.join(format!("c{i}")),
+        drive: Drive {
+            components: &[c],
+            phases: &["build", "validate"],
+            log_dir: log_dir.clone(),
+            env: run.image_env("BUILDING"),
+            stage: State::Building,
+        },
+        keep: run.keeps_failed_instances(),
+    };
+    let done = instance::in_sandbox(run, job)
+        .await
+        .map_err(|f| f.of_component(&c.name))?;
+    run.rec.components[i].steps = timings(&done.driven.report);
+    run.rec.components[i].duration_ms = millis(t0);
+    if !done.driven.report.status.ok() {
+        return Err(StageFailure::from_run(
+            State::Building,
+            Some(c.name.clone()),
+            &done.driven,
+            &log_dir,
+        ));
+    }
+    run.progress(format!("capturing the layer of {}", c.name));
+    let layer = capture(run, &done.upper, &done.created, &c.name)
+        .await
+        .map_err(|e| {
+            StageFailure::new(State::Building, format!("capturing the layer: {e}"))
+                .of_component(&c.name)
+        })?;
+    if c.cache {
+        if let Err(e) = cache.put(&key, &layer, &format!("component {}", c.name)) {
+            tracing::warn!("cannot record the layer in the step cache: {e}");
+        }
+    }
+    let cr = &mut run.rec.components[i];
+    cr.cache = if !c.cache {
+        CacheUse::Disabled
+    } else if run.options.no_cache {
+        CacheUse::Bypassed
+    } else {
+        CacheUse::Miss
+    };
+    cr.layer = Some(layer.info.diff_id.clone());
+    cr.layer_size = layer.info.size;
+    run.chain.push(layer);
+    run.save().await;
+    finished(run, i);
+    Ok(())
+}
+
+fn started(run: &BuildRun<'_>, index: usize, c: &Component, total: usize, cached: bool) {
+    run.event(BuildEvent::ComponentStarted {
+        index,
+        total,
+        name: c.name.clone(),
+        cached,
+    });
+}
+
+fn finished(run: &BuildRun<'_>, index: usize) {
+    run.event(BuildEvent::ComponentFinished {
+        index,
+        record: run.rec.components[index].clone(),
+    });
+}
+
+/// A layer made by one of kiln's own components (the guest agent) over `chain`, cached like any
+/// other; true when it came from the cache.
+pub(crate) async fn internal_layer(
+    run: &BuildRun<'_>,
+    c: &Component,
+    chain: &[StoredLayer],
+) -> Result<(StoredLayer, bool), StageFailure> {
+    let cache = StepCache::new(run.home.clone());
+    let key = StepKey {
+        kind: StepKind::Internal,
+        parents: chain.iter().map(|l| l.info.diff_id.clone()).collect(),
+        input: c.sha256.clone(),
+        parameters: Vec::new(),
+        builder: Some(BuilderKind::Sandbox),
+        working_directory: "/".into(),
+        compression: run.recipe.compression,
+    }
+    .digest();
+    if !run.options.no_cache {
+        if let Some(l) = cache.get(&key) {
+            return Ok((l, true));
+        }
+    }
+    let log_dir = run.rec.logs.join(format!("build-{}", file_safe(&c.name)));
+    let job = SandboxJob {
+        id: format!("{}-{}", run.short_id(), file_safe(&c.name)),
+        chain,
+        dir: run.run_dir.join(file_safe(&c.name)),
+        drive: Drive {
+            components: &[c],
+            phases: &["build"],
+            log_dir: log_dir.clone(),
+            env: Vec::new(),
+            stage: State::Building,
+        },
+        keep: false,
+    };
+    let done = instance::in_sandbox(run, job)
+        .await
+        .map_err(|f| f.of_component(&c.name))?;
+    if !done.driven.report.status.ok() {
+        return Err(StageFailure::from_run(
+            State::Building,
+            Some(c.name.clone()),
+            &done.driven,
+            &log_dir,
+        ));
+    }
+    let layer = capture(run, &done.upper, &done.created, &c.name)
+        .await
+        .map_err(|e| {
+            StageFailure::new(State::Building, format!("capturing the layer: {e}"))
+                .of_component(&c.name)
+        })?;
+    if let Err(e) = cache.put(&key, &layer, &format!("kiln {}", c.name)) {
+        tracing::warn!("cannot record the layer in the step cache: {e}");
+    }
+    Ok((layer, false))
+}
+
+/// Turns a builder's writable layer into a stored layer (moved, not copied).
+async fn capture(
+    run: &BuildRun<'_>,
+    upper: &Path,
+    created: &[String],
+    name: &str,
+) -> Result<StoredLayer, String> {
+    // Mount points kiln had to create are not the component's work: drop them if still empty.
+    for rel in created.iter().rev() {
+        let p = upper.join(rel);
+        let _ = std::fs::remove_dir(&p);
+        if std::fs::metadata(&p).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    let store = LayerStore::new(run.home.clone());
+    let upper = upper.to_path_buf();
+    let compression = compression_of(run.recipe.compression);
+    let description = format!("component {name}");
+    let epoch = run.epoch;
+    tokio::task::spawn_blocking(move || {
+        let blob = kiln_image::write_layer(&upper, &[], epoch, compression, &store.blobs_dir())
+            .map_err(|e| e.to_string())?;
+        store
+            .adopt(&upper, &blob, &description)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}

@@ -1,0 +1,246 @@
+//! TESTING: every component's test phase on a fresh instance made from the build's output — a
+//! sandbox over the image's layers, or, for a disk, a VM that boots it as a user would
+//! (firmware, bootloader, kernel, init). A pass is remembered by the exact image and tests, so
+//! an identical rebuild is not tested again.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use kiln_instance::BuilderKind;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::build::components::Component;
+use crate::build::failure::StageFailure;
+use crate::build::instance::{self, Drive, Driven, SandboxJob};
+use crate::build::run::BuildRun;
+use crate::build::{millis, timings};
+use crate::record::{Package, State, TestRecord, TestStatus};
+use crate::store::{read_json, write_json};
+
+/// A test result kept for an image that passed, so an identical rebuild need not test again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TestCacheEntry {
+    build_version: String,
+    passed_at: DateTime<Utc>,
+    packages: Vec<Package>,
+}
+
+/// What decides a test result: the image's layers, for a disk its own layers and kernel too,
+/// and the test documents with their parameters.
+fn test_key(run: &BuildRun<'_>, testable: &[&Component]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"kiln-test-v1");
+    for l in &run.chain {
+        h.update(l.info.diff_id.as_bytes());
+    }
+    if let Some(d) = &run.disk {
+        // Tested by booting: the disk's own layers and boot files count too.
+        h.update(b"vm-boot-v1");
+        for l in &d.chain {
+            h.update(l.info.diff_id.as_bytes());
+        }
+        h.update(d.assembled.kernel.as_bytes());
+    }
+    for c in testable {
+        h.update(c.sha256.as_bytes());
+        h.update(
+            serde_json::to_string(&c.parameters)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+    }
+    hex::encode(h.finalize())
+}
+
+fn skipped_or_cached(status: TestStatus, reused_from: Option<String>) -> TestRecord {
+    TestRecord {
+        status,
+        duration_ms: 0,
+        steps: vec![],
+        reused_from,
+        instance: None,
+        boot_ms: None,
+        accelerator: None,
+    }
+}
+
+/// Runs the test stage.
+pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
+    run.enter(State::Testing).await;
+    let t0 = Instant::now();
+    let components = run.components;
+    let testable: Vec<&Component> = components.iter().filter(|c| c.has_test).collect();
+    let cache_path = run
+        .home
+        .cache()
+        .join(format!("tests-{}.json", test_key(run, &testable)));
+    // A builder VM's disk is not made of content-addressed layers: always test it.
+    let from_vm = run.disk.as_ref().is_some_and(|d| d.from_vm);
+    let cached: Option<TestCacheEntry> = if run.options.no_cache || from_vm {
+        None
+    } else {
+        read_json(&cache_path).ok().flatten()
+    };
+    if !run.recipe.tests.enabled {
+        run.rec.tests = Some(skipped_or_cached(TestStatus::Skipped, None));
+        run.rec.packages = crate::inventory::from_layers(&run.chain);
+    } else if let Some(entry) = cached {
+        run.progress(format!(
+            "this exact image passed its tests in {}; not testing again",
+            entry.build_version
+        ));
+        run.rec.tests = Some(skipped_or_cached(
+            TestStatus::Cached,
+            Some(entry.build_version),
+        ));
+        run.rec.packages = entry.packages;
+    } else {
+        let (driven, boot) = if run.disk.is_some() {
+            in_vm(run, &testable).await?
+        } else {
+            (in_sandbox(run, &testable).await?, None)
+        };
+        let passed = driven.report.status.ok();
+        run.rec.tests = Some(TestRecord {
+            status: if passed {
+                TestStatus::Passed
+            } else {
+                TestStatus::Failed
+            },
+            duration_ms: millis(t0),
+            steps: timings(&driven.report),
+            reused_from: None,
+            instance: Some(if boot.is_some() {
+                BuilderKind::Vm
+            } else {
+                BuilderKind::Sandbox
+            }),
+            boot_ms: boot.map(|b| b.duration.as_millis() as u64),
+            accelerator: boot.map(|b| b.accel),
+        });
+        if !passed {
+            let component = driven
+                .report
+                .documents
+                .iter()
+                .find(|d| !d.status.ok())
+                .map(|d| d.name.clone());
+            return Err(StageFailure::from_run(
+                State::Testing,
+                component,
+                &driven,
+                &run.rec.logs.join("test"),
+            ));
+        }
+        run.rec.packages = driven.packages;
+        let _ = write_json(
+            &cache_path,
+            &TestCacheEntry {
+                build_version: run.rec.build_version(),
+                passed_at: Utc::now(),
+                packages: run.rec.packages.clone(),
+            },
+        );
+    }
+    run.save().await;
+    Ok(())
+}
+
+fn limit(run: &BuildRun<'_>) -> Duration {
+    Duration::from_secs(u64::from(run.recipe.tests.timeout_minutes) * 60)
+}
+
+fn too_long(run: &BuildRun<'_>) -> StageFailure {
+    StageFailure::new(
+        State::Testing,
+        format!(
+            "the tests ran longer than imageTestsConfiguration.timeoutMinutes ({})",
+            run.recipe.tests.timeout_minutes
+        ),
+    )
+}
+
+fn test_drive<'a>(run: &BuildRun<'_>, testable: &'a [&'a Component]) -> Drive<'a> {
+    Drive {
+        components: testable,
+        phases: &["test"],
+        log_dir: run.rec.logs.join("test"),
+        env: run.image_env("TESTING"),
+        stage: State::Testing,
+    }
+}
+
+/// A fresh sandbox over every layer, with a throwaway writable layer.
+async fn in_sandbox(run: &BuildRun<'_>, testable: &[&Component]) -> Result<Driven, StageFailure> {
+    let job = SandboxJob {
+        id: format!("{}-test", run.short_id()),
+        chain: &run.chain,
+        dir: run.run_dir.join("test"),
+        drive: test_drive(run, testable),
+        keep: run.keeps_failed_instances(),
+    };
+    match tokio::time::timeout(limit(run), instance::in_sandbox(run, job)).await {
+        Ok(r) => Ok(r?.driven),
+        Err(_) => Err(too_long(run)),
+    }
+}
+
+/// Boots the disk exactly as a user would and runs the tests in it.
+async fn in_vm(
+    run: &BuildRun<'_>,
+    testable: &[&Component],
+) -> Result<(Driven, Option<kiln_instance::Boot>), StageFailure> {
+    let Some(disk) = run.disk.as_ref() else {
+        return Err(StageFailure::new(
+            State::Testing,
+            "there is no disk to boot",
+        ));
+    };
+    run.progress("booting a test VM from the disk image (firmware, bootloader, kernel, init)");
+    let id = format!("{}-test", run.short_id());
+    let drive = test_drive(run, testable);
+    let vm = instance::start_vm(
+        run,
+        &id,
+        &disk.assembled.raw,
+        &run.run_dir.join("test"),
+        &drive.log_dir,
+        State::Testing,
+    )
+    .await?;
+    let boot = vm.boot();
+    if let Some(b) = boot {
+        run.progress(format!(
+            "the test VM booted in {:.1} s ({}); running the tests in it",
+            b.duration.as_secs_f64(),
+            b.accel.as_str()
+        ));
+    }
+    let r = tokio::time::timeout(limit(run), instance::drive(run, vm.clone(), &drive)).await;
+    if let Some(console) = vm.console_log() {
+        let _ = std::fs::copy(console, drive.log_dir.join("serial-console.log"));
+    }
+    let failed = !matches!(&r, Ok(Ok(d)) if d.report.status.ok());
+    let keep = failed && run.keeps_failed_instances();
+    let (kept, stopped) = instance::keep_or_stop(run, &vm, keep, State::Testing).await;
+    if let Err(e) = stopped {
+        tracing::warn!("stopping the test VM: {e}");
+    }
+    match r {
+        Ok(Ok(mut d)) => {
+            d.kept = kept;
+            Ok((d, boot))
+        }
+        Ok(Err(mut f)) => {
+            f.kept = kept;
+            Err(f)
+        }
+        Err(_) => {
+            let mut f = too_long(run);
+            f.kept = kept;
+            Err(f)
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The VM builder: the parent's disk (with the guest agent) boots in a VM, every component's
+//! build and validate phases run there in order (reboots included), the VM powers off, and
+//! what it wrote, flattened, is the image's disk. Its result is one filesystem, not layers:
+//! there is no step cache for it.
+
+use std::time::Instant;
+
+use crate::build::components::file_safe;
+use crate::build::event::BuildEvent;
+use crate::build::failure::StageFailure;
+use crate::build::instance::{self, Drive};
+use crate::build::run::{BuildRun, BuiltDisk};
+use crate::build::{millis, timings};
+use crate::disk::{self, Assembled};
+use crate::record::{CacheUse, DiskRecord, State};
+
+use super::disk::{with_guest_agent, VM_BUILDER_HEADROOM};
+
+/// Builds every component in one builder VM; the disk it leaves is `run.disk`.
+pub(crate) async fn build(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
+    let chain = run.chain.clone();
+    let (base, guest_agent) = with_guest_agent(run, &chain).await?;
+    run.progress("assembling the parent's disk for the builder VM");
+    let t0 = Instant::now();
+    let (layers, work, size) = (
+        base.clone(),
+        run.run_dir.join("parent-disk"),
+        run.recipe.disk.size_bytes,
+    );
+    let parent_disk = tokio::task::spawn_blocking(move || {
+        disk::assemble(&layers, &work, size, VM_BUILDER_HEADROOM)
+    })
+    .await
+    .map_err(|e| StageFailure::new(State::Building, e.to_string()))?
+    .map_err(|e| StageFailure::new(State::Building, format!("the parent's disk: {e}")))?;
+    let assemble_ms = millis(t0);
+    let log_dir = run.rec.logs.join("builder-vm");
+    let vm_dir = run.run_dir.join("builder-vm");
+    run.progress("booting the builder VM");
+    let vm = instance::start_vm(
+        run,
+        &format!("{}-build", run.short_id()),
+        &parent_disk.raw,
+        &vm_dir,
+        &log_dir,
+        State::Building,
+    )
+    .await?;
+    if let Some(b) = vm.boot() {
+        run.progress(format!(
+            "the builder VM booted in {:.1} s ({})",
+            b.duration.as_secs_f64(),
+            b.accel.as_str()
+        ));
+    }
+    let outcome = components(run, &vm).await;
+    if let Some(console) = vm.console_log() {
+        let _ = std::fs::copy(console, log_dir.join("serial-console.log"));
+    }
+    let keep = outcome.is_err() && run.keeps_failed_instances();
+    if !keep {
+        run.progress("powering the builder VM off");
+    }
+    let (kept, stopped) = instance::keep_or_stop(run, &vm, keep, State::Building).await;
+    if let Err(mut f) = outcome {
+        f.kept = kept;
+        return Err(f);
+    }
+    stopped.map_err(|e| {
+        StageFailure::new(State::Building, format!("powering the builder VM off: {e}"))
+    })?;
+    // The overlay holds what the components wrote: flattened, it is the image's disk.
+    let t0 = Instant::now();
+    let overlay = vm.written_disk().ok_or_else(|| {
+        StageFailure::new(State::Building, "the builder VM has no disk to read back")
+    })?;
+    let raw = run.run_dir.join("disk").join("disk.raw");
+    let raw2 = raw.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Some(d) = raw2.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        kiln_image::disk::flatten(&overlay, &raw2).map_err(std::io::Error::other)
+    })
+    .await
+    .map_err(|e| StageFailure::new(State::Building, e.to_string()))?
+    .map_err(|e| StageFailure::new(State::Building, format!("the builder VM's disk: {e}")))?;
+    let _ = std::fs::remove_dir_all(run.run_dir.join("parent-disk"));
+    run.rec.disk = Some(DiskRecord {
+        kernel: parent_disk.kernel.clone(),
+        size: parent_disk.size,
+        filesystem_uuid: parent_disk.ids.filesystem.clone(),
+        guest_agent: None,
+        assemble_ms: assemble_ms + millis(t0),
+    });
+    run.disk = Some(BuiltDisk {
+        assembled: Assembled { raw, ..parent_disk },
+        chain: Vec::new(),
+        guest_agent,
+        from_vm: true,
+    });
+    Ok(())
+}
+
+/// Runs each component's build and validate phases on the builder VM, in order.
+async fn components(
+    run: &mut BuildRun<'_>,
+    vm: &std::sync::Arc<dyn kiln_instance::Launched>,
+) -> Result<(), StageFailure> {
+    let components = run.components;
+    let total = components.len();
+    for (i, c) in components.iter().enumerate() {
+        if !c.has_layer {
+            run.rec.components[i].cache = CacheUse::NoLayer;
+            continue;
+        }
+        run.event(BuildEvent::ComponentStarted {
+            index: i,
+            total,
+            name: c.name.clone(),
+            cached: false,
+        });
+        let t0 = Instant::now();
+        let log_dir = run
+            .rec
+            .logs
+            .join(format!("build-{:02}-{}", i + 1, file_safe(&c.name)));
+        let drive = Drive {
+            components: &[c],
+            phases: &["build", "validate"],
+            log_dir: log_dir.clone(),
+            env: run.image_env("BUILDING"),
+            stage: State::Building,
+        };
+        let driven = instance::drive(run, vm.clone(), &drive).await;
+        let cr = &mut run.rec.components[i];
+        cr.duration_ms = millis(t0);
+        cr.cache = CacheUse::InVm;
+        let driven = driven.map_err(|f| f.of_component(&c.name))?;
+        cr.steps = timings(&driven.report);
+        if !driven.report.status.ok() {
+            return Err(StageFailure::from_run(
+                State::Building,
+                Some(c.name.clone()),
+                &driven,
+                &log_dir,
+            ));
+        }
+        run.save().await;
+        run.event(BuildEvent::ComponentFinished {
+            index: i,
+            record: run.rec.components[i].clone(),
+        });
+    }
+    Ok(())
+}
