@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::build::components::{file_safe, Component};
 use crate::build::event::BuildEvent;
 use crate::build::failure::StageFailure;
-use crate::build::instance::{self, Drive, SandboxJob};
+use crate::build::instance::{self, Drive, SandboxJob, SandboxResult};
 use crate::build::run::BuildRun;
 use crate::build::{millis, timings};
 use crate::cache::{StepCache, StepKey, StepKind};
@@ -26,21 +26,15 @@ pub(crate) async fn build(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
     Ok(())
 }
 
-/// The step-cache key of a component on the chain so far.
-fn key_of(
-    run: &BuildRun<'_>,
-    c: &Component,
-    builder: BuilderKind,
-    workdir: &str,
-    kind: StepKind,
-) -> String {
+/// The step-cache key of a component of the recipe on the chain so far.
+fn key_of(run: &BuildRun<'_>, c: &Component) -> String {
     StepKey {
-        kind,
+        kind: StepKind::Component,
         parents: run.chain.iter().map(|l| l.info.diff_id.clone()).collect(),
         input: c.sha256.clone(),
         parameters: c.parameters.clone(),
-        builder: Some(builder),
-        working_directory: workdir.to_string(),
+        builder: Some(run.recipe.infrastructure.builder),
+        working_directory: run.recipe.working_directory.clone(),
         compression: run.recipe.compression,
     }
     .digest()
@@ -48,13 +42,7 @@ fn key_of(
 
 async fn component(run: &mut BuildRun<'_>, i: usize, c: &Component) -> Result<(), StageFailure> {
     let total = run.components.len();
-    let key = key_of(
-        run,
-        c,
-        run.recipe.infrastructure.builder,
-        &run.recipe.working_directory,
-        StepKind::Component,
-    );
+    let key = key_of(run, c);
     run.rec.components[i].cache_key = key.clone();
     if !c.has_layer {
         run.rec.components[i].cache = CacheUse::NoLayer;
@@ -98,21 +86,7 @@ async fn component(run: &mut BuildRun<'_>, i: usize, c: &Component) -> Result<()
         .map_err(|f| f.of_component(&c.name))?;
     run.rec.components[i].steps = timings(&done.driven.report);
     run.rec.components[i].duration_ms = millis(t0);
-    if !done.driven.report.status.ok() {
-        return Err(StageFailure::from_run(
-            State::Building,
-            Some(c.name.clone()),
-            &done.driven,
-            &log_dir,
-        ));
-    }
-    run.progress(format!("capturing the layer of {}", c.name));
-    let layer = capture(run, &done.upper, &done.created, &c.name)
-        .await
-        .map_err(|e| {
-            StageFailure::new(State::Building, format!("capturing the layer: {e}"))
-                .of_component(&c.name)
-        })?;
+    let layer = captured(run, c, &done, &log_dir).await?;
     if c.cache {
         if let Err(e) = cache.put(&key, &layer, &format!("component {}", c.name)) {
             tracing::warn!("cannot record the layer in the step cache: {e}");
@@ -190,24 +164,35 @@ pub(crate) async fn internal_layer(
     let done = instance::in_sandbox(run, job)
         .await
         .map_err(|f| f.of_component(&c.name))?;
+    let layer = captured(run, c, &done, &log_dir).await?;
+    if let Err(e) = cache.put(&key, &layer, &format!("kiln {}", c.name)) {
+        tracing::warn!("cannot record the layer in the step cache: {e}");
+    }
+    Ok((layer, false))
+}
+
+/// The layer of a component's sandbox run, or the failure of its first failed step.
+async fn captured(
+    run: &BuildRun<'_>,
+    c: &Component,
+    done: &SandboxResult,
+    log_dir: &Path,
+) -> Result<StoredLayer, StageFailure> {
     if !done.driven.report.status.ok() {
         return Err(StageFailure::from_run(
             State::Building,
             Some(c.name.clone()),
             &done.driven,
-            &log_dir,
+            log_dir,
         ));
     }
-    let layer = capture(run, &done.upper, &done.created, &c.name)
+    run.progress(format!("capturing the layer of {}", c.name));
+    capture(run, &done.upper, &done.created, &c.name)
         .await
         .map_err(|e| {
             StageFailure::new(State::Building, format!("capturing the layer: {e}"))
                 .of_component(&c.name)
-        })?;
-    if let Err(e) = cache.put(&key, &layer, &format!("kiln {}", c.name)) {
-        tracing::warn!("cannot record the layer in the step cache: {e}");
-    }
-    Ok((layer, false))
+        })
 }
 
 /// Turns a builder's writable layer into a stored layer (moved, not copied).
