@@ -3,12 +3,9 @@
 //! skopeo. `scripts/setup --test` installs both; a missing one fails the test, it never skips.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use kiln_dist::{
     distribute, take_back, Artifact, BuildId, DiskImage, OciImage, OutputKind, Region,
@@ -16,87 +13,8 @@ use kiln_dist::{
 };
 use kiln_image::registry::{manifest_digest, RegistryOptions};
 use kiln_image::{Compression, ImageSettings};
-
-struct Registry {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn require(tool: &str) {
-    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .any(|d| d.join(tool).is_file());
-    assert!(
-        found,
-        "`{tool}` is not installed; run `scripts/setup --test` as root to install the test tools"
-    );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Registry {
-    fn start() -> Registry {
-        require("docker-registry");
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  formatter: text\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test\n",
-            dir.path().join("data").display()
-        );
-        std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.path().join("config.yml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut r = Registry { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            assert!(
-                r.child.try_wait().unwrap().is_none(),
-                "docker-registry exited: {}",
-                std::fs::read_to_string(r.dir.path().join("log")).unwrap_or_default()
-            );
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = write!(
-                    s,
-                    "GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-                );
-                let mut answer = String::new();
-                let _ = s.read_to_string(&mut answer);
-                if answer.starts_with("HTTP/1.1 200") {
-                    return r;
-                }
-            }
-            assert!(Instant::now() < deadline, "docker-registry did not answer");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
+use kiln_testkit::registry::{free_port, Registry};
+use kiln_testkit::require_tool as require;
 
 /// An image with one layer holding `content`.
 fn artifact(scratch: &Path, build: u32, content: &str) -> Artifact {

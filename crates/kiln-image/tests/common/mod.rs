@@ -300,18 +300,8 @@ pub fn raw_tar(entries: &[Raw<'_>]) -> Vec<u8> {
 }
 
 /// Fails (never skips) when a tool the test needs is missing.
-pub fn require_tool(name: &str) {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path).any(|dir| {
-        fs::metadata(dir.join(name))
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    });
-    assert!(
-        found,
-        "`{name}` is not installed (not found in PATH); run `scripts/setup --test` as root to \
-         install the test tools"
-    );
-}
+#[allow(unused_imports)] // not every test file needs it
+pub use kiln_testkit::require_tool;
 
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();

@@ -1,0 +1,25 @@
+//! Test support shared by kiln's crates: the real servers their tests talk to, started on
+//! loopback ports in temporary folders and stopped when dropped, and checks that the host tools
+//! a test needs are installed (a missing one fails the test with what to run; nothing skips).
+//!
+//! Only tests use it (a dev-dependency): failing loudly is its job, so it unwraps.
+#![deny(missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+
+pub mod registry;
+
+/// Fails the test unless `name` is an executable in `PATH`, saying how to install it.
+pub fn require_tool(name: &str) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(name))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    });
+    assert!(
+        found,
+        "`{name}` is not installed (not found in PATH); run `scripts/setup --test` as root to \
+         install the test tools"
+    );
+}
