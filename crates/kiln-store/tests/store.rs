@@ -314,6 +314,45 @@ async fn list_filters_orders_and_pages() {
 }
 
 #[tokio::test]
+async fn lists_keep_to_an_arn_prefix() {
+    let (_dir, store) = new_store().await;
+    let mine = new_row(
+        &store,
+        resource(Kind::Component, "web", Some([1, 0, 0])),
+        &[],
+    )
+    .await;
+    let mut theirs = resource(Kind::Component, "web", Some([2, 0, 0]));
+    theirs.arn = "arn:aws:imagebuilder:local:111111111111:component/web/2.0.0".to_owned();
+    let theirs = new_row(&store, theirs, &[]).await;
+    let web = |prefix: Option<&str>| Filter {
+        name: Some("web".to_owned()),
+        arn_prefix: prefix.map(str::to_owned),
+        ..Filter::default()
+    };
+    let listed = |f: Filter| {
+        let store = store.clone();
+        async move {
+            let rows = store.list(&f).await.unwrap();
+            (arns(&rows), store.count(&f).await.unwrap())
+        }
+    };
+    assert_eq!(listed(web(None)).await.1, 2);
+    assert_eq!(
+        listed(web(Some(&format!("{PREFIX}:")))).await,
+        (vec![mine.arn], 1)
+    );
+    assert_eq!(
+        listed(web(Some("arn:aws:imagebuilder:local:111111111111:"))).await,
+        (vec![theirs.arn], 1)
+    );
+    assert_eq!(
+        listed(web(Some("arn:aws:imagebuilder:local:222222222222:"))).await,
+        (vec![], 0)
+    );
+}
+
+#[tokio::test]
 async fn pages_follow_the_order_of_the_whole_list() {
     let (_dir, store) = new_store().await;
     let mut rows = Vec::new();
