@@ -346,6 +346,7 @@ impl Builder {
             .loader
             .with_resolver(Arc::new(crate::resources::StoreResolver::new(
                 store.clone(),
+                self.origin.principal.clone(),
             )));
         self.store = Some(store);
         self
