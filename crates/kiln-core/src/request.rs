@@ -91,6 +91,17 @@ impl Operation {
         )
     }
 
+    /// The field an update names its resource by, as Image Builder's update requests do
+    /// (`infrastructureConfigurationArn`, ...); `None` for creates, which take `name`.
+    pub fn identity_key(self) -> Option<&'static str> {
+        match self {
+            Operation::UpdateInfrastructureConfiguration => Some("infrastructureConfigurationArn"),
+            Operation::UpdateDistributionConfiguration => Some("distributionConfigurationArn"),
+            Operation::UpdateImagePipeline => Some("imagePipelineArn"),
+            _ => None,
+        }
+    }
+
     /// The operation creating a kind; `None` for images, which builds make.
     pub fn create(kind: Kind) -> Option<Operation> {
         Operation::ALL
@@ -324,6 +335,7 @@ mod tests {
                 Operation::create(op.kind())
             };
             assert_eq!(made, Some(op));
+            assert_eq!(op.identity_key().is_some(), op.is_update());
         }
         assert_eq!(Operation::update(Kind::Component), None);
         assert_eq!(Operation::create(Kind::Image), None);

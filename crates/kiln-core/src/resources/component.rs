@@ -97,6 +97,7 @@ impl Resources {
             data: Some(text),
             status: None,
             warnings,
+            target: None,
         })
     }
 }

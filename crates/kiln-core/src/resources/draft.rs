@@ -6,7 +6,7 @@ use kiln_store::Kind;
 use kiln_yaml::{Diagnostic, Map, Node, Reader};
 use serde_json::Value;
 
-use super::{kind_noun, ErrorCode, Invalid, ResourceError, Resources};
+use super::{kind_noun, ErrorCode, Invalid, Reference, ResourceError, Resources};
 use crate::principal::Principal;
 use crate::recipe::is_name;
 use crate::request::{Document, Operation, Request};
@@ -14,15 +14,24 @@ use crate::version::Version;
 
 /// A request's document while it is checked: every problem is collected.
 pub(super) struct Checker<'d> {
+    pub op: Operation,
     pub doc: &'d Document,
     pub reader: Reader,
+    /// The resource an update names by ARN.
+    pub target: Option<Reference>,
 }
 
 impl<'d> Checker<'d> {
-    pub fn new(doc: &'d Document) -> Self {
+    pub fn new(request: &'d Request) -> Self {
+        let doc = &request.document;
         let mut reader = Reader::new();
         reader.diagnostics.extend(doc.diagnostics().iter().cloned());
-        Checker { doc, reader }
+        Checker {
+            op: request.operation,
+            doc,
+            reader,
+            target: None,
+        }
     }
 
     pub fn root(&self) -> &'d Node {
@@ -134,6 +143,8 @@ pub(super) struct Draft {
     pub data: Option<String>,
     pub status: Option<String>,
     pub warnings: String,
+    /// For an update that names its resource by ARN: the field, and what it names.
+    pub target: Option<(&'static str, Reference)>,
 }
 
 impl Draft {
@@ -160,6 +171,7 @@ impl Draft {
             data: None,
             status: None,
             warnings,
+            target: None,
         }
     }
 }
@@ -174,6 +186,8 @@ pub(super) fn common(
     let mut keys: Vec<&str> = vec!["name", "description", "tags", "clientToken"];
     keys.extend_from_slice(own);
     keys.extend_from_slice(ignored_keys(kind));
+    let identity = c.op.identity_key();
+    keys.extend(identity);
     c.reader
         .known_keys(m, &keys, &format!("a {}", kind_noun(kind)));
     for k in ignored_keys(kind) {
@@ -186,9 +200,12 @@ pub(super) fn common(
         }
     }
     let at = c.root().span;
-    let name = c
-        .reader
-        .required_string(m, "name", at, &format!("a {}", kind_noun(kind)));
+    let name = match identity.and_then(|k| m.get(k).map(|n| (k, n))) {
+        Some((key, node)) => target_name(c, m, key, node),
+        None => c
+            .reader
+            .required_string(m, "name", at, &format!("a {}", kind_noun(kind))),
+    };
     if let (Some(n), Some(node)) = (&name, m.get("name")) {
         if !is_name(n) {
             c.reader.error(
@@ -212,6 +229,29 @@ pub(super) fn common(
     (name, description, token)
 }
 
+/// The name of the resource an update names by ARN, as Image Builder's update requests do.
+fn target_name(c: &mut Checker, m: &Map, key: &str, node: &Node) -> Option<String> {
+    if m.get("name").is_some() {
+        c.error_at(node, format!("give `name` or `{key}`, not both"), None);
+        return None;
+    }
+    let Some(text) = node.as_text().filter(|t| t.starts_with("arn:")) else {
+        c.error_at(node, format!("`{key}` is an ARN"), None);
+        return None;
+    };
+    match Reference::parse(text, &[c.op.kind()]) {
+        Ok(r) => {
+            let name = r.name.clone();
+            c.target = Some(r);
+            Some(name)
+        }
+        Err(e) => {
+            c.error_at(node, e, None);
+            None
+        }
+    }
+}
+
 /// An error for a draft that cannot be made although no error was reported (a bug).
 pub(super) fn unreported(c: &Checker, what: &str) -> ResourceError {
     Invalid::message(
@@ -228,7 +268,7 @@ impl Resources {
         principal: &Principal,
         request: &Request,
     ) -> Result<Draft, ResourceError> {
-        let mut c = Checker::new(&request.document);
+        let mut c = Checker::new(request);
         let Some(m) = c.reader.map(c.root(), "a request") else {
             c.reader
                 .diagnostics
@@ -238,7 +278,7 @@ impl Resources {
                 c.reader.diagnostics.clone(),
             ));
         };
-        match request.operation {
+        let mut draft = match request.operation {
             Operation::CreateComponent => self.draft_component(&mut c, m),
             Operation::CreateImageRecipe => {
                 self.draft_recipe(principal, Kind::ImageRecipe, &mut c, m)
@@ -255,6 +295,8 @@ impl Resources {
             Operation::CreateImagePipeline | Operation::UpdateImagePipeline => {
                 self.draft_pipeline(principal, &mut c, m).await
             }
-        }
+        }?;
+        draft.target = request.operation.identity_key().zip(c.target.take());
+        Ok(draft)
     }
 }

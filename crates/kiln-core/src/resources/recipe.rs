@@ -103,6 +103,7 @@ impl Resources {
             data: None,
             status: None,
             warnings,
+            target: None,
         })
     }
 

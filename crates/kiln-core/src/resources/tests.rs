@@ -494,3 +494,69 @@ async fn another_accounts_resources_are_not_found() {
     assert_eq!(res.get(&bob(), &mine.arn, &kinds).await.unwrap(), mine);
     assert_eq!(res.get(&bob(), "small", &kinds).await.unwrap(), mine);
 }
+
+#[tokio::test]
+async fn updates_name_their_resource_by_arn_as_image_builder_does() {
+    let (_dir, res) = resources().await;
+    let infra = |who: &Principal, memory: &str| {
+        let r = api(
+            Operation::CreateInfrastructureConfiguration,
+            serde_json::json!({"name": "Small", "memory": memory}),
+        );
+        let res = res.clone();
+        let who = who.clone();
+        async move { create(&res, &who, r).await }
+    };
+    let mine = infra(&alice(), "1GiB").await;
+    let theirs = infra(&bob(), "1GiB").await;
+    let by_arn = |arn: &str, memory: &str| {
+        api(
+            Operation::UpdateInfrastructureConfiguration,
+            serde_json::json!({"infrastructureConfigurationArn": arn, "memory": memory}),
+        )
+    };
+    let out = res
+        .apply(&alice(), by_arn(&mine.arn, "2GiB"))
+        .await
+        .unwrap();
+    assert!(out.created);
+    assert_eq!(out.resource.arn, mine.arn);
+    assert_eq!(
+        out.resource.request,
+        serde_json::json!({"name": "Small", "memory": "2GiB"})
+    );
+    // The same content named either way changes nothing.
+    let again = res
+        .apply(&alice(), by_arn(&mine.arn, "2GiB"))
+        .await
+        .unwrap();
+    assert!(!again.created);
+    let by_name = api(
+        Operation::UpdateInfrastructureConfiguration,
+        serde_json::json!({"name": "Small", "memory": "2GiB"}),
+    );
+    assert!(!res.apply(&alice(), by_name).await.unwrap().created);
+
+    // Another account's ARN names nothing to update, even where a namesake exists.
+    let e = fails(&res, &bob(), by_arn(&mine.arn, "3GiB")).await;
+    assert_eq!(e.code(), ErrorCode::ResourceNotFound, "{e}");
+    let kinds = [Kind::InfrastructureConfiguration];
+    assert_eq!(res.get(&bob(), "small", &kinds).await.unwrap(), theirs);
+
+    let both = api(
+        Operation::UpdateInfrastructureConfiguration,
+        serde_json::json!({"name": "Small", "infrastructureConfigurationArn": mine.arn}),
+    );
+    let e = fails(&res, &alice(), both).await;
+    assert_eq!(fields(&e), [Some("infrastructureConfigurationArn")], "{e}");
+    // A create takes no ARN.
+    let create_by_arn = api(
+        Operation::CreateInfrastructureConfiguration,
+        serde_json::json!({"infrastructureConfigurationArn": mine.arn}),
+    );
+    let e = fails(&res, &alice(), create_by_arn).await;
+    assert!(
+        fields(&e).contains(&Some("infrastructureConfigurationArn")),
+        "{e}"
+    );
+}

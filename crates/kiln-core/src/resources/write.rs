@@ -6,7 +6,8 @@ use serde_json::Value;
 
 use super::draft::Draft;
 use super::{
-    arn, cli_noun, kind_noun, versioned, Outcome, Reference, Resource, ResourceError, Resources,
+    arn, cli_noun, content_digest, kind_noun, versioned, Outcome, Reference, Resource,
+    ResourceError, Resources,
 };
 use crate::principal::Principal;
 use crate::request::{Document, Operation};
@@ -155,12 +156,22 @@ impl Resources {
     pub(super) async fn replace(
         &self,
         principal: &Principal,
-        draft: Draft,
+        mut draft: Draft,
         doc: &Document,
     ) -> Result<Outcome, ResourceError> {
         let kind = draft.kind;
+        // An ARN of another account names nothing this principal can update.
+        let visible = draft
+            .target
+            .as_ref()
+            .is_none_or(|(_, t)| t.visible_to(principal));
         let arn = arn(principal, kind, &draft.name, None, None);
-        let Some(old) = self.store.db().get(&arn).await? else {
+        let found = if visible {
+            self.store.db().get(&arn).await?
+        } else {
+            None
+        };
+        let Some(old) = found else {
             return Err(ResourceError::NotFound(format!(
                 "no {} named {} to update: create it first",
                 kind_noun(kind),
@@ -168,6 +179,14 @@ impl Resources {
             )));
         };
         let mut old: Resource = self.parse(&old)?;
+        // Named by ARN, it is stored as if named by name: the same content, the same digest.
+        if let Some((key, _)) = draft.target.take() {
+            if let Some(o) = draft.request.as_object_mut() {
+                o.remove(key);
+                o.insert("name".into(), Value::String(old.name.clone()));
+            }
+            draft.digest = content_digest(&draft.request, &[]);
+        }
         if old.digest == draft.digest {
             return Ok(Outcome {
                 resource: old,
