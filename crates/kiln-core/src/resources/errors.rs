@@ -147,13 +147,13 @@ impl Invalid {
     }
 
     /// The same problems under a heading (what they are in), for the CLI's text.
-    pub fn with_heading(mut self, heading: &str) -> Invalid {
+    pub(crate) fn with_heading(mut self, heading: &str) -> Invalid {
         self.text = format!("{heading}\n{}", self.text);
         self
     }
 
     /// The same problems, each about `field`.
-    pub fn about(mut self, field: &str) -> Invalid {
+    pub(crate) fn about(mut self, field: &str) -> Invalid {
         for p in &mut self.problems {
             p.field = Some(field.to_string());
         }
