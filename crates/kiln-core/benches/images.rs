@@ -77,6 +77,7 @@ fn record(i: usize) -> ImageRecord {
         logs: PathBuf::new(),
         run_dir: None,
         owner: "bench".into(),
+        account: kiln_core::record::LOCAL_ACCOUNT.into(),
         pipeline: Some(format!(
             "arn:kiln:imagebuilder:local:000000000000:image-pipeline/p{}",
             i % 50
@@ -147,7 +148,7 @@ fn main() {
                 // (name, version) is unique per index: one build each.
                 let mut r = record(i);
                 r.build = 1;
-                r.arn = image_arn(&r.name, &r.version, r.build);
+                r.arn = image_arn(&r.account, &r.name, &r.version, r.build);
                 row_of(&r).unwrap()
             })
             .collect();

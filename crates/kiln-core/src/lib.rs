@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod principal;
 pub mod recipe;
 pub mod record;
+pub mod request;
 pub mod resources;
 pub mod state;
 pub mod store;

@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 use crate::build::Origin;
 use crate::principal::Principal;
 use crate::recipe::{self, Recipe, RecipeSource};
-use crate::resources::{Reference, Resource, ResourceError, Resources};
+use crate::resources::{ErrorCode, Invalid, Reference, Resource, ResourceError, Resources};
+use crate::store::StoreError;
 
 /// What a pipeline run builds.
 #[derive(Debug, Clone)]
@@ -65,6 +66,7 @@ impl Plan {
 
 async fn resolve(
     resources: &Resources,
+    principal: &Principal,
     pipeline: &Resource,
     key: &str,
     kind: Kind,
@@ -72,8 +74,8 @@ async fn resolve(
     let Some(text) = pipeline.field(key) else {
         return Ok(None);
     };
-    let r = Reference::parse(text, &[kind]).map_err(ResourceError::NotFound)?;
-    match resources.newest(&r).await? {
+    let r = Reference::parse(text, &[kind]).map_err(ResourceError::BadReference)?;
+    match resources.newest(principal, &r).await? {
         Some(found) => Ok(Some(found)),
         None => Err(ResourceError::NotFound(format!(
             "pipeline {}: its {key} {text} matches nothing any more",
@@ -89,11 +91,22 @@ pub async fn plan(
     principal: &Principal,
     pipeline_ref: &str,
 ) -> Result<Plan, ResourceError> {
-    let pipeline = resources.get(pipeline_ref, &[Kind::ImagePipeline]).await?;
-    let recipe = match resolve(resources, &pipeline, "imageRecipeArn", Kind::ImageRecipe).await? {
+    let pipeline = resources
+        .get(principal, pipeline_ref, &[Kind::ImagePipeline])
+        .await?;
+    let recipe = match resolve(
+        resources,
+        principal,
+        &pipeline,
+        "imageRecipeArn",
+        Kind::ImageRecipe,
+    )
+    .await?
+    {
         Some(r) => r,
         None => resolve(
             resources,
+            principal,
             &pipeline,
             "containerRecipeArn",
             Kind::ContainerRecipe,
@@ -105,6 +118,7 @@ pub async fn plan(
     };
     let infrastructure = resolve(
         resources,
+        principal,
         &pipeline,
         "infrastructureConfigurationArn",
         Kind::InfrastructureConfiguration,
@@ -118,6 +132,7 @@ pub async fn plan(
     })?;
     let distribution = resolve(
         resources,
+        principal,
         &pipeline,
         "distributionConfigurationArn",
         Kind::DistributionConfiguration,
@@ -127,10 +142,12 @@ pub async fn plan(
     // The recipe's own fields, then what the other resources say.
     let mut doc = recipe.request.clone();
     let Some(o) = doc.as_object_mut() else {
-        return Err(ResourceError::Invalid(format!(
-            "recipe {} is stored damaged (not a mapping)",
-            recipe.arn
-        )));
+        return Err(StoreError::Unreadable {
+            path: crate::state::db_path(resources.store().home()),
+            what: format!("the request of recipe {}", recipe.arn),
+            detail: "not a mapping".into(),
+        }
+        .into());
     };
     for k in [
         "amiTags",
@@ -184,10 +201,7 @@ pub async fn plan(
         o.insert("imageTestsConfiguration".into(), t.clone());
     }
     let text = serde_json::to_string_pretty(&doc).map_err(|e| {
-        ResourceError::Invalid(format!(
-            "cannot put pipeline {} together: {e}",
-            pipeline.name
-        ))
+        StoreError::Encode(format!("the recipe of pipeline {}: {e}", pipeline.name))
     })?;
     let build_recipe = recipe::parse(RecipeSource {
         path: PathBuf::from(format!(
@@ -197,10 +211,15 @@ pub async fn plan(
         text,
     })
     .map_err(|e| {
-        ResourceError::Invalid(format!(
-            "pipeline {}: its resources do not make a valid recipe:\n{e}",
-            pipeline.name
-        ))
+        // What the pipeline's resources say together is refused: the request to run it is
+        // what cannot be done, not any one field of it.
+        Invalid::message(
+            ErrorCode::InvalidRequest,
+            format!(
+                "pipeline {}: its resources do not make a valid recipe:\n{e}",
+                pipeline.name
+            ),
+        )
     })?;
     let mut configurations = vec![infrastructure.arn.clone()];
     if let Some(d) = &distribution {

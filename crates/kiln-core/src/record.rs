@@ -339,9 +339,12 @@ pub struct ImageRecord {
     /// Scratch folder of the kiln process running it (locked while it runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_dir: Option<PathBuf>,
-    /// Who started it (the login name).
+    /// Who started it (the user name).
     #[serde(default)]
     pub owner: String,
+    /// The account it belongs to (part of its ARN); records of kiln 0.1 are the local one's.
+    #[serde(default = "local_account")]
+    pub account: String,
     /// The pipeline that made it (none for `kiln build FILE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<String>,
@@ -391,12 +394,16 @@ impl ImageRecord {
     }
 }
 
-/// An image ARN.
-pub fn image_arn(name: &str, version: &Version, build: u32) -> String {
+/// An image ARN in an account.
+pub fn image_arn(account: &str, name: &str, version: &Version, build: u32) -> String {
     format!(
-        "arn:kiln:imagebuilder:{LOCAL_REGION}:{LOCAL_ACCOUNT}:image/{}/{version}/{build}",
+        "arn:kiln:imagebuilder:{LOCAL_REGION}:{account}:image/{}/{version}/{build}",
         name.to_ascii_lowercase()
     )
+}
+
+fn local_account() -> String {
+    LOCAL_ACCOUNT.to_string()
 }
 
 /// A reference to one or more builds: `NAME`, `NAME/VERSION[/N]` (VERSION may use `x`).
@@ -599,7 +606,7 @@ impl Records {
 
     fn number(&self, r: &mut ImageRecord, build: u32) {
         r.build = build;
-        r.arn = image_arn(&r.name, &r.version, build);
+        r.arn = image_arn(&r.account, &r.name, &r.version, build);
         r.logs = self.logs_dir(&r.name, &r.version, build);
     }
 
@@ -806,6 +813,7 @@ pub(crate) mod tests {
             logs: PathBuf::new(),
             run_dir: None,
             owner: "tester".into(),
+            account: LOCAL_ACCOUNT.into(),
             pipeline: None,
             recipe_arn: None,
             configurations: vec![],
@@ -950,7 +958,7 @@ pub(crate) mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut old = record("legacy", "2.0.0", State::Available);
         old.build = 3;
-        old.arn = image_arn("legacy", &old.version, 3);
+        old.arn = image_arn(LOCAL_ACCOUNT, "legacy", &old.version, 3);
         let file = d.path().join("images/legacy/2.0.0/3/image.json");
         crate::store::write_json(&file, &old).unwrap();
         let recs = records(d.path()).await;

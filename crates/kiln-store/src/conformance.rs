@@ -86,6 +86,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@each $backend; ();
             created_rows_read_back_with_body_and_list_without,
             list_filters_and_counts,
+            lists_keep_to_an_arn_prefix,
             list_orders_by_version_newest_and_oldest,
             list_pages_and_counts_the_whole_list,
             pages_follow_the_order_of_the_whole_list,
@@ -280,6 +281,39 @@ fn images() -> Filter {
         kind: Some(Kind::Image),
         ..Filter::default()
     }
+}
+
+/// `arn_prefix` keeps `list` and `count` to the rows of one account's ARNs.
+pub async fn lists_keep_to_an_arn_prefix<B: Backend>(backend: &B) {
+    let fresh = backend.fresh().await;
+    let store = &*fresh.store;
+    let mine = new_row(
+        store,
+        resource(Kind::Component, "web", Some([1, 0, 0])),
+        &[],
+    )
+    .await;
+    let mut theirs = resource(Kind::Component, "web", Some([2, 0, 0]));
+    theirs.arn = "arn:aws:imagebuilder:local:111111111111:component/web/2.0.0".to_owned();
+    let theirs = new_row(store, theirs, &[]).await;
+    let web = |prefix: Option<&str>| Filter {
+        name: Some("web".to_owned()),
+        arn_prefix: prefix.map(str::to_owned),
+        ..Filter::default()
+    };
+    assert_eq!(listed(store, web(None)).await.1, 2);
+    assert_eq!(
+        listed(store, web(Some(&format!("{PREFIX}:")))).await,
+        (vec![mine.arn], 1)
+    );
+    assert_eq!(
+        listed(store, web(Some("arn:aws:imagebuilder:local:111111111111:"))).await,
+        (vec![theirs.arn], 1)
+    );
+    assert_eq!(
+        listed(store, web(Some("arn:aws:imagebuilder:local:222222222222:"))).await,
+        (vec![], 0)
+    );
 }
 
 /// Every field of a [`Filter`] narrows `list` and `count` alike: kind, name ignoring case,

@@ -141,6 +141,8 @@ pub struct Filter {
     pub states: Vec<String>,
     /// Only rows made by this pipeline.
     pub pipeline: Option<String>,
+    /// Only rows whose ARN starts with this (an account's `arn:...:ACCOUNT:`).
+    pub arn_prefix: Option<String>,
     /// Row order.
     pub order: Order,
     /// At most this many rows.

@@ -1142,6 +1142,13 @@ fn push_filter<'a>(
     if let Some(pipeline) = &filter.pipeline {
         qb.push(" AND pipeline = ").push_bind(pipeline.as_str());
     }
+    // A range rather than LIKE, as in `referrers`: the primary key serves it, no escaping.
+    if let Some(prefix) = &filter.arn_prefix {
+        qb.push(" AND arn >= ").push_bind(prefix.as_str());
+        if let Some(upper) = successor(prefix) {
+            qb.push(" AND arn < ").push_bind(upper);
+        }
+    }
 }
 
 /// The smallest string greater than every string that starts with `prefix`, if any.

@@ -182,7 +182,13 @@ async fn list(records: &Records, a: ListArgs) -> Result<u8> {
     filter.owner = a.owner.as_deref().map(crate::principal::owner_filter);
     if let Some(p) = &a.pipeline {
         let resources = kiln_core::resources::Resources::new(records.store().clone());
-        let p = resources.get(p, &[kiln_store::Kind::ImagePipeline]).await?;
+        let p = resources
+            .get(
+                &crate::principal::local(),
+                p,
+                &[kiln_store::Kind::ImagePipeline],
+            )
+            .await?;
         filter.pipeline = Some(p.arn);
     }
     filter.limit = (a.max_results > 0).then_some(a.max_results);

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
+use kiln_core::request::{Document, Operation, Request};
 use kiln_core::resources::{
-    kind_noun, ListOptions, Outcome, Resource, ResourceError, ResourceSummary, Resources,
+    kind_noun, ErrorCode, Invalid, ListOptions, Outcome, Resource, ResourceError, ResourceSummary,
+    Resources,
 };
 use kiln_core::store::Home;
 use kiln_store::Kind;
@@ -32,6 +34,7 @@ pub struct RequestFile {
 }
 
 impl RequestFile {
+    /// The request file's path, as the user gave it.
     fn path(&self) -> Result<PathBuf> {
         if let Some(f) = &self.file {
             return Ok(f.clone());
@@ -44,6 +47,18 @@ impl RequestFile {
             Some(f) => Ok(PathBuf::from(f.strip_prefix("file://").unwrap_or(f))),
             None => bail!("give the request file (kiln ... create FILE)"),
         }
+    }
+
+    /// Reads and parses the request file; the core never opens it.
+    fn document(&self) -> Result<Document> {
+        let path = self.path()?;
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ResourceError::from(Invalid::message(
+                ErrorCode::InvalidRequest,
+                format!("cannot read {}: {e}", path.display()),
+            ))
+        })?;
+        Ok(Document::from_file(&path, text)?)
     }
 }
 
@@ -161,7 +176,8 @@ pub async fn run(which: Which) -> Result<u8> {
     match r {
         Ok(code) => Ok(code),
         Err(e) => match e.downcast::<ResourceError>() {
-            Ok(ResourceError::Invalid(text)) => {
+            Ok(ResourceError::Invalid(invalid)) => {
+                let text = invalid.to_string();
                 eprint!("{text}");
                 if !text.ends_with('\n') {
                     eprintln!();
@@ -210,16 +226,29 @@ async fn pipeline(res: &Resources, c: PipelineCommand) -> Result<u8> {
 }
 
 async fn create(res: &Resources, kind: Kind, f: &RequestFile, update: bool) -> Result<u8> {
-    let path = f.path()?;
+    let document = f.document()?;
+    let operation = match kind {
+        Kind::ImageRecipe | Kind::ContainerRecipe => Some(Operation::create_recipe(&document)),
+        _ if update => Operation::update(kind),
+        _ => Operation::create(kind),
+    };
+    let Some(operation) = operation else {
+        bail!(
+            "{}s cannot be {}",
+            kind_noun(kind),
+            if update { "updated" } else { "created" }
+        );
+    };
     let Outcome {
         resource,
         created,
         warnings,
-    } = if update {
-        res.update(kind, &path).await?
-    } else {
-        res.create(kind, &path).await?
-    };
+    } = res
+        .apply(
+            &crate::principal::local(),
+            Request::new(operation, document),
+        )
+        .await?;
     eprint!("{warnings}");
     let mut out = std::io::stdout().lock();
     if f.output == Output::Json {
@@ -249,7 +278,9 @@ async fn create(res: &Resources, kind: Kind, f: &RequestFile, update: bool) -> R
 }
 
 async fn get(res: &Resources, kinds: &[Kind], a: &RefArgs) -> Result<u8> {
-    let r = res.get(&a.reference, kinds).await?;
+    let r = res
+        .get(&crate::principal::local(), &a.reference, kinds)
+        .await?;
     let mut out = std::io::stdout().lock();
     if a.output == Output::Json {
         write_json(&mut out, &r)?;
@@ -314,9 +345,9 @@ async fn list(res: &Resources, kinds: &[Kind], a: &ListArgs) -> Result<u8> {
     let o = ListOptions {
         name: a.name.clone(),
         version,
-        owner: a.owner.clone(),
+        owner: a.owner.as_deref().map(crate::principal::owner_filter),
     };
-    let all: Vec<ResourceSummary> = res.list(kinds, &o).await?;
+    let all: Vec<ResourceSummary> = res.list(&crate::principal::local(), kinds, &o).await?;
     let mut out = std::io::stdout().lock();
     if a.output == Output::Json {
         write_json(&mut out, &all)?;
@@ -359,7 +390,9 @@ async fn list(res: &Resources, kinds: &[Kind], a: &ListArgs) -> Result<u8> {
 }
 
 async fn delete(res: &Resources, kinds: &[Kind], a: &RefArgs) -> Result<u8> {
-    let r = res.delete(&a.reference, kinds).await?;
+    let r = res
+        .delete(&crate::principal::local(), &a.reference, kinds)
+        .await?;
     println!("deleted {} {}", kind_noun(r.kind()), r.arn);
     Ok(0)
 }

@@ -149,6 +149,7 @@ impl Builder {
             .loader
             .with_resolver(Arc::new(crate::resources::StoreResolver::new(
                 store.clone(),
+                self.origin.principal.clone(),
             )));
         self.store = Some(store);
         self
@@ -306,6 +307,7 @@ impl Builder {
             logs: PathBuf::new(),
             run_dir: Some(run_dir),
             owner: self.origin.principal.user.clone(),
+            account: self.origin.principal.account.clone(),
             pipeline: self.origin.pipeline.clone(),
             recipe_arn: self.origin.recipe_arn.clone(),
             configurations: self.origin.configurations.clone(),

@@ -1,0 +1,160 @@
+//! Create/UpdateInfrastructureConfiguration and Create/UpdateDistributionConfiguration.
+
+use kiln_store::Kind;
+use kiln_yaml::{Map, Node};
+use serde_json::Value;
+
+use super::draft::{common, resolve_path, unreported, Checker, Draft};
+use super::{content_digest, ResourceError, Resources};
+use crate::recipe::is_name;
+
+/// Keys of a distribution that are AWS settings kiln has no use for.
+const AWS_DISTRIBUTION_KEYS: [&str; 7] = [
+    "amiDistributionConfiguration",
+    "containerDistributionConfiguration",
+    "licenseConfigurationArns",
+    "launchTemplateConfigurations",
+    "s3ExportConfiguration",
+    "fastLaunchConfigurations",
+    "ssmParameterConfigurations",
+];
+
+impl Resources {
+    pub(super) fn draft_infrastructure(
+        &self,
+        c: &mut Checker<'_>,
+        m: &Map,
+    ) -> Result<Draft, ResourceError> {
+        let mut own: Vec<&str> = crate::recipe::INFRA_KEYS.to_vec();
+        own.push("logging");
+        let (name, description, token) = common(c, m, Kind::InfrastructureConfiguration, &own);
+        let _ = crate::recipe::infrastructure_settings(&mut c.reader, m);
+        if let Some(l) = m.get("logging") {
+            if let Some(lm) = c.reader.map(l, "`logging`") {
+                c.reader
+                    .known_keys(lm, &["s3Logs", "localPath"], "`logging`");
+                if let Some(p) = lm.get("localPath") {
+                    c.local_path(p);
+                }
+                if let Some(s3) = lm.get("s3Logs") {
+                    if let Some(sm) = c.reader.map(s3, "`s3Logs`") {
+                        c.reader
+                            .known_keys(sm, &["s3BucketName", "s3KeyPrefix"], "`s3Logs`");
+                        c.reader
+                            .required_string(sm, "s3BucketName", s3.span, "`s3Logs`");
+                    }
+                }
+            }
+        }
+        let warnings = c.finish()?;
+        let name = name.ok_or_else(|| unreported(c, "no name"))?;
+        let mut request = c.root().to_json();
+        if let Some(o) = request.as_object_mut() {
+            o.remove("clientToken");
+            // A relative local log folder is relative to the request file.
+            if let Some(p) = o.get_mut("logging").and_then(|l| l.get_mut("localPath")) {
+                resolve_path(p, &c.dir());
+            }
+        }
+        let digest = content_digest(&request, &[]);
+        Ok(Draft::plain(
+            Kind::InfrastructureConfiguration,
+            name,
+            description,
+            digest,
+            request,
+            token,
+            warnings,
+        ))
+    }
+
+    pub(super) fn draft_distribution(
+        &self,
+        c: &mut Checker<'_>,
+        m: &Map,
+    ) -> Result<Draft, ResourceError> {
+        let (name, description, token) =
+            common(c, m, Kind::DistributionConfiguration, &["distributions"]);
+        match m.get("distributions") {
+            None => {
+                let at = c.root();
+                c.error_at(
+                    at,
+                    "a distribution configuration needs `distributions`: a list of regions",
+                    Some("for example `distributions: [{region: local}]`".into()),
+                );
+            }
+            Some(d) => distributions(c, d),
+        }
+        let warnings = c.finish()?;
+        let name = name.ok_or_else(|| unreported(c, "no name"))?;
+        let mut request = c.root().to_json();
+        let dir = c.dir();
+        if let Some(o) = request.as_object_mut() {
+            o.remove("clientToken");
+            if let Some(Value::Array(items)) = o.get_mut("distributions") {
+                for item in items {
+                    if let Some(p) = item.get_mut("path") {
+                        resolve_path(p, &dir);
+                    }
+                }
+            }
+        }
+        let digest = content_digest(&request, &[]);
+        Ok(Draft::plain(
+            Kind::DistributionConfiguration,
+            name,
+            description,
+            digest,
+            request,
+            token,
+            warnings,
+        ))
+    }
+}
+
+/// Checks `distributions`: regions, each named once, with an optional folder.
+fn distributions(c: &mut Checker, d: &Node) {
+    let items = c.reader.list(d, "`distributions`").unwrap_or_default();
+    if items.is_empty() {
+        c.error_at(d, "`distributions` is empty", None);
+    }
+    let mut regions: Vec<String> = Vec::new();
+    for item in items {
+        let Some(dm) = c.reader.map(item, "a distribution") else {
+            continue;
+        };
+        let mut keys = vec!["region", "path"];
+        keys.extend(AWS_DISTRIBUTION_KEYS);
+        c.reader.known_keys(dm, &keys, "a distribution");
+        for k in AWS_DISTRIBUTION_KEYS {
+            if let Some(n) = dm.get(k) {
+                c.reader.warn(n.span, format!("`{k}` is an AWS setting kiln does not use; it is kept but ignored"), Some("kiln writes each region's images to its folder (`path`, or $KILN_HOME/regions/REGION)".into()));
+            }
+        }
+        if let Some(region) = c
+            .reader
+            .required_string(dm, "region", item.span, "a distribution")
+        {
+            if !is_name(&region) {
+                c.reader.error(
+                    item.span,
+                    format!("`{region}` is not a valid region name"),
+                    None,
+                );
+            } else if regions.contains(&region) {
+                c.reader.error(
+                    item.span,
+                    format!("region `{region}` is listed twice"),
+                    None,
+                );
+            }
+            regions.push(region);
+        }
+        if c.reader.string(dm, "path").is_some() {
+            if let Some(p) = dm.get("path") {
+                c.local_path(p);
+            }
+        }
+    }
+}

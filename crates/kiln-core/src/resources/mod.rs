@@ -1,0 +1,440 @@
+//! Resources with Image Builder's names and rules: components, image and container recipes,
+//! infrastructure and distribution configurations, image pipelines. Each is made from a
+//! [`Request`] (an operation and its fields, Image Builder's request shape) on behalf of a
+//! [`Principal`], kept in the state store with its ARN in the principal's account, and referred
+//! to by ARN (or `NAME[/VERSION]`, where VERSION may use `x`).
+//!
+//! Components and recipes are versioned and immutable; creating one without
+//! `semanticVersion` takes the next patch version when the content changed and returns the
+//! existing version when it did not. Creating the same thing twice returns what exists, so
+//! infrastructure-as-code can re-apply files freely. Every failure has an [`ErrorCode`].
+
+mod component;
+mod configuration;
+mod draft;
+mod errors;
+mod pipeline_request;
+mod recipe;
+mod reference;
+#[cfg(test)]
+mod tests;
+mod write;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kiln_store::{Filter, Kind, Row, StoreError as DbError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use errors::{ErrorCode, Invalid, Problem, ResourceError};
+pub use reference::{arn, Reference};
+
+use crate::principal::Principal;
+use crate::request::Request;
+use crate::state::Store;
+use crate::store::{sha256_hex, StoreError};
+use crate::version::{Version, VersionFilter};
+
+/// What people call a kind.
+pub fn kind_noun(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Component => "component",
+        Kind::ImageRecipe => "image recipe",
+        Kind::ContainerRecipe => "container recipe",
+        Kind::InfrastructureConfiguration => "infrastructure configuration",
+        Kind::DistributionConfiguration => "distribution configuration",
+        Kind::ImagePipeline => "image pipeline",
+        Kind::Image => "image",
+    }
+}
+
+/// The CLI's word for a kind.
+pub fn cli_noun(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Component => "component",
+        Kind::ImageRecipe | Kind::ContainerRecipe => "recipe",
+        Kind::InfrastructureConfiguration => "infrastructure",
+        Kind::DistributionConfiguration => "distribution",
+        Kind::ImagePipeline => "pipeline",
+        Kind::Image => "image",
+    }
+}
+
+fn versioned(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Component | Kind::ImageRecipe | Kind::ContainerRecipe | Kind::Image
+    )
+}
+
+/// A stored resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resource {
+    /// Its ARN.
+    pub arn: String,
+    /// `component`, `image-recipe`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its name, as created.
+    pub name: String,
+    /// Semantic version (components and recipes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Version>,
+    /// Who created it.
+    pub owner: String,
+    /// When.
+    pub date_created: DateTime<Utc>,
+    /// When it last changed (configurations and pipelines can be updated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_updated: Option<DateTime<Utc>>,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+    /// SHA-256 of its content (what auto-versioning and idempotency compare).
+    pub digest: String,
+    /// The request's fields as given (clientToken left out; semanticVersion as chosen; paths
+    /// made absolute; component references as ARNs).
+    pub request: Value,
+    /// The file it was created from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_file: Option<PathBuf>,
+    /// Components: BUILD or TEST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_type: Option<String>,
+    /// Components: the platform (Linux).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Components: the document, verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// Pipelines: ENABLED or DISABLED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// What it refers to (ARNs, some with `x`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uses: Vec<String>,
+}
+
+impl Resource {
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        self.kind.parse().unwrap_or(Kind::Component)
+    }
+
+    /// A request field as text.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.request.get(key).and_then(Value::as_str)
+    }
+}
+
+/// The short form lists show.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceSummary {
+    /// ARN.
+    pub arn: String,
+    /// Kind.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// Version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Version>,
+    /// Owner.
+    pub owner: String,
+    /// Created.
+    pub date_created: DateTime<Utc>,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+    /// BUILD or TEST (components).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_type: Option<String>,
+    /// ENABLED or DISABLED (pipelines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+impl Resource {
+    fn summary(&self) -> ResourceSummary {
+        ResourceSummary {
+            arn: self.arn.clone(),
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            version: self.version,
+            owner: self.owner.clone(),
+            date_created: self.date_created,
+            description: self.description.clone(),
+            component_type: self.component_type.clone(),
+            status: self.status.clone(),
+        }
+    }
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The resource (new or changed, or the one that already had this content).
+    pub resource: Resource,
+    /// False when an existing resource was returned unchanged.
+    pub created: bool,
+    /// Warnings about the request, rendered.
+    pub warnings: String,
+}
+
+/// What lists select.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Name (case-insensitive).
+    pub name: Option<String>,
+    /// Version filter.
+    pub version: Option<VersionFilter>,
+    /// Owner (a user name; the caller resolves words such as `self`).
+    pub owner: Option<String>,
+}
+
+/// The resources of a store.
+#[derive(Debug, Clone)]
+pub struct Resources {
+    store: Store,
+}
+
+impl Resources {
+    /// The resources of a store.
+    pub fn new(store: Store) -> Self {
+        Resources { store }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A stored resource.
+    fn parse(&self, row: &Row) -> Result<Resource, StoreError> {
+        self.store
+            .decode(&row.body, &format!("the resource {}", row.arn))
+    }
+
+    /// Carries out a create or update request on behalf of `principal`: checks every field,
+    /// then stores the resource in the principal's account, owned by the principal's user.
+    pub async fn apply(
+        &self,
+        principal: &Principal,
+        request: Request,
+    ) -> Result<Outcome, ResourceError> {
+        let draft = self.draft(principal, &request).await?;
+        if request.operation.is_update() {
+            self.replace(principal, draft, &request.document).await
+        } else {
+            self.store_draft(principal, draft, &request.document).await
+        }
+    }
+
+    /// The newest resource a reference names that `principal` can see.
+    pub async fn newest(
+        &self,
+        principal: &Principal,
+        r: &Reference,
+    ) -> Result<Option<Resource>, ResourceError> {
+        if !r.visible_to(principal) {
+            return Ok(None);
+        }
+        let mut f = r.filter(principal);
+        f.limit = Some(1);
+        let Some(row) = self.store.db().list(&f).await?.into_iter().next() else {
+            return Ok(None);
+        };
+        match self.store.db().get(&row.arn).await? {
+            Some(row) => Ok(Some(self.parse(&row)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The newest resource a reference names, or an error saying what exists.
+    pub async fn get(
+        &self,
+        principal: &Principal,
+        reference: &str,
+        kinds: &[Kind],
+    ) -> Result<Resource, ResourceError> {
+        let parsed = Reference::parse(reference, kinds).map_err(ResourceError::BadReference)?;
+        // An ARN says its kind; a plain name may be any of them (image or container recipe).
+        let candidates = if reference.starts_with("arn:") {
+            vec![parsed.kind]
+        } else {
+            kinds.to_vec()
+        };
+        let mut last = None;
+        for kind in candidates {
+            let r = Reference {
+                kind,
+                ..parsed.clone()
+            };
+            if let Some(found) = self.newest(principal, &r).await? {
+                return Ok(found);
+            }
+            last = Some(r);
+        }
+        let noun = kinds.first().map(|k| kind_noun(*k)).unwrap_or("resource");
+        Err(ResourceError::NotFound(match last {
+            Some(r) => format!(
+                "no {noun} matches `{reference}` (`kiln {} list{}` shows what exists)",
+                cli_noun(r.kind),
+                if versioned(r.kind) {
+                    format!(" --name {}", r.name)
+                } else {
+                    String::new()
+                }
+            ),
+            None => format!("no {noun} matches `{reference}`"),
+        }))
+    }
+
+    /// Summaries of `principal`'s account, by name then newest version first.
+    pub async fn list(
+        &self,
+        principal: &Principal,
+        kinds: &[Kind],
+        o: &ListOptions,
+    ) -> Result<Vec<ResourceSummary>, ResourceError> {
+        let mut out = Vec::new();
+        for k in kinds {
+            let f = Filter {
+                kind: Some(*k),
+                name: o.name.clone(),
+                version: o.version.map(|v| v.nodes()).unwrap_or([None; 3]),
+                owner: o.owner.clone(),
+                arn_prefix: Some(principal.arn_prefix()),
+                ..Filter::default()
+            };
+            for row in self.store.db().list(&f).await? {
+                out.push(
+                    self.store
+                        .decode(&row.summary, &format!("the summary of {}", row.arn))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes one resource (an exact reference), unless others use it: then the error names
+    /// them.
+    pub async fn delete(
+        &self,
+        principal: &Principal,
+        reference: &str,
+        kinds: &[Kind],
+    ) -> Result<Resource, ResourceError> {
+        let found = self.get(principal, reference, kinds).await?;
+        let r = Reference::parse(reference, kinds).map_err(ResourceError::BadReference)?;
+        if versioned(found.kind()) && (r.version.is_none_or(|v| !v.is_exact())) {
+            return Err(ResourceError::BadReference(format!(
+                "name one version to delete, such as {}/{} (`{reference}` could mean several)",
+                found.name,
+                found.version.map(|v| v.to_string()).unwrap_or_default()
+            )));
+        }
+        // Users that name it through a wildcard block it only when it is the last match.
+        let mut users = Vec::new();
+        let prefix = format!(
+            "{}{}/{}/",
+            principal.arn_prefix(),
+            found.kind,
+            found.name.to_ascii_lowercase()
+        );
+        for (from, to) in self.store.db().referrers(&prefix).await? {
+            if to == found.arn {
+                continue; // the store checks exact references itself
+            }
+            let Ok(r) = Reference::parse(&to, &[found.kind()]) else {
+                continue;
+            };
+            if !r
+                .version
+                .is_some_and(|v| found.version.is_some_and(|fv| v.matches(&fv)))
+            {
+                continue;
+            }
+            let others = self.store.db().list(&r.filter(principal)).await?;
+            if others.iter().all(|o| o.arn == found.arn) {
+                users.push(from);
+            }
+        }
+        if !users.is_empty() {
+            return Err(in_use(&found, users));
+        }
+        match self.store.db().delete(&found.arn).await {
+            Ok(()) => Ok(found),
+            Err(DbError::InUse { users, .. }) => Err(in_use(&found, users)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn in_use(found: &Resource, users: Vec<String>) -> ResourceError {
+    ResourceError::InUse(format!(
+        "{} {} is used by {}: delete or change {} first",
+        kind_noun(found.kind()),
+        found.arn,
+        users.join(", "),
+        if users.len() == 1 { "it" } else { "them" }
+    ))
+}
+
+/// SHA-256 of a request's JSON (keys sorted), leaving out fields that are not content.
+fn content_digest(request: &Value, skip: &[&str]) -> String {
+    let mut v = request.clone();
+    if let Some(o) = v.as_object_mut() {
+        for k in skip {
+            o.remove(*k);
+        }
+    }
+    sha256_hex(v.to_string().as_bytes())
+}
+
+/// Finds components by ARN in the store (for recipes and ExecuteDocument), as a principal
+/// sees them.
+pub struct StoreResolver {
+    resources: Resources,
+    principal: Principal,
+}
+
+impl StoreResolver {
+    /// A resolver over a store, for what `principal` may use.
+    pub fn new(store: Store, principal: Principal) -> Self {
+        StoreResolver {
+            resources: Resources::new(store),
+            principal,
+        }
+    }
+}
+
+#[async_trait]
+impl kiln_toe::loader::ComponentResolver for StoreResolver {
+    async fn resolve(&self, reference: &str) -> Result<Option<kiln_toe::document::Source>, String> {
+        if !reference.starts_with("arn:") {
+            return Ok(None);
+        }
+        let r = Reference::parse(reference, &[Kind::Component])?;
+        match self
+            .resources
+            .newest(&self.principal, &r)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            None => Err(format!(
+                "no component matches {reference} (`kiln component list` shows what kiln has)"
+            )),
+            Some(c) => Ok(Some(kiln_toe::document::Source {
+                name: c.arn,
+                text: c.data.unwrap_or_default(),
+                dir: None,
+            })),
+        }
+    }
+}
