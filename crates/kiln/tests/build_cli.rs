@@ -36,6 +36,12 @@ fn golden_nginx_builds_tests_caches_and_is_read_by_skopeo_and_umoci() {
         ),
     );
     std::fs::write(&recipe, r).unwrap();
+    // The step cache outlives test runs (with the bootstrap): a first component of this run's
+    // own makes every layer new, so the first build builds and tests even on a second run.
+    let first = ex.join("components/hardening.yaml");
+    let mut doc = std::fs::read_to_string(&first).unwrap();
+    doc.push_str(&format!("# run {}\n", std::process::id()));
+    std::fs::write(&first, doc).unwrap();
 
     let o = kiln(&["build", recipe.to_str().unwrap()]);
     assert_eq!(
@@ -459,6 +465,13 @@ fn every_parent_transport() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
+    // A file of this run's own: the tarball is a layer no earlier run (whose cache outlives
+    // it) has made.
+    std::fs::write(
+        bundle.join("rootfs/etc/kiln-test-run"),
+        std::process::id().to_string(),
+    )
+    .unwrap();
     let tarball = dir.path().join("rootfs.tar");
     let o = Command::new("tar")
         .args([
