@@ -139,67 +139,13 @@ pub async fn plan(
     )
     .await?;
 
-    // The recipe's own fields, then what the other resources say.
-    let mut doc = recipe.request.clone();
-    let Some(o) = doc.as_object_mut() else {
-        return Err(StoreError::Unreadable {
-            path: crate::state::db_path(resources.store().home()),
-            what: format!("the request of recipe {}", recipe.arn),
-            detail: "not a mapping".into(),
-        }
-        .into());
-    };
-    for k in [
-        "amiTags",
-        "kmsKeyId",
-        "platformOverride",
-        "imageOsVersionOverride",
-        "instanceConfiguration",
-        "targetRepository",
-        "containerType",
-        "dockerfileTemplateData",
-        "dockerfileTemplateUri",
-    ] {
-        o.remove(k);
-    }
-    if recipe.kind() == Kind::ContainerRecipe {
-        o.insert("outputs".into(), json!(["oci"]));
-    } else if !o.contains_key("outputs") {
-        o.insert("outputs".into(), json!(["disk"]));
-    }
-    let mut infra = serde_json::Map::new();
-    for k in crate::recipe::INFRA_KEYS {
-        if let Some(v) = infrastructure.request.get(*k) {
-            infra.insert(k.to_string(), v.clone());
-        }
-    }
-    o.insert("infrastructure".into(), Value::Object(infra));
-    let regions: Vec<Value> = match &distribution {
-        Some(d) => d
-            .request
-            .get("distributions")
-            .and_then(Value::as_array)
-            .map(|items| {
-                items
-                    .iter()
-                    .map(|i| {
-                        let mut m = serde_json::Map::new();
-                        for k in ["region", "path"] {
-                            if let Some(v) = i.get(k) {
-                                m.insert(k.into(), v.clone());
-                            }
-                        }
-                        Value::Object(m)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        None => vec![json!({"region": "local"})],
-    };
-    o.insert("distributions".into(), Value::Array(regions));
-    if let Some(t) = pipeline.request.get("imageTestsConfiguration") {
-        o.insert("imageTestsConfiguration".into(), t.clone());
-    }
+    let doc = recipe_document(
+        resources,
+        &pipeline,
+        &recipe,
+        &infrastructure,
+        distribution.as_ref(),
+    )?;
     let text = serde_json::to_string_pretty(&doc).map_err(|e| {
         StoreError::Encode(format!("the recipe of pipeline {}: {e}", pipeline.name))
     })?;
@@ -239,4 +185,78 @@ pub async fn plan(
         build_recipe,
         origin,
     })
+}
+
+/// The document of the recipe a pipeline builds: the recipe's own fields (less what only AWS
+/// uses), then the infrastructure configuration's builder settings, the distribution
+/// configuration's regions and the pipeline's test settings.
+fn recipe_document(
+    resources: &Resources,
+    pipeline: &Resource,
+    recipe: &Resource,
+    infrastructure: &Resource,
+    distribution: Option<&Resource>,
+) -> Result<Value, ResourceError> {
+    // The recipe's own fields, then what the other resources say.
+    let mut doc = recipe.request.clone();
+    let Some(o) = doc.as_object_mut() else {
+        return Err(StoreError::Unreadable {
+            path: crate::state::db_path(resources.store().home()),
+            what: format!("the request of recipe {}", recipe.arn),
+            detail: "not a mapping".into(),
+        }
+        .into());
+    };
+    for k in [
+        "amiTags",
+        "kmsKeyId",
+        "platformOverride",
+        "imageOsVersionOverride",
+        "instanceConfiguration",
+        "targetRepository",
+        "containerType",
+        "dockerfileTemplateData",
+        "dockerfileTemplateUri",
+    ] {
+        o.remove(k);
+    }
+    if recipe.kind() == Kind::ContainerRecipe {
+        o.insert("outputs".into(), json!(["oci"]));
+    } else if !o.contains_key("outputs") {
+        o.insert("outputs".into(), json!(["disk"]));
+    }
+    let mut infra = serde_json::Map::new();
+    for k in crate::recipe::INFRA_KEYS {
+        if let Some(v) = infrastructure.request.get(*k) {
+            infra.insert(k.to_string(), v.clone());
+        }
+    }
+    o.insert("infrastructure".into(), Value::Object(infra));
+    let regions: Vec<Value> = match distribution {
+        Some(d) => d
+            .request
+            .get("distributions")
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|i| {
+                        let mut m = serde_json::Map::new();
+                        for k in ["region", "path"] {
+                            if let Some(v) = i.get(k) {
+                                m.insert(k.into(), v.clone());
+                            }
+                        }
+                        Value::Object(m)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        None => vec![json!({"region": "local"})],
+    };
+    o.insert("distributions".into(), Value::Array(regions));
+    if let Some(t) = pipeline.request.get("imageTestsConfiguration") {
+        o.insert("imageTestsConfiguration".into(), t.clone());
+    }
+    Ok(doc)
 }
