@@ -109,9 +109,12 @@ macro_rules! conformance_tests {
     };
 }
 
-const PREFIX: &str = "arn:aws:imagebuilder:local:000000000000";
+/// The ARN prefix of the rows the checks make (an account's).
+pub const PREFIX: &str = "arn:aws:imagebuilder:local:000000000000";
 
-fn image(name: &str, version: [u32; 3], build: u32) -> Row {
+/// An image row `name` `version` build `build`, AVAILABLE, with a small summary and body (for a
+/// backend's own tests, too).
+pub fn image(name: &str, version: [u32; 3], build: u32) -> Row {
     let [major, minor, patch] = version;
     Row {
         kind: Kind::Image,
@@ -1074,7 +1077,7 @@ mod tests {
             .split_once("macro_rules! conformance_tests")
             .expect("the macro is in this file");
         let (body, _) = after
-            .split_once("\nconst PREFIX")
+            .split_once("\npub const PREFIX")
             .expect("the macro ends before PREFIX");
         let listed: Vec<&str> = body
             .split(|c: char| !(c.is_alphanumeric() || c == '_'))

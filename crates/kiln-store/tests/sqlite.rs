@@ -13,29 +13,7 @@ use kiln_store::{
 use sqlx::ConnectOptions;
 use tempfile::TempDir;
 
-const PREFIX: &str = "arn:aws:imagebuilder:local:000000000000";
-
-fn image(name: &str, version: [u32; 3], build: u32) -> Row {
-    let [major, minor, patch] = version;
-    Row {
-        kind: Kind::Image,
-        arn: format!(
-            "{PREFIX}:image/{}/{major}.{minor}.{patch}/{build}",
-            name.to_lowercase()
-        ),
-        name: name.to_owned(),
-        version: Some(version),
-        build: Some(build),
-        owner: "Self".to_owned(),
-        state: Some("AVAILABLE".to_owned()),
-        pipeline: None,
-        digest: format!("digest-{name}-{major}.{minor}.{patch}-{build}"),
-        created_ms: 1_000,
-        updated_ms: 0,
-        summary: format!(r#"{{"name":"{name}"}}"#),
-        body: format!(r#"{{"name":"{name}","build":{build}}}"#),
-    }
-}
+use kiln_store::conformance::{image, PREFIX};
 
 async fn new_store() -> (TempDir, SqliteStore) {
     let dir = TempDir::new().unwrap();
