@@ -368,10 +368,10 @@ async fn list(res: &Resources, kinds: &[Kind], a: &ListArgs) -> Result<u8> {
         "NAME", "VERSION", "TYPE", "OWNER", "CREATED"
     )?;
     for r in &all {
-        let ty = match (&r.component_type, &r.status) {
-            (Some(t), _) => t.clone(),
-            (_, Some(s)) => s.clone(),
-            _ => r.kind.clone(),
+        let ty = match (r.component_type, r.status) {
+            (Some(t), _) => t.as_str(),
+            (_, Some(s)) => s.as_str(),
+            _ => r.kind.as_str(),
         };
         writeln!(
             out,

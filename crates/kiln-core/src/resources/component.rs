@@ -72,9 +72,9 @@ impl Resources {
         let doc = &loaded.document;
         let has_build = doc.phase("build").is_some() || doc.phase("validate").is_some();
         let component_type = if has_build || doc.phase("test").is_none() {
-            "BUILD"
+            super::ComponentType::Build
         } else {
-            "TEST"
+            super::ComponentType::Test
         };
         let text = source.text;
         let mut request = c.root().to_json();
@@ -92,7 +92,7 @@ impl Resources {
             request,
             token,
             uses: Vec::new(),
-            component_type: Some(component_type.into()),
+            component_type: Some(component_type),
             platform: Some(platform),
             data: Some(text),
             status: None,

@@ -138,10 +138,10 @@ pub(super) struct Draft {
     pub request: Value,
     pub token: Option<String>,
     pub uses: Vec<String>,
-    pub component_type: Option<String>,
+    pub component_type: Option<super::ComponentType>,
     pub platform: Option<String>,
     pub data: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<super::PipelineStatus>,
     pub warnings: String,
     /// For an update that names its resource by ARN: the field, and what it names.
     pub target: Option<(&'static str, Reference)>,

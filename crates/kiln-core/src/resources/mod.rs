@@ -69,6 +69,67 @@ fn versioned(kind: Kind) -> bool {
     )
 }
 
+/// What a component does in a build (Image Builder's `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ComponentType {
+    /// Has a build or validate phase: it changes the image.
+    Build,
+    /// Only a test phase.
+    Test,
+}
+
+impl ComponentType {
+    /// Image Builder's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComponentType::Build => "BUILD",
+            ComponentType::Test => "TEST",
+        }
+    }
+}
+
+impl std::fmt::Display for ComponentType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Whether a pipeline runs (Image Builder's `status` of a pipeline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum PipelineStatus {
+    /// It runs on its schedule and when started.
+    Enabled,
+    /// It does not run.
+    Disabled,
+}
+
+impl PipelineStatus {
+    /// Image Builder's word for it, also the store row's state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelineStatus::Enabled => "ENABLED",
+            PipelineStatus::Disabled => "DISABLED",
+        }
+    }
+
+    /// Reads Image Builder's word.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ENABLED" => Some(PipelineStatus::Enabled),
+            "DISABLED" => Some(PipelineStatus::Disabled),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PipelineStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// A stored resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -77,7 +138,7 @@ pub struct Resource {
     pub arn: String,
     /// `component`, `image-recipe`, ...
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: Kind,
     /// Its name, as created.
     pub name: String,
     /// Semantic version (components and recipes).
@@ -103,7 +164,7 @@ pub struct Resource {
     pub source_file: Option<PathBuf>,
     /// Components: BUILD or TEST.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub component_type: Option<String>,
+    pub component_type: Option<ComponentType>,
     /// Components: the platform (Linux).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
@@ -112,7 +173,7 @@ pub struct Resource {
     pub data: Option<String>,
     /// Pipelines: ENABLED or DISABLED.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub status: Option<PipelineStatus>,
     /// What it refers to (ARNs, some with `x`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uses: Vec<String>,
@@ -121,7 +182,7 @@ pub struct Resource {
 impl Resource {
     /// Its kind.
     pub fn kind(&self) -> Kind {
-        self.kind.parse().unwrap_or(Kind::Component)
+        self.kind
     }
 
     /// A request field as text.
@@ -138,7 +199,7 @@ pub struct ResourceSummary {
     pub arn: String,
     /// Kind.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: Kind,
     /// Name.
     pub name: String,
     /// Version.
@@ -153,24 +214,24 @@ pub struct ResourceSummary {
     pub description: String,
     /// BUILD or TEST (components).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub component_type: Option<String>,
+    pub component_type: Option<ComponentType>,
     /// ENABLED or DISABLED (pipelines).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub status: Option<PipelineStatus>,
 }
 
 impl Resource {
     fn summary(&self) -> ResourceSummary {
         ResourceSummary {
             arn: self.arn.clone(),
-            kind: self.kind.clone(),
+            kind: self.kind,
             name: self.name.clone(),
             version: self.version,
             owner: self.owner.clone(),
             date_created: self.date_created,
             description: self.description.clone(),
-            component_type: self.component_type.clone(),
-            status: self.status.clone(),
+            component_type: self.component_type,
+            status: self.status,
         }
     }
 }

@@ -6,7 +6,10 @@ use kiln_yaml::Map;
 use serde_json::Value;
 
 use super::draft::{common, unreported, Checker, Draft};
-use super::{cli_noun, content_digest, kind_noun, versioned, Reference, ResourceError, Resources};
+use super::{
+    cli_noun, content_digest, kind_noun, versioned, PipelineStatus, Reference, ResourceError,
+    Resources,
+};
 use crate::principal::Principal;
 
 /// What a pipeline names: the resources it uses and each reference as stored.
@@ -40,15 +43,16 @@ impl Resources {
         let named = self.pipeline_references(principal, c, m).await?;
         tests_configuration(c, m);
         schedule(c, m);
-        let status = c
+        let written = c
             .reader
             .string(m, "status")
             .unwrap_or_else(|| "ENABLED".into());
-        if !matches!(status.as_str(), "ENABLED" | "DISABLED") {
+        let status = PipelineStatus::parse(&written);
+        if status.is_none() {
             if let Some(n) = m.get("status") {
                 c.error_at(
                     n,
-                    format!("unknown status `{status}`"),
+                    format!("unknown status `{written}`"),
                     Some("use ENABLED or DISABLED".into()),
                 );
             }
@@ -58,7 +62,8 @@ impl Resources {
         let mut request = c.root().to_json();
         if let Some(o) = request.as_object_mut() {
             o.remove("clientToken");
-            o.insert("status".into(), Value::String(status.clone()));
+            let status = status.unwrap_or(PipelineStatus::Enabled);
+            o.insert("status".into(), Value::String(status.as_str().into()));
             for (k, a) in named.normalized {
                 o.insert(k.into(), Value::String(a));
             }
@@ -74,7 +79,7 @@ impl Resources {
             warnings,
         );
         d.uses = named.uses;
-        d.status = Some(status);
+        d.status = status;
         Ok(d)
     }
 

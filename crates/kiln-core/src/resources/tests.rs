@@ -105,7 +105,7 @@ async fn a_request_without_a_folder_takes_inline_data() {
     );
     assert_eq!(c.owner, "alice");
     assert_eq!(c.source_file, None);
-    assert_eq!(c.component_type.as_deref(), Some("BUILD"));
+    assert_eq!(c.component_type, Some(super::ComponentType::Build));
 }
 
 #[tokio::test]

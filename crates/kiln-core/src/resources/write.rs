@@ -52,7 +52,7 @@ impl Resources {
         row.version = version.as_ref().map(crate::state::nodes);
         row.build = (d.kind == Kind::Component).then_some(1);
         row.owner = resource.owner.clone();
-        row.state = d.status.clone();
+        row.state = d.status.map(|s| s.as_str().to_string());
         row.digest = d.digest.clone();
         row.created_ms = crate::state::millis(resource.date_created);
         row.summary = to_json(&resource.summary())?;
@@ -206,7 +206,7 @@ impl Resources {
             .update(
                 &arn,
                 Update {
-                    state: old.status.clone(),
+                    state: old.status.map(|s| s.as_str().to_string()),
                     summary: Some(to_json(&old.summary())?),
                     body: Some(to_json(&old)?),
                     digest: Some(old.digest.clone()),
@@ -236,7 +236,7 @@ fn new_resource(
     }
     Resource {
         arn: arn(principal, d.kind, &d.name, version.as_ref(), build),
-        kind: d.kind.as_str().to_string(),
+        kind: d.kind,
         name: d.name.clone(),
         version,
         owner: principal.user.clone(),
@@ -246,10 +246,10 @@ fn new_resource(
         digest: d.digest.clone(),
         request,
         source_file: doc.file().map(|f| f.to_path_buf()),
-        component_type: d.component_type.clone(),
+        component_type: d.component_type,
         platform: d.platform.clone(),
         data: d.data.clone(),
-        status: d.status.clone(),
+        status: d.status,
         uses: d.uses.clone(),
     }
 }
