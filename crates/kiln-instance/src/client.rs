@@ -353,3 +353,50 @@ impl Drop for CancelOnDrop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Connects to an "agent" that opens with `ready` (one JSON line) and then stays open.
+    async fn connect_to(ready: &str) -> Result<Vec<String>, ConnectError> {
+        let (kiln_side, agent_side) = tokio::io::duplex(4096);
+        let (from_agent, to_agent) = tokio::io::split(kiln_side);
+        let (_agent_reads, mut agent_writes) = tokio::io::split(agent_side);
+        agent_writes
+            .write_all(format!("{ready}\n").as_bytes())
+            .await
+            .unwrap();
+        let r = AgentClient::connect(
+            from_agent,
+            to_agent,
+            "test",
+            Arc::new(Mutex::new(Vec::new())),
+            Duration::from_secs(5),
+        )
+        .await
+        .map(|(_, created)| created);
+        drop(agent_writes);
+        r
+    }
+
+    #[tokio::test]
+    async fn an_agent_of_this_protocol_version_is_taken_and_another_is_refused() {
+        let ok = format!(
+            r#"{{"id":0,"body":{{"ready":{{"version":{},"created":["etc/resolv.conf"]}}}}}}"#,
+            crate::protocol::VERSION
+        );
+        assert_eq!(connect_to(&ok).await.unwrap(), vec!["etc/resolv.conf"]);
+        let newer = r#"{"id":0,"body":{"ready":{"version":99,"created":[]}}}"#;
+        let e = connect_to(newer).await.unwrap_err();
+        assert!(matches!(e, ConnectError::Version { agent: 99 }));
+        assert!(e.to_string().contains("protocol version 99"), "{e}");
+        // An agent from before versions existed says none: version 0, refused by name too.
+        let old = r#"{"id":0,"body":{"ready":{"created":[]}}}"#;
+        assert!(matches!(
+            connect_to(old).await.unwrap_err(),
+            ConnectError::Version { agent: 0 }
+        ));
+    }
+}
