@@ -635,25 +635,35 @@ async fn manifest_digest_of_tags_indexes_and_missing_ones() {
     assert!(matches!(err, RegistryError::BadReference { .. }), "{err:?}");
 }
 
-#[tokio::test]
-async fn retag_moves_a_tag_without_moving_blobs() {
-    require_tool("skopeo");
-    let registry = Registry::start();
-    let t = tempfile::tempdir().unwrap();
-    let source = t.path().join("source");
-    let (first, _) = build_image(t.path(), &source, "1.0-1", "a");
-    let (second, _) = build_image(t.path(), &source, "1.0-2", "b");
-    let host = registry.host();
+/// Two builds, `1.0-1` and `1.0-2` (their second layers differ), in a layout under `t` and
+/// pushed to `kiln/app`. Returns the layout and both images.
+async fn two_builds_pushed(
+    registry: &Registry,
+    t: &Path,
+) -> (std::path::PathBuf, WrittenImage, WrittenImage) {
+    let source = t.join("source");
+    let (first, _) = build_image(t, &source, "1.0-1", "a");
+    let (second, _) = build_image(t, &source, "1.0-2", "b");
     for build in ["1.0-1", "1.0-2"] {
         push(
             &source,
             build,
-            &format!("{host}/kiln/app:{build}"),
+            &format!("{}/kiln/app:{build}", registry.host()),
             &anonymous(),
         )
         .await
         .unwrap();
     }
+    (source, first, second)
+}
+
+#[tokio::test]
+async fn retag_moves_a_tag_without_moving_blobs() {
+    require_tool("skopeo");
+    let registry = Registry::start();
+    let t = tempfile::tempdir().unwrap();
+    let (source, first, second) = two_builds_pushed(&registry, t.path()).await;
+    let host = registry.host();
     // Nothing below reads the layout: a retag works from the registry alone.
     fs::remove_dir_all(&source).unwrap();
     let blob_requests = registry.blob_requests("kiln/app");
@@ -829,20 +839,8 @@ async fn delete_by_tag_and_by_digest() {
     require_tool("skopeo");
     let registry = Registry::start();
     let t = tempfile::tempdir().unwrap();
-    let source = t.path().join("source");
-    let (first, _) = build_image(t.path(), &source, "1.0-1", "a");
-    let (second, _) = build_image(t.path(), &source, "1.0-2", "b");
+    let (_source, first, second) = two_builds_pushed(&registry, t.path()).await;
     let host = registry.host();
-    for build in ["1.0-1", "1.0-2"] {
-        push(
-            &source,
-            build,
-            &format!("{host}/kiln/app:{build}"),
-            &anonymous(),
-        )
-        .await
-        .unwrap();
-    }
     retag(&format!("{host}/kiln/app:1.0-1"), "1.0", &anonymous())
         .await
         .unwrap();
