@@ -678,7 +678,9 @@ pub async fn client_tokens_make_create_idempotent<B: Backend>(backend: &B) {
     ));
 }
 
-fn make_image(
+/// What `create_build` asks for: an image of `name` 1.0.0 under the number it is given (for a
+/// backend's own tests, too).
+pub fn make_image(
     name: &'static str,
 ) -> impl Fn(u32) -> Result<(String, String, String), StoreError> + Send + Sync {
     move |build| {

@@ -13,7 +13,7 @@ use kiln_store::{
 use sqlx::ConnectOptions;
 use tempfile::TempDir;
 
-use kiln_store::conformance::{image, PREFIX};
+use kiln_store::conformance::{image, make_image, PREFIX};
 
 async fn new_store() -> (TempDir, SqliteStore) {
     let dir = TempDir::new().unwrap();
@@ -34,18 +34,6 @@ async fn new_row(store: &SqliteStore, row: Row, refs: &[&str]) -> Row {
 /// The database file's bytes, for checking that a test left the file as it was.
 fn snapshot(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
-}
-
-fn make_image(
-    name: &'static str,
-) -> impl Fn(u32) -> Result<(String, String, String), StoreError> + Send + Sync {
-    move |build| {
-        Ok((
-            format!("{PREFIX}:image/{name}/1.0.0/{build}"),
-            format!("{{\"build\":{build}}}"),
-            format!("{{\"build\":{build},\"body\":true}}"),
-        ))
-    }
 }
 
 /// Twenty builds of one version, as one process of a race would take them.
