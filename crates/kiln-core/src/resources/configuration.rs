@@ -5,7 +5,7 @@ use kiln_yaml::{Map, Node};
 use serde_json::Value;
 
 use super::draft::{common, resolve_path, unreported, Checker, Draft};
-use super::{content_digest, ResourceError, Resources};
+use super::{ResourceError, Resources};
 use crate::recipe::is_name;
 
 /// Keys of a distribution that are AWS settings kiln has no use for.
@@ -56,12 +56,10 @@ impl Resources {
                 resolve_path(p, &c.dir());
             }
         }
-        let digest = content_digest(&request, &[]);
         Ok(Draft::plain(
             Kind::InfrastructureConfiguration,
             name,
             description,
-            digest,
             request,
             token,
             warnings,
@@ -100,12 +98,10 @@ impl Resources {
                 }
             }
         }
-        let digest = content_digest(&request, &[]);
         Ok(Draft::plain(
             Kind::DistributionConfiguration,
             name,
             description,
-            digest,
             request,
             token,
             warnings,

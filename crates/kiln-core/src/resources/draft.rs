@@ -148,11 +148,12 @@ pub(super) struct Draft {
 }
 
 impl Draft {
+    /// A resource that is not versioned (a configuration, a pipeline): its digest is its whole
+    /// request's.
     pub fn plain(
         kind: Kind,
         name: String,
         description: String,
-        digest: String,
         request: Value,
         token: Option<String>,
         warnings: String,
@@ -162,7 +163,7 @@ impl Draft {
             name,
             version: None,
             description,
-            digest,
+            digest: super::content_digest(&request, &[]),
             request,
             token,
             uses: Vec::new(),

@@ -6,10 +6,7 @@ use kiln_yaml::Map;
 use serde_json::Value;
 
 use super::draft::{common, unreported, Checker, Draft};
-use super::{
-    cli_noun, content_digest, kind_noun, versioned, PipelineStatus, Reference, ResourceError,
-    Resources,
-};
+use super::{cli_noun, kind_noun, versioned, PipelineStatus, Reference, ResourceError, Resources};
 use crate::principal::Principal;
 
 /// What a pipeline names: the resources it uses and each reference as stored.
@@ -68,12 +65,10 @@ impl Resources {
                 o.insert(k.into(), Value::String(a));
             }
         }
-        let digest = content_digest(&request, &[]);
         let mut d = Draft::plain(
             Kind::ImagePipeline,
             name,
             description,
-            digest,
             request,
             token,
             warnings,
