@@ -220,7 +220,7 @@ fn recipe_document(
     ] {
         o.remove(k);
     }
-    if recipe.kind() == Kind::ContainerRecipe {
+    if recipe.kind == Kind::ContainerRecipe {
         o.insert("outputs".into(), json!(["oci"]));
     } else if !o.contains_key("outputs") {
         o.insert("outputs".into(), json!(["disk"]));

@@ -261,7 +261,7 @@ async fn create(res: &Resources, kind: Kind, f: &RequestFile, update: bool) -> R
     }
     let what = format!(
         "{} {}{}",
-        kind_noun(resource.kind()),
+        kind_noun(resource.kind),
         resource.name,
         resource
             .version
@@ -292,7 +292,7 @@ async fn get(res: &Resources, kinds: &[Kind], a: &RefArgs) -> Result<u8> {
 
 fn print_resource(out: &mut impl Write, r: &Resource) -> std::io::Result<()> {
     writeln!(out, "{}", r.arn)?;
-    writeln!(out, "  type        {}", kind_noun(r.kind()))?;
+    writeln!(out, "  type        {}", kind_noun(r.kind))?;
     writeln!(out, "  name        {}", r.name)?;
     if let Some(v) = r.version {
         writeln!(out, "  version     {v}")?;
@@ -393,7 +393,7 @@ async fn delete(res: &Resources, kinds: &[Kind], a: &RefArgs) -> Result<u8> {
     let r = res
         .delete(&crate::principal::local(), &a.reference, kinds)
         .await?;
-    println!("deleted {} {}", kind_noun(r.kind()), r.arn);
+    println!("deleted {} {}", kind_noun(r.kind), r.arn);
     Ok(0)
 }
 

@@ -180,11 +180,6 @@ pub struct Resource {
 }
 
 impl Resource {
-    /// Its kind.
-    pub fn kind(&self) -> Kind {
-        self.kind
-    }
-
     /// A request field as text.
     pub fn field(&self, key: &str) -> Option<&str> {
         self.request.get(key).and_then(Value::as_str)
@@ -393,7 +388,7 @@ impl Resources {
     ) -> Result<Resource, ResourceError> {
         let found = self.get(principal, reference, kinds).await?;
         let r = Reference::parse(reference, kinds).map_err(ResourceError::BadReference)?;
-        if versioned(found.kind()) && (r.version.is_none_or(|v| !v.is_exact())) {
+        if versioned(found.kind) && (r.version.is_none_or(|v| !v.is_exact())) {
             return Err(ResourceError::BadReference(format!(
                 "name one version to delete, such as {}/{} (`{reference}` could mean several)",
                 found.name,
@@ -412,7 +407,7 @@ impl Resources {
             if to == found.arn {
                 continue; // the store checks exact references itself
             }
-            let Ok(r) = Reference::parse(&to, &[found.kind()]) else {
+            let Ok(r) = Reference::parse(&to, &[found.kind]) else {
                 continue;
             };
             if !r
@@ -440,7 +435,7 @@ impl Resources {
 fn in_use(found: &Resource, users: Vec<String>) -> ResourceError {
     ResourceError::InUse(format!(
         "{} {} is used by {}: delete or change {} first",
-        kind_noun(found.kind()),
+        kind_noun(found.kind),
         found.arn,
         users.join(", "),
         if users.len() == 1 { "it" } else { "them" }
