@@ -140,13 +140,13 @@ pub fn registry_access(registries: &[RegistryCredentials]) -> kiln_dist::Registr
     )
 }
 
+/// A configured host's credentials and transport: pulls and distribution reach it the same way.
 fn registry_options(c: &RegistryCredentials) -> kiln_image::registry::RegistryOptions {
     kiln_image::registry::RegistryOptions {
         auth: Some(kiln_image::registry::RegistryAuth {
             username: c.username.clone(),
             password: c.password.clone(),
-        })
-        .filter(|a| !a.username.is_empty() || !a.password.is_empty()),
+        }),
         insecure_http: c.insecure_http,
     }
 }
@@ -263,19 +263,7 @@ async fn pulled(cx: &ParentContext<'_>, r: &str, reference: String) -> Result<Pa
     };
     let parsed =
         kiln_image::registry::parse_reference(r).map_err(|e| unavailable(e.to_string()))?;
-    let registries = cx.registries;
-    let opts = kiln_image::registry::RegistryOptions {
-        auth: registries
-            .iter()
-            .find(|c| c.host == parsed.registry())
-            .map(|c| kiln_image::registry::RegistryAuth {
-                username: c.username.clone(),
-                password: c.password.clone(),
-            }),
-        insecure_http: registries
-            .iter()
-            .any(|c| c.host == parsed.registry() && c.insecure_http),
-    };
+    let opts = registry_access(cx.registries).options_for(parsed.registry());
     let layout = cx.home.root.join("pulls");
     let tag = format!("p-{}", &sha256_hex(r.as_bytes())[..24]);
     (cx.progress)(&format!("pulling {r}"));
