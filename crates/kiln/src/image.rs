@@ -110,15 +110,21 @@ pub async fn records() -> Result<Records> {
     let store = kiln_core::state::Store::open(&home).await?;
     let records = Records::new(store);
     // A build whose kiln died shows as FAILED (interrupted) from the next command on.
-    recover(&records).await?;
+    recover(&records, &registry_access()?).await?;
     Ok(records)
 }
 
+/// How recovery reaches the configured registries to take a dead build's pushes back.
+fn registry_access() -> Result<kiln_dist::RegistryAccess> {
+    Ok(kiln_core::parent::registry_access(
+        &config::load()?.registries,
+    ))
+}
+
 /// Marks builds of kiln processes that died FAILED, taking back what they half-distributed.
-async fn recover(records: &Records) -> Result<()> {
-    let access = kiln_core::parent::registry_access(&config::load()?.registries);
+async fn recover(records: &Records, access: &kiln_dist::RegistryAccess) -> Result<()> {
     records
-        .recover_interrupted(&kiln_core::record::LocalRuns, &access)
+        .recover_interrupted(&kiln_core::record::LocalRuns, access)
         .await?;
     Ok(())
 }
@@ -510,8 +516,9 @@ async fn cancel(records: &Records, a: CancelArgs) -> Result<u8> {
     records.store().db().request_cancel(&r.arn).await?;
     eprintln!("asked {} to stop; waiting for it", r.build_version());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.wait);
+    let access = registry_access()?;
     loop {
-        recover(records).await?;
+        recover(records, &access).await?;
         let now = records.get(&r.arn).await?;
         if let Some(now) = now.filter(|n| n.state.is_final()) {
             println!("{} {}", now.state.as_str(), now.build_version());
