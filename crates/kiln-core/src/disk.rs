@@ -252,12 +252,6 @@ pub fn assemble(
     })
 }
 
-/// The host programs a disk build needs and this host lacks, as `program (package)`: those
-/// kiln-image assembles and converts disks with. (QEMU is the launcher's to check.)
-pub fn missing_host_programs() -> Vec<String> {
-    kdisk::missing_tools()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

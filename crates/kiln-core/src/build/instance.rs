@@ -119,12 +119,6 @@ pub(crate) async fn in_sandbox(
     job: SandboxJob<'_>,
 ) -> Result<SandboxResult, StageFailure> {
     let stage = job.drive.stage;
-    std::fs::create_dir_all(&job.drive.log_dir).map_err(|e| {
-        StageFailure::new(
-            stage,
-            format!("creating {}: {e}", job.drive.log_dir.display()),
-        )
-    })?;
     let recipe = run.recipe;
     let upper = job.dir.join("upper");
     let mut spec = SandboxSpec::new(
@@ -223,6 +217,13 @@ fn boot_failure(e: InstanceError, dir: &Path, log_dir: &Path, stage: State) -> S
         tail,
         log: Some(kept),
         kept: None,
+    }
+}
+
+/// Keeps a VM's serial console beside the logs of what ran on it.
+pub(crate) fn save_console(instance: &dyn Launched, log_dir: &Path) {
+    if let Some(console) = instance.console_log() {
+        let _ = std::fs::copy(console, log_dir.join("serial-console.log"));
     }
 }
 

@@ -172,7 +172,8 @@ impl Builder {
     fn preflight(&self, recipe: &Recipe) -> Result<(), BuildError> {
         let env = |e: kiln_instance::InstanceError| BuildError::Environment(e.to_string());
         if recipe.wants_disk() || recipe.infrastructure.builder == BuilderKind::Vm {
-            let missing = crate::disk::missing_host_programs();
+            // The programs disks are assembled and converted with; QEMU is the launcher's.
+            let missing = kiln_image::disk::missing_tools();
             if !missing.is_empty() {
                 return Err(BuildError::Environment(format!(
                     "disk images need {} on this host: run scripts/setup, or apt-get install them",

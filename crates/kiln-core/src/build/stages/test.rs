@@ -219,9 +219,7 @@ async fn in_vm(
         ));
     }
     let r = tokio::time::timeout(limit(run), instance::drive(run, vm.clone(), &drive)).await;
-    if let Some(console) = vm.console_log() {
-        let _ = std::fs::copy(console, drive.log_dir.join("serial-console.log"));
-    }
+    instance::save_console(vm.as_ref(), &drive.log_dir);
     let failed = !matches!(&r, Ok(Ok(d)) if d.report.status.ok());
     let keep = failed && run.keeps_failed_instances();
     let (kept, stopped) = instance::keep_or_stop(run, &vm, keep, State::Testing).await;

@@ -54,9 +54,7 @@ pub(crate) async fn build(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
         ));
     }
     let outcome = components(run, &vm).await;
-    if let Some(console) = vm.console_log() {
-        let _ = std::fs::copy(console, log_dir.join("serial-console.log"));
-    }
+    instance::save_console(vm.as_ref(), &log_dir);
     let keep = outcome.is_err() && run.keeps_failed_instances();
     if !keep {
         run.progress("powering the builder VM off");
