@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use kiln_instance::BuilderKind;
 
+use crate::disk::cache::{DiskCache, DiskEntry};
 use crate::recipe::Compression;
 use crate::store::{read_json, write_json, Home, LayerStore, StoreError, StoredLayer};
 
@@ -109,10 +110,18 @@ pub struct CacheEntry {
 pub struct PruneReport {
     /// Layers removed.
     pub layers_removed: usize,
+    /// Kept disks removed.
+    pub disks_removed: usize,
     /// Bytes freed.
     pub bytes_freed: u64,
     /// Bytes still used.
     pub bytes_left: u64,
+}
+
+/// One thing the cache may evict.
+enum Evictable {
+    Layer(StoredLayer),
+    Disk(DiskEntry),
 }
 
 /// The step cache of a data directory.
@@ -120,6 +129,7 @@ pub struct PruneReport {
 pub struct StepCache {
     home: Home,
     store: LayerStore,
+    disks: DiskCache,
 }
 
 impl StepCache {
@@ -127,6 +137,7 @@ impl StepCache {
     pub fn new(home: Home) -> Self {
         StepCache {
             store: LayerStore::new(home.clone()),
+            disks: DiskCache::new(&home),
             home,
         }
     }
@@ -166,48 +177,64 @@ impl StepCache {
             .collect()
     }
 
-    /// Bytes used by all stored layers (trees and blobs).
+    /// Bytes used by all stored layers (trees and blobs) and kept disks.
     pub fn usage(&self) -> u64 {
-        self.store
+        let layers: u64 = self
+            .store
             .list()
             .iter()
             .map(|l| l.info.size + l.info.tree_bytes)
-            .sum()
+            .sum();
+        layers + self.disks.usage()
     }
 
-    /// Removes least-recently-used layers until at most `max_bytes` are used, never touching
-    /// `keep` (layers a running build needs). Cache entries whose layer is gone are removed too.
+    /// The kept disks.
+    pub fn disks(&self) -> &DiskCache {
+        &self.disks
+    }
+
+    /// Removes least-recently-used layers and kept disks until at most `max_bytes` are used,
+    /// never touching `keep` (layer diff ids and disk keys a running build needs). Cache
+    /// entries whose layer is gone are removed too.
     pub fn prune(&self, max_bytes: u64, keep: &HashSet<String>) -> PruneReport {
-        let mut layers: Vec<(DateTime<Utc>, StoredLayer)> = self
+        let mut items: Vec<(DateTime<Utc>, u64, Evictable)> = self
             .store
             .list()
             .into_iter()
             .map(|l| {
-                (
-                    self.store
-                        .last_used(&l.info.diff_id)
-                        .unwrap_or(l.info.created),
-                    l,
-                )
+                let used = self
+                    .store
+                    .last_used(&l.info.diff_id)
+                    .unwrap_or(l.info.created);
+                (used, l.info.size + l.info.tree_bytes, Evictable::Layer(l))
             })
             .collect();
-        layers.sort_by_key(|(used, _)| *used);
-        let mut used: u64 = layers
-            .iter()
-            .map(|(_, l)| l.info.size + l.info.tree_bytes)
-            .sum();
+        items.extend(self.disks.entries().into_iter().map(|e| {
+            (
+                self.disks.last_used(&e),
+                self.disks.bytes(&e),
+                Evictable::Disk(e),
+            )
+        }));
+        items.sort_by_key(|(used, _, _)| *used);
+        let mut used: u64 = items.iter().map(|(_, size, _)| size).sum();
         let mut report = PruneReport::default();
-        for (_, l) in layers {
+        for (_, size, item) in items {
             if used <= max_bytes {
                 break;
             }
-            if keep.contains(&l.info.diff_id) {
-                continue;
+            match item {
+                Evictable::Layer(l) if !keep.contains(&l.info.diff_id) => {
+                    self.store.remove(&l.info.diff_id);
+                    report.layers_removed += 1;
+                }
+                Evictable::Disk(d) if !keep.contains(&d.key) => {
+                    self.disks.remove(&d.key);
+                    report.disks_removed += 1;
+                }
+                _ => continue,
             }
-            let size = l.info.size + l.info.tree_bytes;
-            self.store.remove(&l.info.diff_id);
             used = used.saturating_sub(size);
-            report.layers_removed += 1;
             report.bytes_freed += size;
         }
         for e in self.entries() {
@@ -216,6 +243,19 @@ impl StepCache {
             }
         }
         report.bytes_left = used;
+        report
+    }
+
+    /// Removes every kept disk (layers stay); the next disk build assembles its disk again.
+    pub fn prune_disks(&self) -> PruneReport {
+        let mut report = PruneReport::default();
+        for e in self.disks.entries() {
+            report.bytes_freed += self.disks.bytes(&e);
+            self.disks.remove(&e.key);
+            report.disks_removed += 1;
+        }
+        self.disks.sweep();
+        report.bytes_left = self.usage();
         report
     }
 }

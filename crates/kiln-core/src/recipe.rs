@@ -266,8 +266,8 @@ pub const DISK_BOOTSTRAP_PACKAGES: &[&str] = &[
 pub struct DiskSpec {
     /// Formats written to each region (the first is the one tested when it matters).
     pub formats: Vec<kiln_image::disk::DiskFormat>,
-    /// qcow2 with compressed clusters.
-    pub compressed: bool,
+    /// qcow2 with compressed clusters (`compressed: true` is zlib, `compressed: zstd` zstd).
+    pub compression: kiln_image::disk::DiskCompression,
     /// Disk size (`blockDeviceMappings[0].ebs.volumeSize`); content plus headroom when `None`.
     pub size_bytes: Option<u64>,
     /// Kernel packages added to a `bootstrap:` parent.
@@ -281,7 +281,7 @@ impl Default for DiskSpec {
     fn default() -> Self {
         DiskSpec {
             formats: vec![kiln_image::disk::DiskFormat::Qcow2],
-            compressed: false,
+            compression: kiln_image::disk::DiskCompression::None,
             size_bytes: None,
             kernel_packages: vec!["linux-image-cloud-amd64".into()],
             remove_guest_agent: false,
@@ -1200,16 +1200,30 @@ fn disk_spec(r: &mut Reader, m: &Map, wanted: bool) -> DiskSpec {
                     d.formats = formats;
                 }
             }
-            if let Some(c) = r.boolean(dm, "compressed") {
-                d.compressed = c;
-                if c && !d.formats.contains(&DiskFormat::Qcow2) {
-                    if let Some(n) = dm.get("compressed") {
-                        r.warn(
-                            n.span,
-                            "only qcow2 disks are compressed; no qcow2 format is listed",
-                            None,
-                        );
-                    }
+            if let Some(n) = dm.get("compressed") {
+                use kiln_image::disk::DiskCompression;
+                let c = match n.as_text() {
+                    Some("true") | Some("zlib") => Some(DiskCompression::Zlib),
+                    Some("false") => Some(DiskCompression::None),
+                    Some("zstd") => Some(DiskCompression::Zstd),
+                    _ => None,
+                };
+                match c {
+                    Some(c) => d.compression = c,
+                    None => r.error(
+                        n.span,
+                        "`compressed` is true, false, zlib (what every qcow2 reader reads) or zstd (smaller; QEMU 5.1 and later read it)",
+                        None,
+                    ),
+                }
+                if c.is_some_and(|c| c != DiskCompression::None)
+                    && !d.formats.contains(&DiskFormat::Qcow2)
+                {
+                    r.warn(
+                        n.span,
+                        "only qcow2 disks are compressed; no qcow2 format is listed",
+                        None,
+                    );
                 }
             }
             if let Some(k) = r.strings(dm, "kernelPackages", true) {
@@ -1656,7 +1670,8 @@ tags:
         .unwrap();
         assert!(r.wants_disk() && r.wants_oci());
         assert_eq!(r.disk.formats, vec![DiskFormat::Qcow2, DiskFormat::Vmdk]);
-        assert!(r.disk.compressed && r.disk.remove_guest_agent);
+        assert_eq!(r.disk.compression, kiln_image::disk::DiskCompression::Zlib);
+        assert!(r.disk.remove_guest_agent);
         assert_eq!(r.disk.size_bytes, Some(4 << 30));
         assert_eq!(r.infrastructure.vm.memory_mib, 2048);
         assert_eq!(r.infrastructure.vm.cpus, 4);

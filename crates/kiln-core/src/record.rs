@@ -245,8 +245,14 @@ pub struct DiskRecord {
         deserialize_with = "crate::disk::guest_agent_or_empty"
     )]
     pub guest_agent: Option<GuestAgent>,
-    /// Milliseconds spent assembling the disk.
+    /// Milliseconds spent assembling the disk (0 when it came from the disk cache).
     pub assemble_ms: u64,
+    /// `sha256:` of the raw disk: the same layers and settings give the same digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The disk came from the disk cache (nothing that makes it had changed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 /// One package of the image.

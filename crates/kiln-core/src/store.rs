@@ -5,6 +5,7 @@
 //!   blobs/sha256/<hex>          compressed layer blobs (an OCI layout's blobs folder shape)
 //!   layers/<diff-id hex>/       one layer: fs/ (overlay lower-dir form) and layer.json
 //!   cache/<key hex>.json        step cache: key -> layer
+//!   disks/<key hex>/            assembled disks and their conversions (crate::disk::cache)
 //!   images/<name>/<version>/<n>/ build records and logs
 //!   regions/<region>/           default local regions (OCI image layouts)
 //!   run/<build id>/             scratch of running builds (swept when their kiln is gone)
@@ -137,6 +138,10 @@ impl Home {
     pub fn regions(&self) -> PathBuf {
         self.root.join("regions")
     }
+    /// Assembled disks, kept under what made them.
+    pub fn disks(&self) -> PathBuf {
+        self.root.join("disks")
+    }
     /// Scratch of running builds.
     pub fn run(&self) -> PathBuf {
         self.root.join("run")
@@ -225,6 +230,25 @@ impl LayerStore {
         let fs = dir.join("fs");
         let blob = self.blob_path(&info.digest);
         (fs.is_dir() && blob.is_file()).then_some(StoredLayer { info, fs, blob })
+    }
+
+    /// The layer's tree with the times its blob gives (see [`kiln_image::align_times`]), once
+    /// per layer: the latest of them. Disks are made from trees, and a tree captured from a
+    /// builder keeps the times of the build until this is done.
+    pub fn aligned(&self, layer: &StoredLayer) -> Result<i64, StoreError> {
+        let marker = self.dir(&layer.info.diff_id).join("times");
+        if let Some(t) = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return Ok(t);
+        }
+        let latest = kiln_image::align_times(&layer.blob, &layer.fs)?;
+        let tmp = marker.with_extension(format!("tmp-{}", std::process::id()));
+        std::fs::write(&tmp, format!("{latest}\n"))
+            .and_then(|_| std::fs::rename(&tmp, &marker))
+            .map_err(io("writing", &marker))?;
+        Ok(latest)
     }
 
     /// Marks a layer as just used (for least-recently-used eviction).

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_image::disk::{self as kdisk, DiskFormat};
+use crate::DiskFile;
 
 /// A disk placed in a region.
 #[derive(Debug, Clone)]
@@ -17,23 +17,37 @@ pub struct Placed {
     pub size: u64,
 }
 
-/// Writes `raw` in `format` into `region/disks/`, as `BUILD_STEM.EXT`; it appears complete or
+/// Puts `file` into `region/disks/` as `BUILD_STEM.EXT`, a hard link when the region is on the
+/// file's filesystem (a copy-on-write clone or a sparse copy when not); it appears complete or
 /// not at all.
-pub fn place(
-    raw: &Path,
-    region: &Path,
-    build_stem: &str,
-    format: DiskFormat,
-    compressed: bool,
-) -> Result<Placed, String> {
+pub fn place(file: &DiskFile, region: &Path, build_stem: &str) -> Result<Placed, String> {
     let dir = region.join("disks");
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let ext = format.extension();
-    let path = dir.join(format!("{build_stem}.{ext}"));
-    kdisk::convert(raw, &path, format, compressed).map_err(|e| e.to_string())?;
-    let digest = kiln_image::digest::sha256_file(&path).map_err(|e| e.to_string())?;
-    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    Ok(Placed { path, digest, size })
+    let path = dir.join(format!("{build_stem}.{}", file.format.extension()));
+    let tmp = path.with_extension("partial");
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(&file.path, &tmp).is_err() {
+        let status = std::process::Command::new("cp")
+            .args(["--reflink=auto", "--sparse=always"])
+            .arg(&file.path)
+            .arg(&tmp)
+            .status()
+            .map_err(|e| format!("cp: {e}"))?;
+        if !status.success() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!(
+                "copying {} to {} failed ({status})",
+                file.path.display(),
+                tmp.display()
+            ));
+        }
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(Placed {
+        path,
+        digest: file.digest.clone(),
+        size: file.size,
+    })
 }
 
 /// Points `STEM.EXT` (the version's name) at a placed build's file: a hard link swapped in by a
@@ -50,5 +64,8 @@ pub fn link_version(placed: &Path, stem: &str) -> Result<PathBuf, String> {
     std::fs::hard_link(placed, &tmp)
         .and_then(|_| std::fs::rename(&tmp, &latest))
         .map_err(|e| format!("linking {}: {e}", latest.display()))?;
+    // When the version's name already is this file (builds of one disk share it, from the disk
+    // cache), rename does nothing and leaves the temporary name.
+    let _ = std::fs::remove_file(&tmp);
     Ok(latest)
 }

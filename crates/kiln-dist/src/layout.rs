@@ -56,22 +56,12 @@ impl LayoutTarget {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        for &format in &d.formats {
-            let (raw, dir, stem, compressed) = (
-                d.raw.clone(),
-                self.dir.clone(),
-                a.build.build_stem(),
-                d.compressed,
-            );
-            let placed = blocking(move || disk::place(&raw, &dir, &stem, format, compressed))
+        for file in &d.files {
+            let format = file.format;
+            let (file, dir, stem) = (file.clone(), self.dir.clone(), a.build.build_stem());
+            let placed = blocking(move || disk::place(&file, &dir, &stem))
                 .await
-                .map_err(|e| {
-                    // A conversion that failed may leave its temporary file.
-                    let _ = std::fs::remove_file(
-                        self.disk_file(&a.build, format).with_extension("partial"),
-                    );
-                    self.fail(e)
-                })?;
+                .map_err(|e| self.fail(e))?;
             progress(&format!(
                 "region {}: {} ({} MiB)",
                 self.region,
@@ -183,7 +173,7 @@ impl Target for LayoutTarget {
                 tags: vec![a.build.build_tag(), a.build.version_tag()],
             });
         }
-        for &format in a.disk.iter().flat_map(|d| d.formats.iter()) {
+        for format in a.disk.iter().flat_map(|d| d.files.iter().map(|f| f.format)) {
             plan.push(Planned {
                 region: self.region.clone(),
                 kind: OutputKind::Disk(format),
@@ -264,7 +254,7 @@ impl Target for LayoutTarget {
                 manifest_digest: digest,
             });
         }
-        for &format in a.disk.iter().flat_map(|d| d.formats.iter()) {
+        for format in a.disk.iter().flat_map(|d| d.files.iter().map(|f| f.format)) {
             disk::link_version(&self.disk_file(&a.build, format), &a.build.version_stem())
                 .map_err(|e| self.fail(e))?;
         }

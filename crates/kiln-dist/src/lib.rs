@@ -83,15 +83,24 @@ pub struct OciImage {
     pub settings: ImageSettings,
 }
 
-/// A bootable disk to distribute, in each of its formats.
+/// A bootable disk to distribute: one file per format, each region gets them all.
 #[derive(Debug, Clone)]
 pub struct DiskImage {
-    /// The raw disk.
-    pub raw: PathBuf,
-    /// The formats each region gets.
-    pub formats: Vec<DiskFormat>,
-    /// qcow2 with compressed clusters.
-    pub compressed: bool,
+    /// The files, already in their formats.
+    pub files: Vec<DiskFile>,
+}
+
+/// A disk file in one format, ready to be placed in regions (linked where it can be).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskFile {
+    /// Its format.
+    pub format: DiskFormat,
+    /// Where it is.
+    pub path: PathBuf,
+    /// `sha256:` of its bytes.
+    pub digest: String,
+    /// Its length in bytes.
+    pub size: u64,
 }
 
 /// What one build distributes.

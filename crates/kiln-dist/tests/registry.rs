@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use kiln_dist::{
-    distribute, take_back, Artifact, BuildId, DiskImage, OciImage, OutputKind, Region,
+    distribute, take_back, Artifact, BuildId, DiskFile, DiskImage, OciImage, OutputKind, Region,
     RegistryAccess, RegistryTarget,
 };
 use kiln_image::registry::{manifest_digest, RegistryOptions};
@@ -144,9 +144,12 @@ async fn a_registry_region_refuses_disks_and_an_unreachable_one_stops_everything
     let layout = d.path().join("local");
     let mut with_disk = artifact(d.path(), 1, "one");
     with_disk.disk = Some(DiskImage {
-        raw: d.path().join("disk.raw"),
-        formats: vec![kiln_image::disk::DiskFormat::Qcow2],
-        compressed: false,
+        files: vec![DiskFile {
+            format: kiln_image::disk::DiskFormat::Qcow2,
+            path: d.path().join("disk.qcow2"),
+            digest: "sha256:00".into(),
+            size: 0,
+        }],
     });
     let e = distribute(
         &[Region::local("local", layout.clone()), region(&registry)],

@@ -28,10 +28,12 @@ mod extract;
 mod pgzip;
 mod retar;
 mod tarw;
+mod times;
 mod upper;
 
 pub use extract::extract_layer;
 pub use retar::layer_from_tar;
+pub use times::align_times;
 pub use upper::write_layer;
 
 /// Compression of a layer blob; it decides the blob's media type.

@@ -45,43 +45,49 @@ fn disk() -> PathBuf {
         let uuid = "5d0b7a52-7f1e-4a57-8c1d-2d3f4e5a6b7c";
         kiln_image::disk::boot_files(&boot, uuid, &kernel, initrd.as_deref()).unwrap();
         let fs = dir.join("root.ext4");
-        kiln_image::disk::root_filesystem(&[boot, root.clone()], &fs, uuid, FIT).unwrap();
+        let id = kiln_image::disk::FsIdentity {
+            uuid: uuid.into(),
+            hash_seed: "6e1c8b63-8f2f-4b68-9d2e-3e4f5a6b7c8d".into(),
+            epoch: 1_700_000_000,
+        };
+        let guids = kiln_image::disk::DiskGuids {
+            disk: "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d".into(),
+            bios_boot: "2c3d4e5f-6a7b-4c8d-9e0f-1a2b3c4d5e6f".into(),
+            root: "1b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d5e".into(),
+        };
+        let label = kiln_image::disk::DiskLabel {
+            name: "vm-test".into(),
+            uuid: guids.disk.clone(),
+            epoch: id.epoch,
+        };
+        let plain = kiln_image::disk::DiskCompression::None;
+        kiln_image::disk::root_filesystem(&[boot, root.clone()], &fs, &id, FIT).unwrap();
         let raw = dir.join("disk.raw");
-        kiln_image::disk::assemble(
-            &fs,
-            &raw,
-            "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
-            "1b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d5e",
-        )
-        .unwrap();
+        kiln_image::disk::assemble(&fs, &raw, &guids).unwrap();
         // A disk whose kernel is garbage: GRUB refuses it.
         let bad = dir.join("badkernel");
         std::fs::create_dir_all(bad.join("boot")).unwrap();
         std::fs::write(bad.join("boot").join(&kernel), b"not a kernel").unwrap();
         let bad_boot = dir.join("boot");
         let bad_fs = dir.join("bad.ext4");
-        kiln_image::disk::root_filesystem(&[bad, bad_boot, root.clone()], &bad_fs, uuid, FIT)
+        kiln_image::disk::root_filesystem(&[bad, bad_boot, root.clone()], &bad_fs, &id, FIT)
             .unwrap();
         let bad_raw = dir.join("bad.raw");
-        kiln_image::disk::assemble(
-            &bad_fs,
-            &bad_raw,
-            "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
-            "1b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d5e",
-        )
-        .unwrap();
+        kiln_image::disk::assemble(&bad_fs, &bad_raw, &guids).unwrap();
         kiln_image::disk::convert(
             &bad_raw,
             &dir.join("bad.qcow2"),
             kiln_image::disk::DiskFormat::Qcow2,
-            false,
+            plain,
+            &label,
         )
         .unwrap();
         for p in [&fs, &bad_fs, &bad_raw] {
             std::fs::remove_file(p).unwrap();
         }
         let _ = std::fs::remove_dir_all(&root);
-        kiln_image::disk::convert(&raw, &disk, kiln_image::disk::DiskFormat::Qcow2, false).unwrap();
+        kiln_image::disk::convert(&raw, &disk, kiln_image::disk::DiskFormat::Qcow2, plain, &label)
+            .unwrap();
         std::fs::remove_file(&raw).unwrap();
     }
     *f = Some(disk.clone());

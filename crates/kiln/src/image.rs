@@ -86,9 +86,10 @@ pub struct LogsArgs {
 /// `kiln cache ...`
 #[derive(Subcommand)]
 pub enum CacheCommand {
-    /// How much the layer store and step cache use.
+    /// How much the layer store, the step cache and the kept disks use.
     Info,
-    /// Remove least-recently-used layers down to a size (the configured limit by default).
+    /// Remove least-recently-used layers and kept disks down to a size (the configured limit
+    /// by default).
     Prune(PruneArgs),
 }
 
@@ -99,8 +100,11 @@ pub struct PruneArgs {
     #[arg(long)]
     all: bool,
     /// Target size, such as 5GiB.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "disks")]
     max_size: Option<String>,
+    /// Remove every kept disk (and only those): the next disk build assembles its disk again.
+    #[arg(long, conflicts_with = "all")]
+    disks: bool,
 }
 
 /// The build records of the data directory, with interrupted builds marked FAILED.
@@ -535,6 +539,14 @@ async fn cancel(records: &Records, a: CancelArgs) -> Result<u8> {
     }
 }
 
+/// A unit enum's serde name (`zstd`).
+fn serde_plain<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 /// Runs `kiln cache ...`.
 pub async fn cache(cmd: CacheCommand) -> Result<u8> {
     let cfg = config::load()?;
@@ -545,11 +557,35 @@ pub async fn cache(cmd: CacheCommand) -> Result<u8> {
     match cmd {
         CacheCommand::Info => {
             let layers = kiln_core::store::LayerStore::new(home.clone()).list();
+            let layer_bytes: u64 = layers.iter().map(|l| l.info.size + l.info.tree_bytes).sum();
+            let disks = cache.disks().entries();
+            let disk_bytes: u64 = disks.iter().map(|d| cache.disks().bytes(d)).sum();
             writeln!(out, "{}", home.root.display())?;
-            writeln!(out, "  layers        {}", layers.len())?;
+            writeln!(out, "  layers        {} ({})", layers.len(), bytes(layer_bytes))?;
             writeln!(out, "  cache entries {}", cache.entries().len())?;
-            writeln!(out, "  used          {}", bytes(cache.usage()))?;
+            writeln!(out, "  disks         {} ({})", disks.len(), bytes(disk_bytes))?;
+            writeln!(out, "  used          {}", bytes(layer_bytes + disk_bytes))?;
             writeln!(out, "  limit         {}", bytes(cfg.cache_max_bytes))?;
+            let mut disks = disks;
+            disks.sort_by(|a, b| a.name.cmp(&b.name).then(a.created.cmp(&b.created)));
+            for d in &disks {
+                let mut formats: Vec<String> = vec!["raw".into()];
+                formats.extend(d.formats.iter().map(|f| {
+                    match serde_plain(&f.compression).as_str() {
+                        "none" => f.format.extension().to_string(),
+                        c => format!("{} ({c})", f.format.extension()),
+                    }
+                }));
+                writeln!(
+                    out,
+                    "    {:<20} {:>9}  {}  {}  {}",
+                    d.name,
+                    bytes(cache.disks().bytes(d)),
+                    &d.raw.digest[..d.raw.digest.len().min(19)],
+                    formats.join(", "),
+                    d.created.format("%Y-%m-%d %H:%M")
+                )?;
+            }
         }
         CacheCommand::Prune(a) => {
             let max = if a.all {
@@ -572,11 +608,16 @@ pub async fn cache(cmd: CacheCommand) -> Result<u8> {
             if still > 0 {
                 bail!("{still} build(s) are running ({} total folders in {}); prune when they are done", running, home.run().display());
             }
-            let r = cache.prune(max, &Default::default());
+            let r = if a.disks {
+                cache.prune_disks()
+            } else {
+                cache.prune(max, &Default::default())
+            };
             writeln!(
                 out,
-                "removed {} layer(s), freed {}, {} left",
+                "removed {} layer(s) and {} disk(s), freed {}, {} left",
                 r.layers_removed,
+                r.disks_removed,
                 bytes(r.bytes_freed),
                 bytes(r.bytes_left)
             )?;

@@ -204,6 +204,7 @@ impl Builder {
         let epoch = self.options.epoch.unwrap_or(now.timestamp());
         kiln_instance::runlock::sweep(&self.home.run());
         LayerStore::new(self.home.clone()).sweep();
+        crate::disk::cache::DiskCache::new(&self.home).sweep();
 
         // Hold the run folder before the record exists, so that another kiln never takes a
         // starting build for an interrupted one.
@@ -369,6 +370,7 @@ impl Builder {
             disk.iter()
                 .flat_map(|d| d.chain.iter().map(|l| l.info.diff_id.clone())),
         );
+        keep.extend(disk.iter().map(|d| d.entry.key.clone()));
         let cache = StepCache::new(self.home.clone());
         if cache.usage() > self.options.cache_max_bytes {
             let report = cache.prune(self.options.cache_max_bytes, &keep);

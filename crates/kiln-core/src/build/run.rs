@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use kiln_instance::Launcher;
 
+use crate::disk::cache::DiskEntry;
 use crate::disk::{Assembled, GuestAgent};
 use crate::parent::Parent;
 use crate::recipe::Recipe;
@@ -22,13 +23,13 @@ use super::BuildOptions;
 pub(crate) struct BuiltDisk {
     /// The raw disk in the run folder.
     pub assembled: Assembled,
+    /// It, kept in the disk cache (its conversions are made and kept there).
+    pub entry: DiskEntry,
     /// Its layers (the image's, plus the guest agent when kiln added it); empty when a builder
     /// VM wrote the disk itself.
     pub chain: Vec<StoredLayer>,
     /// Where its guest agent came from.
     pub guest_agent: GuestAgent,
-    /// A builder VM wrote it: it is not made of content-addressed layers.
-    pub from_vm: bool,
 }
 
 /// A running build.

@@ -2,13 +2,15 @@
 //! and kiln has to drive the disk's VMs through it), assembled into a raw bootable disk in the
 //! run folder; after the tests, the agent kiln brought in goes again when the recipe asks.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::build::components;
 use crate::build::failure::StageFailure;
 use crate::build::millis;
 use crate::build::run::{BuildRun, BuiltDisk};
-use crate::disk::{self, Assembled, GuestAgent};
+use crate::disk::cache::{self, DiskCache, DiskEntry, Made};
+use crate::disk::{self, Assembled, DiskSpec, GuestAgent};
 use crate::recipe::ParentImage;
 use crate::record::{DiskRecord, State};
 use crate::store::StoredLayer;
@@ -27,12 +29,12 @@ pub(crate) async fn assemble(run: &mut BuildRun<'_>) -> Result<(), StageFailure>
     }
     let chain = run.chain.clone();
     let (chain, guest_agent) = with_guest_agent(run, &chain).await?;
-    let assembled = assemble_chain(run, &chain).await?;
+    let (assembled, entry) = assemble_chain(run, &chain).await?;
     run.disk = Some(BuiltDisk {
         assembled,
+        entry,
         chain,
         guest_agent,
-        from_vm: false,
     });
     Ok(())
 }
@@ -82,36 +84,92 @@ pub(crate) async fn with_guest_agent(
     Ok((out, GuestAgent::InstalledByKiln))
 }
 
-/// Assembles the raw disk of `chain` in the run folder and records it.
+/// The raw disk of `chain` with `extra` free space (when the recipe gives no size): the kept
+/// one when nothing that makes it changed, else assembled now and kept. The build reads it
+/// through its own link in `work`, so the cache may drop it meanwhile.
+pub(crate) async fn disk_of(
+    run: &BuildRun<'_>,
+    chain: &[StoredLayer],
+    extra: u64,
+    work: PathBuf,
+) -> Result<(Assembled, DiskEntry, bool), StageFailure> {
+    let fail = |e: String| StageFailure::new(State::Building, e);
+    let (home, name, size, no_cache) = (
+        run.home.clone(),
+        run.recipe.name.clone(),
+        run.recipe.disk.size_bytes,
+        run.options.no_cache,
+    );
+    let chain = chain.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let spec = DiskSpec {
+            name: &name,
+            chain: &chain,
+            size,
+            extra,
+        };
+        let cache = DiskCache::new(&home);
+        let key = cache::key(&spec);
+        let kept = if no_cache { None } else { cache.get(&key) };
+        let (entry, cached) = match kept {
+            Some(entry) => (entry, true),
+            None => {
+                let t0 = Instant::now();
+                let layers = crate::store::LayerStore::new(home.clone());
+                let a = disk::assemble(&spec, &layers, &work)?;
+                let made = Made {
+                    name: name.clone(),
+                    layers: chain.iter().map(|l| l.info.diff_id.clone()).collect(),
+                    digest: cache::digest_of(&a.raw).map_err(|e| e.to_string())?,
+                    assemble_ms: millis(t0),
+                };
+                (cache.put(&key, made, &a).map_err(|e| e.to_string())?, false)
+            }
+        };
+        let raw = work.join("disk.raw");
+        cache::link_or_copy(&cache.raw_path(&entry), &raw)
+            .map_err(|e| format!("linking the disk into {}: {e}", work.display()))?;
+        Ok((entry.assembled(raw), entry, cached))
+    })
+    .await
+    .map_err(|e| fail(e.to_string()))?
+    .map_err(|e: String| fail(format!("the disk image: {e}")))
+}
+
+/// The raw disk of `chain` for the image, recorded.
 pub(crate) async fn assemble_chain(
     run: &mut BuildRun<'_>,
     chain: &[StoredLayer],
-) -> Result<Assembled, StageFailure> {
+) -> Result<(Assembled, DiskEntry), StageFailure> {
     run.progress("assembling the disk image (GPT, GRUB, ext4 made with mkfs.ext4 -d)");
     let t0 = Instant::now();
-    let (layers, work, size) = (
-        chain.to_vec(),
-        run.run_dir.join("disk"),
-        run.recipe.disk.size_bytes,
-    );
-    let a = tokio::task::spawn_blocking(move || disk::assemble(&layers, &work, size, 0))
-        .await
-        .map_err(|e| StageFailure::new(State::Building, e.to_string()))?
-        .map_err(|e| StageFailure::new(State::Building, format!("the disk image: {e}")))?;
+    let (a, entry, cached) = disk_of(run, chain, 0, run.run_dir.join("disk")).await?;
     run.rec.disk = Some(DiskRecord {
         kernel: a.kernel.clone(),
         size: a.size,
         filesystem_uuid: a.ids.filesystem.clone(),
         guest_agent: None,
-        assemble_ms: millis(t0),
+        assemble_ms: if cached { 0 } else { entry.assemble_ms },
+        digest: Some(entry.raw.digest.clone()),
+        cached,
     });
-    run.progress(format!(
-        "disk image assembled: {} MiB, kernel {} ({:.1} s)",
-        a.size >> 20,
-        a.kernel,
-        t0.elapsed().as_secs_f64()
-    ));
-    Ok(a)
+    if cached {
+        run.progress(format!(
+            "the disk image comes from the disk cache: {} MiB, kernel {}, {}",
+            a.size >> 20,
+            a.kernel,
+            entry.raw.digest
+        ));
+    } else {
+        run.progress(format!(
+            "disk image assembled: {} MiB, kernel {} ({:.1} s), {}",
+            a.size >> 20,
+            a.kernel,
+            t0.elapsed().as_secs_f64(),
+            entry.raw.digest
+        ));
+    }
+    Ok((a, entry))
 }
 
 /// After the tests: the guest agent kiln installed goes when the recipe asks
@@ -127,12 +185,12 @@ pub(crate) async fn remove_guest_agent(run: &mut BuildRun<'_>) -> Result<(), Sta
         let mut chain = d.chain.clone();
         let (layer, _) = internal_layer(run, &c, &chain).await?;
         chain.push(layer);
-        let assembled = assemble_chain(run, &chain).await?;
+        let (assembled, entry) = assemble_chain(run, &chain).await?;
         run.disk = Some(BuiltDisk {
             assembled,
+            entry,
             chain,
             guest_agent: GuestAgent::RemovedAfterTests,
-            from_vm: false,
         });
     }
     record_guest_agent(run);

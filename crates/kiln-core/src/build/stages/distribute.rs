@@ -4,12 +4,14 @@
 
 use std::sync::atomic::Ordering;
 
-use kiln_dist::{Artifact, DiskImage, OciImage, Region};
+use kiln_dist::{Artifact, DiskFile, DiskImage, OciImage, Region};
+use kiln_image::disk::DiskFormat;
 
 use crate::build::event::BuildEvent;
 use crate::build::failure::StageFailure;
 use crate::build::image_config::image_settings;
 use crate::build::run::BuildRun;
+use crate::disk::cache::DiskCache;
 use crate::record::State;
 use crate::store::{Home, StoredLayer};
 
@@ -34,7 +36,8 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
     // From here on a cancel request waits: a region is never left half-written.
     run.distributing.store(true, Ordering::SeqCst);
     let regions = regions(run.home, run.recipe);
-    let artifact = artifact(run).await;
+    let files = disk_files(run).await?;
+    let artifact = artifact(run, files).await;
     run.rec.distributing = kiln_dist::plan(&regions, &artifact);
     run.enter(State::Distributing).await;
     let observer = run.observer.clone();
@@ -50,7 +53,50 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
     Ok(())
 }
 
-async fn artifact(run: &BuildRun<'_>) -> Artifact {
+/// The disk in every format the recipe asks for: kept conversions of the disk in the disk
+/// cache, made now for the formats it does not have yet.
+async fn disk_files(run: &mut BuildRun<'_>) -> Result<Vec<DiskFile>, StageFailure> {
+    let Some(d) = run.disk.as_mut() else {
+        return Ok(Vec::new());
+    };
+    let mut files = Vec::new();
+    for &format in &run.recipe.disk.formats {
+        let compression = run.recipe.disk.compression;
+        let have = d.entry.formats.iter().any(|f| {
+            f.format == format && (format != DiskFormat::Qcow2 || f.compression == compression)
+        });
+        if format != DiskFormat::Raw && !have {
+            run.observer.event(&BuildEvent::Progress {
+                message: format!("converting the disk to {}", format.extension()),
+            });
+        }
+        let (cache, mut entry) = (DiskCache::new(run.home), d.entry.clone());
+        let t0 = std::time::Instant::now();
+        let (file, entry, kept) = tokio::task::spawn_blocking(move || {
+            cache
+                .format(&mut entry, format, compression)
+                .map(|(f, kept)| (f, entry, kept))
+        })
+        .await
+        .map_err(|e| StageFailure::new(State::Distributing, e.to_string()))?
+        .map_err(|e| StageFailure::new(State::Distributing, e.to_string()))?;
+        if !kept {
+            run.observer.event(&BuildEvent::Progress {
+                message: format!(
+                    "the disk as {}: {} MiB in {:.1} s",
+                    format.extension(),
+                    file.size >> 20,
+                    t0.elapsed().as_secs_f64()
+                ),
+            });
+        }
+        d.entry = entry;
+        files.push(file);
+    }
+    Ok(files)
+}
+
+async fn artifact(run: &BuildRun<'_>, files: Vec<DiskFile>) -> Artifact {
     let image = match (&run.parent, run.recipe.wants_oci()) {
         (Some(parent), true) => Some(OciImage {
             blobs: run.chain.iter().map(StoredLayer::as_blob).collect(),
@@ -65,11 +111,7 @@ async fn artifact(run: &BuildRun<'_>) -> Artifact {
         }),
         _ => None,
     };
-    let disk = run.disk.as_ref().map(|d| DiskImage {
-        raw: d.assembled.raw.clone(),
-        formats: run.recipe.disk.formats.clone(),
-        compressed: run.recipe.disk.compressed,
-    });
+    let disk = run.disk.as_ref().map(|_| DiskImage { files });
     Artifact {
         build: run.rec.build_id(),
         image,

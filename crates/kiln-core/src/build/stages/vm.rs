@@ -11,10 +11,11 @@ use crate::build::failure::StageFailure;
 use crate::build::instance::{self, Drive};
 use crate::build::run::{BuildRun, BuiltDisk};
 use crate::build::{millis, timings};
-use crate::disk::{self, Assembled};
+use crate::disk::cache::{self, DiskCache, Made};
+use crate::disk::Assembled;
 use crate::record::{CacheUse, DiskRecord, State};
 
-use super::disk::{with_guest_agent, VM_BUILDER_HEADROOM};
+use super::disk::{disk_of, with_guest_agent, VM_BUILDER_HEADROOM};
 
 /// Builds every component in one builder VM; the disk it leaves is `run.disk`.
 pub(crate) async fn build(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
@@ -22,17 +23,16 @@ pub(crate) async fn build(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
     let (base, guest_agent) = with_guest_agent(run, &chain).await?;
     run.progress("assembling the parent's disk for the builder VM");
     let t0 = Instant::now();
-    let (layers, work, size) = (
-        base.clone(),
-        run.run_dir.join("parent-disk"),
-        run.recipe.disk.size_bytes,
-    );
-    let parent_disk = tokio::task::spawn_blocking(move || {
-        disk::assemble(&layers, &work, size, VM_BUILDER_HEADROOM)
-    })
-    .await
-    .map_err(|e| StageFailure::new(State::Building, e.to_string()))?
-    .map_err(|e| StageFailure::new(State::Building, format!("the parent's disk: {e}")))?;
+    let (parent_disk, _, cached) =
+        disk_of(run, &base, VM_BUILDER_HEADROOM, run.run_dir.join("parent-disk"))
+            .await
+            .map_err(|mut f| {
+                f.reason = f.reason.replace("the disk image", "the parent's disk");
+                f
+            })?;
+    if cached {
+        run.progress("the parent's disk comes from the disk cache");
+    }
     let assemble_ms = millis(t0);
     let log_dir = run.rec.logs.join("builder-vm");
     let vm_dir = run.run_dir.join("builder-vm");
@@ -72,30 +72,52 @@ pub(crate) async fn build(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
     let overlay = vm.written_disk().ok_or_else(|| {
         StageFailure::new(State::Building, "the builder VM has no disk to read back")
     })?;
-    let raw = run.run_dir.join("disk").join("disk.raw");
-    let raw2 = raw.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Some(d) = raw2.parent() {
-            std::fs::create_dir_all(d)?;
-        }
-        kiln_image::disk::flatten(&overlay, &raw2).map_err(std::io::Error::other)
+    let work = run.run_dir.join("disk");
+    let (home, name) = (run.home.clone(), run.recipe.name.clone());
+    let kept = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        std::fs::create_dir_all(&work).map_err(|e| format!("creating {}: {e}", work.display()))?;
+        let flat = work.join("flat.raw");
+        kiln_image::disk::flatten(&overlay, &flat).map_err(|e| e.to_string())?;
+        // Kept like an assembled disk (its conversions are made the same way), under its bytes:
+        // it is not made of layers, so no other build will ask for it by what made it.
+        let digest = cache::digest_of(&flat).map_err(|e| e.to_string())?;
+        let flattened = Assembled {
+            raw: flat,
+            ..parent_disk
+        };
+        let made = Made {
+            name,
+            layers: Vec::new(),
+            digest: digest.clone(),
+            assemble_ms: 0,
+        };
+        let cache = DiskCache::new(&home);
+        let entry = cache
+            .put(&cache::written_key(&digest), made, &flattened)
+            .map_err(|e| e.to_string())?;
+        let raw = work.join("disk.raw");
+        cache::link_or_copy(&cache.raw_path(&entry), &raw).map_err(|e| e.to_string())?;
+        Ok((entry.assembled(raw), entry))
     })
     .await
     .map_err(|e| StageFailure::new(State::Building, e.to_string()))?
     .map_err(|e| StageFailure::new(State::Building, format!("the builder VM's disk: {e}")))?;
+    let (assembled, entry) = kept;
     let _ = std::fs::remove_dir_all(run.run_dir.join("parent-disk"));
     run.rec.disk = Some(DiskRecord {
-        kernel: parent_disk.kernel.clone(),
-        size: parent_disk.size,
-        filesystem_uuid: parent_disk.ids.filesystem.clone(),
+        kernel: assembled.kernel.clone(),
+        size: assembled.size,
+        filesystem_uuid: assembled.ids.filesystem.clone(),
         guest_agent: None,
         assemble_ms: assemble_ms + millis(t0),
+        digest: Some(entry.raw.digest.clone()),
+        cached: false,
     });
     run.disk = Some(BuiltDisk {
-        assembled: Assembled { raw, ..parent_disk },
+        assembled,
+        entry,
         chain: Vec::new(),
         guest_agent,
-        from_vm: true,
     });
     Ok(())
 }

@@ -3,7 +3,10 @@
 //!
 //! The disk is made from the same layers as the OCI image, plus two that never go into the OCI
 //! image: the guest agent (when kiln had to install it) and the boot files (fstab, GRUB's
-//! configuration), which are written per build.
+//! configuration), which are written per build. The same layers give the same disk bytes
+//! ([`assemble`]), so an assembled disk is kept in the [`cache`] under what made it.
+
+pub mod cache;
 
 use std::path::{Path, PathBuf};
 
@@ -158,26 +161,32 @@ pub fn bootable(chain: &[StoredLayer]) -> Result<(String, Option<String>), Strin
     Ok(kernel)
 }
 
-/// Identifiers of a disk, derived from its content so that the same layers give the same disk.
-#[derive(Debug, Clone)]
+/// Identifiers of a disk, derived from the image's name: every build and version of an image
+/// has the same filesystem UUID (fstab, GRUB and whatever a user's tooling keys on stay valid
+/// across updates), and the same layers give the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DiskIds {
     /// The root filesystem's UUID (fstab and GRUB find it by this).
     pub filesystem: String,
+    /// The seed of the root filesystem's directory hashes.
+    pub hash_seed: String,
     /// The GPT disk GUID.
     pub disk: String,
+    /// The BIOS boot partition's GUID.
+    pub bios_boot: String,
     /// The root partition's GUID.
     pub partition: String,
 }
 
 impl DiskIds {
-    /// Identifiers for a disk made of `chain`.
-    pub fn of(chain: &[StoredLayer]) -> Self {
+    /// Identifiers for the disks of the image `name`.
+    pub fn for_image(name: &str) -> Self {
         let uuid = |salt: &str| {
             let mut h = Sha256::new();
             h.update(salt.as_bytes());
-            for l in chain {
-                h.update(l.info.diff_id.as_bytes());
-            }
+            h.update([0]);
+            h.update(name.as_bytes());
             let d = h.finalize();
             let mut b = [0u8; 16];
             b.copy_from_slice(&d[..16]);
@@ -188,8 +197,19 @@ impl DiskIds {
         };
         DiskIds {
             filesystem: uuid("kiln-fs"),
+            hash_seed: uuid("kiln-fs-hash-seed"),
             disk: uuid("kiln-disk"),
+            bios_boot: uuid("kiln-bios-boot"),
             partition: uuid("kiln-part"),
+        }
+    }
+
+    /// The partition table's GUIDs.
+    pub fn guids(&self) -> kdisk::DiskGuids {
+        kdisk::DiskGuids {
+            disk: self.disk.clone(),
+            bios_boot: self.bios_boot.clone(),
+            root: self.partition.clone(),
         }
     }
 }
@@ -205,21 +225,41 @@ pub struct Assembled {
     pub kernel: String,
     /// Its identifiers.
     pub ids: DiskIds,
+    /// The one time of every file on it (the latest time in its layers).
+    pub epoch: i64,
+}
+
+/// What a disk is made of: everything that decides its bytes.
+#[derive(Debug, Clone)]
+pub struct DiskSpec<'a> {
+    /// The image's name (its disks' identifiers come from it).
+    pub name: &'a str,
+    /// The layers, bottom first.
+    pub chain: &'a [StoredLayer],
+    /// The whole disk's size (the recipe's block device mapping), when given.
+    pub size: Option<u64>,
+    /// Free space to add when no size is given.
+    pub extra: u64,
 }
 
 /// Bytes the partition table and GRUB take around the root filesystem.
 const DISK_OVERHEAD: u64 = 4 << 20;
 
-/// Assembles the raw disk of `chain` (bottom first) in `work`. `disk_size` is the whole disk
-/// (the recipe's block device mapping); `extra` is free space to add when it is not given.
+/// Assembles the raw disk of `spec` in `work`, the same bytes whenever `spec` is the same: the
+/// identifiers come from the image's name, every file's time is the latest time in the layers
+/// (each layer's tree first given its blob's times, as it has on any other host).
 pub fn assemble(
-    chain: &[StoredLayer],
+    spec: &DiskSpec<'_>,
+    layers: &crate::store::LayerStore,
     work: &Path,
-    disk_size: Option<u64>,
-    extra: u64,
 ) -> Result<Assembled, String> {
+    let chain = spec.chain;
     let (kernel, initrd) = bootable(chain)?;
-    let ids = DiskIds::of(chain);
+    let ids = DiskIds::for_image(spec.name);
+    let mut epoch = 0;
+    for l in chain {
+        epoch = epoch.max(layers.aligned(l).map_err(|e| e.to_string())?);
+    }
     std::fs::create_dir_all(work).map_err(|e| format!("creating {}: {e}", work.display()))?;
     let boot = work.join("boot-files");
     let _ = std::fs::remove_dir_all(&boot);
@@ -228,11 +268,16 @@ pub fn assemble(
     let mut lowers: Vec<PathBuf> = vec![boot.clone()];
     lowers.extend(chain.iter().rev().map(|l| l.fs.clone()));
     let fs = work.join("root.ext4");
-    let fs_size = match disk_size {
+    let fs_size = match spec.size {
         Some(s) => kdisk::FsSize::Exact(s.saturating_sub(DISK_OVERHEAD) >> 20 << 20),
-        None => kdisk::FsSize::Fit { extra },
+        None => kdisk::FsSize::Fit { extra: spec.extra },
     };
-    kdisk::root_filesystem(&lowers, &fs, &ids.filesystem, fs_size).map_err(|e| match e {
+    let identity = kdisk::FsIdentity {
+        uuid: ids.filesystem.clone(),
+        hash_seed: ids.hash_seed.clone(),
+        epoch,
+    };
+    kdisk::root_filesystem(&lowers, &fs, &identity, fs_size).map_err(|e| match e {
         kdisk::DiskError::TooSmall { wanted, needed } => format!(
             "blockDeviceMappings asks for a {} MiB disk, but the image needs about {} MiB: raise ebs.volumeSize",
             wanted >> 20,
@@ -241,7 +286,7 @@ pub fn assemble(
         e => e.to_string(),
     })?;
     let raw = work.join("disk.raw");
-    let size = kdisk::assemble(&fs, &raw, &ids.disk, &ids.partition).map_err(|e| e.to_string())?;
+    let size = kdisk::assemble(&fs, &raw, &ids.guids()).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(&fs);
     let _ = std::fs::remove_dir_all(&boot);
     Ok(Assembled {
@@ -249,6 +294,7 @@ pub fn assemble(
         size,
         kernel,
         ids,
+        epoch,
     })
 }
 
@@ -299,15 +345,23 @@ mod tests {
     }
 
     #[test]
-    fn ids_follow_the_content() {
-        let t = tempfile::tempdir().unwrap();
-        let one = DiskIds::of(&[layer(t.path(), "sha256:1")]);
-        let again = DiskIds::of(&[layer(t.path(), "sha256:1")]);
-        let two = DiskIds::of(&[layer(t.path(), "sha256:2")]);
-        assert_eq!(one.filesystem, again.filesystem);
-        assert_ne!(one.filesystem, two.filesystem);
-        assert_ne!(one.filesystem, one.disk);
-        assert!(uuid::Uuid::parse_str(&one.partition).is_ok());
+    fn ids_follow_the_image_name() {
+        let one = DiskIds::for_image("web");
+        assert_eq!(one, DiskIds::for_image("web"));
+        assert_ne!(one.filesystem, DiskIds::for_image("db").filesystem);
+        let all = [
+            &one.filesystem,
+            &one.hash_seed,
+            &one.disk,
+            &one.bios_boot,
+            &one.partition,
+        ];
+        for (i, a) in all.iter().enumerate() {
+            assert!(uuid::Uuid::parse_str(a).is_ok());
+            assert!(all[i + 1..].iter().all(|b| b != a), "{a} twice");
+        }
+        // Pinned: every user's disks carry these, so a change renames their filesystems.
+        assert_eq!(one.filesystem, "227fc38c-8b10-4084-b069-cabb87ec1d76");
     }
 
     #[test]

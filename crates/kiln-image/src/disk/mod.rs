@@ -21,6 +21,8 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod ext4;
+
 /// Sector size.
 const SECTOR: u64 = 512;
 /// First LBA of the BIOS boot partition (1 MiB).
@@ -320,24 +322,69 @@ pub enum FsSize {
     Exact(u64),
 }
 
-/// Writes an ext4 filesystem file from the merged layers (topmost first), of `size`.
+/// What makes a root filesystem the same bytes every time: its identifiers and its one time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsIdentity {
+    /// The filesystem UUID (fstab and GRUB find the root by it).
+    pub uuid: String,
+    /// The seed of directory hashes (a UUID; random unless given).
+    pub hash_seed: String,
+    /// The latest time any inode may carry, and the time of everything mkfs makes itself.
+    pub epoch: i64,
+}
+
+/// The ext4 features and sizes of every filesystem kiln makes, instead of the host's
+/// `/etc/mke2fs.conf`: the same layers give the same filesystem on any host (with the same
+/// e2fsprogs).
+const MKE2FS_CONF: &str = "[defaults]
+\tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+\tdefault_mntopts = acl,user_xattr
+\tenable_periodic_fsck = 0
+\tblocksize = 4096
+\tinode_size = 256
+\tinode_ratio = 16384
+[fs_types]
+\text4 = {
+\t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+\t}
+";
+
+/// Bytes a tree needs in ext4, from what `find -printf '%y %s'` says of each entry: file
+/// contents in whole 4 KiB blocks, a block per directory, an inode each. Apparent sizes, not
+/// the host's allocation, so that the size (and the filesystem) is the same on any host.
+fn tree_needs(listing: &str) -> (u64, u64) {
+    let (mut bytes, mut inodes) = (0u64, 0u64);
+    for line in listing.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(kind), Some(size)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let size: u64 = size.parse().unwrap_or(0);
+        inodes += 1;
+        bytes += match kind {
+            "f" => size.div_ceil(4096) * 4096,
+            "d" => 4096,
+            // Symlinks of up to 59 bytes live in the inode.
+            "l" if size >= 60 => 4096,
+            _ => 0,
+        };
+    }
+    (bytes, inodes)
+}
+
+/// Writes an ext4 filesystem file from the merged layers (topmost first), of `size`, that is
+/// the same bytes whenever the layers and `id` are the same: pinned features, a fixed hash
+/// seed, mkfs's clock set to `id.epoch`, and every inode's times made one (see [`ext4`]).
 pub fn root_filesystem(
     lowers_top_first: &[PathBuf],
     out: &Path,
-    fs_uuid: &str,
+    id: &FsIdentity,
     size: FsSize,
 ) -> Result<u64, DiskError> {
     let mkfs = need("mkfs.ext4", "e2fsprogs")?;
     // Measure the merged view first, then make the filesystem from it.
-    let probe = overlay_script(
-        lowers_top_first,
-        "du -s --block-size=1 \"$m\" | cut -f1\nfind \"$m\" -xdev | wc -l",
-    )?;
-    let out_text = in_private_mounts(&probe, "unshare")?;
-    let mut nums = out_text
-        .split_whitespace()
-        .filter_map(|n| n.parse::<u64>().ok());
-    let (used, inodes) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    let probe = overlay_script(lowers_top_first, "find \"$m\" -xdev -printf '%y %s\\n'")?;
+    let (used, inodes) = tree_needs(&in_private_mounts(&probe, "unshare")?);
     let needed = (used + inodes * 256) + used / 4 + (256 << 20);
     let size = match size {
         FsSize::Exact(s) if s < used + inodes * 256 + (64 << 20) => {
@@ -347,14 +394,24 @@ pub fn root_filesystem(
         FsSize::Fit { extra } => (needed + extra).div_ceil(1 << 20) << 20,
     };
     let _ = fs::remove_file(out);
+    let conf = out.with_extension("mke2fs.conf");
+    fs::write(&conf, MKE2FS_CONF).map_err(io("writing", &conf))?;
     let body = format!(
-        "{mkfs} -q -F -t ext4 -U {fs_uuid} -L root -E root_owner=0:0 -d \"$m\" {out} {kib}k",
+        "MKE2FS_CONFIG={conf} E2FSPROGS_FAKE_TIME={epoch} {mkfs} -q -F -t ext4 -U {uuid} \
+         -L root -E root_owner=0:0,hash_seed={seed} -d \"$m\" {out} {kib}k",
+        conf = shell_quote(&conf.display().to_string()),
+        epoch = id.epoch,
         mkfs = mkfs.display(),
+        uuid = shell_quote(&id.uuid),
+        seed = shell_quote(&id.hash_seed),
         out = shell_quote(&out.display().to_string()),
         kib = size / 1024
     );
     let script = overlay_script(lowers_top_first, &body)?;
-    in_private_mounts(&script, "mkfs.ext4")?;
+    let made = in_private_mounts(&script, "mkfs.ext4");
+    let _ = fs::remove_file(&conf);
+    made?;
+    ext4::fix_times(out, id.epoch)?;
     Ok(size)
 }
 
@@ -407,14 +464,20 @@ pub fn patch_grub(boot: &mut [u8], core: &mut [u8], core_lba: u64) -> Result<(),
     Ok(())
 }
 
+/// The GUIDs of a disk's partition table: given, so that the same disk is the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskGuids {
+    /// The GPT disk GUID.
+    pub disk: String,
+    /// The BIOS boot partition's GUID.
+    pub bios_boot: String,
+    /// The root partition's GUID.
+    pub root: String,
+}
+
 /// Assembles a bootable raw disk from an ext4 filesystem file: GPT, GRUB, the filesystem.
 /// Returns the disk size.
-pub fn assemble(
-    root_fs: &Path,
-    out: &Path,
-    disk_uuid: &str,
-    part_uuid: &str,
-) -> Result<u64, DiskError> {
+pub fn assemble(root_fs: &Path, out: &Path, guids: &DiskGuids) -> Result<u64, DiskError> {
     let sfdisk = need("sfdisk", "fdisk")?;
     let fs_len = fs::metadata(root_fs).map_err(io("reading", root_fs))?.len();
     let root_sectors = fs_len.div_ceil(SECTOR);
@@ -428,9 +491,12 @@ pub fn assemble(
             .map_err(io("sizing", &tmp))?;
     }
     let script = format!(
-        "label: gpt\nlabel-id: {disk_uuid}\nunit: sectors\nfirst-lba: {BIOS_START}\n\
-         start={BIOS_START}, size={BIOS_SECTORS}, type={BIOS_BOOT_TYPE}, name=\"bios-boot\"\n\
-         start={ROOT_START}, size={root_sectors}, type={LINUX_FS_TYPE}, uuid={part_uuid}, name=\"root\"\n"
+        "label: gpt\nlabel-id: {disk}\nunit: sectors\nfirst-lba: {BIOS_START}\n\
+         start={BIOS_START}, size={BIOS_SECTORS}, type={BIOS_BOOT_TYPE}, uuid={bios}, name=\"bios-boot\"\n\
+         start={ROOT_START}, size={root_sectors}, type={LINUX_FS_TYPE}, uuid={root}, name=\"root\"\n",
+        disk = guids.disk,
+        bios = guids.bios_boot,
+        root = guids.root,
     );
     let mut child = Command::new(&sfdisk)
         .args(["--quiet", "--no-reread", "--no-tell-kernel"])
@@ -551,12 +617,40 @@ pub fn flatten(qcow2: &Path, out: &Path) -> Result<(), DiskError> {
     fs::rename(&tmp, out).map_err(io("writing", out))
 }
 
-/// Converts a raw disk into another format (through a temporary name).
+/// How a qcow2 disk's clusters are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskCompression {
+    /// Not compressed.
+    #[default]
+    None,
+    /// zlib (deflate): every qcow2 reader.
+    Zlib,
+    /// zstd: smaller and faster; QEMU 5.1 (2020) and later read it.
+    Zstd,
+}
+
+/// What a converted disk says about itself where its format has a place for it (a VMDK's
+/// descriptor names its file and content ID; a VHD footer has a UUID and a time): fixed, so
+/// that the same raw disk converts to the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskLabel {
+    /// The file name a VMDK's descriptor gives its extent (`NAME.vmdk`).
+    pub name: String,
+    /// The disk's UUID (a VHD's unique id; the first 8 hex digits are a VMDK's CID).
+    pub uuid: String,
+    /// The time a VHD footer says it was made.
+    pub epoch: i64,
+}
+
+/// Converts a raw disk into another format (through a temporary name); the same raw disk and
+/// label give the same bytes.
 pub fn convert(
     raw: &Path,
     out: &Path,
     format: DiskFormat,
-    compress: bool,
+    compression: DiskCompression,
+    label: &DiskLabel,
 ) -> Result<(), DiskError> {
     let tmp = out.with_extension("partial");
     if format == DiskFormat::Raw {
@@ -566,27 +660,120 @@ pub fn convert(
             cmd.args(["--sparse=always"]).arg(raw).arg(&tmp);
             run(&mut cmd, "cp")?;
         }
-    } else {
-        let qemu_img = need("qemu-img", "qemu-utils")?;
-        let fmt = match format {
-            DiskFormat::Qcow2 => "qcow2",
-            DiskFormat::Vmdk => "vmdk",
-            DiskFormat::Vhd => "vpc",
-            DiskFormat::Raw => "raw",
-        };
-        let mut cmd = Command::new(qemu_img);
-        cmd.args(["convert", "-q", "-f", "raw", "-O", fmt]);
-        if compress && format == DiskFormat::Qcow2 {
-            cmd.arg("-c");
-        }
-        if format == DiskFormat::Vhd {
-            // Fixed-size VHDs are what Azure and Hyper-V import.
-            cmd.args(["-o", "subformat=fixed,force_size=on"]);
-        }
-        cmd.arg(raw).arg(&tmp);
-        run(&mut cmd, "qemu-img")?;
+        return fs::rename(&tmp, out).map_err(io("writing", out));
     }
-    fs::rename(&tmp, out).map_err(io("writing", out))
+    let qemu_img = need("qemu-img", "qemu-utils")?;
+    // qemu-img writes the output's file name into a VMDK: convert under the label's name, in a
+    // folder of its own, then move the file into place.
+    let work = out.with_extension("converting");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).map_err(io("creating", &work))?;
+    let file = work.join(format!("{}.{}", label.name, format.extension()));
+    let mut cmd = Command::new(qemu_img);
+    cmd.args(["convert", "-q", "-f", "raw", "-O"]);
+    match format {
+        DiskFormat::Qcow2 => {
+            cmd.arg("qcow2");
+            match compression {
+                DiskCompression::None => {}
+                DiskCompression::Zlib => {
+                    cmd.arg("-c");
+                }
+                DiskCompression::Zstd => {
+                    cmd.args(["-c", "-o", "compression_type=zstd"]);
+                }
+            }
+        }
+        DiskFormat::Vmdk => {
+            cmd.arg("vmdk");
+        }
+        // Fixed-size VHDs are what Azure and Hyper-V import.
+        DiskFormat::Vhd => {
+            cmd.args(["vpc", "-o", "subformat=fixed,force_size=on"]);
+        }
+        DiskFormat::Raw => {}
+    }
+    cmd.arg(raw).arg(&file);
+    let result = run(&mut cmd, "qemu-img").and_then(|_| match format {
+        DiskFormat::Vmdk => stamp_vmdk(&file, label),
+        DiskFormat::Vhd => stamp_vhd(&file, label),
+        _ => Ok(()),
+    });
+    let result = result.and_then(|_| fs::rename(&file, out).map_err(io("writing", out)));
+    let _ = fs::remove_dir_all(&work);
+    result
+}
+
+/// The hex digits of a UUID, without hyphens.
+fn uuid_hex(uuid: &str) -> String {
+    uuid.chars().filter(char::is_ascii_hexdigit).collect()
+}
+
+/// Sets a VMDK descriptor's random content ID (`CID=xxxxxxxx`) from the label.
+fn stamp_vmdk(path: &Path, label: &DiskLabel) -> Result<(), DiskError> {
+    let mut f = File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io("opening", path))?;
+    let mut head = vec![0u8; 64 << 10];
+    let n = f.read(&mut head).map_err(io("reading", path))?;
+    let Some(at) = head[..n].windows(5).position(|w| w == b"\nCID=") else {
+        return Err(DiskError::NotBootable(format!(
+            "{}: qemu-img wrote a VMDK without a CID line",
+            path.display()
+        )));
+    };
+    let cid = uuid_hex(&label.uuid);
+    let cid = cid.get(..8).unwrap_or("00000000");
+    f.seek(SeekFrom::Start(at as u64 + 5))
+        .and_then(|_| f.write_all(cid.as_bytes()))
+        .map_err(io("writing", path))
+}
+
+/// Seconds from 1970 to 2000-01-01, where VHD times start.
+const VHD_EPOCH: i64 = 946_684_800;
+
+/// Sets a fixed VHD footer's time and unique id from the label, with its checksum.
+fn stamp_vhd(path: &Path, label: &DiskLabel) -> Result<(), DiskError> {
+    let mut f = File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io("opening", path))?;
+    let len = f.metadata().map_err(io("reading", path))?.len();
+    if len < 512 {
+        return Err(DiskError::NotBootable(format!("{} is too short for a VHD", path.display())));
+    }
+    let mut footer = [0u8; 512];
+    f.seek(SeekFrom::Start(len - 512))
+        .and_then(|_| f.read_exact(&mut footer))
+        .map_err(io("reading", path))?;
+    if &footer[..8] != b"conectix" {
+        return Err(DiskError::NotBootable(format!(
+            "{}: qemu-img wrote a VHD without a footer",
+            path.display()
+        )));
+    }
+    stamp_vhd_footer(&mut footer, label);
+    f.seek(SeekFrom::Start(len - 512))
+        .and_then(|_| f.write_all(&footer))
+        .map_err(io("writing", path))
+}
+
+fn stamp_vhd_footer(footer: &mut [u8; 512], label: &DiskLabel) {
+    let time = u32::try_from((label.epoch - VHD_EPOCH).max(0)).unwrap_or(u32::MAX);
+    footer[24..28].copy_from_slice(&time.to_be_bytes());
+    let hex = uuid_hex(&label.uuid);
+    for (i, slot) in footer[68..84].iter_mut().enumerate() {
+        *slot = hex
+            .get(i * 2..i * 2 + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+    }
+    footer[64..68].copy_from_slice(&[0; 4]);
+    let sum: u32 = footer.iter().map(|&b| u32::from(b)).sum();
+    footer[64..68].copy_from_slice(&(!sum).to_be_bytes());
 }
 
 #[cfg(test)]
@@ -655,5 +842,136 @@ mod tests {
         assert!(fs::read_to_string(d.path().join("etc/fstab"))
             .unwrap()
             .contains("UUID=1234-abcd / ext4"));
+    }
+
+    fn identity(epoch: i64) -> FsIdentity {
+        FsIdentity {
+            uuid: "0b8e3f5c-1d2a-4c6e-9f00-112233445566".into(),
+            hash_seed: "5a4b3c2d-1e0f-4a9b-8c7d-665544332211".into(),
+            epoch,
+        }
+    }
+
+    fn sha(p: &Path) -> String {
+        crate::digest::sha256_file(p).unwrap()
+    }
+
+    /// Two filesystems of the same tree, made a second apart with the tree's change times
+    /// moved in between (as any copy of a layer on another host has), are the same bytes, and
+    /// e2fsck finds nothing wrong with the inodes whose times and checksums were rewritten.
+    #[test]
+    fn the_same_tree_gives_the_same_filesystem() {
+        if !nix::unistd::Uid::effective().is_root() || need("mkfs.ext4", "e2fsprogs").is_err() {
+            eprintln!("skipped: needs root and e2fsprogs");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        fs::create_dir_all(tree.join("etc/deep/er")).unwrap();
+        for i in 0..200 {
+            fs::write(tree.join(format!("etc/f{i}")), format!("{i}\n").repeat(i)).unwrap();
+        }
+        std::os::unix::fs::symlink("etc/f1", tree.join("link")).unwrap();
+        let one = d.path().join("one.ext4");
+        let two = d.path().join("two.ext4");
+        // An overlay without an upper layer needs two lower ones (as boot files and layers are).
+        let top = d.path().join("top");
+        fs::create_dir_all(top.join("boot")).unwrap();
+        fs::write(top.join("boot/cfg"), "x").unwrap();
+        let lowers = [top, tree.clone()];
+        let size = root_filesystem(&lowers, &one, &identity(1_700_000_000), FsSize::Fit { extra: 0 })
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        // chmod to the same mode: only the change time moves.
+        for i in 0..200 {
+            let p = tree.join(format!("etc/f{i}"));
+            fs::set_permissions(&p, fs::metadata(&p).unwrap().permissions()).unwrap();
+        }
+        root_filesystem(&lowers, &two, &identity(1_700_000_000), FsSize::Fit { extra: 0 }).unwrap();
+        assert_eq!(fs::metadata(&one).unwrap().len(), size);
+        // Compared whole (hashing 300 MB is slow in a debug build).
+        let same = |a: &Path, b: &Path| fs::read(a).unwrap() == fs::read(b).unwrap();
+        assert!(same(&one, &two), "the same tree gave different filesystems");
+        let fsck = Command::new(need("e2fsck", "e2fsprogs").unwrap())
+            .args(["-fn"])
+            .arg(&one)
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "e2fsck: {}{}",
+            String::from_utf8_lossy(&fsck.stdout),
+            String::from_utf8_lossy(&fsck.stderr)
+        );
+        // Another epoch is another filesystem (mkfs's own times, clamped inode times).
+        let three = d.path().join("three.ext4");
+        root_filesystem(&lowers, &three, &identity(1_600_000_000), FsSize::Fit { extra: 0 })
+            .unwrap();
+        assert!(!same(&one, &three));
+    }
+
+    #[test]
+    fn conversions_are_the_same_bytes_every_time() {
+        if need("qemu-img", "qemu-utils").is_err() {
+            eprintln!("skipped: needs qemu-img");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let raw = d.path().join("disk.raw");
+        {
+            let mut f = File::create(&raw).unwrap();
+            f.set_len(64 << 20).unwrap();
+            f.seek(SeekFrom::Start(3 << 20)).unwrap();
+            f.write_all(&[7u8; 70_000]).unwrap();
+        }
+        let label = DiskLabel {
+            name: "web".into(),
+            uuid: "0b8e3f5c-1d2a-4c6e-9f00-112233445566".into(),
+            epoch: 1_700_000_000,
+        };
+        for (format, compression) in [
+            (DiskFormat::Qcow2, DiskCompression::None),
+            (DiskFormat::Qcow2, DiskCompression::Zstd),
+            (DiskFormat::Vmdk, DiskCompression::None),
+            (DiskFormat::Vhd, DiskCompression::None),
+        ] {
+            let a = d.path().join(format!("a.{}", format.extension()));
+            let b = d.path().join(format!("b.{}", format.extension()));
+            convert(&raw, &a, format, compression, &label).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            convert(&raw, &b, format, compression, &label).unwrap();
+            assert_eq!(sha(&a), sha(&b), "{format:?} {compression:?}");
+            // qemu-img still reads it, and it holds the raw disk.
+            let fmt = match format {
+                DiskFormat::Vhd => "vpc",
+                f => f.extension(),
+            };
+            let cmp = Command::new("qemu-img")
+                .args(["compare", "-q", "-f", "raw", "-F", fmt])
+                .arg(&raw)
+                .arg(&a)
+                .status()
+                .unwrap();
+            assert!(cmp.success(), "{format:?} does not hold the raw disk");
+        }
+    }
+
+    #[test]
+    fn a_vhd_footer_checksum_covers_the_stamp() {
+        let mut footer = [0u8; 512];
+        footer[..8].copy_from_slice(b"conectix");
+        let label = DiskLabel {
+            name: "x".into(),
+            uuid: "00112233-4455-6677-8899-aabbccddeeff".into(),
+            epoch: VHD_EPOCH + 10,
+        };
+        stamp_vhd_footer(&mut footer, &label);
+        assert_eq!(&footer[24..28], &10u32.to_be_bytes());
+        assert_eq!(footer[68], 0x00);
+        assert_eq!(footer[83], 0xff);
+        let stored = u32::from_be_bytes([footer[64], footer[65], footer[66], footer[67]]);
+        footer[64..68].copy_from_slice(&[0; 4]);
+        let sum: u32 = footer.iter().map(|&b| u32::from(b)).sum();
+        assert_eq!(stored, !sum);
     }
 }
