@@ -1728,5 +1728,32 @@ tags:
                 && e.contains("`qcow2`"),
             "{e}"
         );
+        let e = recipe(&format!(
+            "{HEAD}outputs: [disk]\ndisk:\n  compressed: lz4\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("recipe.yml:8:15: error: `compressed` is true, false, zlib")
+                && e.contains("zstd"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn qcow2_compression_is_chosen() {
+        use kiln_image::disk::DiskCompression;
+        for (word, want) in [
+            ("true", DiskCompression::Zlib),
+            ("zlib", DiskCompression::Zlib),
+            ("zstd", DiskCompression::Zstd),
+            ("false", DiskCompression::None),
+        ] {
+            let r = recipe(&format!(
+                "{HEAD}outputs: [disk]\ndisk:\n  compressed: {word}\n"
+            ))
+            .unwrap();
+            assert_eq!(r.disk.compression, want, "{word}");
+        }
     }
 }

@@ -17,25 +17,41 @@ fn main() {
     let mut lowers: Vec<PathBuf> = vec![boot];
     lowers.extend(layers.iter().rev().cloned());
     let t = std::time::Instant::now();
+    let id = kiln_image::disk::FsIdentity {
+        uuid: uuid.into(),
+        hash_seed: "1b6e0f2a-3c4d-4e5f-8a9b-0c1d2e3f4a5b".into(),
+        epoch: 1_700_000_000,
+    };
     let size = kiln_image::disk::root_filesystem(
         &lowers,
         &work.join("root.ext4"),
-        uuid,
+        &id,
         kiln_image::disk::FsSize::Fit { extra: 0 },
     )
     .unwrap();
     println!("root filesystem {size} bytes in {:?}", t.elapsed());
     let t = std::time::Instant::now();
     let raw = work.join("disk.raw");
-    kiln_image::disk::assemble(
-        &work.join("root.ext4"),
-        &raw,
-        "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
-        "3c2b1a09-8f7e-6d5c-4b3a-291807f6e5d4",
-    )
-    .unwrap();
+    let guids = kiln_image::disk::DiskGuids {
+        disk: "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into(),
+        bios_boot: "5e4d3c2b-1a09-4f8e-9d7c-6b5a49382716".into(),
+        root: "3c2b1a09-8f7e-6d5c-4b3a-291807f6e5d4".into(),
+    };
+    kiln_image::disk::assemble(&work.join("root.ext4"), &raw, &guids).unwrap();
     println!("assembled in {:?}", t.elapsed());
     let t = std::time::Instant::now();
-    kiln_image::disk::convert(&raw, &out, kiln_image::disk::DiskFormat::Qcow2, false).unwrap();
+    let label = kiln_image::disk::DiskLabel {
+        name: "assembled".into(),
+        uuid: guids.disk.clone(),
+        epoch: id.epoch,
+    };
+    kiln_image::disk::convert(
+        &raw,
+        &out,
+        kiln_image::disk::DiskFormat::Qcow2,
+        kiln_image::disk::DiskCompression::None,
+        &label,
+    )
+    .unwrap();
     println!("qcow2 in {:?}", t.elapsed());
 }

@@ -24,7 +24,8 @@ pub mod oci;
 pub mod registry;
 
 pub use layer::{
-    align_times, extract_layer, layer_from_tar, write_layer, Compression, ExtractStats, LayerBlob, LayerError,
+    align_times, extract_layer, layer_from_tar, write_layer, Compression, ExtractStats, LayerBlob,
+    LayerError,
 };
 pub use oci::{
     list_tags, read_image, write_image, HistoryEntry, ImageSettings, OciError, ReadImage,

@@ -86,8 +86,14 @@ fn disk() -> PathBuf {
             std::fs::remove_file(p).unwrap();
         }
         let _ = std::fs::remove_dir_all(&root);
-        kiln_image::disk::convert(&raw, &disk, kiln_image::disk::DiskFormat::Qcow2, plain, &label)
-            .unwrap();
+        kiln_image::disk::convert(
+            &raw,
+            &disk,
+            kiln_image::disk::DiskFormat::Qcow2,
+            plain,
+            &label,
+        )
+        .unwrap();
         std::fs::remove_file(&raw).unwrap();
     }
     *f = Some(disk.clone());

@@ -369,15 +369,22 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
         write_steps(&mut out, &t.steps)?;
     }
     if let Some(d) = &r.disk {
+        let made = if d.cached {
+            "from the disk cache".to_string()
+        } else {
+            format!("assembled in {}", seconds(d.assemble_ms))
+        };
         writeln!(
             out,
-            "  disk       {} MiB, kernel {}, root UUID {}, guest agent {} (assembled in {})",
+            "  disk       {} MiB, kernel {}, root UUID {}, guest agent {} ({made})",
             d.size >> 20,
             d.kernel,
             d.filesystem_uuid,
             d.guest_agent.map_or("-", |g| g.as_str()),
-            seconds(d.assemble_ms)
         )?;
+        if let Some(digest) = &d.digest {
+            writeln!(out, "             raw disk {digest}")?;
+        }
     }
     for o in &r.outputs {
         writeln!(
@@ -561,21 +568,31 @@ pub async fn cache(cmd: CacheCommand) -> Result<u8> {
             let disks = cache.disks().entries();
             let disk_bytes: u64 = disks.iter().map(|d| cache.disks().bytes(d)).sum();
             writeln!(out, "{}", home.root.display())?;
-            writeln!(out, "  layers        {} ({})", layers.len(), bytes(layer_bytes))?;
+            writeln!(
+                out,
+                "  layers        {} ({})",
+                layers.len(),
+                bytes(layer_bytes)
+            )?;
             writeln!(out, "  cache entries {}", cache.entries().len())?;
-            writeln!(out, "  disks         {} ({})", disks.len(), bytes(disk_bytes))?;
+            writeln!(
+                out,
+                "  disks         {} ({})",
+                disks.len(),
+                bytes(disk_bytes)
+            )?;
             writeln!(out, "  used          {}", bytes(layer_bytes + disk_bytes))?;
             writeln!(out, "  limit         {}", bytes(cfg.cache_max_bytes))?;
             let mut disks = disks;
             disks.sort_by(|a, b| a.name.cmp(&b.name).then(a.created.cmp(&b.created)));
             for d in &disks {
                 let mut formats: Vec<String> = vec!["raw".into()];
-                formats.extend(d.formats.iter().map(|f| {
-                    match serde_plain(&f.compression).as_str() {
+                formats.extend(d.formats.iter().map(
+                    |f| match serde_plain(&f.compression).as_str() {
                         "none" => f.format.extension().to_string(),
                         c => format!("{} ({c})", f.format.extension()),
-                    }
-                }));
+                    },
+                ));
                 writeln!(
                     out,
                     "    {:<20} {:>9}  {}  {}  {}",

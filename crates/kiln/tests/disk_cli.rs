@@ -204,7 +204,13 @@ fn the_same_layers_give_the_same_disk_bytes_and_versions_keep_the_filesystem_uui
     };
     let build = |r: &Path| {
         let o = kiln(&["build", r.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(0), "{}\n{}", text(&o.stdout), text(&o.stderr));
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}\n{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
     };
     let disk_of = |b: &str| record(&format!("{name}/{b}"))["disk"].clone();
     let r = recipe("1.0.0", "one");
@@ -231,8 +237,15 @@ fn the_same_layers_give_the_same_disk_bytes_and_versions_keep_the_filesystem_uui
     build(&r);
     let third = disk_of("1.0.0/3");
     assert_eq!(third["cached"], serde_json::Value::Null, "{third}");
-    assert_eq!(third["digest"], first["digest"], "the disk was not reproduced");
-    assert_eq!(qcow2_of(3), qcow2_of(1), "the qcow2 conversion was not reproduced");
+    assert_eq!(
+        third["digest"], first["digest"],
+        "the disk was not reproduced"
+    );
+    assert_eq!(
+        qcow2_of(3),
+        qcow2_of(1),
+        "the qcow2 conversion was not reproduced"
+    );
     let vmdk = |b: u32| sha256sum(&region.join("disks").join(format!("{name}-1.0.0-{b}.vmdk")));
     assert_eq!(vmdk(3), vmdk(1), "the vmdk conversion was not reproduced");
 
@@ -248,9 +261,16 @@ fn the_same_layers_give_the_same_disk_bytes_and_versions_keep_the_filesystem_uui
 
 /// `sha256:` of a file, with the sha256sum program (the test crate does not link a hasher).
 fn sha256sum(p: &Path) -> String {
-    let o = std::process::Command::new("sha256sum").arg(p).output().unwrap();
+    let o = std::process::Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "sha256sum {}", p.display());
-    text(&o.stdout).split_whitespace().next().unwrap().to_string()
+    text(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 #[test]

@@ -208,9 +208,7 @@ pub struct DiskCache {
 impl DiskCache {
     /// The disk cache of a data directory.
     pub fn new(home: &Home) -> Self {
-        DiskCache {
-            root: home.disks(),
-        }
+        DiskCache { root: home.disks() }
     }
 
     fn dir(&self, key: &str) -> PathBuf {
@@ -334,12 +332,17 @@ impl DiskCache {
             uuid: entry.ids.disk.clone(),
             epoch: entry.epoch,
         };
-        kdisk::convert(&dir.join(&entry.raw.file), &out, format, compression, &label).map_err(
-            |e| StoreError::Corrupt {
-                path: out.clone(),
-                why: format!("converting the disk: {e}"),
-            },
-        )?;
+        kdisk::convert(
+            &dir.join(&entry.raw.file),
+            &out,
+            format,
+            compression,
+            &label,
+        )
+        .map_err(|e| StoreError::Corrupt {
+            path: out.clone(),
+            why: format!("converting the disk: {e}"),
+        })?;
         let k = kept(&dir, &name, digest_of(&out)?)?;
         entry
             .formats
@@ -360,7 +363,11 @@ impl DiskCache {
         };
         dir.flatten()
             .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .filter_map(|e| read_json::<DiskEntry>(&e.path().join("entry.json")).ok().flatten())
+            .filter_map(|e| {
+                read_json::<DiskEntry>(&e.path().join("entry.json"))
+                    .ok()
+                    .flatten()
+            })
             .collect()
     }
 
@@ -429,5 +436,63 @@ pub fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
             from.display(),
             to.display()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept_disk(cache: &DiskCache, work: &Path, key: &str) -> DiskEntry {
+        std::fs::create_dir_all(work).unwrap();
+        let raw = work.join("disk.raw");
+        std::fs::write(&raw, b"a disk").unwrap();
+        let a = Assembled {
+            raw: raw.clone(),
+            size: 6,
+            kernel: "vmlinuz-6.1".into(),
+            ids: DiskIds::for_image("web"),
+            epoch: 1_700_000_000,
+        };
+        let made = Made {
+            name: "web".into(),
+            layers: vec!["sha256:aa".into()],
+            digest: digest_of(&raw).unwrap(),
+            assemble_ms: 5,
+        };
+        cache.put(key, made, &a).unwrap()
+    }
+
+    #[test]
+    fn a_kept_disk_is_taken_until_something_writes_into_it() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = DiskCache::new(&Home::new(d.path().join("home")));
+        let entry = kept_disk(&cache, &d.path().join("run"), "k1");
+        assert_eq!(cache.get("k1"), Some(entry.clone()));
+        assert_eq!(cache.entries(), vec![entry.clone()]);
+        // A region's disk is a hard link to the kept one: a VM booted from it writes here.
+        let region = d.path().join("region.raw");
+        link_or_copy(&cache.raw_path(&entry), &region).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&region, b"booted").unwrap();
+        assert_eq!(cache.get("k1"), None, "a changed disk is not taken");
+        assert!(cache.entries().is_empty(), "and it is dropped");
+    }
+
+    #[test]
+    fn keys_name_every_input() {
+        let layers: Vec<crate::store::StoredLayer> = Vec::new();
+        let spec = |name: &'static str, size, extra| DiskSpec {
+            name,
+            chain: &layers,
+            size,
+            extra,
+        };
+        let k = key(&spec("web", None, 0));
+        assert_eq!(k, key(&spec("web", None, 0)));
+        assert_ne!(k, key(&spec("db", None, 0)));
+        assert_ne!(k, key(&spec("web", Some(4 << 30), 0)));
+        assert_ne!(k, key(&spec("web", None, 2 << 30)));
+        assert_ne!(written_key("sha256:1"), written_key("sha256:2"));
     }
 }

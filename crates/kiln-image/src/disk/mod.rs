@@ -743,7 +743,10 @@ fn stamp_vhd(path: &Path, label: &DiskLabel) -> Result<(), DiskError> {
         .map_err(io("opening", path))?;
     let len = f.metadata().map_err(io("reading", path))?.len();
     if len < 512 {
-        return Err(DiskError::NotBootable(format!("{} is too short for a VHD", path.display())));
+        return Err(DiskError::NotBootable(format!(
+            "{} is too short for a VHD",
+            path.display()
+        )));
     }
     let mut footer = [0u8; 512];
     f.seek(SeekFrom::Start(len - 512))
@@ -879,15 +882,26 @@ mod tests {
         fs::create_dir_all(top.join("boot")).unwrap();
         fs::write(top.join("boot/cfg"), "x").unwrap();
         let lowers = [top, tree.clone()];
-        let size = root_filesystem(&lowers, &one, &identity(1_700_000_000), FsSize::Fit { extra: 0 })
-            .unwrap();
+        let size = root_filesystem(
+            &lowers,
+            &one,
+            &identity(1_700_000_000),
+            FsSize::Fit { extra: 0 },
+        )
+        .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1100));
         // chmod to the same mode: only the change time moves.
         for i in 0..200 {
             let p = tree.join(format!("etc/f{i}"));
             fs::set_permissions(&p, fs::metadata(&p).unwrap().permissions()).unwrap();
         }
-        root_filesystem(&lowers, &two, &identity(1_700_000_000), FsSize::Fit { extra: 0 }).unwrap();
+        root_filesystem(
+            &lowers,
+            &two,
+            &identity(1_700_000_000),
+            FsSize::Fit { extra: 0 },
+        )
+        .unwrap();
         assert_eq!(fs::metadata(&one).unwrap().len(), size);
         // Compared whole (hashing 300 MB is slow in a debug build).
         let same = |a: &Path, b: &Path| fs::read(a).unwrap() == fs::read(b).unwrap();
@@ -905,8 +919,13 @@ mod tests {
         );
         // Another epoch is another filesystem (mkfs's own times, clamped inode times).
         let three = d.path().join("three.ext4");
-        root_filesystem(&lowers, &three, &identity(1_600_000_000), FsSize::Fit { extra: 0 })
-            .unwrap();
+        root_filesystem(
+            &lowers,
+            &three,
+            &identity(1_600_000_000),
+            FsSize::Fit { extra: 0 },
+        )
+        .unwrap();
         assert!(!same(&one, &three));
     }
 

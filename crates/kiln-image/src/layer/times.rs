@@ -83,14 +83,24 @@ mod tests {
             &d.path().join("blobs"),
         )
         .unwrap();
-        let before = std::fs::metadata(upper.join("etc/app/conf")).unwrap().mtime();
+        let before = std::fs::metadata(upper.join("etc/app/conf"))
+            .unwrap()
+            .mtime();
         assert_ne!(before, epoch, "the tree starts with the build's times");
         let latest = align_times(&blob.path, &upper).unwrap();
         assert_eq!(latest, epoch);
         for p in ["etc", "etc/app", "etc/app/conf"] {
-            assert_eq!(std::fs::metadata(upper.join(p)).unwrap().mtime(), epoch, "{p}");
+            assert_eq!(
+                std::fs::metadata(upper.join(p)).unwrap().mtime(),
+                epoch,
+                "{p}"
+            );
         }
         let link = std::fs::symlink_metadata(upper.join("etc/app/link")).unwrap();
-        assert_eq!(link.mtime(), epoch, "the link itself, not what it points at");
+        assert_eq!(
+            link.mtime(),
+            epoch,
+            "the link itself, not what it points at"
+        );
     }
 }

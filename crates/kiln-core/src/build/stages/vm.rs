@@ -23,13 +23,17 @@ pub(crate) async fn build(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
     let (base, guest_agent) = with_guest_agent(run, &chain).await?;
     run.progress("assembling the parent's disk for the builder VM");
     let t0 = Instant::now();
-    let (parent_disk, _, cached) =
-        disk_of(run, &base, VM_BUILDER_HEADROOM, run.run_dir.join("parent-disk"))
-            .await
-            .map_err(|mut f| {
-                f.reason = f.reason.replace("the disk image", "the parent's disk");
-                f
-            })?;
+    let (parent_disk, _, cached) = disk_of(
+        run,
+        &base,
+        VM_BUILDER_HEADROOM,
+        run.run_dir.join("parent-disk"),
+    )
+    .await
+    .map_err(|mut f| {
+        f.reason = f.reason.replace("the disk image", "the parent's disk");
+        f
+    })?;
     if cached {
         run.progress("the parent's disk comes from the disk cache");
     }
