@@ -1012,6 +1012,37 @@ fn components(r: &mut Reader, m: &Map, base: &Path, at: Span) -> Vec<ComponentRe
     out
 }
 
+/// `disk.compressed`: `true`/`zlib`, `zstd` or `false`; a warning when no qcow2 is listed.
+fn compression(
+    r: &mut Reader,
+    dm: &Map,
+    formats: &[kiln_image::disk::DiskFormat],
+) -> Option<kiln_image::disk::DiskCompression> {
+    use kiln_image::disk::DiskCompression;
+    let n = dm.get("compressed")?;
+    let c = match n.as_text() {
+        Some("true") | Some("zlib") => DiskCompression::Zlib,
+        Some("false") => DiskCompression::None,
+        Some("zstd") => DiskCompression::Zstd,
+        _ => {
+            r.error(
+                n.span,
+                "`compressed` is true, false, zlib (what every qcow2 reader reads) or zstd (smaller; QEMU 5.1 and later read it)",
+                None,
+            );
+            return None;
+        }
+    };
+    if c != DiskCompression::None && !formats.contains(&kiln_image::disk::DiskFormat::Qcow2) {
+        r.warn(
+            n.span,
+            "only qcow2 disks are compressed; no qcow2 format is listed",
+            None,
+        );
+    }
+    Some(c)
+}
+
 fn image_config(r: &mut Reader, m: &Map) -> ImageConfigSpec {
     let mut c = ImageConfigSpec::default();
     let Some(node) = m.get("imageConfig") else {
@@ -1200,31 +1231,8 @@ fn disk_spec(r: &mut Reader, m: &Map, wanted: bool) -> DiskSpec {
                     d.formats = formats;
                 }
             }
-            if let Some(n) = dm.get("compressed") {
-                use kiln_image::disk::DiskCompression;
-                let c = match n.as_text() {
-                    Some("true") | Some("zlib") => Some(DiskCompression::Zlib),
-                    Some("false") => Some(DiskCompression::None),
-                    Some("zstd") => Some(DiskCompression::Zstd),
-                    _ => None,
-                };
-                match c {
-                    Some(c) => d.compression = c,
-                    None => r.error(
-                        n.span,
-                        "`compressed` is true, false, zlib (what every qcow2 reader reads) or zstd (smaller; QEMU 5.1 and later read it)",
-                        None,
-                    ),
-                }
-                if c.is_some_and(|c| c != DiskCompression::None)
-                    && !d.formats.contains(&DiskFormat::Qcow2)
-                {
-                    r.warn(
-                        n.span,
-                        "only qcow2 disks are compressed; no qcow2 format is listed",
-                        None,
-                    );
-                }
+            if let Some(c) = compression(r, dm, &d.formats) {
+                d.compression = c;
             }
             if let Some(k) = r.strings(dm, "kernelPackages", true) {
                 d.kernel_packages = k;

@@ -241,11 +241,13 @@ fn the_same_layers_give_the_same_disk_bytes_and_versions_keep_the_filesystem_uui
         .to_string();
     let stored = home().join("layers").join(&layer);
     let info: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(stored.join("layer.json")).unwrap())
-            .unwrap();
-    let blob = home()
-        .join("blobs/sha256")
-        .join(info["digest"].as_str().unwrap().trim_start_matches("sha256:"));
+        serde_json::from_str(&std::fs::read_to_string(stored.join("layer.json")).unwrap()).unwrap();
+    let blob = home().join("blobs/sha256").join(
+        info["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
     std::fs::remove_dir_all(stored.join("fs")).unwrap();
     let _ = std::fs::remove_file(stored.join("times"));
     kiln_image::extract_layer(&blob, &stored.join("fs")).unwrap();

@@ -704,6 +704,14 @@ pub fn convert(
     result
 }
 
+fn open_rw(path: &Path) -> Result<File, DiskError> {
+    File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io("opening", path))
+}
+
 /// The hex digits of a UUID, without hyphens.
 fn uuid_hex(uuid: &str) -> String {
     uuid.chars().filter(char::is_ascii_hexdigit).collect()
@@ -711,11 +719,7 @@ fn uuid_hex(uuid: &str) -> String {
 
 /// Sets a VMDK descriptor's random content ID (`CID=xxxxxxxx`) from the label.
 fn stamp_vmdk(path: &Path, label: &DiskLabel) -> Result<(), DiskError> {
-    let mut f = File::options()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(io("opening", path))?;
+    let mut f = open_rw(path)?;
     let mut head = vec![0u8; 64 << 10];
     let n = f.read(&mut head).map_err(io("reading", path))?;
     let Some(at) = head[..n].windows(5).position(|w| w == b"\nCID=") else {
@@ -736,11 +740,7 @@ const VHD_EPOCH: i64 = 946_684_800;
 
 /// Sets a fixed VHD footer's time and unique id from the label, with its checksum.
 fn stamp_vhd(path: &Path, label: &DiskLabel) -> Result<(), DiskError> {
-    let mut f = File::options()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(io("opening", path))?;
+    let mut f = open_rw(path)?;
     let len = f.metadata().map_err(io("reading", path))?.len();
     if len < 512 {
         return Err(DiskError::NotBootable(format!(
