@@ -2,14 +2,17 @@
 //!
 //! 1. [`root_filesystem`]: the image's layers are merged by the kernel (a read-only overlay in a
 //!    private mount namespace made by `unshare`, so the mount never exists outside it) and
-//!    `mkfs.ext4 -d` writes an ext4 filesystem file from the merged tree, with a chosen UUID.
+//!    `mkfs.ext4 -d` writes an ext4 filesystem file from the merged tree, with a chosen UUID,
+//!    hash seed, features and clock; [`ext4::fix_times`] then gives every inode one time, so
+//!    the same tree is the same bytes.
 //! 2. [`assemble`]: a GPT disk file (a 1 MiB BIOS boot partition, then the root partition) is
 //!    partitioned with `sfdisk`, the filesystem is copied in at its offset (sparse), GRUB's
 //!    `core.img` (from `grub-mkimage`, with every module the configuration needs built in) goes
 //!    into the BIOS boot partition, and the first 440 bytes of `boot.img` into the MBR, patched
 //!    the way `grub-bios-setup` does: the LBA of `core.img` at 0x5c of `boot.img`, and the
 //!    blocklist of the rest of `core.img` at 0x1f4 of its first sector.
-//! 3. [`convert`]: `qemu-img` turns the raw disk into qcow2 (optionally compressed), vmdk or vhd.
+//! 3. [`convert`]: `qemu-img` turns the raw disk into qcow2 (optionally compressed), vmdk or vhd,
+//!    deterministically.
 //!
 //! The boot configuration (`/etc/fstab`, `/boot/grub/grub.cfg`) is written by [`boot_files`]
 //! into an extra top layer, so the image's own layers are never changed.
