@@ -555,23 +555,29 @@ pub fn assemble(root_fs: &Path, out: &Path, guids: &DiskGuids) -> Result<u64, Di
     Ok(total_sectors * SECTOR)
 }
 
-/// Copies a file into `dest` at `offset`, skipping all-zero blocks (the disk stays sparse).
+/// Copies a file into `dest` at `offset`, only its data extents (found with `SEEK_DATA` and
+/// `SEEK_HOLE`, so the disk stays sparse), each by `copy_file_range` inside the kernel.
 fn copy_sparse(src: &Path, dest: &mut File, offset: u64) -> Result<(), DiskError> {
-    let mut f = File::open(src).map_err(io("reading", src))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = offset;
-    loop {
-        let n = f.read(&mut buf).map_err(io("reading", src))?;
-        if n == 0 {
-            return Ok(());
-        }
-        if buf[..n].iter().any(|&b| b != 0) {
-            dest.seek(SeekFrom::Start(pos))
-                .and_then(|_| dest.write_all(&buf[..n]))
-                .map_err(io("writing the filesystem into", src))?;
-        }
-        pos += n as u64;
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsRawFd;
+    let f = File::open(src).map_err(io("reading", src))?;
+    let len = f.metadata().map_err(io("reading", src))?.len();
+    let fd = f.as_raw_fd();
+    let mut pos = 0u64;
+    while pos < len {
+        let Ok(start) = lseek(fd, pos as i64, Whence::SeekData) else {
+            break; // ENXIO: only a hole is left.
+        };
+        let end = lseek(fd, start, Whence::SeekHole).map_or(len as i64, |e| e) as u64;
+        let start = start as u64;
+        let mut extent = (&f).take(end - start);
+        (&f).seek(SeekFrom::Start(start))
+            .and_then(|_| dest.seek(SeekFrom::Start(offset + start)))
+            .and_then(|_| std::io::copy(&mut extent, dest))
+            .map_err(io("writing the filesystem into", src))?;
+        pos = end;
     }
+    Ok(())
 }
 
 #[cfg(test)]
