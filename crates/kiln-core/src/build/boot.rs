@@ -6,7 +6,6 @@
 //! [`BootBreakdown`]; what a guest does not tell is left out, never guessed.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,45 +16,28 @@ use crate::record::BootBreakdown;
 /// The file in the test logs that keeps what the guest said about its boot.
 pub(crate) const ANALYSIS_LOG: &str = "boot-analysis.log";
 
-/// Read in the guest after the tests (cheap: a fraction of a second under TCG): systemd's
-/// timestamps of the boot, microseconds of the guest's clock. A guest without systemd says so.
-const TIMESTAMPS: &str = "\
+/// Asked of the guest after the tests, in one program: systemd's timestamps of the boot
+/// (microseconds of the guest's clock) and `systemd-analyze`'s summary, which cost a fraction of
+/// a second under TCG. The boot is not waited for: if it has not finished, that is the answer.
+/// A guest without systemd says so.
+const ASK: &str = "\
 if ! command -v systemctl >/dev/null 2>&1 || [ ! -d /run/systemd/system ]; then
   echo 'not booted with systemd: no systemd-analyze'; exit 0
 fi
 systemctl show -p InitRDTimestampMonotonic -p UserspaceTimestampMonotonic -p FinishTimestampMonotonic
 systemctl show -p ActiveEnterTimestampMonotonic qemu-guest-agent.service
-";
-
-/// systemd-analyze's account of the boot, for people: its time and the slowest units. Asked
-/// beside the tests once the boot has finished: `blame` takes about 2.5 s under TCG (systemd
-/// answers for every unit), `critical-chain` as long again, so the chain is asked only of a
-/// boot that was too slow ([`account`]).
-const ACCOUNT: &str = "\
-command -v systemd-analyze >/dev/null 2>&1 && [ -d /run/systemd/system ] || exit 0
-systemctl is-system-running --wait >/dev/null 2>&1
-echo '$ systemd-analyze'; systemd-analyze
-echo; echo '$ systemd-analyze blame | head -n 20'; systemd-analyze blame | head -n 20
-";
-
-/// The account of a boot that was over its limit: the chain of units that decided its end too.
-const SLOW_ACCOUNT: &str = "
 command -v systemd-analyze >/dev/null 2>&1 || exit 0
+echo; echo '$ systemd-analyze'; systemd-analyze
+";
+
+/// Asked too of a boot over its limit, whose slowness someone will look into: the slowest
+/// units and the chain that decided the boot's end, once it has finished (20 s at most). Not
+/// asked of every boot: each takes about 2.5 s under TCG (systemd answers for every unit).
+const ASK_SLOW: &str = "
+command -v timeout >/dev/null 2>&1 && timeout 20 systemctl is-system-running --wait >/dev/null 2>&1
+echo; echo '$ systemd-analyze blame | head -n 20'; systemd-analyze blame | head -n 20
 echo; echo '$ systemd-analyze critical-chain'; systemd-analyze critical-chain
 ";
-
-/// The account to ask for: with the critical chain when the boot was `too_slow`.
-pub(crate) fn account(too_slow: bool) -> String {
-    if too_slow {
-        format!("{ACCOUNT}{SLOW_ACCOUNT}")
-    } else {
-        ACCOUNT.to_string()
-    }
-}
-
-/// How much longer than the tests the account may take (a boot that has not finished by then
-/// is not waited for).
-const ACCOUNT_GRACE: Duration = Duration::from_secs(20);
 
 /// Runs `script` in the guest; what it printed, or nothing (with a warning) when it could not run.
 async fn said(vm: &dyn Launched, script: &str, timeout: Duration) -> String {
@@ -72,30 +54,6 @@ async fn said(vm: &dyn Launched, script: &str, timeout: Duration) -> String {
             String::new()
         }
     }
-}
-
-/// Runs `tests` while the guest gives its account of the boot (`script`, from [`account`]; its
-/// agent serves both at once),
-/// waiting at most [`ACCOUNT_GRACE`] for the account once the tests are done. Both run in this
-/// future, so a build that is cancelled drops both with the VM.
-pub(crate) async fn beside<T>(
-    vm: &dyn Launched,
-    script: &str,
-    tests: impl Future<Output = T>,
-) -> (T, Option<String>) {
-    let mut account = std::pin::pin!(said(vm, script, Duration::from_secs(600)));
-    let mut tests = std::pin::pin!(tests);
-    let mut told = None;
-    let done = loop {
-        tokio::select! {
-            r = &mut tests => break r,
-            a = &mut account, if told.is_none() => told = Some(a),
-        }
-    };
-    if told.is_none() {
-        told = tokio::time::timeout(ACCOUNT_GRACE, account).await.ok();
-    }
-    (done, told)
 }
 
 /// What the guest's systemd says, in milliseconds of the guest's clock (from its kernel's start).
@@ -187,30 +145,29 @@ pub(crate) fn breakdown(boot: &Boot, init: Option<(u64, bool)>, s: SystemdTimes)
     }
 }
 
-/// Reads the guest's timestamps (after the tests), keeps them and its `account` ([`beside`])
-/// in `log_dir`, and puts the breakdown together. Never fails the tests: a guest that cannot
-/// answer gives the host's figures alone.
+/// Asks the test VM about its boot (after the tests; more when the boot was `too_slow`), keeps
+/// what it said in `log_dir`, and puts the breakdown together. Never fails the tests: a guest
+/// that cannot answer gives the host's figures alone.
 pub(crate) async fn analyze(
     vm: &dyn Launched,
     boot: &Boot,
+    too_slow: bool,
     log_dir: &Path,
-    account: Option<String>,
 ) -> BootBreakdown {
-    let stamps = said(vm, TIMESTAMPS, Duration::from_secs(60)).await;
+    let script = if too_slow {
+        format!("{ASK}{ASK_SLOW}")
+    } else {
+        ASK.to_string()
+    };
+    let answer = said(vm, &script, Duration::from_secs(90)).await;
     let console = vm
         .console_log()
         .and_then(|p| std::fs::read(p).ok())
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    let b = breakdown(boot, first_init(&console), systemd_times(&stamps));
-    let account = account.unwrap_or_else(|| {
-        format!(
-            "(no account: systemd-analyze had not answered {} s after the tests; the boot may not have finished)\n",
-            ACCOUNT_GRACE.as_secs()
-        )
-    });
+    let b = breakdown(boot, first_init(&console), systemd_times(&answer));
     let text = format!(
-        "boot to the guest agent: {} ms ({}); breakdown (ms):\n{}\n\nthe guest's timestamps:\n{stamps}\n{account}",
+        "boot to the guest agent: {} ms ({}); breakdown (ms):\n{}\n\nthe guest's account:\n{answer}",
         boot.duration.as_millis(),
         boot.accel.as_str(),
         serde_json::to_string_pretty(&b).unwrap_or_default(),

@@ -267,12 +267,12 @@ async fn in_vm(run: &BuildRun<'_>, testable: &[&Component]) -> Result<Tested, St
             b.accel.as_str()
         ));
     }
-    let tests = tokio::time::timeout(limit(run), instance::drive(run, vm.clone(), &drive));
-    let script = boot::account(too_slow.is_some());
-    let (r, account) = boot::beside(vm.as_ref(), &script, tests).await;
+    let r = tokio::time::timeout(limit(run), instance::drive(run, vm.clone(), &drive)).await;
     // A VM whose tests ran over their time is not asked anything more.
     let breakdown = match (&r, boot) {
-        (Ok(_), Some(b)) => Some(boot::analyze(vm.as_ref(), &b, &drive.log_dir, account).await),
+        (Ok(_), Some(b)) => {
+            Some(boot::analyze(vm.as_ref(), &b, too_slow.is_some(), &drive.log_dir).await)
+        }
         _ => None,
     };
     instance::save_console(vm.as_ref(), &drive.log_dir);
