@@ -5,6 +5,7 @@
 #   cold                  kiln: empty step cache (the parent image present); Packer: always cold
 #   last component change kiln only: the last component changed; "before boot" is everything up
 #                         to the test VM starting (build, capture, disk assembly)
+#   test VM boot          the last-changed build's boot and its phases (tests.bootBreakdown)
 # Usage: bench/golden-nginx-disk.sh [RUNS]   (default 1: every run boots VMs under TCG)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,17 @@ mkdir -p "$work"
 now() { date +%s.%N; }
 elapsed() { python3 -c "print(f'{float(\"$2\") - float(\"$1\"):.1f}')"; }
 median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.1f}')" "$@"; }
+# The median of the runs that measured it ("-" is a run whose guest did not tell).
+median_known() { python3 -c "import statistics,sys; v=[float(a) for a in sys.argv[1:] if a != '-']; print(f'{statistics.median(v):.1f}' if v else '-')" "$@"; }
+# The test VM's boot phases of a build (tests.bootBreakdown, seconds; "-" when not measured):
+# firmware+bootloader, kernel, initramfs, init to guest agent, guest agent answer, kiln's agent.
+boot_phases() {
+  KILN_HOME="$1" "$kiln" image get "$2" -o json | python3 -c '
+import json, sys
+b = json.load(sys.stdin)["tests"].get("bootBreakdown", {})
+keys = ["firmwareMs", "kernelMs", "initrdMs", "userspaceMs", "agentMs", "kilnAgentMs"]
+print(" ".join("%.1f" % (b[k] / 1000) if k in b else "-" for k in keys))'
+}
 # Seconds from a build's start to its TESTING state (everything before the boot test).
 before_boot() {
   KILN_HOME="$1" "$kiln" image get "$2" -o json | python3 -c '
@@ -95,6 +107,9 @@ for i in $(seq 1 "$runs"); do
   t[kiln_last]+=" $(elapsed "$s" "$e")"
   t[kiln_last_before]+=" $(before_boot "$home" golden-nginx/1.0.0/2)"
   t[boot]+=" $(KILN_HOME="$home" "$kiln" image get golden-nginx/1.0.0/2 -o json | python3 -c 'import json,sys; print("%.1f" % (json.load(sys.stdin)["tests"]["bootMs"] / 1000))')"
+  read -r b_fw b_kernel b_initrd b_init b_agent b_kiln <<< "$(boot_phases "$home" golden-nginx/1.0.0/2)"
+  t[boot_fw]+=" $b_fw"; t[boot_kernel]+=" $b_kernel"; t[boot_initrd]+=" $b_initrd"
+  t[boot_init]+=" $b_init"; t[boot_agent]+=" $b_agent"; t[boot_kiln]+=" $b_kiln"
   # Packer, cold (it has no cache).
   out=$(bench/packer/run.sh "$parent_qcow2" "$work/packer-out" | tail -1)
   t[packer_cold]+=" ${out#packer_seconds=}"
@@ -109,8 +124,15 @@ cat <<EOF
 | last component changed: total | $(median ${t[kiln_last]}) s | ${pc} s (no cache) |
 | last component changed: everything before the boot test | $(median ${t[kiln_last_before]}) s | - |
 | test VM boot (firmware to guest agent) | $(median ${t[boot]}) s | - |
+| - firmware + bootloader (QEMU start to the kernel's clock) | $(median_known ${t[boot_fw]}) s | - |
+| - kernel (to the initramfs's /init) | $(median_known ${t[boot_kernel]}) s | - |
+| - initramfs (to systemd on the real root) | $(median_known ${t[boot_initrd]}) s | - |
+| - init to the guest agent's service | $(median_known ${t[boot_init]}) s | - |
+| - guest agent's first answer | $(median_known ${t[boot_agent]}) s | - |
+| after the boot: kiln's agent brought in | $(median_known ${t[boot_kiln]}) s | - |
 
 kiln is $(python3 -c "print(f'{$pc / $kc:.2f}')")x faster than Packer cold.
 EOF
 echo
 echo "raw runs (s): kiln cold:${t[kiln_cold]}; before boot:${t[kiln_cold_before]}; last changed:${t[kiln_last]}; before boot:${t[kiln_last_before]}; boot:${t[boot]}; packer:${t[packer_cold]}"
+echo "boot phases (s): firmware:${t[boot_fw]}; kernel:${t[boot_kernel]}; initramfs:${t[boot_initrd]}; init to agent:${t[boot_init]}; agent:${t[boot_agent]}; kiln's agent:${t[boot_kiln]}"

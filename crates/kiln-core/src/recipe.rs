@@ -238,6 +238,60 @@ pub struct TestsConfig {
     pub enabled: bool,
     /// Limit for the whole test stage.
     pub timeout_minutes: u32,
+    /// The longest a disk image's test VM may take to boot (QEMU's start to the guest agent's
+    /// first answer), in seconds: a slower boot fails the tests (`maxBootSeconds`, a kiln
+    /// extension). Recipes sent by an older kiln have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_boot_seconds: Option<u32>,
+}
+
+impl Default for TestsConfig {
+    fn default() -> Self {
+        TestsConfig {
+            enabled: true,
+            timeout_minutes: 720,
+            max_boot_seconds: None,
+        }
+    }
+}
+
+/// The keys of `imageTestsConfiguration`: Image Builder's, then kiln's own.
+const TESTS_KEYS: &[&str] = &["imageTestsEnabled", "timeoutMinutes", "maxBootSeconds"];
+
+/// Reads `imageTestsConfiguration` (of a recipe file or a pipeline), every problem reported
+/// at its place.
+pub(crate) fn tests_config(r: &mut Reader, tm: &Map) -> TestsConfig {
+    let mut tests = TestsConfig::default();
+    r.known_keys(tm, TESTS_KEYS, "`imageTestsConfiguration`");
+    if let Some(e) = r.boolean(tm, "imageTestsEnabled") {
+        tests.enabled = e;
+    }
+    if let Some(mins) = r.integer(tm, "timeoutMinutes") {
+        // Image Builder's bounds.
+        match u32::try_from(mins) {
+            Ok(m) if (60..=1440).contains(&m) => tests.timeout_minutes = m,
+            _ => {
+                if let Some(n) = tm.get("timeoutMinutes") {
+                    r.error(n.span, "`timeoutMinutes` must be between 60 and 1440", None);
+                }
+            }
+        }
+    }
+    if let Some(secs) = r.integer(tm, "maxBootSeconds") {
+        match u32::try_from(secs) {
+            Ok(s) if (1..=3600).contains(&s) => tests.max_boot_seconds = Some(s),
+            _ => {
+                if let Some(n) = tm.get("maxBootSeconds") {
+                    r.error(
+                        n.span,
+                        "`maxBootSeconds` must be between 1 and 3600",
+                        Some("it is the longest the test VM may take to boot to its guest agent, in seconds".into()),
+                    );
+                }
+            }
+        }
+    }
+    tests
 }
 
 /// What a build produces (`outputs: [oci, disk]`).
@@ -641,30 +695,10 @@ fn build(
         }
     }
 
-    let mut tests = TestsConfig {
-        enabled: true,
-        timeout_minutes: 720,
-    };
+    let mut tests = TestsConfig::default();
     if let Some(t) = m.get("imageTestsConfiguration") {
         if let Some(tm) = r.map(t, "`imageTestsConfiguration`") {
-            r.known_keys(
-                tm,
-                &["imageTestsEnabled", "timeoutMinutes"],
-                "`imageTestsConfiguration`",
-            );
-            if let Some(e) = r.boolean(tm, "imageTestsEnabled") {
-                tests.enabled = e;
-            }
-            if let Some(mins) = r.integer(tm, "timeoutMinutes") {
-                // Image Builder's bounds.
-                if !(60..=1440).contains(&mins) {
-                    if let Some(n) = tm.get("timeoutMinutes") {
-                        r.error(n.span, "`timeoutMinutes` must be between 60 and 1440", None);
-                    }
-                } else {
-                    tests.timeout_minutes = mins as u32;
-                }
-            }
+            tests = tests_config(r, tm);
         }
     }
 
@@ -729,6 +763,19 @@ fn build(
         }
     }
     let disk = disk_spec(r, m, outputs.contains(&OutputFormat::Disk));
+    if tests.max_boot_seconds.is_some() && !outputs.contains(&OutputFormat::Disk) {
+        if let Some(n) = m
+            .get("imageTestsConfiguration")
+            .and_then(|t| t.as_map())
+            .and_then(|t| t.get("maxBootSeconds"))
+        {
+            r.warn(
+                n.span,
+                "`maxBootSeconds` limits the boot of a disk image's test VM, and this recipe makes no disk image: it is ignored",
+                None,
+            );
+        }
+    }
     let agent_node = m
         .get("disk")
         .or_else(|| m.get("additionalInstanceConfiguration"));
@@ -1716,6 +1763,56 @@ tags:
         assert!(
             e.contains("recipe.yml:7:3") && e.contains("sandbox builder"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn max_boot_seconds_limits_the_test_vm_and_bad_values_are_pointed_at() {
+        let r = recipe(&format!(
+            "{HEAD}outputs: [disk]\nimageTestsConfiguration:\n  timeoutMinutes: 60\n  maxBootSeconds: 45\n"
+        ))
+        .unwrap();
+        assert_eq!(r.tests.max_boot_seconds, Some(45));
+        assert_eq!(r.tests.timeout_minutes, 60);
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        // The limit travels with the recipe; one sent without it reads as no limit.
+        let back: Recipe = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.tests, r.tests);
+        let old: TestsConfig =
+            serde_json::from_str(r#"{"enabled":true,"timeoutMinutes":720}"#).unwrap();
+        assert_eq!(old, TestsConfig::default());
+        assert_eq!(recipe(HEAD).unwrap().tests.max_boot_seconds, None);
+
+        for (value, col) in [("0", 19), ("-5", 19), ("4000", 19), ("fast", 19)] {
+            let e = recipe(&format!(
+                "{HEAD}outputs: [disk]\nimageTestsConfiguration:\n  maxBootSeconds: {value}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains(&format!("recipe.yml:8:{col}: error:")),
+                "{value}: {e}"
+            );
+            assert!(e.contains("`maxBootSeconds` must be"), "{value}: {e}");
+        }
+        let e = recipe(&format!(
+            "{HEAD}imageTestsConfiguration:\n  maxBootSecs: 20\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("recipe.yml:7:3") && e.contains("did you mean `maxBootSeconds`?"),
+            "{e}"
+        );
+        // Without a disk there is no boot to limit: said, and the build goes on.
+        let r = recipe(&format!(
+            "{HEAD}outputs: [oci]\nimageTestsConfiguration:\n  maxBootSeconds: 20\n"
+        ))
+        .unwrap();
+        let w: Vec<String> = r.warnings.iter().map(|d| d.to_string()).collect();
+        assert!(
+            w.len() == 1 && w[0].contains("makes no disk image"),
+            "{w:?}"
         );
     }
 

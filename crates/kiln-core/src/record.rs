@@ -226,6 +226,86 @@ pub struct TestRecord {
     /// For a VM: the accelerator it ran under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerator: Option<Accel>,
+    /// For a VM: where the boot went, phase by phase (records before kiln 0.2 have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_breakdown: Option<BootBreakdown>,
+}
+
+/// One phase of a VM's boot, in the order they happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootPhase {
+    /// QEMU's start to the guest kernel's clock: firmware, the bootloader reading the kernel
+    /// and initramfs, the kernel unpacking itself.
+    Firmware,
+    /// The kernel's own start-up, to the initramfs's `/init` (or to init without one).
+    Kernel,
+    /// The initramfs: to the real root's init.
+    Initrd,
+    /// The image's init, to the QEMU guest agent's service being started.
+    Userspace,
+    /// The guest agent's start to its first answer to kiln.
+    Agent,
+}
+
+impl BootPhase {
+    /// What `kiln image get` calls it.
+    pub fn label(self) -> &'static str {
+        match self {
+            BootPhase::Firmware => "firmware + bootloader",
+            BootPhase::Kernel => "kernel",
+            BootPhase::Initrd => "initramfs",
+            BootPhase::Userspace => "init to guest agent",
+            BootPhase::Agent => "guest agent answer",
+        }
+    }
+}
+
+/// Where a VM's boot went, from starting QEMU to the guest agent's first answer (the
+/// record's `bootMs`). The phases add up to it when all are known; a phase that could not be
+/// measured (a guest without systemd says less about itself) is left out rather than guessed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootBreakdown {
+    /// [`BootPhase::Firmware`], in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_ms: Option<u64>,
+    /// [`BootPhase::Kernel`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_ms: Option<u64>,
+    /// [`BootPhase::Initrd`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_ms: Option<u64>,
+    /// [`BootPhase::Userspace`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userspace_ms: Option<u64>,
+    /// [`BootPhase::Agent`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_ms: Option<u64>,
+    /// systemd's "startup finished" (every unit started), from the kernel's start: often after
+    /// the guest agent answered, while the tests already run. None when the boot had not
+    /// finished by the end of the tests, or without systemd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+    /// After the boot: kiln bringing its own agent in (copied through the guest agent and
+    /// started), before the first test could run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kiln_agent_ms: Option<u64>,
+}
+
+impl BootBreakdown {
+    /// The measured phases, in boot order.
+    pub fn phases(&self) -> Vec<(BootPhase, u64)> {
+        [
+            (BootPhase::Firmware, self.firmware_ms),
+            (BootPhase::Kernel, self.kernel_ms),
+            (BootPhase::Initrd, self.initrd_ms),
+            (BootPhase::Userspace, self.userspace_ms),
+            (BootPhase::Agent, self.agent_ms),
+        ]
+        .into_iter()
+        .filter_map(|(p, ms)| ms.map(|ms| (p, ms)))
+        .collect()
+    }
 }
 
 /// The disk image of a build.

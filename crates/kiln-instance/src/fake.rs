@@ -78,6 +78,7 @@ pub struct FakeLauncher {
     refuse: Mutex<HashMap<BuilderKind, String>>,
     launches: Mutex<Vec<LaunchSpec>>,
     execs: Arc<Mutex<Vec<FakeExec>>>,
+    boot: Mutex<Boot>,
 }
 
 impl FakeLauncher {
@@ -88,6 +89,19 @@ impl FakeLauncher {
             refuse: Mutex::new(HashMap::new()),
             launches: Mutex::new(Vec::new()),
             execs: Arc::new(Mutex::new(Vec::new())),
+            boot: Mutex::new(Boot {
+                duration: Duration::from_millis(5),
+                accel: Accel::Tcg,
+                kernel_started: None,
+                kiln_agent: None,
+            }),
+        }
+    }
+
+    /// Makes the VMs launched from now on report `boot` (a slow boot, say).
+    pub fn boot_as(&self, boot: Boot) {
+        if let Ok(mut b) = self.boot.lock() {
+            *b = boot;
         }
     }
 
@@ -144,7 +158,13 @@ impl Launcher for FakeLauncher {
         };
         std::fs::create_dir_all(&upper)
             .map_err(|e| InstanceError::io(format!("creating {}", upper.display()), e))?;
+        let boot = self
+            .boot
+            .lock()
+            .map(|b| *b)
+            .map_err(|_| InstanceError::Op("the fake launcher's state is poisoned".into()))?;
         Ok(Arc::new(FakeInstance {
+            boot,
             id: spec.id().to_string(),
             kind: spec.kind(),
             upper,
@@ -158,6 +178,7 @@ impl Launcher for FakeLauncher {
 }
 
 struct FakeInstance {
+    boot: Boot,
     id: String,
     kind: BuilderKind,
     upper: PathBuf,
@@ -318,10 +339,7 @@ impl Launched for FakeInstance {
     }
 
     fn boot(&self) -> Option<Boot> {
-        (self.kind == BuilderKind::Vm).then_some(Boot {
-            duration: Duration::from_millis(5),
-            accel: Accel::Tcg,
-        })
+        (self.kind == BuilderKind::Vm).then_some(self.boot)
     }
 
     fn console_log(&self) -> Option<PathBuf> {

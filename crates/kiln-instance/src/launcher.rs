@@ -42,13 +42,22 @@ impl LaunchSpec {
     }
 }
 
-/// How a VM came up.
+/// How a VM came up, as the host measured it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Boot {
-    /// From starting QEMU to kiln's agent answering (firmware, bootloader, kernel, init).
+    /// From starting QEMU to the QEMU guest agent's first answer (firmware, bootloader,
+    /// kernel, init, the guest agent's start).
     pub duration: Duration,
     /// The accelerator it runs under.
     pub accel: Accel,
+    /// From starting QEMU to the guest kernel's clock starting: the firmware, the bootloader
+    /// reading the kernel and initramfs, the kernel unpacking itself. Read from the guest's
+    /// uptime when its agent first answered (so the guest's own timestamps can be placed in
+    /// the boot); none when it could not be read.
+    pub kernel_started: Option<Duration>,
+    /// After `duration`: bringing kiln's agent in through the guest agent (copied in, started,
+    /// answering), before anything could run.
+    pub kiln_agent: Option<Duration>,
 }
 
 /// An instance kept running after a failure, for a person to debug.
@@ -90,6 +99,13 @@ pub trait Launched: Instance {
     /// VM's copy-on-write overlay): read it once the instance is stopped.
     fn written_disk(&self) -> Option<PathBuf> {
         None
+    }
+
+    /// Stops the instance without keeping what it wrote, for an instance nobody reads
+    /// afterwards (a test instance): a VM is switched off at once instead of shut down.
+    /// Instances with nothing to throw away just stop.
+    async fn discard(&self) -> Result<(), InstanceError> {
+        self.stop().await
     }
 
     /// Keeps the instance for debugging beyond this kiln's life: its folder moves to `into` and

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use kiln_core::build::{BuildEvent, BuildObserver, BuildOptions, Builder, Origin};
-use kiln_core::record::{CacheUse, ImageRecord, OutputKind, OutputRecord, State};
+use kiln_core::record::{BootBreakdown, CacheUse, ImageRecord, OutputKind, OutputRecord, State};
 use kiln_core::store::Home;
 use kiln_dist::logs::LogDestination;
 use kiln_instance::LocalLauncher;
@@ -280,6 +280,7 @@ fn report(r: &ImageRecord, output: Output) -> Result<()> {
             r.build_version(),
             secs(r.duration_ms),
         )?;
+        write_boot(&mut out, r)?;
         for o in r.outputs.iter().filter(|o| !o.kind.is_image()) {
             writeln!(
                 out,
@@ -310,6 +311,7 @@ fn report(r: &ImageRecord, output: Output) -> Result<()> {
         )?;
     } else if let Some(f) = &r.failure {
         writeln!(out, "FAILED {} in {}", r.build_version(), f.stage.as_str())?;
+        write_boot(&mut out, r)?;
         if let Some(c) = &f.component {
             write!(out, "  component {c}")?;
             if let Some(s) = &f.step {
@@ -353,6 +355,31 @@ fn report(r: &ImageRecord, output: Output) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The test VM's boot, phase by phase, when the tests booted one.
+fn write_boot(out: &mut impl Write, r: &ImageRecord) -> Result<()> {
+    let Some((ms, b)) = r
+        .tests
+        .as_ref()
+        .and_then(|t| Some((t.boot_ms?, t.boot_breakdown?)))
+    else {
+        return Ok(());
+    };
+    let phases = boot_phases(&b);
+    if !phases.is_empty() {
+        writeln!(out, "  test VM boot {}: {phases}", secs(ms))?;
+    }
+    Ok(())
+}
+
+/// A boot's phases for humans: `firmware + bootloader 4.7 s, kernel 3.6 s, ...`.
+pub fn boot_phases(b: &BootBreakdown) -> String {
+    b.phases()
+        .iter()
+        .map(|(phase, ms)| format!("{} {}", phase.label(), secs(*ms)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// How a user names an output to other tools: `oci:DIR:TAG` (skopeo, umoci),

@@ -5,11 +5,13 @@ use std::io::Write;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use kiln_core::cache::StepCache;
-use kiln_core::record::{filter_of, ImageQuery, ImageRecord, Records, State, StepTiming};
+use kiln_core::record::{
+    filter_of, BootBreakdown, ImageQuery, ImageRecord, Records, State, StepTiming,
+};
 use kiln_core::store::Home;
 use kiln_store::Filter;
 
-use crate::build::{bytes, seconds, write_json, Output};
+use crate::build::{boot_phases, bytes, seconds, write_json, Output};
 use crate::config;
 
 /// `kiln image ...`
@@ -152,6 +154,32 @@ pub async fn run(cmd: ImageCommand) -> Result<u8> {
         ImageCommand::Logs(a) => logs(&records, a).await,
         ImageCommand::Cancel(a) => cancel(&records, a).await,
     }
+}
+
+/// Where the test VM's boot went: its phases, then what came after (the guest's own "startup
+/// finished", kiln's agent brought in).
+fn write_boot_breakdown(out: &mut impl Write, b: &BootBreakdown) -> std::io::Result<()> {
+    let phases = boot_phases(b);
+    if !phases.is_empty() {
+        writeln!(out, "             boot: {phases}")?;
+    }
+    let mut after = Vec::new();
+    if let Some(ms) = b.finished_ms {
+        after.push(format!(
+            "systemd finished starting up {} after the kernel",
+            seconds(ms)
+        ));
+    }
+    if let Some(ms) = b.kiln_agent_ms {
+        after.push(format!(
+            "kiln's agent came in {} after the guest agent",
+            seconds(ms)
+        ));
+    }
+    if !after.is_empty() {
+        writeln!(out, "             then: {}", after.join("; "))?;
+    }
+    Ok(())
 }
 
 /// One line per step: name, status, time.
@@ -365,6 +393,9 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
                 seconds(ms),
                 t.accelerator.map_or("?", |a| a.as_str())
             )?;
+        }
+        if let Some(b) = &t.boot_breakdown {
+            write_boot_breakdown(&mut out, b)?;
         }
         write_steps(&mut out, &t.steps)?;
     }

@@ -111,6 +111,25 @@ fn golden_nginx_disk_boots_tests_nginx_in_the_vm_and_boots_with_plain_qemu() {
     let tests = &rec["tests"];
     assert_eq!(tests["instance"], "vm", "{tests}");
     assert!(tests["bootMs"].as_u64().unwrap() > 1000, "{tests}");
+    // Where the boot went: every phase of a Debian boot with systemd was measured, and the
+    // phases add up to the boot.
+    let b = &tests["bootBreakdown"];
+    let phases = [
+        "firmwareMs",
+        "kernelMs",
+        "initrdMs",
+        "userspaceMs",
+        "agentMs",
+    ];
+    let sum: u64 = phases
+        .iter()
+        .map(|p| b[p].as_u64().unwrap_or_else(|| panic!("no {p} in {b}")))
+        .sum();
+    assert_eq!(sum, tests["bootMs"].as_u64().unwrap(), "{b}");
+    assert!(b["kilnAgentMs"].as_u64().is_some(), "{b}");
+    assert!(out.contains("test VM boot "), "{out}");
+    let shown = text(&kiln(&["image", "get", &format!("{name}/1.0.0/1")]).stdout);
+    assert!(shown.contains("boot: firmware + bootloader"), "{shown}");
     // The nginx test phase ran inside the booted VM: the service answered over HTTP.
     let steps: Vec<(String, String)> = tests["steps"]
         .as_array()
@@ -137,6 +156,17 @@ fn golden_nginx_disk_boots_tests_nginx_in_the_vm_and_boots_with_plain_qemu() {
             .join("test/serial-console.log")
             .is_file(),
         "the serial console is in the build's logs"
+    );
+    // systemd's own account of the boot is in the test logs (the nginx test waits for the boot
+    // to finish, so it had finished).
+    let analysis = std::fs::read_to_string(
+        Path::new(rec["logs"].as_str().unwrap()).join("test/boot-analysis.log"),
+    )
+    .unwrap();
+    assert!(analysis.contains("Startup finished in"), "{analysis}");
+    assert!(
+        analysis.contains("ActiveEnterTimestampMonotonic="),
+        "{analysis}"
     );
     assert!(rec["disk"]["kernel"]
         .as_str()

@@ -228,7 +228,8 @@ pub(crate) fn save_console(instance: &dyn Launched, log_dir: &Path) {
 }
 
 /// Ends an instance's work: kept for debugging when `keep` (it failed and the recipe asks),
-/// stopped otherwise. Returns the kept instance and how stopping went.
+/// stopped otherwise; a test instance is discarded (nothing reads what it wrote, so a test VM
+/// is switched off rather than shut down). Returns the kept instance and how stopping went.
 pub(crate) async fn keep_or_stop(
     run: &BuildRun<'_>,
     instance: &Arc<dyn Launched>,
@@ -259,5 +260,10 @@ pub(crate) async fn keep_or_stop(
             Err(e) => tracing::warn!("could not keep the failed instance: {e}"),
         }
     }
-    (None, instance.stop().await)
+    let stopped = if stage == State::Testing {
+        instance.discard().await
+    } else {
+        instance.stop().await
+    };
+    (None, stopped)
 }

@@ -373,3 +373,131 @@ async fn components_run_on_the_builder_the_recipe_names() {
     assert_eq!(spec.working_dir, "/tmp");
     assert!(spec.upper.starts_with(f.home.run()));
 }
+
+/// A parent that can make a disk: a kernel, an init, the QEMU guest agent (files only: the fake
+/// VM boots nothing), beside the greeting component. Returns the recipe's folder.
+fn disk_parent(f: &Fixture) -> PathBuf {
+    let root = f.dir.path().join("vm-rootfs");
+    for d in ["boot", "usr/sbin", "etc", "var/lib/dpkg"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("boot/vmlinuz-6.1.0-9-cloud-amd64"), b"kernel").unwrap();
+    std::fs::write(root.join("boot/initrd.img-6.1.0-9-cloud-amd64"), b"initrd").unwrap();
+    std::fs::write(root.join("usr/sbin/init"), b"init").unwrap();
+    std::fs::write(root.join("usr/sbin/qemu-ga"), b"qemu-ga").unwrap();
+    std::os::unix::fs::symlink("usr/sbin", root.join("sbin")).unwrap();
+    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    let blob = kiln_image::write_layer(
+        &root,
+        &[],
+        0,
+        kiln_image::Compression::Gzip,
+        &f.dir.path().join("blobs"),
+    )
+    .unwrap();
+    kiln_image::write_image(
+        &f.dir.path().join("vmparent"),
+        "base",
+        &[blob],
+        &kiln_image::ImageSettings::default(),
+    )
+    .unwrap();
+    f.dir.path().to_path_buf()
+}
+
+fn disk_recipe(dir: &Path, max_boot_seconds: u32) -> Recipe {
+    crate::recipe::parse(RecipeSource {
+        path: dir.join("recipe.yml"),
+        text: format!(
+            "name: vm-web\nsemanticVersion: 1.0.0\nparentImage: oci:vmparent:base\n\
+             components:\n  - path: greet.yml\noutputs: [disk]\ndisk:\n  formats: [raw]\n\
+             imageTestsConfiguration:\n  maxBootSeconds: {max_boot_seconds}\n"
+        ),
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn a_test_vm_slower_to_boot_than_max_boot_seconds_fails_the_tests_with_its_breakdown() {
+    let f = Fixture::new().await;
+    let dir = disk_parent(&f);
+    // The guest's systemd: init 9 s after the kernel started, the guest agent at 26 s, the
+    // whole startup done at 30 s.
+    let launcher = Arc::new(FakeLauncher::new(|e: &FakeExec| {
+        let script = e.request.args.get(1).map(String::as_str).unwrap_or("");
+        match e.script.as_deref() {
+            Some(s) if s.contains("echo hello") => {
+                FakeReply::ok().writing("etc/greeting", b"hello\n")
+            }
+            _ if script.contains("UserspaceTimestampMonotonic") => {
+                let mut r = FakeReply::ok();
+                for l in [
+                    "UserspaceTimestampMonotonic=9000000",
+                    "FinishTimestampMonotonic=30000000",
+                    "ActiveEnterTimestampMonotonic=26000000",
+                ] {
+                    r.lines.push((kiln_instance::Stream::Stdout, l.into()));
+                }
+                r
+            }
+            _ => FakeReply::ok(),
+        }
+    }));
+    launcher.boot_as(kiln_instance::Boot {
+        duration: std::time::Duration::from_millis(31_500),
+        accel: kiln_instance::vm::Accel::Tcg,
+        kernel_started: Some(std::time::Duration::from_millis(4_000)),
+        kiln_agent: Some(std::time::Duration::from_millis(1_000)),
+    });
+
+    let rec = f
+        .builder(launcher.clone())
+        .build(&disk_recipe(&dir, 20), Arc::new(Unobserved))
+        .await
+        .unwrap();
+    assert_eq!(rec.state, State::Failed, "{:?}", rec.failure);
+    let failure = rec.failure.clone().unwrap();
+    assert_eq!(failure.stage, State::Testing);
+    assert!(
+        failure.reason.contains("took 31.5 s to boot")
+            && failure.reason.contains("maxBootSeconds (20 s)"),
+        "{}",
+        failure.reason
+    );
+    assert!(rec.outputs.is_empty(), "nothing is distributed");
+    // The tests ran all the same, and the record says where the boot went.
+    let t = rec.tests.clone().unwrap();
+    assert_eq!(t.status, TestStatus::Failed);
+    assert_eq!(t.boot_ms, Some(31_500));
+    let b = t.boot_breakdown.unwrap();
+    assert_eq!(b.firmware_ms, Some(4_000));
+    assert_eq!(b.userspace_ms, Some(26_000 - 9_000));
+    assert_eq!(b.agent_ms, Some(31_500 - 4_000 - 26_000));
+    assert_eq!(b.finished_ms, Some(30_000));
+    assert_eq!(b.kiln_agent_ms, Some(1_000));
+    let analysis = failure.log.unwrap();
+    assert!(analysis.ends_with("test/boot-analysis.log"), "{analysis:?}");
+    let text = std::fs::read_to_string(&analysis).unwrap();
+    assert!(
+        text.contains("ActiveEnterTimestampMonotonic=26000000"),
+        "{text}"
+    );
+    // The too slow boot was asked for its critical chain as well.
+    assert!(launcher.execs().iter().any(|e| e
+        .request
+        .args
+        .iter()
+        .any(|a| a.contains("critical-chain"))));
+
+    // Under a limit it keeps, the same image passes and is distributed.
+    let rec = f
+        .builder(launcher.clone())
+        .build(&disk_recipe(&dir, 40), Arc::new(Unobserved))
+        .await
+        .unwrap();
+    assert_eq!(rec.state, State::Available, "{:?}", rec.failure);
+    let t = rec.tests.unwrap();
+    assert_eq!(t.status, TestStatus::Passed);
+    assert_eq!(t.boot_breakdown.unwrap().agent_ms, Some(1_500));
+    assert!(!rec.outputs.is_empty());
+}

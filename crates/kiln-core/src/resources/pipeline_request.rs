@@ -157,7 +157,8 @@ impl Resources {
     }
 }
 
-/// `imageTestsConfiguration`: whether tests run, and for how long at most.
+/// `imageTestsConfiguration`: whether tests run, for how long at most, and how long the test
+/// VM may take to boot (the build's recipe gets it as it is).
 fn tests_configuration(c: &mut Checker, m: &Map) {
     let Some(t) = m.get("imageTestsConfiguration") else {
         return;
@@ -165,20 +166,7 @@ fn tests_configuration(c: &mut Checker, m: &Map) {
     let Some(tm) = c.reader.map(t, "`imageTestsConfiguration`") else {
         return;
     };
-    c.reader.known_keys(
-        tm,
-        &["imageTestsEnabled", "timeoutMinutes"],
-        "`imageTestsConfiguration`",
-    );
-    c.reader.boolean(tm, "imageTestsEnabled");
-    if let Some(mins) = c.reader.integer(tm, "timeoutMinutes") {
-        if !(60..=1440).contains(&mins) {
-            if let Some(n) = tm.get("timeoutMinutes") {
-                c.reader
-                    .error(n.span, "`timeoutMinutes` must be between 60 and 1440", None);
-            }
-        }
-    }
+    crate::recipe::tests_config(&mut c.reader, tm);
 }
 
 /// `schedule`: a cron or rate expression, a timezone and a start condition.

@@ -7,6 +7,7 @@
 //! protocol (streamed output, file operations, file transfer). The serial console goes to a
 //! log file whose last lines are quoted when a boot fails.
 
+mod boot;
 pub mod guest;
 pub mod keeper;
 pub mod qmp;
@@ -18,10 +19,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{AgentClient, ConnectError};
+use crate::client::AgentClient;
 use crate::fileops::{FileOp, FileOpOutput};
 use crate::sandbox::Network;
 use crate::{ExecOutcome, ExecRequest, Instance, InstanceError, InstanceKind, OutputSink};
+use boot::{BootTiming, Silent};
 use keeper::Keeper;
 use qmp::{Qga, Qmp};
 
@@ -119,7 +121,8 @@ pub struct Vm {
     watch: Mutex<BootWatch>,
     running: tokio::sync::RwLock<Option<Arc<Running>>>,
     accel: Mutex<Accel>,
-    boot_times: Mutex<Vec<Duration>>,
+    /// Every boot, first to last.
+    boots: Mutex<Vec<BootTiming>>,
     /// QEMU's events (`RESET`, `SHUTDOWN`, ...), from a monitor that only watches.
     events: tokio::sync::broadcast::Sender<String>,
     /// The agent connection the event watcher aborts when the guest goes down under it (a
@@ -275,7 +278,7 @@ impl Vm {
             watch: Mutex::new(BootWatch::default()),
             running: tokio::sync::RwLock::new(None),
             accel: Mutex::new(accel),
-            boot_times: Mutex::new(Vec::new()),
+            boots: Mutex::new(Vec::new()),
             events: tokio::sync::broadcast::channel(64).0,
             current: Arc::new(Mutex::new(None)),
             agent_cache: Mutex::new((None, None)),
@@ -294,9 +297,9 @@ impl Vm {
 
     /// How long each boot took to reach the guest agent.
     pub fn boot_times(&self) -> Vec<Duration> {
-        self.boot_times
+        self.boots
             .lock()
-            .map(|b| b.clone())
+            .map(|b| b.iter().map(|t| t.duration).collect())
             .unwrap_or_default()
     }
 
@@ -481,217 +484,6 @@ impl Vm {
         })
     }
 
-    /// Starts QEMU (if not running) and waits for the guest agent, then brings kiln's agent in.
-    async fn boot(&self) -> Result<(), InstanceError> {
-        let started = Instant::now();
-        let mut accel = self.accel();
-        let mut keeper = self.spawn_qemu(accel).await?;
-        let mut launched = Instant::now();
-        let mut seen_output = false;
-        let qga = loop {
-            if let Ok(Some(status)) = keeper.try_wait() {
-                let qemu_log =
-                    std::fs::read_to_string(self.spec.dir.join("qemu.log")).unwrap_or_default();
-                if accel == Accel::Kvm {
-                    tracing::info!("QEMU ended under KVM ({status}): {qemu_log}; trying TCG");
-                    self.remember_kvm_broken();
-                    accel = Accel::Tcg;
-                    keeper = self.spawn_qemu(accel).await?;
-                    launched = Instant::now();
-                    continue;
-                }
-                return Err(
-                    self.boot_failure(&format!("QEMU ended ({status}): {}", qemu_log.trim()))
-                );
-            }
-            if self.pump_console() > 0 {
-                seen_output = true;
-            }
-            if let Some(line) = self.watch.lock().ok().and_then(|w| w.fatal.clone()) {
-                keeper.kill().await;
-                return Err(self.boot_failure(&format!("the VM could not boot ({})", line.trim())));
-            }
-            if accel == Accel::Kvm && !seen_output && launched.elapsed() > KVM_GRACE {
-                // /dev/kvm answers but runs nothing (nested virtualisation): software it is.
-                tracing::info!("KVM gave no console output in {KVM_GRACE:?}; using TCG");
-                keeper.kill().await;
-                self.remember_kvm_broken();
-                accel = Accel::Tcg;
-                keeper = self.spawn_qemu(accel).await?;
-                launched = Instant::now();
-                continue;
-            }
-            if launched.elapsed() > self.spec.boot_timeout {
-                keeper.kill().await;
-                return Err(self.boot_failure(&format!(
-                    "the VM did not boot to its guest agent within {} s",
-                    self.spec.boot_timeout.as_secs()
-                )));
-            }
-            let qga_sock = self.sockets.join("qga.sock");
-            if qga_sock.exists() {
-                if let Ok(q) = Qga::connect(&qga_sock, Duration::from_secs(2)).await {
-                    break q;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
-        if let Ok(mut a) = self.accel.lock() {
-            *a = accel;
-        }
-        if let Ok(mut b) = self.boot_times.lock() {
-            b.push(launched.elapsed());
-        }
-        tracing::info!(accel = ?accel, "VM {} booted in {:?}", self.spec.id, started.elapsed());
-        let qmp = Qmp::connect(&self.sockets.join("qmp.sock"))
-            .await
-            .map_err(|e| InstanceError::Op(format!("QMP: {e}")))?;
-        let watcher = Qmp::connect(&self.sockets.join("events.sock"))
-            .await
-            .map_err(|e| InstanceError::Op(format!("QMP: {e}")))?;
-        tokio::spawn(watch_events(
-            watcher,
-            self.events.clone(),
-            self.current.clone(),
-        ));
-        let client = self.start_agent(qga).await?;
-        *self.running.write().await = Some(Arc::new(Running {
-            keeper,
-            qmp: tokio::sync::Mutex::new(qmp),
-            client,
-        }));
-        Ok(())
-    }
-
-    fn remember_kvm_broken(&self) {
-        if let Some(p) = &self.spec.kvm_verdict {
-            if let Some(d) = p.parent() {
-                let _ = std::fs::create_dir_all(d);
-            }
-            let _ = std::fs::write(p, format!("{} tcg\n", boot_id()));
-        }
-    }
-
-    /// The agent binary, plain or gzip-compressed (read and compressed once per VM).
-    fn agent_bytes(&self, compressed: bool) -> Result<Vec<u8>, InstanceError> {
-        let mut cache = self
-            .agent_cache
-            .lock()
-            .map_err(|_| InstanceError::Op("agent cache poisoned".into()))?;
-        let slot = if compressed {
-            &mut cache.1
-        } else {
-            &mut cache.0
-        };
-        if let Some(b) = slot {
-            return Ok(b.clone());
-        }
-        let plain = std::fs::read(&self.spec.agent)
-            .map_err(|e| InstanceError::io(format!("reading {}", self.spec.agent.display()), e))?;
-        let bytes = if compressed {
-            use std::io::Write;
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            gz.write_all(&plain)
-                .and_then(|_| gz.finish())
-                .map_err(|e| InstanceError::io("compressing kiln-agent", e))?
-        } else {
-            plain
-        };
-        *slot = Some(bytes.clone());
-        Ok(bytes)
-    }
-
-    async fn start_agent(&self, mut qga: Qga) -> Result<Arc<AgentClient>, InstanceError> {
-        let fail = |what: &str, e: qmp::ProtocolError| {
-            InstanceError::Op(format!("{what} in the guest: {e}"))
-        };
-        // The guest's /run is often mounted noexec (by initramfs-tools): kiln's folder is a
-        // tmpfs of its own, gone at the next boot and never part of the disk.
-        let (code, out, err) = qga
-            .run(
-                "/bin/sh",
-                &[
-                    "-c",
-                    "mkdir -p /run/kiln && { mountpoint -q /run/kiln || mount -t tmpfs -o mode=0755 kiln /run/kiln; } && { command -v gzip || true; }",
-                ],
-                Duration::from_secs(60),
-            )
-            .await
-            .map_err(|e| fail("creating /run/kiln", e))?;
-        if code != 0 {
-            return Err(InstanceError::Op(format!(
-                "cannot mount a tmpfs at /run/kiln in the guest: {}",
-                err.trim()
-            )));
-        }
-        // The guest agent moves about 2 MB/s under TCG: the agent travels compressed when the
-        // guest can decompress it.
-        let gzip_in_guest = !out.trim().is_empty();
-        let (bytes, dest) = if gzip_in_guest {
-            (self.agent_bytes(true)?, format!("{GUEST_AGENT_PATH}.gz"))
-        } else {
-            (self.agent_bytes(false)?, GUEST_AGENT_PATH.to_string())
-        };
-        qga.write_file(&dest, &bytes)
-            .await
-            .map_err(|e| fail("copying kiln-agent", e))?;
-        let unpack = if gzip_in_guest {
-            format!("gzip -dc {dest} > {GUEST_AGENT_PATH} && rm -f {dest} && chmod 755 {GUEST_AGENT_PATH}")
-        } else {
-            format!("chmod 755 {GUEST_AGENT_PATH}")
-        };
-        let (code, _, err) = qga
-            .run("/bin/sh", &["-c", &unpack], Duration::from_secs(60))
-            .await
-            .map_err(|e| fail("unpacking kiln-agent", e))?;
-        if code != 0 {
-            return Err(InstanceError::Op(format!(
-                "cannot unpack kiln-agent in the guest: {}",
-                err.trim()
-            )));
-        }
-        // Connect before the agent starts, so its first words are not lost.
-        let stream = tokio::net::UnixStream::connect(self.sockets.join("agent.sock"))
-            .await
-            .map_err(|e| InstanceError::io("connecting to the VM's agent port", e))?;
-        let (r, w) = stream.into_split();
-        let config = serde_json::json!({
-            "working_dir": self.spec.working_dir,
-            "env": self.spec.env,
-        })
-        .to_string();
-        qga.spawn(
-            GUEST_AGENT_PATH,
-            &[
-                "--port",
-                &format!("/dev/virtio-ports/{AGENT_PORT}"),
-                "--config",
-                &config,
-            ],
-            false,
-        )
-        .await
-        .map_err(|e| fail("starting kiln-agent", e))?;
-        match AgentClient::connect(r, w, "VM", self.console.clone(), Duration::from_secs(120)).await
-        {
-            Ok((client, _)) => {
-                if let Ok(mut c) = self.current.lock() {
-                    *c = Some(client.clone());
-                }
-                Ok(client)
-            }
-            Err(ConnectError::Fatal(m)) => {
-                Err(InstanceError::Op(format!("kiln-agent in the VM: {m}")))
-            }
-            Err(ConnectError::Gone) => {
-                Err(self.boot_failure("kiln-agent did not answer in the VM"))
-            }
-            Err(e @ ConnectError::Version { .. }) => {
-                Err(InstanceError::Op(format!("kiln-agent in the VM: {e}")))
-            }
-        }
-    }
-
     async fn client(&self) -> Result<Arc<AgentClient>, InstanceError> {
         self.running
             .read()
@@ -796,6 +588,31 @@ impl Vm {
                 .is_err()
             {
                 r.keeper.kill().await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.sockets);
+        Ok(())
+    }
+}
+
+impl Vm {
+    /// Ends QEMU (QMP `quit`) without the guest's shutdown, killing it when it does not go.
+    async fn switch_off(&self) -> Result<(), InstanceError> {
+        if let Some(r) = self.running.write().await.take() {
+            r.client.close();
+            let _ = r
+                .qmp
+                .lock()
+                .await
+                .execute("quit", serde_json::json!({}))
+                .await;
+            if let Ok(mut r) = Arc::try_unwrap(r) {
+                if tokio::time::timeout(Duration::from_secs(10), r.keeper.wait())
+                    .await
+                    .is_err()
+                {
+                    r.keeper.kill().await;
+                }
             }
         }
         let _ = std::fs::remove_dir_all(&self.sockets);
@@ -972,30 +789,25 @@ impl Instance for Vm {
         if let Ok(mut w) = self.watch.lock() {
             *w = BootWatch::default();
         }
+        let mut keeper = keeper;
         let launched = Instant::now();
-        let qga = loop {
-            self.pump_console();
-            if let Some(line) = self.watch.lock().ok().and_then(|w| w.fatal.clone()) {
-                let mut keeper = keeper;
+        let qga = match self
+            .wait_for_agent(&mut keeper, launched, false, boot::REBOOT)
+            .await?
+        {
+            Ok(q) => q,
+            Err(Silent::Ended(status)) => {
+                return Err(self.boot_failure(&format!("QEMU ended during the reboot ({status})")))
+            }
+            // Not watched after a reboot: KVM already ran this guest.
+            Err(Silent::KvmSilent) => {
                 keeper.kill().await;
-                return Err(
-                    self.boot_failure(&format!("the VM could not boot again ({})", line.trim()))
-                );
+                return Err(self.boot_failure("the VM stayed silent after its reboot"));
             }
-            if launched.elapsed() > self.spec.boot_timeout {
-                return Err(self.boot_failure("the VM did not come back from its reboot"));
-            }
-            if let Ok(q) =
-                Qga::connect(&self.sockets.join("qga.sock"), Duration::from_secs(2)).await
-            {
-                break q;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
         };
-        if let Ok(mut b) = self.boot_times.lock() {
-            b.push(launched.elapsed());
-        }
-        let client = self.start_agent(qga).await?;
+        let client = self
+            .after_guest_agent(qga, launched, launched.elapsed())
+            .await?;
         *self.running.write().await = Some(Arc::new(Running {
             keeper,
             qmp,
@@ -1016,10 +828,19 @@ impl crate::Launched for Vm {
     }
 
     fn boot(&self) -> Option<crate::Boot> {
-        self.boot_times().first().map(|d| crate::Boot {
-            duration: *d,
+        let first = *self.boots.lock().ok()?.first()?;
+        Some(crate::Boot {
+            duration: first.duration,
             accel: self.accel(),
+            kernel_started: first.kernel_started,
+            kiln_agent: Some(first.kiln_agent),
         })
+    }
+
+    /// Ends QEMU at once: nobody reads what a discarded VM wrote, so its guest need not shut
+    /// down (a TCG guest takes seconds to).
+    async fn discard(&self) -> Result<(), InstanceError> {
+        self.switch_off().await
     }
 
     fn console_log(&self) -> Option<PathBuf> {

@@ -1,6 +1,7 @@
 //! QEMU's machine protocol (QMP) and the guest agent protocol (QGA), the few commands kiln uses.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -165,7 +166,16 @@ const RETRY_PAUSE: Duration = Duration::from_millis(300);
 /// A guest agent connection.
 pub struct Qga {
     lines: Lines,
-    next: u64,
+}
+
+/// Numbers the requests of every guest agent conversation of this process: QEMU passes the
+/// guest agent's words to whichever connection is open when they come, so an answer to a
+/// request made on a connection kiln gave up on must never pass for the answer of another.
+fn next_id() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    // Distinct between kiln processes too (two may talk to a kept VM's agent in turn); below
+    // 2^53, so the number survives JSON anywhere.
+    u64::from(std::process::id()) * 1_000_000_000 + COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Qga {
@@ -173,10 +183,7 @@ impl Qga {
     /// not running yet.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Qga, ProtocolError> {
         let lines = Lines::connect(path).await?;
-        let mut q = Qga {
-            lines,
-            next: std::process::id() as u64 * 1000,
-        };
+        let mut q = Qga { lines };
         tokio::time::timeout(timeout, q.sync())
             .await
             .map_err(|_| ProtocolError::Timeout("guest-sync-delimited".into()))??;
@@ -202,8 +209,7 @@ impl Qga {
     }
 
     async fn sync(&mut self) -> Result<(), ProtocolError> {
-        self.next += 1;
-        let id = self.next;
+        let id = next_id();
         let msg = json!({ "execute": "guest-sync-delimited", "arguments": { "id": id } });
         let mut bytes = vec![0xffu8];
         bytes.extend_from_slice(format!("{msg}\n").as_bytes());
@@ -223,8 +229,7 @@ impl Qga {
         command: &str,
         arguments: Value,
     ) -> Result<Value, ProtocolError> {
-        self.next += 1;
-        let id = self.next;
+        let id = next_id();
         let msg = if arguments.is_null() {
             json!({ "execute": command, "id": id })
         } else {
@@ -267,6 +272,8 @@ impl Qga {
     ) -> Result<(i64, String, String), ProtocolError> {
         let pid = self.spawn(path, args, true).await?;
         let deadline = tokio::time::Instant::now() + timeout;
+        // Short commands end within milliseconds: look soon, then less often.
+        let mut pause = Duration::from_millis(5);
         loop {
             let s = self
                 .execute("guest-exec-status", json!({ "pid": pid }))
@@ -287,7 +294,8 @@ impl Qga {
             if tokio::time::Instant::now() > deadline {
                 return Err(ProtocolError::Timeout(format!("{path} in the guest")));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 
@@ -316,6 +324,43 @@ impl Qga {
         self.execute("guest-file-close", json!({ "handle": h }))
             .await?;
         Ok(())
+    }
+
+    /// The guest's uptime (its kernel clock) and the host's instant it is taken for: the
+    /// middle of one `guest-file-read` of `/proc/uptime` (the file is opened before, so the
+    /// read is a single round trip). Together they place the guest kernel's start on the
+    /// host's clock.
+    pub async fn uptime(&mut self) -> Result<(Duration, tokio::time::Instant), ProtocolError> {
+        let handle = self
+            .execute(
+                "guest-file-open",
+                json!({ "path": "/proc/uptime", "mode": "r" }),
+            )
+            .await?;
+        let h = handle
+            .as_i64()
+            .ok_or_else(|| ProtocolError::Protocol(format!("guest-file-open gave {handle}")))?;
+        let before = tokio::time::Instant::now();
+        let read = self
+            .execute("guest-file-read", json!({ "handle": h, "count": 256 }))
+            .await;
+        let after = tokio::time::Instant::now();
+        let _ = self
+            .execute("guest-file-close", json!({ "handle": h }))
+            .await;
+        let read = read?;
+        let text = read["buf-b64"]
+            .as_str()
+            .and_then(crate::protocol::b64decode)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let secs: f64 = text
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| ProtocolError::Protocol(format!("/proc/uptime said {text:?}")))?;
+        Ok((Duration::from_secs_f64(secs), before + (after - before) / 2))
     }
 
     /// Asks the guest to power off or reboot, and waits a little for the agent to take it (it

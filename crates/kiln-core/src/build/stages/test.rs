@@ -10,12 +10,13 @@ use kiln_instance::BuilderKind;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::build::boot;
 use crate::build::components::Component;
 use crate::build::failure::StageFailure;
 use crate::build::instance::{self, Drive, Driven, SandboxJob};
 use crate::build::run::BuildRun;
 use crate::build::{millis, timings};
-use crate::record::{Package, State, TestRecord, TestStatus};
+use crate::record::{BootBreakdown, Package, State, TestRecord, TestStatus};
 use crate::store::{read_json, write_json};
 
 /// A test result kept for an image that passed, so an identical rebuild need not test again.
@@ -60,6 +61,7 @@ fn skipped_or_cached(status: TestStatus, reused_from: Option<String>) -> TestRec
         instance: None,
         boot_ms: None,
         accelerator: None,
+        boot_breakdown: None,
     }
 }
 
@@ -94,12 +96,13 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
         ));
         run.rec.packages = entry.packages;
     } else {
-        let (driven, boot) = if run.disk.is_some() {
+        let tested = if run.disk.is_some() {
             in_vm(run, &testable).await?
         } else {
-            (in_sandbox(run, &testable).await?, None)
+            Tested::in_sandbox(in_sandbox(run, &testable).await?)
         };
-        let passed = driven.report.status.ok();
+        let (driven, boot) = (tested.driven, tested.boot);
+        let passed = driven.report.status.ok() && tested.too_slow.is_none();
         run.rec.tests = Some(TestRecord {
             status: if passed {
                 TestStatus::Passed
@@ -116,7 +119,14 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
             }),
             boot_ms: boot.map(|b| b.duration.as_millis() as u64),
             accelerator: boot.map(|b| b.accel),
+            boot_breakdown: tested.breakdown,
         });
+        if let (Some(slow), true) = (&tested.too_slow, driven.report.status.ok()) {
+            let mut f = StageFailure::new(State::Testing, slow.clone());
+            f.log = Some(run.rec.logs.join("test").join(boot::ANALYSIS_LOG));
+            f.kept = driven.kept;
+            return Err(f);
+        }
         if !passed {
             let component = driven
                 .report
@@ -124,12 +134,16 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
                 .iter()
                 .find(|d| !d.status.ok())
                 .map(|d| d.name.clone());
-            return Err(StageFailure::from_run(
+            let mut f = StageFailure::from_run(
                 State::Testing,
                 component,
                 &driven,
                 &run.rec.logs.join("test"),
-            ));
+            );
+            if let Some(slow) = &tested.too_slow {
+                f.reason = format!("{}; and {slow}", f.reason);
+            }
+            return Err(f);
         }
         run.rec.packages = driven.packages;
         let _ = write_json(
@@ -184,11 +198,45 @@ async fn in_sandbox(run: &BuildRun<'_>, testable: &[&Component]) -> Result<Drive
     }
 }
 
-/// Boots the disk exactly as a user would and runs the tests in it.
-async fn in_vm(
-    run: &BuildRun<'_>,
-    testable: &[&Component],
-) -> Result<(Driven, Option<kiln_instance::Boot>), StageFailure> {
+/// What the test instance gave.
+struct Tested {
+    /// The tests' run.
+    driven: Driven,
+    /// How the VM booted.
+    boot: Option<kiln_instance::Boot>,
+    /// Where its boot went.
+    breakdown: Option<BootBreakdown>,
+    /// Why the boot was too slow (`maxBootSeconds`), when it was.
+    too_slow: Option<String>,
+}
+
+impl Tested {
+    fn in_sandbox(driven: Driven) -> Self {
+        Tested {
+            driven,
+            boot: None,
+            breakdown: None,
+            too_slow: None,
+        }
+    }
+}
+
+/// Why `boot` fails the tests, when it took longer than `imageTestsConfiguration.maxBootSeconds`.
+fn boot_over_limit(run: &BuildRun<'_>, boot: Option<&kiln_instance::Boot>) -> Option<String> {
+    let (limit, boot) = (run.recipe.tests.max_boot_seconds?, boot?);
+    (boot.duration > Duration::from_secs(u64::from(limit))).then(|| {
+        format!(
+            "the test VM took {:.1} s to boot to its guest agent ({}), longer than imageTestsConfiguration.maxBootSeconds ({limit} s)",
+            boot.duration.as_secs_f64(),
+            boot.accel.as_str()
+        )
+    })
+}
+
+/// Boots the disk exactly as a user would and runs the tests in it; then asks the guest where
+/// its boot went. A boot over `maxBootSeconds` fails the tests, which still run (one build
+/// tells both).
+async fn in_vm(run: &BuildRun<'_>, testable: &[&Component]) -> Result<Tested, StageFailure> {
     let Some(disk) = run.disk.as_ref() else {
         return Err(StageFailure::new(
             State::Testing,
@@ -208,6 +256,7 @@ async fn in_vm(
     )
     .await?;
     let boot = vm.boot();
+    let too_slow = boot_over_limit(run, boot.as_ref());
     if let Some(b) = boot {
         run.progress(format!(
             "the test VM booted in {:.1} s ({}); running the tests in it",
@@ -216,17 +265,31 @@ async fn in_vm(
         ));
     }
     let r = tokio::time::timeout(limit(run), instance::drive(run, vm.clone(), &drive)).await;
+    // A VM whose tests ran over their time is not asked anything more.
+    let breakdown = match (&r, boot) {
+        (Ok(_), Some(b)) => {
+            Some(boot::analyze(vm.as_ref(), &b, too_slow.is_some(), &drive.log_dir).await)
+        }
+        _ => None,
+    };
     instance::save_console(vm.as_ref(), &drive.log_dir);
-    let failed = !matches!(&r, Ok(Ok(d)) if d.report.status.ok());
+    let t0 = Instant::now();
+    let failed = too_slow.is_some() || !matches!(&r, Ok(Ok(d)) if d.report.status.ok());
     let keep = failed && run.keeps_failed_instances();
     let (kept, stopped) = instance::keep_or_stop(run, &vm, keep, State::Testing).await;
     if let Err(e) = stopped {
         tracing::warn!("stopping the test VM: {e}");
     }
+    tracing::info!("the test VM ended in {:?}", t0.elapsed());
     match r {
         Ok(Ok(mut d)) => {
             d.kept = kept;
-            Ok((d, boot))
+            Ok(Tested {
+                driven: d,
+                boot,
+                breakdown,
+                too_slow,
+            })
         }
         Ok(Err(mut f)) => {
             f.kept = kept;
