@@ -219,7 +219,7 @@ impl Vm {
             kernel_started,
             kiln_agent: t0.elapsed(),
         };
-        tracing::info!("VM {} boot: {timing:?}", self.spec.id);
+        tracing::debug!("VM {} boot: {timing:?}", self.spec.id);
         if let Ok(mut b) = self.boots.lock() {
             b.push(timing);
         }

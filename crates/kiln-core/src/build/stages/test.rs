@@ -258,8 +258,14 @@ async fn in_vm(run: &BuildRun<'_>, testable: &[&Component]) -> Result<Tested, St
     let boot = vm.boot();
     let too_slow = boot_over_limit(run, boot.as_ref());
     if let Some(b) = boot {
+        let over = match run.recipe.tests.max_boot_seconds {
+            Some(limit) if too_slow.is_some() => {
+                format!(", over maxBootSeconds ({limit} s): the tests fail")
+            }
+            _ => String::new(),
+        };
         run.progress(format!(
-            "the test VM booted in {:.1} s ({}); running the tests in it",
+            "the test VM booted in {:.1} s ({}){over}; running the tests in it",
             b.duration.as_secs_f64(),
             b.accel.as_str()
         ));
@@ -280,7 +286,7 @@ async fn in_vm(run: &BuildRun<'_>, testable: &[&Component]) -> Result<Tested, St
     if let Err(e) = stopped {
         tracing::warn!("stopping the test VM: {e}");
     }
-    tracing::info!("the test VM ended in {:?}", t0.elapsed());
+    tracing::debug!("the test VM ended in {:?}", t0.elapsed());
     match r {
         Ok(Ok(mut d)) => {
             d.kept = kept;
