@@ -29,8 +29,8 @@ struct TestCacheEntry {
 }
 
 /// What decides a test result: the image's layers, for a disk the exact disk (the digest of its
-/// raw bytes: a disk is booted, so its boot files, kernel and filesystem count), and the test
-/// documents with their parameters.
+/// raw bytes: a disk is booted, so its boot files, kernel and filesystem count) and the boot
+/// limit, and the test documents with their parameters.
 fn test_key(run: &BuildRun<'_>, testable: &[&Component]) -> String {
     let mut h = Sha256::new();
     h.update(b"kiln-test-v2");
@@ -40,6 +40,10 @@ fn test_key(run: &BuildRun<'_>, testable: &[&Component]) -> String {
     if let Some(d) = &run.disk {
         h.update(b"vm-boot ");
         h.update(d.entry.raw.digest.as_bytes());
+        // A pass is a pass within its boot limit: another limit tests again.
+        if let Some(limit) = run.recipe.tests.max_boot_seconds {
+            h.update(format!(" max-boot {limit}").as_bytes());
+        }
     }
     for c in testable {
         h.update(c.sha256.as_bytes());
