@@ -577,21 +577,28 @@ impl Vm {
             .is_err()
         {
             tracing::warn!("VM {} did not power off in 90 s; stopping it", self.spec.id);
-            let _ = r
-                .qmp
-                .lock()
-                .await
-                .execute("quit", serde_json::json!({}))
-                .await;
-            if tokio::time::timeout(Duration::from_secs(10), r.keeper.wait())
-                .await
-                .is_err()
-            {
-                r.keeper.kill().await;
-            }
+            r.quit().await;
         }
         let _ = std::fs::remove_dir_all(&self.sockets);
         Ok(())
+    }
+}
+
+impl Running {
+    /// Ends QEMU (QMP `quit`), killing it when it has not gone after 10 s.
+    async fn quit(&mut self) {
+        let _ = self
+            .qmp
+            .lock()
+            .await
+            .execute("quit", serde_json::json!({}))
+            .await;
+        if tokio::time::timeout(Duration::from_secs(10), self.keeper.wait())
+            .await
+            .is_err()
+        {
+            self.keeper.kill().await;
+        }
     }
 }
 
@@ -600,18 +607,15 @@ impl Vm {
     async fn switch_off(&self) -> Result<(), InstanceError> {
         if let Some(r) = self.running.write().await.take() {
             r.client.close();
-            let _ = r
-                .qmp
-                .lock()
-                .await
-                .execute("quit", serde_json::json!({}))
-                .await;
-            if let Ok(mut r) = Arc::try_unwrap(r) {
-                if tokio::time::timeout(Duration::from_secs(10), r.keeper.wait())
-                    .await
-                    .is_err()
-                {
-                    r.keeper.kill().await;
+            match Arc::try_unwrap(r) {
+                Ok(mut r) => r.quit().await,
+                Err(shared) => {
+                    let _ = shared
+                        .qmp
+                        .lock()
+                        .await
+                        .execute("quit", serde_json::json!({}))
+                        .await;
                 }
             }
         }
