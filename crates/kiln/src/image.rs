@@ -644,21 +644,22 @@ pub async fn cache(cmd: CacheCommand) -> Result<u8> {
             } else {
                 cfg.cache_max_bytes
             };
-            // Layers of running builds are protected by their run locks: only prune when no
-            // build runs, which `sweep` tells by the locks it cannot take.
-            let running = std::fs::read_dir(home.run())
-                .map(|d| d.flatten().count())
-                .unwrap_or(0);
-            kiln_instance::runlock::sweep(&home.run());
-            let still = std::fs::read_dir(home.run())
-                .map(|d| d.flatten().count())
-                .unwrap_or(0);
-            if still > 0 {
-                bail!("{still} build(s) are running ({} total folders in {}); prune when they are done", running, home.run().display());
-            }
+            // A running build reads its disk through its own link, so kept disks may go at any
+            // time. Layers of running builds are protected by their run locks: only prune
+            // layers when no build runs, which `sweep` tells by the locks it cannot take.
             let r = if a.disks {
                 cache.prune_disks()
             } else {
+                let running = std::fs::read_dir(home.run())
+                    .map(|d| d.flatten().count())
+                    .unwrap_or(0);
+                kiln_instance::runlock::sweep(&home.run());
+                let still = std::fs::read_dir(home.run())
+                    .map(|d| d.flatten().count())
+                    .unwrap_or(0);
+                if still > 0 {
+                    bail!("{still} build(s) are running ({} total folders in {}); prune when they are done (`--disks` can be pruned now)", running, home.run().display());
+                }
                 cache.prune(max, &Default::default())
             };
             writeln!(
