@@ -254,7 +254,9 @@ impl DiskCache {
             .with_file_name(format!("keep-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&staging).map_err(io("creating", &staging))?;
         let raw = staging.join("disk.raw");
-        std::fs::rename(&assembled.raw, &raw).map_err(io("keeping", &raw))?;
+        // A second name, not a move: the build keeps reading its own even if the cache drops
+        // this one (`kiln cache prune --disks` while builds run).
+        link_or_copy(&assembled.raw, &raw).map_err(io("keeping", &raw))?;
         let entry = DiskEntry {
             key: key.to_string(),
             name: made.name,
@@ -291,9 +293,15 @@ impl DiskCache {
 
     /// The disk of `entry` in `format`: the kept conversion when it is unchanged, else converted
     /// now and kept.
+    ///
+    /// A conversion made now is written from the build's own `raw` into its `scratch` folder and
+    /// then given a second name in the cache, so a build never reads a file the cache may drop
+    /// under it; a kept one is linked into `scratch` for the same reason.
     pub fn format(
         &self,
         entry: &mut DiskEntry,
+        raw: &Path,
+        scratch: &Path,
         format: DiskFormat,
         compression: DiskCompression,
     ) -> Result<(DiskFile, bool), StoreError> {
@@ -303,57 +311,69 @@ impl DiskCache {
         } else {
             DiskCompression::None
         };
-        let file = |k: &KeptFile| DiskFile {
+        let name = match compression {
+            DiskCompression::None => format!("disk.{}", format.extension()),
+            DiskCompression::Zlib => format!("disk-zlib.{}", format.extension()),
+            DiskCompression::Zstd => format!("disk-zstd.{}", format.extension()),
+        };
+        std::fs::create_dir_all(scratch).map_err(io("creating", scratch))?;
+        let mine = scratch.join(&name);
+        let file = |k: &KeptFile, path: &Path| DiskFile {
             format,
-            path: dir.join(&k.file),
+            path: path.to_path_buf(),
             digest: k.digest.clone(),
             size: k.size,
         };
         if format == DiskFormat::Raw {
-            return Ok((file(&entry.raw), true));
+            return Ok((file(&entry.raw, raw), true));
         }
         if let Some(f) = entry
             .formats
             .iter()
             .find(|f| f.format == format && f.compression == compression)
         {
-            if intact(&dir, &f.kept) {
-                return Ok((file(&f.kept), true));
+            if intact(&dir, &f.kept) && link_or_copy(&dir.join(&f.kept.file), &mine).is_ok() {
+                return Ok((file(&f.kept, &mine), true));
             }
         }
-        let name = match compression {
-            DiskCompression::None => format!("disk.{}", format.extension()),
-            DiskCompression::Zlib => format!("disk-zlib.{}", format.extension()),
-            DiskCompression::Zstd => format!("disk-zstd.{}", format.extension()),
-        };
-        let out = dir.join(&name);
         let label = kdisk::DiskLabel {
             name: entry.name.clone(),
             uuid: entry.ids.disk.clone(),
             epoch: entry.epoch,
         };
-        kdisk::convert(
-            &dir.join(&entry.raw.file),
-            &out,
-            format,
-            compression,
-            &label,
-        )
-        .map_err(|e| StoreError::Corrupt {
-            path: out.clone(),
-            why: format!("converting the disk: {e}"),
+        kdisk::convert(raw, &mine, format, compression, &label).map_err(|e| {
+            StoreError::Corrupt {
+                path: mine.clone(),
+                why: format!("converting the disk: {e}"),
+            }
         })?;
-        let k = kept(&dir, &name, digest_of(&out)?)?;
-        entry
-            .formats
-            .retain(|f| !(f.format == format && f.compression == compression));
-        entry.formats.push(KeptFormat {
-            format,
-            compression,
-            kept: k.clone(),
-        });
-        write_json(&dir.join("entry.json"), entry)?;
-        Ok((file(&k), false))
+        let digest = digest_of(&mine)?;
+        // Kept when the entry is still there (a prune may have dropped it meanwhile).
+        if dir.join("entry.json").is_file() && link_or_copy(&mine, &dir.join(&name)).is_ok() {
+            if let Ok(k) = kept(&dir, &name, digest.clone()) {
+                entry
+                    .formats
+                    .retain(|f| !(f.format == format && f.compression == compression));
+                entry.formats.push(KeptFormat {
+                    format,
+                    compression,
+                    kept: k,
+                });
+                let _ = write_json(&dir.join("entry.json"), entry);
+            }
+        }
+        let size = std::fs::metadata(&mine)
+            .map_err(io("reading", &mine))?
+            .len();
+        Ok((
+            DiskFile {
+                format,
+                path: mine,
+                digest,
+                size,
+            },
+            false,
+        ))
     }
 
     /// Every kept disk.

@@ -86,7 +86,7 @@ pub(crate) async fn with_guest_agent(
 
 /// The raw disk of `chain` with `extra` free space (when the recipe gives no size): the kept
 /// one when nothing that makes it changed, else assembled now and kept. The build reads it
-/// through its own link in `work`, so the cache may drop it meanwhile.
+/// through its own name in `work` (`work/disk.raw`), so the cache may drop it meanwhile.
 pub(crate) async fn disk_of(
     run: &BuildRun<'_>,
     chain: &[StoredLayer],
@@ -110,7 +110,13 @@ pub(crate) async fn disk_of(
         };
         let cache = DiskCache::new(&home);
         let key = cache::key(&spec);
-        let kept = if no_cache { None } else { cache.get(&key) };
+        let raw = work.join("disk.raw");
+        // The build's own name for a kept disk; when the cache dropped it meanwhile, it is
+        // assembled again.
+        let kept = if no_cache { None } else { cache.get(&key) }.filter(|entry| {
+            std::fs::create_dir_all(&work).is_ok()
+                && cache::link_or_copy(&cache.raw_path(entry), &raw).is_ok()
+        });
         let (entry, cached) = match kept {
             Some(entry) => (entry, true),
             None => {
@@ -126,9 +132,6 @@ pub(crate) async fn disk_of(
                 (cache.put(&key, made, &a).map_err(|e| e.to_string())?, false)
             }
         };
-        let raw = work.join("disk.raw");
-        cache::link_or_copy(&cache.raw_path(&entry), &raw)
-            .map_err(|e| format!("linking the disk into {}: {e}", work.display()))?;
         Ok((entry.assembled(raw), entry, cached))
     })
     .await

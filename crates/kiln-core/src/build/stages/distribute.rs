@@ -71,10 +71,11 @@ async fn disk_files(run: &mut BuildRun<'_>) -> Result<Vec<DiskFile>, StageFailur
             });
         }
         let (cache, mut entry) = (DiskCache::new(run.home), d.entry.clone());
+        let (raw, scratch) = (d.assembled.raw.clone(), run.run_dir.join("disk"));
         let t0 = std::time::Instant::now();
         let (file, entry, kept) = tokio::task::spawn_blocking(move || {
             cache
-                .format(&mut entry, format, compression)
+                .format(&mut entry, &raw, &scratch, format, compression)
                 .map(|(f, kept)| (f, entry, kept))
         })
         .await

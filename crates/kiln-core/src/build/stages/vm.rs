@@ -80,7 +80,7 @@ pub(crate) async fn build(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
     let (home, name) = (run.home.clone(), run.recipe.name.clone());
     let kept = tokio::task::spawn_blocking(move || -> Result<_, String> {
         std::fs::create_dir_all(&work).map_err(|e| format!("creating {}: {e}", work.display()))?;
-        let flat = work.join("flat.raw");
+        let flat = work.join("disk.raw");
         kiln_image::disk::flatten(&overlay, &flat).map_err(|e| e.to_string())?;
         // Kept like an assembled disk (its conversions are made the same way), under its bytes:
         // it is not made of layers, so no other build will ask for it by what made it.
@@ -99,9 +99,8 @@ pub(crate) async fn build(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
         let entry = cache
             .put(&cache::written_key(&digest), made, &flattened)
             .map_err(|e| e.to_string())?;
-        let raw = work.join("disk.raw");
-        cache::link_or_copy(&cache.raw_path(&entry), &raw).map_err(|e| e.to_string())?;
-        Ok((entry.assembled(raw), entry))
+        // The build goes on reading its own name, `disk.raw`, which the cache now shares.
+        Ok((entry.assembled(flattened.raw), entry))
     })
     .await
     .map_err(|e| StageFailure::new(State::Building, e.to_string()))?
