@@ -562,12 +562,7 @@ impl Vm {
         let mut r = match Arc::try_unwrap(r) {
             Ok(r) => r,
             Err(shared) => {
-                let _ = shared
-                    .qmp
-                    .lock()
-                    .await
-                    .execute("quit", serde_json::json!({}))
-                    .await;
+                shared.send_quit().await;
                 let _ = std::fs::remove_dir_all(&self.sockets);
                 return Ok(());
             }
@@ -585,14 +580,19 @@ impl Vm {
 }
 
 impl Running {
-    /// Ends QEMU (QMP `quit`), killing it when it has not gone after 10 s.
-    async fn quit(&mut self) {
+    /// Asks QEMU to end now (QMP `quit`); a QEMU already gone is no error.
+    async fn send_quit(&self) {
         let _ = self
             .qmp
             .lock()
             .await
             .execute("quit", serde_json::json!({}))
             .await;
+    }
+
+    /// Ends QEMU (QMP `quit`), killing it when it has not gone after 10 s.
+    async fn quit(&mut self) {
+        self.send_quit().await;
         if tokio::time::timeout(Duration::from_secs(10), self.keeper.wait())
             .await
             .is_err()
@@ -609,14 +609,7 @@ impl Vm {
             r.client.close();
             match Arc::try_unwrap(r) {
                 Ok(mut r) => r.quit().await,
-                Err(shared) => {
-                    let _ = shared
-                        .qmp
-                        .lock()
-                        .await
-                        .execute("quit", serde_json::json!({}))
-                        .await;
-                }
+                Err(shared) => shared.send_quit().await,
             }
         }
         let _ = std::fs::remove_dir_all(&self.sockets);
