@@ -25,29 +25,38 @@ pub fn place(file: &DiskFile, region: &Path, build_stem: &str) -> Result<Placed,
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let path = dir.join(format!("{build_stem}.{}", file.format.extension()));
     let tmp = path.with_extension("partial");
-    let _ = std::fs::remove_file(&tmp);
-    if std::fs::hard_link(&file.path, &tmp).is_err() {
-        let status = std::process::Command::new("cp")
-            .args(["--reflink=auto", "--sparse=always"])
-            .arg(&file.path)
-            .arg(&tmp)
-            .status()
-            .map_err(|e| format!("cp: {e}"))?;
-        if !status.success() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(format!(
-                "copying {} to {} failed ({status})",
-                file.path.display(),
-                tmp.display()
-            ));
-        }
-    }
+    link_or_copy(&file.path, &tmp).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("copying {} to {}: {e}", file.path.display(), tmp.display())
+    })?;
     std::fs::rename(&tmp, &path).map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(Placed {
         path,
         digest: file.digest.clone(),
         size: file.size,
     })
+}
+
+/// Gives `from` the second name `to` (replacing it): a hard link when both are on one
+/// filesystem, else a copy-on-write clone where the filesystem has them, else a sparse copy.
+pub fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let _ = std::fs::remove_file(to);
+    if std::fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    let status = std::process::Command::new("cp")
+        .args(["--reflink=auto", "--sparse=always"])
+        .arg(from)
+        .arg(to)
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("cp failed ({status})")))
+    }
 }
 
 /// Points `STEM.EXT` (the version's name) at a placed build's file: a hard link swapped in by a

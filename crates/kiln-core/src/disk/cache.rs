@@ -433,31 +433,9 @@ impl DiskCache {
     }
 }
 
-/// Links `from` at `to` (a build's own name for a kept file, so that the cache may drop it
-/// while the build still reads it), copying when the two are on different filesystems.
-pub fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let _ = std::fs::remove_file(to);
-    if std::fs::hard_link(from, to).is_ok() {
-        return Ok(());
-    }
-    let status = std::process::Command::new("cp")
-        .args(["--reflink=auto", "--sparse=always"])
-        .arg(from)
-        .arg(to)
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
-            "cp {} {} failed ({status})",
-            from.display(),
-            to.display()
-        )))
-    }
-}
+/// Links `from` at `to`: a build's own name for a kept file, so that the cache may drop it
+/// while the build still reads it (the same placing as a region's disk file).
+pub use kiln_dist::disk::link_or_copy;
 
 #[cfg(test)]
 mod tests {
