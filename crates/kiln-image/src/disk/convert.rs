@@ -162,19 +162,57 @@ fn uuid_hex(uuid: &str) -> String {
 /// Sets a VMDK descriptor's random content ID (`CID=xxxxxxxx`) from the label.
 fn stamp_vmdk(path: &Path, label: &DiskLabel) -> Result<(), DiskError> {
     let mut f = open_rw(path)?;
-    let mut head = vec![0u8; 64 << 10];
-    let n = f.read(&mut head).map_err(io("reading", path))?;
-    let Some(at) = head[..n].windows(5).position(|w| w == b"\nCID=") else {
+    let mut header = [0u8; 512];
+    f.read_exact(&mut header).map_err(io("reading", path))?;
+    let sectors = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&header[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let (offset, size) = (sectors(28), sectors(36));
+    if &header[..4] != b"KDMV" || offset == 0 || size == 0 || size > 1024 {
         return Err(DiskError::NotBootable(format!(
-            "{}: qemu-img wrote a VMDK without a CID line",
+            "{}: qemu-img wrote a VMDK without an embedded descriptor",
             path.display()
         )));
-    };
+    }
+    let mut descriptor = vec![0u8; (size * 512) as usize];
+    f.seek(SeekFrom::Start(offset * 512))
+        .and_then(|_| f.read_exact(&mut descriptor))
+        .map_err(io("reading", path))?;
     let cid = uuid_hex(&label.uuid);
     let cid = cid.get(..8).unwrap_or("00000000");
-    f.seek(SeekFrom::Start(at as u64 + 5))
-        .and_then(|_| f.write_all(cid.as_bytes()))
+    let descriptor = with_cid(&descriptor, cid).ok_or_else(|| {
+        DiskError::NotBootable(format!(
+            "{}: qemu-img wrote a VMDK descriptor without a CID line",
+            path.display()
+        ))
+    })?;
+    f.seek(SeekFrom::Start(offset * 512))
+        .and_then(|_| f.write_all(&descriptor))
         .map_err(io("writing", path))
+}
+
+/// The descriptor `text` (NUL-padded to its reserved size) with its `CID=` line set to `cid`,
+/// the same size again. The line is rewritten whole: qemu-img prints a random CID without
+/// leading zeros, so writing over it in place would eat the next line when it is short.
+fn with_cid(text: &[u8], cid: &str) -> Option<Vec<u8>> {
+    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+    let mut out = Vec::with_capacity(text.len());
+    let mut found = false;
+    for line in text[..end].split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b"CID=") && !found {
+            found = true;
+            out.extend_from_slice(format!("CID={cid}\n").as_bytes());
+        } else {
+            out.extend_from_slice(line);
+        }
+    }
+    if !found || out.len() > text.len() {
+        return None;
+    }
+    out.resize(text.len(), 0);
+    Some(out)
 }
 
 /// Seconds from 1970 to 2000-01-01, where VHD times start.
@@ -273,6 +311,72 @@ mod tests {
                 .unwrap();
             assert!(cmp.success(), "{format:?} does not hold the raw disk");
         }
+    }
+
+    #[test]
+    fn every_vmdk_gets_the_same_whole_descriptor() {
+        if need("qemu-img", "qemu-utils").is_err() {
+            eprintln!("skipped: needs qemu-img");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let raw = d.path().join("disk.raw");
+        File::create(&raw).unwrap().set_len(1 << 20).unwrap();
+        let label = DiskLabel {
+            name: "web".into(),
+            uuid: "0b8e3f5c-1d2a-4c6e-9f00-112233445566".into(),
+            epoch: 0,
+        };
+        // One random CID in 16 is short: 48 conversions meet one 95 times in 100.
+        let first = d.path().join("first.vmdk");
+        convert(
+            &raw,
+            &first,
+            DiskFormat::Vmdk,
+            DiskCompression::None,
+            &label,
+        )
+        .unwrap();
+        let bytes = fs::read(&first).unwrap();
+        let text = String::from_utf8_lossy(&bytes[512..1024]);
+        assert!(
+            text.contains("\nCID=0b8e3f5c\nparentCID=ffffffff\n"),
+            "{text}"
+        );
+        for _ in 0..47 {
+            let again = d.path().join("again.vmdk");
+            convert(
+                &raw,
+                &again,
+                DiskFormat::Vmdk,
+                DiskCompression::None,
+                &label,
+            )
+            .unwrap();
+            assert_eq!(fs::read(&again).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn a_short_random_cid_is_replaced_whole() {
+        // qemu-img prints the random CID with `%x`: 7 digits one time in 16.
+        let mut text =
+            b"# Disk DescriptorFile\nversion=1\nCID=abcdef1\nparentCID=ffffffff\n".to_vec();
+        text.resize(1024, 0);
+        let out = with_cid(&text, "0b8e3f5c").unwrap();
+        assert_eq!(out.len(), 1024);
+        let end = out.iter().position(|&b| b == 0).unwrap();
+        assert_eq!(
+            &out[..end],
+            b"# Disk DescriptorFile\nversion=1\nCID=0b8e3f5c\nparentCID=ffffffff\n"
+        );
+        let mut long = b"CID=ffffffff\n".to_vec();
+        long.resize(16, 0);
+        assert_eq!(
+            &with_cid(&long, "0b8e3f5c").unwrap()[..13],
+            b"CID=0b8e3f5c\n"
+        );
+        assert!(with_cid(b"version=1\n\0\0", "0b8e3f5c").is_none());
     }
 
     #[test]
