@@ -8,7 +8,8 @@ use std::path::Path;
 use chrono::Utc;
 use tokio::io::AsyncWriteExt;
 
-pub mod sigv4;
+/// SigV4 signing, which lives in `kiln-sigv4` (the API server verifies with the same crate).
+pub use kiln_sigv4::sign as sigv4;
 
 pub use sigv4::Credentials;
 

@@ -1,8 +1,8 @@
-//! AWS Signature Version 4 (header signing).
+//! AWS Signature Version 4 (header signing), as a client does it.
 //!
-//! Written out rather than pulled from the AWS SDK: it is one page of code, the SDK's
-//! dependency tree is large, and kiln needs the same canonicalisation again to *verify*
-//! signatures when it serves the Image Builder API.
+//! Written out for the S3 client: one page of code, with the path and query encoded by the
+//! caller. Verification does not use it: [`crate::verify`] signs again with AWS's own signer,
+//! so a server-side check never depends on kiln agreeing with itself.
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
