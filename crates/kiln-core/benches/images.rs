@@ -85,6 +85,7 @@ fn record(i: usize) -> ImageRecord {
         recipe_arn: None,
         configurations: vec![],
         distributing: vec![],
+        tags: Default::default(),
     };
     for s in [
         State::Pending,

@@ -94,6 +94,16 @@ pub async fn plan(
     let pipeline = resources
         .get(principal, pipeline_ref, &[Kind::ImagePipeline])
         .await?;
+    plan_for(resources, principal, pipeline).await
+}
+
+/// [`plan`] for a pipeline resource the caller has: a stored one, or (with an empty ARN) the
+/// fields of an Image Builder `CreateImage` request, which builds once without a pipeline.
+pub async fn plan_for(
+    resources: &Resources,
+    principal: &Principal,
+    pipeline: Resource,
+) -> Result<Plan, ResourceError> {
     let recipe = match resolve(
         resources,
         principal,
@@ -173,9 +183,10 @@ pub async fn plan(
     }
     let origin = Origin {
         principal: principal.clone(),
-        pipeline: Some(pipeline.arn.clone()),
+        pipeline: Some(pipeline.arn.clone()).filter(|a| !a.is_empty()),
         recipe_arn: Some(recipe.arn.clone()),
         configurations,
+        tags: Default::default(),
     };
     Ok(Plan {
         pipeline,

@@ -444,6 +444,9 @@ pub struct ImageRecord {
     /// build dies half-way.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub distributing: Vec<PlannedOutput>,
+    /// Tags (Image Builder's `tags`: given at CreateImage, changed by TagResource).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 impl ImageRecord {
@@ -904,6 +907,7 @@ pub(crate) mod tests {
             recipe_arn: None,
             configurations: vec![],
             distributing: vec![],
+            tags: Default::default(),
         }
     }
 

@@ -98,6 +98,8 @@ pub struct Origin {
     pub recipe_arn: Option<String>,
     /// The infrastructure and distribution configurations.
     pub configurations: Vec<String>,
+    /// The image's tags.
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 impl Origin {
@@ -108,6 +110,7 @@ impl Origin {
             pipeline: None,
             recipe_arn: None,
             configurations: Vec::new(),
+            tags: Default::default(),
         }
     }
 }
@@ -121,6 +124,7 @@ pub struct Builder {
     origin: Origin,
     launcher: Arc<dyn Launcher>,
     logging: Vec<LogDestination>,
+    queue: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Builder {
@@ -140,7 +144,15 @@ impl Builder {
             origin,
             launcher,
             logging: Vec::new(),
+            queue: None,
         }
+    }
+
+    /// Runs the build's stages only while it holds a permit of `queue` (a server's limit on
+    /// builds at once): the build is numbered and PENDING meanwhile, and can be cancelled.
+    pub fn with_queue(mut self, queue: Arc<tokio::sync::Semaphore>) -> Self {
+        self.queue = Some(queue);
+        self
     }
 
     /// Records builds in this store (opened from the data directory otherwise); components
@@ -258,8 +270,22 @@ impl Builder {
             // `kiln image cancel` asks through the store; dropping the stages stops their
             // instance (sandbox helpers and VM keepers die with their handles). Once
             // distribution starts the build finishes: a region is never left half-written.
+            let queue = self.queue.clone();
+            let stages = async {
+                // Closed only when the server is going away: then nothing more starts.
+                let _permit = match queue {
+                    Some(q) => match q.acquire_owned().await {
+                        Ok(p) => Some(p),
+                        Err(_) => {
+                            return Err(StageFailure::new(State::Pending, "kiln is shutting down"))
+                        }
+                    },
+                    None => None,
+                };
+                stages::run_all(&mut run).await
+            };
             tokio::select! {
-                r = stages::run_all(&mut run) => Some(r),
+                r = stages => Some(r),
                 _ = cancel_requested(&records, &arn, &distributing) => None,
             }
         };
@@ -315,6 +341,7 @@ impl Builder {
             recipe_arn: self.origin.recipe_arn.clone(),
             configurations: self.origin.configurations.clone(),
             distributing: Vec::new(),
+            tags: self.origin.tags.clone(),
         };
         rec.set_state(State::Pending, None);
         rec

@@ -73,15 +73,18 @@ impl<'d> Checker<'d> {
         self.reader.error(node.span, message, hint);
     }
 
-    /// A path in the request: relative ones need the request's folder, which a request sent
-    /// over the network does not have.
+    /// A path on the machine kiln runs on: a request file may name one (relative to its
+    /// folder); a request sent over the network may not, since kiln writes there as root.
     pub fn local_path(&mut self, node: &Node) {
         let Some(p) = node.as_text() else { return };
-        if self.doc.dir().is_none() && Path::new(p).is_relative() {
+        if self.doc.dir().is_none() {
             self.error_at(
                 node,
-                format!("`{p}` is a relative path, and this request has no folder to resolve it against"),
-                Some("give an absolute path".into()),
+                format!("`{p}` is a path on the server, which a request over the API cannot name"),
+                Some(
+                    "leave it out: kiln keeps what the API makes under its own data directory"
+                        .into(),
+                ),
             );
         }
     }

@@ -378,6 +378,49 @@ impl Resources {
         Ok(out)
     }
 
+    /// Changes the tags of the resource `arn` names exactly, in `principal`'s account
+    /// (TagResource, UntagResource): tags are not content, so its digest and version stay.
+    pub async fn set_tags(
+        &self,
+        principal: &Principal,
+        arn: &str,
+        change: impl FnOnce(&mut serde_json::Map<String, Value>),
+    ) -> Result<Resource, ResourceError> {
+        let missing = || ResourceError::NotFound(format!("no resource has the ARN `{arn}`"));
+        if !arn.starts_with(&principal.arn_prefix()) {
+            return Err(missing());
+        }
+        let row = self.store.db().get(arn).await?.ok_or_else(missing)?;
+        let mut found = self.parse(&row)?;
+        let mut tags = found
+            .request
+            .get("tags")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        change(&mut tags);
+        if let Some(o) = found.request.as_object_mut() {
+            if tags.is_empty() {
+                o.remove("tags");
+            } else {
+                o.insert("tags".into(), Value::Object(tags));
+            }
+        }
+        let body = serde_json::to_string(&found)
+            .map_err(|e| StoreError::Encode(format!("the resource {arn}: {e}")))?;
+        self.store
+            .db()
+            .update(
+                arn,
+                kiln_store::Update {
+                    body: Some(body),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(found)
+    }
+
     /// Deletes one resource (an exact reference), unless others use it: then the error names
     /// them.
     pub async fn delete(

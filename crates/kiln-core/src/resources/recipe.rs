@@ -1,8 +1,6 @@
 //! CreateImageRecipe and CreateContainerRecipe: the recipe file's checks, with components
 //! named by ARN and required to exist.
 
-use std::path::Path;
-
 use kiln_store::Kind;
 use kiln_yaml::{Map, Node};
 use serde_json::Value;
@@ -151,19 +149,19 @@ impl Resources {
     }
 }
 
-/// An `oci:` or `rootfs:` parent at a relative path needs the request's folder.
+/// An `oci:` or `rootfs:` parent is a folder on the machine kiln runs on: a request file's
+/// to name (relative to its folder), never a request that came over the network, whose
+/// sender may not read the server's files.
 fn local_parent(c: &mut Checker, node: &Node) {
     let Some(text) = node.as_text() else { return };
     let path = ["oci:", "rootfs:"]
         .iter()
         .find_map(|scheme| text.strip_prefix(scheme));
-    if let Some(p) = path {
-        if c.doc.dir().is_none() && Path::new(p).is_relative() {
-            c.error_at(
-                node,
-                format!("`{text}` names a relative path, and this request has no folder to resolve it against"),
-                Some("give an absolute path".into()),
-            );
-        }
+    if path.is_some() && c.doc.dir().is_none() {
+        c.error_at(
+            node,
+            format!("`{text}` names a folder on the server, which a request over the API cannot"),
+            Some("use a registry (docker://HOST/NAME:TAG), bootstrap:debian/bookworm, or an image ARN".into()),
+        );
     }
 }

@@ -109,20 +109,34 @@ async fn a_request_without_a_folder_takes_inline_data() {
 }
 
 #[tokio::test]
-async fn relative_paths_need_a_folder() {
+async fn a_request_over_the_network_names_no_path_on_the_server() {
     let (_dir, res) = resources().await;
+    // kiln writes regions and logs as root, and reads parents' folders: an API caller may
+    // name none of them, absolute or not.
     let r = api(
         Operation::CreateDistributionConfiguration,
         serde_json::json!({"name": "d", "distributions": [{"region": "a", "path": "/srv/a"}, {"region": "b", "path": "b"}]}),
     );
     let e = fails(&res, &alice(), r).await;
-    assert_eq!(fields(&e), [Some("distributions[1].path")], "{e}");
+    assert_eq!(
+        fields(&e),
+        [Some("distributions[0].path"), Some("distributions[1].path")],
+        "{e}"
+    );
+    for parent in ["oci:images/base", "oci:/etc", "rootfs:/"] {
+        let r = api(
+            Operation::CreateImageRecipe,
+            serde_json::json!({"name": "r", "parentImage": parent, "components": []}),
+        );
+        let e = fails(&res, &alice(), r).await;
+        assert!(fields(&e).contains(&Some("parentImage")), "{e}");
+    }
     let r = api(
-        Operation::CreateImageRecipe,
-        serde_json::json!({"name": "r", "parentImage": "oci:images/base", "components": []}),
+        Operation::CreateInfrastructureConfiguration,
+        serde_json::json!({"name": "i", "logging": {"localPath": "/etc/cron.d"}}),
     );
     let e = fails(&res, &alice(), r).await;
-    assert!(fields(&e).contains(&Some("parentImage")), "{e}");
+    assert_eq!(fields(&e), [Some("logging.localPath")], "{e}");
 }
 
 #[tokio::test]

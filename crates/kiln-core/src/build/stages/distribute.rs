@@ -16,16 +16,19 @@ use crate::record::State;
 use crate::store::{Home, StoredLayer};
 
 /// The regions of a recipe: each a local image layout folder (its `path`, or
-/// `$KILN_HOME/regions/REGION`).
-pub(crate) fn regions(home: &Home, recipe: &crate::recipe::Recipe) -> Vec<Region> {
+/// `$KILN_HOME/regions/REGION` for the local account and `$KILN_HOME/regions/ACCOUNT/REGION`
+/// for the others, so that two accounts' images of one name never share a tag).
+pub(crate) fn regions(home: &Home, recipe: &crate::recipe::Recipe, account: &str) -> Vec<Region> {
+    let base = if account == crate::principal::LOCAL_ACCOUNT {
+        home.regions()
+    } else {
+        home.regions().join(account)
+    };
     recipe
         .distributions
         .iter()
         .map(|d| {
-            let dir = d
-                .path
-                .clone()
-                .unwrap_or_else(|| home.regions().join(&d.region));
+            let dir = d.path.clone().unwrap_or_else(|| base.join(&d.region));
             Region::local(&d.region, dir)
         })
         .collect()
@@ -35,7 +38,7 @@ pub(crate) fn regions(home: &Home, recipe: &crate::recipe::Recipe) -> Vec<Region
 pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
     // From here on a cancel request waits: a region is never left half-written.
     run.distributing.store(true, Ordering::SeqCst);
-    let regions = regions(run.home, run.recipe);
+    let regions = regions(run.home, run.recipe, &run.rec.account);
     let files = disk_files(run).await?;
     let artifact = artifact(run, files).await;
     run.rec.distributing = kiln_dist::plan(&regions, &artifact);

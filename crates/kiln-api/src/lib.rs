@@ -1,0 +1,188 @@
+//! `kiln serve`: the EC2 Image Builder REST-JSON API over kiln's resources and builds, so that
+//! the AWS CLI, boto3 and Terraform work against a kiln with `--endpoint-url`.
+//!
+//! Every request is authenticated (SigV4, see [`auth`]), routed to one [`ops::Op`] by method
+//! and path as botocore's model gives them, checked against the model's input shape, carried
+//! out for the caller's account through kiln-core, and answered with only the members of the
+//! model's output shape. Errors are the model's exceptions, 4xx for a client's mistake.
+
+#![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod auth;
+pub mod builds;
+pub mod error;
+pub mod model;
+pub mod ops;
+mod query;
+pub mod ratelimit;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kiln_core::record::Records;
+use kiln_core::resources::Resources;
+use serde_json::Value;
+
+pub use auth::Authenticator;
+pub use builds::{BuildSettings, Builds};
+pub use error::ApiError;
+
+use model::{Location, Model};
+use ops::Op;
+
+/// Largest request body kiln reads (a component's document is at most 16,000 characters).
+pub const MAX_BODY: usize = 1 << 20;
+/// How long a client may take to send its body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every request is served with.
+pub struct App {
+    /// The account's resources.
+    pub resources: Resources,
+    /// Image records.
+    pub records: Records,
+    /// Builds the server runs.
+    pub builds: Builds,
+    /// Who a request comes from.
+    pub auth: Arc<dyn Authenticator>,
+    /// Requests per account.
+    pub limiter: ratelimit::Limiter,
+}
+
+/// The HTTP service: every path goes through [`handle`].
+pub fn router(app: Arc<App>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(app)
+}
+
+/// Serves one request.
+pub async fn handle(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut response = match serve_one(&app, req).await {
+        Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
+        Err(e) => {
+            tracing::info!(code = %e.code, status = e.status, "request refused");
+            e.into_response()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-amzn-RequestId", v);
+    }
+    response
+}
+
+async fn serve_one(app: &App, req: Request<Body>) -> Result<Value, ApiError> {
+    let (parts, body) = req.into_parts();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return Err(ApiError::with_status(
+                "InvalidRequestException",
+                413,
+                format!("the request body is over {MAX_BODY} bytes"),
+            ))
+        }
+        Err(_) => {
+            return Err(ApiError::with_status(
+                "RequestTimeoutException",
+                408,
+                "the request body did not arrive in time",
+            ))
+        }
+    };
+    let principal = app.auth.authenticate(&parts, &body)?;
+    app.limiter.check(&principal.account)?;
+    let path = parts.uri.path();
+    let (op, path_arn) = Op::route(&parts.method, path).ok_or_else(|| {
+        ApiError::with_status(
+            "UnknownOperationException",
+            404,
+            format!("kiln serves no {} {path}", parts.method),
+        )
+    })?;
+    let mut input: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Default::default())
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the request body is not JSON: {e} (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?
+    };
+    if !input.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    let model = Model::get();
+    let operation = model
+        .operation(op.name())
+        .ok_or_else(|| ApiError::service(format!("{} is not in the model", op.name())))?;
+    let input_shape = operation.input.clone().unwrap_or_default();
+    if let Some(shape) = model.shape(&input_shape) {
+        let pairs = query::pairs(parts.uri.query().unwrap_or(""));
+        for m in &shape.members {
+            let key = m.location_name.as_deref().unwrap_or(&m.name);
+            let value = match m.location {
+                Location::Query => {
+                    let values: Vec<&String> = pairs
+                        .iter()
+                        .filter(|(k, _)| k == key)
+                        .map(|(_, v)| v)
+                        .collect();
+                    let list = model
+                        .shape(&m.shape)
+                        .is_some_and(|s| s.ty == model::ShapeType::List);
+                    match (values.first(), list) {
+                        (None, _) => None,
+                        (Some(_), true) => Some(Value::from(
+                            values
+                                .iter()
+                                .map(|v| Value::from(v.as_str()))
+                                .collect::<Vec<_>>(),
+                        )),
+                        (Some(v), false) => Some(Value::from(v.as_str())),
+                    }
+                }
+                Location::Uri => path_arn.as_deref().map(|a| Value::from(query::decode(a))),
+                _ => None,
+            };
+            if let (Some(v), Some(o)) = (value, input.as_object_mut()) {
+                o.insert(m.name.clone(), v);
+            }
+        }
+        model.check(&input_shape, &input, "")?;
+    }
+    let mut output = ops::dispatch(app, &principal, op, input).await?;
+    if let Some(o) = output.as_object_mut() {
+        o.insert(
+            "requestId".into(),
+            Value::from(uuid::Uuid::new_v4().to_string()),
+        );
+    }
+    Ok(match &operation.output {
+        Some(shape) => model.project(shape, output),
+        None => Value::Object(Default::default()),
+    })
+}
+
+/// Serves until `shutdown` resolves, then stops taking requests and cancels the running
+/// builds (recording each), so that nothing is left half-distributed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let result = axum::serve(listener, router(app.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    app.builds.shutdown().await;
+    result
+}

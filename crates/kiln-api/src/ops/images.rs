@@ -1,0 +1,356 @@
+//! Images: builds started through the API (a pipeline's, or CreateImage's), their records,
+//! cancel and delete.
+
+use std::collections::BTreeMap;
+
+use kiln_core::principal::Principal;
+use kiln_core::record::ImageRecord;
+use kiln_core::resources::{PipelineStatus, Resource};
+use kiln_core::version::Version;
+use kiln_store::{Filter, Kind};
+use serde_json::{json, Value};
+
+use super::resources::{matches, scoped_token};
+use super::{paging, required, text, view, Op};
+use crate::error::ApiError;
+use crate::App;
+
+/// StartImagePipelineExecution and CreateImage: the build is queued and numbered now; the
+/// answer names it while it runs.
+pub async fn start(
+    app: &App,
+    principal: &Principal,
+    op: Op,
+    input: Value,
+) -> Result<Value, ApiError> {
+    let token = required(&input, "clientToken")?.to_string();
+    let scoped = scoped_token(principal, op, &token);
+    let digest = kiln_core::store::sha256_hex(input.to_string().as_bytes());
+    if let Some((seen, arn)) = app.builds.token(&scoped) {
+        if seen != digest {
+            return Err(ApiError::new(
+                "IdempotentParameterMismatchException",
+                format!("clientToken `{token}` was used before with another request"),
+            ));
+        }
+        return Ok(json!({"clientToken": token, "imageBuildVersionArn": arn}));
+    }
+    let pipeline = match op {
+        Op::StartImagePipelineExecution => {
+            let arn = required(&input, "imagePipelineArn")?;
+            let p = app
+                .resources
+                .get(principal, arn, &[Kind::ImagePipeline])
+                .await?;
+            if p.status == Some(PipelineStatus::Disabled) {
+                return Err(ApiError::bad_request(format!(
+                    "pipeline {} is DISABLED: enable it (UpdateImagePipeline with status ENABLED) to run it",
+                    p.arn
+                )));
+            }
+            p
+        }
+        _ => one_off(principal, &input),
+    };
+    let mut plan = kiln_core::pipeline::plan_for(&app.resources, principal, pipeline).await?;
+    if let Some(tags) = input.get("tags").and_then(Value::as_object) {
+        plan.origin.tags = tags
+            .iter()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+            .collect::<BTreeMap<_, _>>();
+    }
+    let arn = app.builds.start(plan).await?;
+    app.builds.remember(scoped, digest, arn.clone());
+    Ok(json!({"clientToken": token, "imageBuildVersionArn": arn}))
+}
+
+/// A CreateImage request as the pipeline of one build.
+fn one_off(principal: &Principal, input: &Value) -> Resource {
+    let mut request = serde_json::Map::new();
+    for k in [
+        "imageRecipeArn",
+        "containerRecipeArn",
+        "infrastructureConfigurationArn",
+        "distributionConfigurationArn",
+        "imageTestsConfiguration",
+    ] {
+        if let Some(v) = input.get(k) {
+            request.insert(k.into(), v.clone());
+        }
+    }
+    Resource {
+        arn: String::new(),
+        kind: Kind::ImagePipeline,
+        name: "CreateImage".into(),
+        version: None,
+        owner: principal.user.clone(),
+        date_created: chrono::Utc::now(),
+        date_updated: None,
+        description: String::new(),
+        digest: String::new(),
+        request: Value::Object(request),
+        source_file: None,
+        component_type: None,
+        platform: None,
+        data: None,
+        status: None,
+        uses: Vec::new(),
+    }
+}
+
+/// An image ARN's name, version and build (`None` for a version ARN).
+fn parse_arn(arn: &str) -> Option<(String, Version, Option<u32>)> {
+    let (_, rest) = arn.split_once(":image/")?;
+    let mut parts = rest.split('/');
+    let name = parts.next()?.to_string();
+    let version: Version = parts.next()?.parse().ok()?;
+    let build = match parts.next() {
+        Some(b) => Some(b.parse().ok()?),
+        None => None,
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((name, version, build))
+}
+
+/// The record an image ARN names in `principal`'s account (the newest build for a version
+/// ARN).
+async fn record(app: &App, principal: &Principal, arn: &str) -> Result<ImageRecord, ApiError> {
+    let missing = || ApiError::not_found(format!("no image has the ARN `{arn}`"));
+    if !arn.starts_with(&principal.arn_prefix()) {
+        return Err(if arn.starts_with("arn:") {
+            missing()
+        } else {
+            ApiError::invalid(format!(
+                "`{arn}` is not an image ARN (arn:kiln:imagebuilder:REGION:ACCOUNT:image/NAME/VERSION/BUILD)"
+            ))
+        });
+    }
+    let (name, version, build) = parse_arn(arn).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "`{arn}` is not an image ARN (.../image/NAME/VERSION/BUILD)"
+        ))
+    })?;
+    let exact = match build {
+        Some(b) => kiln_core::record::image_arn(&principal.account, &name, &version, b),
+        None => {
+            let f = Filter {
+                kind: Some(Kind::Image),
+                name: Some(name),
+                version: [
+                    Some(version.major),
+                    Some(version.minor),
+                    Some(version.patch),
+                ],
+                arn_prefix: Some(principal.arn_prefix()),
+                limit: Some(1),
+                ..Filter::default()
+            };
+            let rows = app
+                .records
+                .store()
+                .db()
+                .list(&f)
+                .await
+                .map_err(ApiError::service)?;
+            rows.into_iter().next().ok_or_else(missing)?.arn
+        }
+    };
+    app.records
+        .get(&exact)
+        .await
+        .map_err(ApiError::service)?
+        .filter(|r| r.account == principal.account)
+        .ok_or_else(missing)
+}
+
+/// GetImage: the record with the recipe and configurations it was built from.
+pub async fn get(app: &App, principal: &Principal, input: Value) -> Result<Value, ApiError> {
+    let arn = required(&input, "imageBuildVersionArn")?;
+    let rec = record(app, principal, arn).await?;
+    let mut image = view::image(&rec);
+    let mut uses: Vec<&String> = rec.recipe_arn.iter().collect();
+    uses.extend(rec.configurations.iter());
+    for used in uses {
+        let Ok(r) = app
+            .resources
+            .get(
+                principal,
+                used,
+                &[
+                    Kind::ImageRecipe,
+                    Kind::ContainerRecipe,
+                    Kind::InfrastructureConfiguration,
+                    Kind::DistributionConfiguration,
+                ],
+            )
+            .await
+        else {
+            continue;
+        };
+        let key = match r.kind {
+            Kind::ImageRecipe => "imageRecipe",
+            Kind::ContainerRecipe => "containerRecipe",
+            Kind::InfrastructureConfiguration => "infrastructureConfiguration",
+            _ => "distributionConfiguration",
+        };
+        image[key] = view::resource(&r);
+    }
+    if let Some(t) = &rec.tests {
+        image["imageTestsConfiguration"] =
+            json!({"imageTestsEnabled": t.status.as_str() != "SKIPPED"});
+    }
+    Ok(json!({ "image": image }))
+}
+
+/// ListImages (one entry per version), ListImageBuildVersions and ListImagePipelineImages
+/// (one per build).
+pub async fn list(
+    app: &App,
+    principal: &Principal,
+    op: Op,
+    input: Value,
+) -> Result<Value, ApiError> {
+    let mut f = Filter {
+        kind: Some(Kind::Image),
+        arn_prefix: Some(principal.arn_prefix()),
+        ..Filter::default()
+    };
+    match op {
+        Op::ListImageBuildVersions => {
+            let arn = required(&input, "imageVersionArn")?;
+            let (name, version, _) = parse_arn(arn).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "imageVersionArn: `{arn}` is not an image version ARN"
+                ))
+            })?;
+            f.name = Some(name);
+            f.version = [
+                Some(version.major),
+                Some(version.minor),
+                Some(version.patch),
+            ];
+        }
+        Op::ListImagePipelineImages => {
+            let arn = required(&input, "imagePipelineArn")?;
+            app.resources
+                .get(principal, arn, &[Kind::ImagePipeline])
+                .await?;
+            f.pipeline = Some(arn.to_string());
+        }
+        _ => {}
+    }
+    let owner = text(&input, "owner").unwrap_or("Self");
+    let summaries = if owner == "Self" {
+        app.records.summaries(&f).await.map_err(ApiError::service)?
+    } else {
+        Vec::new()
+    };
+    if op == Op::ListImages {
+        let by_name = input
+            .get("byName")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let mut versions: Vec<Value> = Vec::new();
+        for s in summaries {
+            let arn = if by_name {
+                format!(
+                    "{}image/{}/x.x.x",
+                    principal.arn_prefix(),
+                    s.name.to_ascii_lowercase()
+                )
+            } else {
+                view::version_arn(&s.arn)
+            };
+            if versions.iter().any(|v| v["arn"] == json!(arn)) {
+                continue;
+            }
+            let v = json!({
+                "arn": arn,
+                "name": s.name,
+                "version": if by_name { "x.x.x".to_string() } else { s.version.to_string() },
+                "platform": "Linux",
+                "owner": principal.account,
+                "dateCreated": view::date(s.created),
+                "buildType": "USER_INITIATED",
+                "imageSource": "CUSTOM",
+            });
+            if matches(&v, &input) {
+                versions.push(v);
+            }
+        }
+        let page = paging::page(versions, |v| v["arn"].as_str().unwrap_or(""), &input)?;
+        return Ok(json!({"imageVersionList": page.items, "nextToken": page.next}));
+    }
+    let page = paging::page(summaries, |s| s.arn.as_str(), &input)?;
+    let mut items = Vec::new();
+    for s in &page.items {
+        if let Some(r) = app.records.get(&s.arn).await.map_err(ApiError::service)? {
+            let v = view::image(&r);
+            if matches(&v, &input) {
+                items.push(v);
+            }
+        }
+    }
+    Ok(json!({"imageSummaryList": items, "nextToken": page.next}))
+}
+
+/// CancelImageCreation: asks the running build to stop (unless it is distributing, which
+/// finishes so no region is left half-written).
+pub async fn cancel(app: &App, principal: &Principal, input: Value) -> Result<Value, ApiError> {
+    let arn = required(&input, "imageBuildVersionArn")?;
+    let rec = record(app, principal, arn).await?;
+    if rec.state.is_final() {
+        return Err(ApiError::new(
+            "ResourceInUseException",
+            format!(
+                "image {} is {}: only a PENDING, BUILDING or TESTING image can be cancelled",
+                rec.arn, rec.state
+            ),
+        ));
+    }
+    app.records
+        .store()
+        .db()
+        .request_cancel(&rec.arn)
+        .await
+        .map_err(ApiError::service)?;
+    Ok(json!({"clientToken": text(&input, "clientToken"), "imageBuildVersionArn": rec.arn}))
+}
+
+/// DeleteImage: the record goes; what was distributed stays in its regions, as Image Builder
+/// leaves AMIs and container images.
+pub async fn delete(app: &App, principal: &Principal, input: Value) -> Result<Value, ApiError> {
+    let arn = required(&input, "imageBuildVersionArn")?;
+    let rec = record(app, principal, arn).await?;
+    if !rec.state.is_final() {
+        return Err(ApiError::new(
+            "ResourceDependencyException",
+            format!(
+                "image {} is {}: cancel it (CancelImageCreation) or wait for it to end first",
+                rec.arn, rec.state
+            ),
+        ));
+    }
+    app.records
+        .store()
+        .db()
+        .delete(&rec.arn)
+        .await
+        .map_err(ApiError::service)?;
+    Ok(json!({"imageBuildVersionArn": rec.arn}))
+}
+
+/// The record of exactly the image build `arn` names (TagResource and its kin).
+pub(crate) async fn record_for_tags(
+    app: &App,
+    principal: &Principal,
+    arn: &str,
+) -> Result<ImageRecord, ApiError> {
+    let rec = record(app, principal, arn).await?;
+    if rec.arn != arn {
+        return Err(ApiError::not_found(format!("no image has the ARN `{arn}`")));
+    }
+    Ok(rec)
+}

@@ -1,0 +1,216 @@
+//! Components, recipes, configurations and pipelines: create, update, get, list, delete, all
+//! through kiln-core's `Resources` (the same checks, versions and dependencies as the CLI).
+
+use kiln_core::principal::Principal;
+use kiln_core::request::{Document, Operation, Request};
+use kiln_core::resources::{ListOptions, Resource};
+use kiln_store::Kind;
+use serde_json::{json, Value};
+
+use super::{paging, required, text, view, Op};
+use crate::error::ApiError;
+use crate::App;
+
+/// The kind an operation is about, and the member naming one resource in its request and
+/// response.
+fn kind_of(op: Op) -> (Kind, &'static str) {
+    use Op::*;
+    match op {
+        CreateComponent | GetComponent | DeleteComponent | ListComponents => {
+            (Kind::Component, "componentBuildVersionArn")
+        }
+        ListComponentBuildVersions => (Kind::Component, "componentVersionArn"),
+        CreateImageRecipe | GetImageRecipe | DeleteImageRecipe | ListImageRecipes => {
+            (Kind::ImageRecipe, "imageRecipeArn")
+        }
+        CreateContainerRecipe
+        | GetContainerRecipe
+        | DeleteContainerRecipe
+        | ListContainerRecipes => (Kind::ContainerRecipe, "containerRecipeArn"),
+        CreateInfrastructureConfiguration
+        | UpdateInfrastructureConfiguration
+        | GetInfrastructureConfiguration
+        | DeleteInfrastructureConfiguration
+        | ListInfrastructureConfigurations => (
+            Kind::InfrastructureConfiguration,
+            "infrastructureConfigurationArn",
+        ),
+        CreateDistributionConfiguration
+        | UpdateDistributionConfiguration
+        | GetDistributionConfiguration
+        | DeleteDistributionConfiguration
+        | ListDistributionConfigurations => (
+            Kind::DistributionConfiguration,
+            "distributionConfigurationArn",
+        ),
+        _ => (Kind::ImagePipeline, "imagePipelineArn"),
+    }
+}
+
+/// The member a Get response holds its resource in, and a List response its items.
+fn holder(kind: Kind) -> (&'static str, &'static str) {
+    match kind {
+        Kind::Component => ("component", "componentVersionList"),
+        Kind::ImageRecipe => ("imageRecipe", "imageRecipeSummaryList"),
+        Kind::ContainerRecipe => ("containerRecipe", "containerRecipeSummaryList"),
+        Kind::InfrastructureConfiguration => (
+            "infrastructureConfiguration",
+            "infrastructureConfigurationSummaryList",
+        ),
+        Kind::DistributionConfiguration => (
+            "distributionConfiguration",
+            "distributionConfigurationSummaryList",
+        ),
+        _ => ("imagePipeline", "imagePipelineList"),
+    }
+}
+
+/// A client token as the store keeps it: per account and operation, as Image Builder scopes
+/// them.
+pub fn scoped_token(principal: &Principal, op: Op, token: &str) -> String {
+    format!("{}/{}/{token}", principal.account, op.name())
+}
+
+/// Create and Update operations.
+pub async fn apply(
+    app: &App,
+    principal: &Principal,
+    op: Op,
+    mut input: Value,
+) -> Result<Value, ApiError> {
+    let operation: Operation = op
+        .name()
+        .parse()
+        .map_err(|e: String| ApiError::bad_request(e))?;
+    let token = text(&input, "clientToken").map(str::to_string);
+    if let (Some(t), Some(o)) = (&token, input.as_object_mut()) {
+        o.insert("clientToken".into(), json!(scoped_token(principal, op, t)));
+    }
+    let body = serde_json::to_string(&input).map_err(ApiError::service)?;
+    let doc = Document::parse(op.name(), body, None)?;
+    let outcome = app
+        .resources
+        .apply(principal, Request::new(operation, doc))
+        .await?;
+    let (_, key) = kind_of(op);
+    Ok(json!({"clientToken": token, key: outcome.resource.arn}))
+}
+
+/// Get operations.
+pub async fn get(
+    app: &App,
+    principal: &Principal,
+    op: Op,
+    input: Value,
+) -> Result<Value, ApiError> {
+    let (kind, key) = kind_of(op);
+    let arn = required(&input, key)?;
+    let r = exact(app, principal, kind, arn).await?;
+    Ok(json!({ holder(kind).0: view::resource(&r) }))
+}
+
+/// The resource an ARN names, visible to `principal`: `arn:` references only (a name is a
+/// CLI convenience).
+async fn exact(
+    app: &App,
+    principal: &Principal,
+    kind: Kind,
+    arn: &str,
+) -> Result<Resource, ApiError> {
+    if !arn.starts_with("arn:") {
+        return Err(ApiError::invalid(format!(
+            "`{arn}` is not an ARN (arn:kiln:imagebuilder:REGION:ACCOUNT:TYPE/NAME/...)"
+        )));
+    }
+    Ok(app.resources.get(principal, arn, &[kind]).await?)
+}
+
+/// List operations.
+pub async fn list(
+    app: &App,
+    principal: &Principal,
+    op: Op,
+    input: Value,
+) -> Result<Value, ApiError> {
+    let (kind, key) = kind_of(op);
+    let mut opts = ListOptions::default();
+    if op == Op::ListComponentBuildVersions {
+        let arn = required(&input, key)?;
+        let r = kiln_core::resources::Reference::parse(arn, &[kind]).map_err(ApiError::invalid)?;
+        opts.name = Some(r.name);
+        opts.version = r.version;
+    }
+    // Only the caller's own resources exist here: kiln has no managed or shared ones yet.
+    let owner = text(&input, "owner").unwrap_or("Self");
+    let summaries = if owner == "Self" {
+        app.resources.list(principal, &[kind], &opts).await?
+    } else {
+        Vec::new()
+    };
+    let mut items = Vec::new();
+    for s in summaries {
+        if let Ok(r) = app.resources.get(principal, &s.arn, &[kind]).await {
+            let mut v = view::resource(&r);
+            if kind == Kind::Component && op == Op::ListComponents {
+                v["arn"] = json!(view::version_arn(&r.arn));
+            }
+            if matches(&v, &input) {
+                items.push(v);
+            }
+        }
+    }
+    let page = paging::page(items, |v| v["arn"].as_str().unwrap_or(""), &input)?;
+    let list_key = if op == Op::ListComponentBuildVersions {
+        "componentSummaryList"
+    } else {
+        holder(kind).1
+    };
+    Ok(json!({ list_key: page.items, "nextToken": page.next }))
+}
+
+/// Whether a view passes the request's `filters` (each a member name and the values it may
+/// have).
+pub fn matches(v: &Value, input: &Value) -> bool {
+    let Some(filters) = input.get("filters").and_then(Value::as_array) else {
+        return true;
+    };
+    filters.iter().all(|f| {
+        let Some(name) = f.get("name").and_then(Value::as_str) else {
+            return true;
+        };
+        let values: Vec<&str> = f
+            .get("values")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let field = match name {
+            "type" if v.get("containerType").is_some() => "containerType",
+            other => other,
+        };
+        let have = match v.get(field) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Object(o)) => o
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            Some(other) => other.to_string(),
+            None => return false,
+        };
+        values.iter().any(|want| *want == have)
+    })
+}
+
+/// Delete operations.
+pub async fn delete(
+    app: &App,
+    principal: &Principal,
+    op: Op,
+    input: Value,
+) -> Result<Value, ApiError> {
+    let (kind, key) = kind_of(op);
+    let arn = required(&input, key)?;
+    exact(app, principal, kind, arn).await?;
+    let r = app.resources.delete(principal, arn, &[kind]).await?;
+    Ok(json!({ key: r.arn }))
+}
