@@ -415,7 +415,9 @@ mod tests {
     fn the_embedded_model_has_the_operations_kiln_serves() {
         let m = Model::get();
         for op in crate::ops::Op::ALL {
-            let o = m.operation(op.name()).unwrap_or_else(|| panic!("{}", op.name()));
+            let o = m
+                .operation(op.name())
+                .unwrap_or_else(|| panic!("{}", op.name()));
             assert_eq!(o.method, op.method().as_str(), "{}", op.name());
         }
         assert_eq!(m.error_status("ResourceNotFoundException"), Some(404));

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod disk;
 pub mod instances;
 pub mod inventory;
+pub mod managed;
 pub mod parent;
 pub mod pipeline;
 pub mod principal;

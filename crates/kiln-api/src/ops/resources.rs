@@ -140,16 +140,35 @@ pub async fn list(
         opts.name = Some(r.name);
         opts.version = r.version;
     }
-    // Only the caller's own resources exist here: kiln has no managed or shared ones yet.
+    // The caller's own resources, or kiln's managed components (`Amazon`); nothing is shared
+    // between accounts yet.
     let owner = text(&input, "owner").unwrap_or("Self");
-    let summaries = if owner == "Self" {
-        app.resources.list(principal, &[kind], &opts).await?
-    } else {
-        Vec::new()
+    let found: Vec<Resource> = match (owner, kind) {
+        ("Self", _) => {
+            let mut out = Vec::new();
+            for s in app.resources.list(principal, &[kind], &opts).await? {
+                if let Ok(r) = app.resources.get(principal, &s.arn, &[kind]).await {
+                    out.push(r);
+                }
+            }
+            out
+        }
+        ("Amazon", Kind::Component) => kiln_core::managed::components()
+            .into_iter()
+            .filter(|c| {
+                opts.name
+                    .as_ref()
+                    .is_none_or(|n| n.eq_ignore_ascii_case(&c.name))
+                    && opts
+                        .version
+                        .is_none_or(|v| c.version.is_some_and(|cv| v.matches(&cv)))
+            })
+            .collect(),
+        _ => Vec::new(),
     };
     let mut items = Vec::new();
-    for s in summaries {
-        if let Ok(r) = app.resources.get(principal, &s.arn, &[kind]).await {
+    for r in found {
+        {
             let mut v = view::resource(&r);
             if kind == Kind::Component && op == Op::ListComponents {
                 v["arn"] = json!(view::version_arn(&r.arn));

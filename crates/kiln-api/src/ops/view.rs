@@ -38,7 +38,11 @@ pub fn resource(r: &Resource) -> Value {
     if let Some(v) = r.version {
         o.insert("version".into(), json!(v.to_string()));
     }
-    o.insert("owner".into(), json!(account_of(&r.arn)));
+    let owner = match account_of(&r.arn) {
+        kiln_core::managed::MANAGED_ACCOUNT => "Amazon",
+        account => account,
+    };
+    o.insert("owner".into(), json!(owner));
     o.insert("dateCreated".into(), json!(date(r.date_created)));
     if let Some(u) = r.date_updated {
         o.insert("dateUpdated".into(), json!(date(u)));

@@ -297,6 +297,9 @@ impl Resources {
         principal: &Principal,
         r: &Reference,
     ) -> Result<Option<Resource>, ResourceError> {
+        if crate::managed::is_managed(r) {
+            return Ok(crate::managed::find(r));
+        }
         if !r.visible_to(principal) {
             return Ok(None);
         }

@@ -72,7 +72,10 @@ impl Reference {
                     "`{text}` is not an ARN (arn:kiln:imagebuilder:REGION:ACCOUNT:TYPE/NAME/...)"
                 ));
             };
-            if *partition != "kiln" || *service != "imagebuilder" {
+            // AWS's managed components keep AWS's ARNs (`arn:aws:...:aws:component/...`).
+            let managed =
+                partition.starts_with("aws") && *account == crate::managed::MANAGED_ACCOUNT;
+            if !(*partition == "kiln" || managed) || *service != "imagebuilder" {
                 return Err(format!(
                     "`{text}` is not a kiln ARN: kiln keeps its own resources; create it in kiln \
                      (kiln component create, ...) and use the ARN kiln prints"
@@ -146,11 +149,21 @@ impl Reference {
         }
     }
 
-    /// As an ARN in `principal`'s account (with `x` where the filter has it).
+    /// As an ARN in `principal`'s account, or the managed account's (with `x` where the
+    /// filter has it).
     pub fn to_arn(&self, principal: &Principal) -> String {
+        let prefix = if crate::managed::is_managed(self) {
+            format!(
+                "arn:aws:imagebuilder:{}:{}:",
+                crate::principal::LOCAL_REGION,
+                crate::managed::MANAGED_ACCOUNT
+            )
+        } else {
+            principal.arn_prefix()
+        };
         let mut a = format!(
             "{}{}/{}",
-            principal.arn_prefix(),
+            prefix,
             self.kind.as_str(),
             self.name.to_ascii_lowercase()
         );
