@@ -12,9 +12,10 @@
 pub mod auth;
 pub mod builds;
 pub mod error;
+pub mod logs;
 pub mod model;
 pub mod ops;
-mod query;
+pub(crate) mod query;
 pub mod ratelimit;
 
 use std::sync::Arc;
@@ -63,7 +64,8 @@ pub fn router(app: Arc<App>) -> axum::Router {
 pub async fn handle(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     let mut response = match serve_one(&app, req).await {
-        Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
+        Ok(Answer::Json(v)) => (StatusCode::OK, axum::Json(v)).into_response(),
+        Ok(Answer::Stream(r)) => r,
         Err(e) => {
             tracing::info!(code = %e.code, status = e.status, "request refused");
             e.into_response()
@@ -75,7 +77,15 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request<Body>) -> Response
     response
 }
 
-async fn serve_one(app: &App, req: Request<Body>) -> Result<Value, ApiError> {
+/// What a request is answered with.
+enum Answer {
+    /// An operation's response members.
+    Json(Value),
+    /// A response of kiln's own (the log stream).
+    Stream(Response),
+}
+
+async fn serve_one(app: &Arc<App>, req: Request<Body>) -> Result<Answer, ApiError> {
     let (parts, body) = req.into_parts();
     let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
     {
@@ -98,6 +108,11 @@ async fn serve_one(app: &App, req: Request<Body>) -> Result<Value, ApiError> {
     let principal = app.auth.authenticate(&parts, &body)?;
     app.limiter.check(&principal.account)?;
     let path = parts.uri.path();
+    if path == logs::PATH && parts.method == axum::http::Method::GET {
+        return logs::stream(app.clone(), principal, &parts)
+            .await
+            .map(Answer::Stream);
+    }
     let (op, path_arn) = Op::route(&parts.method, path).ok_or_else(|| {
         ApiError::with_status(
             "UnknownOperationException",
@@ -167,10 +182,10 @@ async fn serve_one(app: &App, req: Request<Body>) -> Result<Value, ApiError> {
             Value::from(uuid::Uuid::new_v4().to_string()),
         );
     }
-    Ok(match &operation.output {
+    Ok(Answer::Json(match &operation.output {
         Some(shape) => model.project(shape, output),
         None => Value::Object(Default::default()),
-    })
+    }))
 }
 
 /// Serves until `shutdown` resolves, then stops taking requests and cancels the running

@@ -116,7 +116,11 @@ fn parse_arn(arn: &str) -> Option<(String, Version, Option<u32>)> {
 
 /// The record an image ARN names in `principal`'s account (the newest build for a version
 /// ARN).
-async fn record(app: &App, principal: &Principal, arn: &str) -> Result<ImageRecord, ApiError> {
+pub(crate) async fn record(
+    app: &App,
+    principal: &Principal,
+    arn: &str,
+) -> Result<ImageRecord, ApiError> {
     let missing = || ApiError::not_found(format!("no image has the ARN `{arn}`"));
     if !arn.starts_with(&principal.arn_prefix()) {
         return Err(if arn.starts_with("arn:") {

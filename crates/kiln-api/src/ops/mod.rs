@@ -1,7 +1,7 @@
 //! The operations kiln serves, one module per resource: each takes the request's members as
 //! the model names them (body, query and path members together) and returns the response's.
 
-mod images;
+pub(crate) mod images;
 mod paging;
 mod resources;
 mod tags;

@@ -14,6 +14,7 @@ mod event;
 mod failure;
 mod image_config;
 mod instance;
+pub mod log;
 mod run;
 mod stages;
 #[cfg(test)]
@@ -244,6 +245,7 @@ impl Builder {
         records.create(&mut rec).await?;
         let logs = rec.logs.clone();
         std::fs::create_dir_all(&logs).map_err(store::io("creating", &logs))?;
+        let observer: Arc<dyn BuildObserver> = Arc::new(log::Tee::new(observer, &logs));
         observer.event(&BuildEvent::Started {
             record: Box::new(rec.clone()),
         });
