@@ -1,6 +1,7 @@
 //! kiln's core: what an image is made of and how a build goes.
 #![deny(missing_docs)]
 
+pub mod accounts;
 pub mod build;
 pub mod cache;
 pub mod disk;

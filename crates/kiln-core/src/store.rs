@@ -9,6 +9,7 @@
 //!   images/<name>/<version>/<n>/ build records and logs
 //!   regions/<region>/           default local regions (OCI image layouts)
 //!   run/<build id>/             scratch of running builds (swept when their kiln is gone)
+//!   accounts.json               accounts and their access keys (0600; crate::accounts)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -145,6 +146,10 @@ impl Home {
     /// Scratch of running builds.
     pub fn run(&self) -> PathBuf {
         self.root.join("run")
+    }
+    /// Accounts and their access keys, secrets included (see [`crate::accounts`]).
+    pub fn accounts(&self) -> PathBuf {
+        self.root.join("accounts.json")
     }
 }
 

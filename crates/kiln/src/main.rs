@@ -1,5 +1,6 @@
 //! `kiln`: the command-line interface of the kiln image factory.
 
+mod account;
 mod build;
 mod config;
 mod image;
@@ -56,6 +57,9 @@ enum Command {
     /// Image pipelines: recipe + infrastructure + distribution + tests + schedule.
     #[command(subcommand)]
     Pipeline(resource::PipelineCommand),
+    /// Accounts and access keys for the API server (root only: the keys are secret).
+    #[command(subcommand)]
+    Account(account::AccountCommand),
 }
 
 /// Exit code for bad input (invalid documents, bad flags): nothing was run.
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
             Command::Infrastructure(c) => resource::run(resource::Which::Infrastructure(c)).await,
             Command::Distribution(c) => resource::run(resource::Which::Distribution(c)).await,
             Command::Pipeline(c) => resource::run(resource::Which::Pipeline(c)).await,
+            Command::Account(c) => account::run(c).await,
         }
     });
     match result {
