@@ -63,7 +63,7 @@ pub fn router(app: Arc<App>) -> axum::Router {
 /// Serves one request.
 pub async fn handle(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let mut response = match serve_one(&app, req).await {
+    let mut response = match serve_one(&app, req, &request_id).await {
         Ok(Answer::Json(v)) => (StatusCode::OK, axum::Json(v)).into_response(),
         Ok(Answer::Stream(r)) => r,
         Err(e) => {
@@ -85,7 +85,11 @@ enum Answer {
     Stream(Response),
 }
 
-async fn serve_one(app: &Arc<App>, req: Request<Body>) -> Result<Answer, ApiError> {
+async fn serve_one(
+    app: &Arc<App>,
+    req: Request<Body>,
+    request_id: &str,
+) -> Result<Answer, ApiError> {
     let (parts, body) = req.into_parts();
     let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
     {
@@ -177,10 +181,7 @@ async fn serve_one(app: &Arc<App>, req: Request<Body>) -> Result<Answer, ApiErro
     }
     let mut output = ops::dispatch(app, &principal, op, input).await?;
     if let Some(o) = output.as_object_mut() {
-        o.insert(
-            "requestId".into(),
-            Value::from(uuid::Uuid::new_v4().to_string()),
-        );
+        o.insert("requestId".into(), Value::from(request_id));
     }
     Ok(Answer::Json(match &operation.output {
         Some(shape) => model.project(shape, output),

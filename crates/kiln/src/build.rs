@@ -240,7 +240,7 @@ pub async fn execute(
 }
 
 /// `kiln-agent`: `KILN_AGENT`, or next to the kiln binary (cargo and the packages put it there).
-fn agent_path() -> Option<PathBuf> {
+pub(crate) fn agent_path() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("KILN_AGENT") {
         return Some(PathBuf::from(p));
     }

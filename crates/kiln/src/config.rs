@@ -34,6 +34,35 @@ pub struct Config {
     pub cache_max_bytes: u64,
     /// Registry credentials (`registries: [{host, username, password, insecureHttp}]`).
     pub registries: Vec<kiln_core::parent::RegistryCredentials>,
+    /// `kiln serve`'s settings (`serve:`).
+    pub serve: ServeConfig,
+}
+
+/// `serve: {listen, region, concurrency, requestsPerSecond, burst}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// Where the API listens (loopback unless configured).
+    pub listen: String,
+    /// The region name requests are signed for and ARNs carry.
+    pub region: String,
+    /// Builds at once; the rest wait PENDING.
+    pub concurrency: u32,
+    /// Requests per second per account (0: no limit).
+    pub requests_per_second: u32,
+    /// Requests an account may send at once above that rate.
+    pub burst: u32,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: "127.0.0.1:8479".into(),
+            region: kiln_core::principal::LOCAL_REGION.into(),
+            concurrency: 2,
+            requests_per_second: 50,
+            burst: 100,
+        }
+    }
 }
 
 impl Default for Config {
@@ -42,6 +71,7 @@ impl Default for Config {
             s3: None,
             cache_max_bytes: DEFAULT_CACHE_MAX,
             registries: Vec::new(),
+            serve: ServeConfig::default(),
         }
     }
 }
@@ -106,6 +136,9 @@ pub fn load() -> Result<Config> {
                     .collect();
                 bail!("{text}");
             }
+        }
+        if let Some(serve) = root.as_map().and_then(|m| m.get("serve")) {
+            config.serve = serve_config(serve, &file, &src)?;
         }
         if let Some(cache) = root.as_map().and_then(|m| m.get("cache")) {
             let size = cache
@@ -173,4 +206,48 @@ pub fn load() -> Result<Config> {
         }
     };
     Ok(config)
+}
+
+fn serve_config(node: &Node, file: &str, src: &str) -> Result<ServeConfig> {
+    let mut c = ServeConfig::default();
+    let mut r = kiln_yaml::Reader::new();
+    if let Some(m) = r.map(node, "`serve`") {
+        r.known_keys(
+            m,
+            &[
+                "listen",
+                "region",
+                "concurrency",
+                "requestsPerSecond",
+                "burst",
+            ],
+            "`serve`",
+        );
+        if let Some(v) = r.string(m, "listen") {
+            c.listen = v;
+        }
+        if let Some(v) = r.string(m, "region") {
+            c.region = v;
+        }
+        let number = |r: &mut kiln_yaml::Reader, key: &str, into: &mut u32| {
+            if let Some(n) = m.get(key) {
+                match n.as_text().and_then(|t| t.parse::<u32>().ok()) {
+                    Some(v) => *into = v,
+                    None => r.error(n.span, format!("`{key}` must be a whole number"), None),
+                }
+            }
+        };
+        number(&mut r, "concurrency", &mut c.concurrency);
+        number(&mut r, "requestsPerSecond", &mut c.requests_per_second);
+        number(&mut r, "burst", &mut c.burst);
+    }
+    if r.has_errors() {
+        let text: String = r
+            .diagnostics
+            .iter()
+            .map(|d| d.render(file, src).to_string())
+            .collect();
+        bail!("{text}");
+    }
+    Ok(c)
 }

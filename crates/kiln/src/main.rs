@@ -7,6 +7,7 @@ mod image;
 mod instance;
 mod principal;
 mod resource;
+mod serve;
 mod toe;
 mod ui;
 
@@ -60,6 +61,8 @@ enum Command {
     /// Accounts and access keys for the API server (root only: the keys are secret).
     #[command(subcommand)]
     Account(account::AccountCommand),
+    /// Serve the EC2 Image Builder API (for the AWS CLI, boto3, Terraform) and run its builds.
+    Serve(serve::ServeArgs),
 }
 
 /// Exit code for bad input (invalid documents, bad flags): nothing was run.
@@ -78,7 +81,12 @@ fn main() -> ExitCode {
         kiln_instance::vm::keeper::keeper_main(argv);
     }
     let cli = Cli::parse();
-    let filter = if cli.trace { "debug" } else { "warn" };
+    // The server says what it does (requests refused, builds started and ended) by default.
+    let filter = match (&cli.command, cli.trace) {
+        (_, true) => "debug",
+        (Command::Serve(_), false) => "info,sqlx=warn",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
@@ -109,6 +117,7 @@ fn main() -> ExitCode {
             Command::Distribution(c) => resource::run(resource::Which::Distribution(c)).await,
             Command::Pipeline(c) => resource::run(resource::Which::Pipeline(c)).await,
             Command::Account(c) => account::run(c).await,
+            Command::Serve(args) => serve::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,140 @@
+//! `kiln serve`: the EC2 Image Builder API over this machine's kiln home.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use kiln_api::auth::{Key, KeyStore, SigV4};
+use kiln_api::{App, BuildSettings, Builds};
+use kiln_core::accounts::{Accounts, Snapshot};
+use kiln_core::build::BuildOptions;
+use kiln_core::record::{LocalRuns, Records};
+use kiln_core::resources::Resources;
+use kiln_core::store::Home;
+use kiln_instance::LocalLauncher;
+
+use crate::config;
+
+/// `kiln serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on (`serve.listen` in the configuration; 127.0.0.1:8479 by default).
+    /// Port 0 picks a free port; the line `listening on http://ADDR` says which.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Builds at once; the rest wait PENDING (`serve.concurrency`, default 2).
+    #[arg(long)]
+    concurrency: Option<u32>,
+}
+
+/// The accounts file, read again whenever it changes (one `stat` per request otherwise).
+struct AccountKeys {
+    accounts: Accounts,
+    snapshot: RwLock<Snapshot>,
+}
+
+impl KeyStore for AccountKeys {
+    fn key(&self, access_key_id: &str) -> Option<Key> {
+        let fresh = {
+            let current = self.snapshot.read().ok()?;
+            match self.accounts.reload_if_changed(&current) {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the accounts file; using the keys read before");
+                    None
+                }
+            }
+        };
+        if let Some(s) = fresh {
+            if let Ok(mut w) = self.snapshot.write() {
+                *w = s;
+            }
+        }
+        let snap = self.snapshot.read().ok()?;
+        let owner = snap.lookup(access_key_id)?;
+        Some(Key {
+            account: owner.account_id.clone(),
+            user: owner.name.clone(),
+            secret: owner.secret_access_key.expose().to_string(),
+        })
+    }
+}
+
+/// Runs the server until SIGTERM or Ctrl-C.
+pub async fn run(args: ServeArgs) -> Result<u8> {
+    if !kiln_instance::is_root() {
+        bail!("kiln serve runs builds and reads the accounts' secrets: run it as root");
+    }
+    let cfg = config::load()?;
+    let home = Home::new(config::kiln_home());
+    let listen = args.listen.unwrap_or(cfg.serve.listen.clone());
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--listen {listen}: give an address such as 127.0.0.1:8479"))?;
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "kiln serve: listening on {addr}, which is not a loopback address: every request is still signed, but put TLS in front of it"
+        );
+    }
+    let store = kiln_core::state::Store::open(&home).await?;
+    let records = Records::new(store.clone());
+    let access = kiln_core::parent::registry_access(&cfg.registries);
+    for b in records.recover_interrupted(&LocalRuns, &access).await? {
+        eprintln!("kiln serve: {b} was interrupted earlier; it is now FAILED");
+    }
+    let accounts = Accounts::new(&home);
+    let snapshot = accounts.snapshot()?;
+    if snapshot.is_empty() {
+        eprintln!(
+            "kiln serve: there are no accounts yet, so every request is refused: create one with `kiln account create NAME`"
+        );
+    }
+    let keys = Arc::new(AccountKeys {
+        accounts,
+        snapshot: RwLock::new(snapshot),
+    });
+    let options = BuildOptions {
+        cache_max_bytes: cfg.cache_max_bytes,
+        registries: cfg.registries.clone(),
+        s3: cfg.s3.clone(),
+        ..BuildOptions::default()
+    };
+    let settings = BuildSettings {
+        home: home.clone(),
+        options,
+        launcher: Arc::new(LocalLauncher::current_exe(crate::build::agent_path())),
+        concurrency: args.concurrency.unwrap_or(cfg.serve.concurrency).max(1) as usize,
+    };
+    let app = Arc::new(App {
+        resources: Resources::new(store.clone()),
+        records,
+        builds: Builds::new(settings, store),
+        auth: Arc::new(SigV4::new(keys, &cfg.serve.region)),
+        limiter: kiln_api::ratelimit::Limiter::new(cfg.serve.requests_per_second, cfg.serve.burst),
+    });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let bound = listener.local_addr()?;
+    // One line on stdout, once requests are taken: scripts and tests wait for it.
+    println!("listening on http://{bound}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    eprintln!(
+        "kiln serve: the EC2 Image Builder API for region {} on http://{bound} (aws imagebuilder ... --endpoint-url http://{bound} --region {})",
+        cfg.serve.region, cfg.serve.region
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        eprintln!("kiln serve: stopping: running builds are cancelled and recorded");
+    };
+    kiln_api::serve(listener, app, shutdown).await?;
+    eprintln!("kiln serve: stopped");
+    Ok(0)
+}
