@@ -83,6 +83,10 @@ pub struct LogsArgs {
     /// Only the test stage's log.
     #[arg(long)]
     test: bool,
+    /// The whole build's log (build.log), and its new lines as they are written until the
+    /// build ends (the same reader as the API's log stream).
+    #[arg(long, short = 'f', conflicts_with_all = ["component", "test"])]
+    follow: bool,
 }
 
 /// `kiln cache ...`
@@ -495,6 +499,27 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
 
 async fn logs(records: &Records, a: LogsArgs) -> Result<u8> {
     let r = one(records, &a.image).await?;
+    if a.follow {
+        let mut f = kiln_core::build::log::Follower::new(&r.logs, 0);
+        let arn = r.arn.clone();
+        let mut out = std::io::stdout();
+        while let Some((_, line)) = f
+            .next(|| async {
+                matches!(records.get(&arn).await, Ok(Some(r)) if !r.state.is_final())
+            })
+            .await
+        {
+            writeln!(out, "{line}")?;
+            out.flush()?;
+        }
+        let end = records.get(&arn).await?.map(|r| r.state);
+        eprintln!(
+            "{}: {}",
+            r.build_version(),
+            end.map(|s| s.as_str()).unwrap_or("deleted")
+        );
+        return Ok(0);
+    }
     let mut dirs: Vec<std::path::PathBuf> = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(&r.logs)
         .map(|d| d.flatten().map(|e| e.path()).collect())

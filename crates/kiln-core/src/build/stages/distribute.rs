@@ -16,19 +16,25 @@ use crate::record::State;
 use crate::store::{Home, StoredLayer};
 
 /// The regions of a recipe: each a local image layout folder (its `path`, or
-/// `$KILN_HOME/regions/REGION` for the local account and `$KILN_HOME/regions/ACCOUNT/REGION`
-/// for the others, so that two accounts' images of one name never share a tag).
+/// `$KILN_HOME/regions/REGION` for the local account and
+/// `$KILN_HOME/regions/ACCOUNT/REGION/NAME` for the others: a layout's tags are versions, so
+/// two accounts', or two images', `1.0.0` never share one).
 pub(crate) fn regions(home: &Home, recipe: &crate::recipe::Recipe, account: &str) -> Vec<Region> {
-    let base = if account == crate::principal::LOCAL_ACCOUNT {
-        home.regions()
-    } else {
-        home.regions().join(account)
+    let dir_of = |region: &str| {
+        if account == crate::principal::LOCAL_ACCOUNT {
+            home.regions().join(region)
+        } else {
+            home.regions()
+                .join(account)
+                .join(region)
+                .join(recipe.name.to_ascii_lowercase())
+        }
     };
     recipe
         .distributions
         .iter()
         .map(|d| {
-            let dir = d.path.clone().unwrap_or_else(|| base.join(&d.region));
+            let dir = d.path.clone().unwrap_or_else(|| dir_of(&d.region));
             Region::local(&d.region, dir)
         })
         .collect()
