@@ -296,14 +296,16 @@ class ModelChecker:
             if not isinstance(value, list):
                 bad(f"expected a list ({shape.name}), got {_kind(value)}")
                 return
-            self._length(shape, len(value), "items", bad)
+            if value:  # empty lists pass (AWS answers `[]` for lists whose shape has min 1)
+                self._length(shape, len(value), "items", bad)
             for i, item in enumerate(value):
                 self._check(op, shape.member, item, f"{path}[{i}]", p)
         elif t == "map":
             if not isinstance(value, dict):
                 bad(f"expected a map ({shape.name}), got {_kind(value)}")
                 return
-            self._length(shape, len(value), "entries", bad)
+            if value:  # and `{}` for maps with min 1 (ListTagsForResource of an untagged ARN)
+                self._length(shape, len(value), "entries", bad)
             for k, v in value.items():
                 self._check(op, shape.key, k, f"{path}{{{k}}}", p)
                 self._check(op, shape.value, v, f"{path}[{json.dumps(k)}]", p)

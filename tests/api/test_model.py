@@ -75,6 +75,7 @@ def test_good_bodies_pass(checker):
     ok(checker, "GetImage", {"requestId": "r", "image": image()})
     ok(checker, "ListComponents", {"requestId": "r", "componentVersionList": [], "nextToken": "abc"})
     ok(checker, "ListTagsForResource", {"tags": {"a": "b"}})
+    ok(checker, "ListTagsForResource", {"tags": {}})
     ok(checker, "TagResource", {})
     assert checker.check_success("TagResource", b"") == []
 
@@ -147,6 +148,7 @@ def test_lengths_ranges_and_patterns(checker):
     bad(checker, "ListTagsForResource", {"tags": {"aws:x": "y"}}, "tags{aws:x}", "pattern")
     bad(checker, "GetComponent", {"component": component(version="1.0")}, "component.version", "pattern")
     bad(checker, "GetComponent", {"component": component(description="")}, "component.description", "at least 1")
+    bad(checker, "ListTagsForResource", {"tags": {f"k{i}": "v" for i in range(51)}}, "tags", "at most 50")
 
 
 def test_null_is_not_absence(checker):
