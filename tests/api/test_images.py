@@ -24,8 +24,10 @@ def _pipeline(client, components, *, tests=True):
 
 @pytest.mark.build
 def test_container_pipeline_started_through_the_api(client_a, account_a, aws):
+    # A document of this run only, so that no step cache of an earlier run makes the build instant.
+    word = unique("built")
     comp = create_component(client_a, data=document(
-        "mark", build=f"echo built-by-the-api > {MARK}", test=f"grep -q built-by-the-api {MARK}"))
+        "mark", build=f"echo {word} > {MARK}", test=f"grep -q {word} {MARK}"))
     name, recipe, infra, dist, pipe = _pipeline(client_a, [comp])
 
     started = client_a.start_image_pipeline_execution(imagePipelineArn=pipe)
@@ -35,6 +37,7 @@ def test_container_pipeline_started_through_the_api(client_a, account_a, aws):
     image, states = wait_for_image(client_a, image_arn, timeout=600)
     assert states[-1] == "AVAILABLE", f"states {states}, reason {image['state'].get('reason')}"
     assert_forward(states)
+    assert states[0] in ("PENDING", "BUILDING"), states
     assert image["arn"] == image_arn
     assert image["name"] == name
     assert image["version"] == "1.0.0/1"
@@ -80,7 +83,7 @@ def test_container_pipeline_started_through_the_api(client_a, account_a, aws):
 @pytest.mark.build
 def test_failing_test_component_fails_the_image(client_a):
     good = create_component(client_a, data=document("fine", build="echo fine > /tmp/fine"))
-    failing = create_component(client_a, data=document("failing", build="true", test="exit 1"))
+    failing = create_component(client_a, data=document("failing", build=f"echo {unique('run')}", test="exit 1"))
     name, recipe, infra, dist, pipe = _pipeline(client_a, [good, failing])
 
     image_arn = client_a.start_image_pipeline_execution(imagePipelineArn=pipe)["imageBuildVersionArn"]
@@ -102,7 +105,7 @@ def test_failing_test_component_fails_the_image(client_a):
 
 @pytest.mark.build
 def test_create_image_and_cancel_it(client_a, account_a):
-    comp = create_component(client_a, data=document("slow", build="sleep 120"))
+    comp = create_component(client_a, data=document("slow", build=f"sleep 120 && echo {unique('run')}"))
     recipe = create_container_recipe(client_a, [comp])
     infra = create_infrastructure(client_a)
     r = client_a.create_image(containerRecipeArn=recipe, infrastructureConfigurationArn=infra,
