@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -146,12 +145,12 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def server(kiln) -> Server:
+def server(kiln, tmp_path_factory) -> Server:
     """`kiln serve --listen 127.0.0.1:0`, ready (it said `listening on URL`); stopped with
     SIGTERM at the end of the session, which it must answer by exiting 0."""
     if not kiln.has("serve"):
         pytest.skip(f"{kiln.bin} has no `serve` command yet: nothing to test the API against")
-    log = Path(tempfile.mkstemp(prefix="kiln-serve-", suffix=".log")[1])
+    log = tmp_path_factory.mktemp("serve") / "kiln-serve.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen([str(kiln.bin), "serve", "--listen", "127.0.0.1:0"], env=kiln.env(),
                                 stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
