@@ -1,0 +1,146 @@
+"""Images: container pipelines started through the API and built for real (marked `build`),
+CreateImage, GetImage, ListImages, ListImageBuildVersions, CancelImageCreation, DeleteImage."""
+
+import pytest
+
+from helpers import (REGION, arn, assert_forward, create_component, create_container_recipe,
+                     create_distribution, create_infrastructure, document, raises, unique,
+                     wait_for_image)
+
+MARK = "/etc/kiln-api-test"
+
+
+def _pipeline(client, components, *, tests=True):
+    name = unique("pipe")
+    recipe = create_container_recipe(client, components, name=name)
+    infra = create_infrastructure(client)
+    dist = create_distribution(client, repository=name)
+    pipe = client.create_image_pipeline(
+        name=name, containerRecipeArn=recipe, infrastructureConfigurationArn=infra,
+        distributionConfigurationArn=dist,
+        imageTestsConfiguration={"imageTestsEnabled": tests, "timeoutMinutes": 60})["imagePipelineArn"]
+    return name, recipe, infra, dist, pipe
+
+
+@pytest.mark.build
+def test_container_pipeline_started_through_the_api(client_a, account_a, aws):
+    # A document of this run only, so that no step cache of an earlier run makes the build instant.
+    word = unique("built")
+    comp = create_component(client_a, data=document(
+        "mark", build=f"echo {word} > {MARK}", test=f"grep -q {word} {MARK}"))
+    name, recipe, infra, dist, pipe = _pipeline(client_a, [comp])
+
+    started = client_a.start_image_pipeline_execution(imagePipelineArn=pipe)
+    image_arn = started["imageBuildVersionArn"]
+    assert image_arn == arn(account_a, "image", name, "1.0.0", "1")
+
+    image, states = wait_for_image(client_a, image_arn, timeout=600)
+    assert states[-1] == "AVAILABLE", f"states {states}, reason {image['state'].get('reason')}"
+    assert_forward(states)
+    assert states[0] in ("PENDING", "BUILDING"), states
+    assert image["arn"] == image_arn
+    assert image["name"] == name
+    assert image["version"] == "1.0.0/1"
+    assert image.get("type", "DOCKER") == "DOCKER"
+    assert image.get("sourcePipelineArn", pipe) == pipe
+    assert image["containerRecipe"]["arn"] == recipe
+    assert "failureContext" not in image["state"]
+    containers = image["outputResources"]["containers"]
+    assert containers, image["outputResources"]
+    assert [c["region"] for c in containers] == [REGION]
+    assert all(c["imageUris"] for c in containers), containers
+    assert any(name in uri for c in containers for uri in c["imageUris"]), containers
+
+    # The image in every list that should show it.
+    in_pipeline = client_a.list_image_pipeline_images(imagePipelineArn=pipe)["imageSummaryList"]
+    assert [i["arn"] for i in in_pipeline] == [image_arn]
+    assert in_pipeline[0]["state"]["status"] == "AVAILABLE"
+    versions = client_a.list_images(filters=[{"name": "name", "values": [name]}])["imageVersionList"]
+    version_arn = arn(account_a, "image", name, "1.0.0")
+    assert [v["arn"] for v in versions] == [version_arn]
+    builds = client_a.list_image_build_versions(imageVersionArn=version_arn)["imageSummaryList"]
+    assert [b["arn"] for b in builds] == [image_arn]
+    pipeline = client_a.get_image_pipeline(imagePipelineArn=pipe)["imagePipeline"]
+    assert pipeline.get("lastRunStatus", "AVAILABLE") == "AVAILABLE"
+
+    got = aws("imagebuilder", "get-image", "--image-build-version-arn", image_arn).json
+    assert got["image"]["state"]["status"] == "AVAILABLE"
+
+    # A second run of the pipeline is build 2 of the same version.
+    again = client_a.start_image_pipeline_execution(imagePipelineArn=pipe)["imageBuildVersionArn"]
+    assert again == arn(account_a, "image", name, "1.0.0", "2")
+    image2, states2 = wait_for_image(client_a, again, timeout=600)
+    assert states2[-1] == "AVAILABLE", states2
+
+    # Deleting a build: gone from GetImage and from the lists.
+    assert client_a.delete_image(imageBuildVersionArn=again)["imageBuildVersionArn"] == again
+    with raises("ResourceNotFoundException", 404):
+        client_a.get_image(imageBuildVersionArn=again)
+    builds = client_a.list_image_build_versions(imageVersionArn=version_arn)["imageSummaryList"]
+    assert [b["arn"] for b in builds] == [image_arn]
+
+
+@pytest.mark.build
+def test_failing_test_component_fails_the_image(client_a):
+    good = create_component(client_a, data=document("fine", build="echo fine > /tmp/fine"))
+    failing = create_component(client_a, data=document("failing", build=f"echo {unique('run')}", test="exit 1"))
+    name, recipe, infra, dist, pipe = _pipeline(client_a, [good, failing])
+
+    image_arn = client_a.start_image_pipeline_execution(imagePipelineArn=pipe)["imageBuildVersionArn"]
+    image, states = wait_for_image(client_a, image_arn, timeout=600)
+    assert states[-1] == "FAILED", states
+    assert "TESTING" in states or "BUILDING" in states or "PENDING" in states, states
+    assert "DISTRIBUTING" not in states and "AVAILABLE" not in states, states
+    state = image["state"]
+    assert state.get("reason"), state
+    # The model (botocore 1.44) has state.failureContext.componentFailure.componentArn.
+    failure = state.get("failureContext", {})
+    assert failure.get("componentFailure", {}).get("componentArn") == failing, state
+    assert failure["componentFailure"].get("phaseName", "test") == "test", failure
+    # Nothing distributed.
+    assert not image.get("outputResources", {}).get("containers"), image.get("outputResources")
+    summary = client_a.list_image_pipeline_images(imagePipelineArn=pipe)["imageSummaryList"]
+    assert [(i["arn"], i["state"]["status"]) for i in summary] == [(image_arn, "FAILED")]
+
+
+@pytest.mark.build
+def test_create_image_and_cancel_it(client_a, account_a):
+    comp = create_component(client_a, data=document("slow", build=f"sleep 120 && echo {unique('run')}"))
+    recipe = create_container_recipe(client_a, [comp])
+    infra = create_infrastructure(client_a)
+    r = client_a.create_image(containerRecipeArn=recipe, infrastructureConfigurationArn=infra,
+                              imageTestsConfiguration={"imageTestsEnabled": False, "timeoutMinutes": 60})
+    image_arn = r["imageBuildVersionArn"]
+    assert image_arn.startswith(arn(account_a, "image", ""))
+    assert image_arn.endswith("/1.0.0/1")
+    c = client_a.cancel_image_creation(imageBuildVersionArn=image_arn)
+    assert c["imageBuildVersionArn"] == image_arn
+    image, states = wait_for_image(client_a, image_arn, timeout=300)
+    assert states[-1] == "CANCELLED", states
+    assert not image.get("outputResources", {}).get("containers"), image.get("outputResources")
+
+
+def test_missing_images(client_a, account_a):
+    missing = arn(account_a, "image", unique("no"), "1.0.0", "1")
+    with raises("ResourceNotFoundException", 404):
+        client_a.get_image(imageBuildVersionArn=missing)
+    with raises("ResourceNotFoundException", 404):
+        client_a.delete_image(imageBuildVersionArn=missing)
+    with raises("ResourceNotFoundException", 404):
+        client_a.cancel_image_creation(imageBuildVersionArn=missing)
+    assert client_a.list_image_build_versions(
+        imageVersionArn=arn(account_a, "image", unique("no"), "1.0.0")).get("imageSummaryList", []) == []
+    client_a.list_images()
+
+
+def test_create_image_refuses_bad_references(client_a, account_a):
+    comp = create_component(client_a)
+    recipe = create_container_recipe(client_a, [comp])
+    with raises("ResourceNotFoundException", 404):
+        client_a.create_image(containerRecipeArn=recipe,
+                              infrastructureConfigurationArn=arn(account_a, "infrastructure-configuration",
+                                                                 unique("no")))
+    infra = create_infrastructure(client_a)
+    with raises("ResourceNotFoundException", 404):
+        client_a.create_image(containerRecipeArn=arn(account_a, "container-recipe", unique("no"), "1.0.0"),
+                              infrastructureConfigurationArn=infra)
