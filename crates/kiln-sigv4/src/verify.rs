@@ -18,6 +18,9 @@ const TERMINATOR: &str = "aws4_request";
 const AMZ_DATE_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
 /// What the server knows of a request as it arrived.
+///
+/// The `host` header must be there (clients sign it): an HTTP/2 request carries the host in
+/// `:authority` instead, which the server should copy into a `host` header before verifying.
 #[derive(Clone, Copy)]
 pub struct Incoming<'a> {
     /// The method, `GET`, `PUT`, ...
@@ -30,6 +33,19 @@ pub struct Incoming<'a> {
     pub headers: &'a http::HeaderMap,
     /// The whole body.
     pub body: &'a [u8],
+}
+
+impl<'a> Incoming<'a> {
+    /// The request of an `http::Request`'s parts (what axum and hyper hand over) and its body.
+    pub fn from_parts(parts: &'a http::request::Parts, body: &'a [u8]) -> Incoming<'a> {
+        Incoming {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            body,
+        }
+    }
 }
 
 impl fmt::Debug for Incoming<'_> {

@@ -510,3 +510,23 @@ fn odd_authorization_headers_are_refused_without_panicking() {
         let _ = req.verify_at(t0());
     }
 }
+
+#[test]
+fn incoming_from_http_parts_keeps_the_raw_path_and_query() {
+    let mut signed = get_image_request();
+    signed.sign_aws(SECRET, "local", "imagebuilder", t0());
+    let mut builder = http::Request::builder()
+        .method("GET")
+        .uri(format!("/GetImage?imageBuildVersionArn={ENCODED_ARN}"));
+    for (k, v) in &signed.headers {
+        builder = builder.header(k, v);
+    }
+    let (parts, ()) = builder.body(()).expect("request").into_parts();
+    let incoming = Incoming::from_parts(&parts, b"");
+    assert_eq!(incoming.path, "/GetImage");
+    assert_eq!(
+        incoming.query,
+        Some(format!("imageBuildVersionArn={ENCODED_ARN}").as_str())
+    );
+    verify(&incoming, &scope(), t0(), secret_of).expect("verifies");
+}
