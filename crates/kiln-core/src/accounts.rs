@@ -15,7 +15,15 @@
 //!
 //! The server answers every request with a lookup: [`Accounts::snapshot`] reads the file once
 //! into an immutable map, and [`Accounts::reload_if_changed`] (one `stat`) gives a new snapshot
-//! only when the file was replaced since.
+//! only when the file was replaced since. With `kiln-sigv4`, a request is checked as:
+//!
+//! ```text
+//! let snap = accounts.snapshot()?;            // keep it, swap in reload_if_changed's
+//! let who = kiln_sigv4::verify(&incoming, &scope, SystemTime::now(), |key| {
+//!     snap.lookup(key).map(|o| o.secret_access_key.expose().to_string())
+//! })?;
+//! let owner = snap.lookup(&who.access_key_id); // its account_id is the principal's account
+//! ```
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -531,10 +539,28 @@ impl Accounts {
         f: impl FnOnce(&mut AccountsFile) -> Result<T, AccountError>,
     ) -> Result<T, AccountError> {
         let _lock = self.lock()?;
+        self.sweep_temporaries();
         let (mut file, _) = self.load()?;
         let out = f(&mut file)?;
         self.save(&file)?;
         Ok(out)
+    }
+
+    /// Removes temporary files of writers killed before their rename (they hold secrets too).
+    /// Called under the lock, when no writer is between its write and its rename.
+    fn sweep_temporaries(&self) {
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return;
+        };
+        let prefix = format!("{}.tmp-", name.to_string_lossy());
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     fn lock(&self) -> Result<nix::fcntl::Flock<File>, AccountError> {
@@ -558,12 +584,14 @@ impl Accounts {
             path: self.path.clone(),
             why: e.to_string(),
         })?;
-        let tmp = self
-            .path
-            .with_extension(format!("json.tmp-{}", std::process::id()));
+        // Writers are serialised by the lock; the random part keeps a leftover of a killed
+        // writer from ever being taken for this one's.
+        let tmp = self.path.with_extension(format!(
+            "json.tmp-{}-{}",
+            std::process::id(),
+            hex::encode(random_bytes::<4>()?)
+        ));
         let write = || -> std::io::Result<()> {
-            // A leftover of a killed kiln of the same pid would make create_new fail.
-            let _ = std::fs::remove_file(&tmp);
             let mut f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -767,6 +795,15 @@ mod tests {
         let k2 = a.create_key("alice").unwrap();
         let snap2 = a.reload_if_changed(&snap).unwrap().unwrap();
         assert!(snap2.lookup(&k2.access_key_id).is_some());
+    }
+
+    #[test]
+    fn a_killed_writers_temporary_file_is_removed() {
+        let (dir, a) = accounts();
+        let leftover = dir.path().join("accounts.json.tmp-1-00000000");
+        std::fs::write(&leftover, "secrets").unwrap();
+        a.create("alice").unwrap();
+        assert!(!leftover.exists());
     }
 
     #[test]

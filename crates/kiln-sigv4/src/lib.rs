@@ -18,8 +18,9 @@
 //!
 //! The re-signing reproduces botocore, the signer of the AWS CLI and boto3:
 //!
-//! - the canonical path is the path *as sent*, dot segments and repeated slashes removed, then
-//!   percent-encoded again (`%3A` becomes `%253A`: `POST /tags/arn%3Akiln%3A...` is signed as
+//! - the canonical path is the path *as sent*, dot segments and repeated slashes removed
+//!   (botocore's rule: aws-sigv4's own keeps a trailing slash after `/.` or `/..`, so kiln does
+//!   this step itself), then percent-encoded again (`%3A` becomes `%253A`: `POST /tags/arn%3Akiln%3A...` is signed as
 //!   `/tags/arn%253Akiln%253A...`);
 //! - the query's pairs are decoded, encoded per RFC 3986 and sorted;
 //! - only the headers named in `SignedHeaders` take part (`host` and `x-amz-date` must be among

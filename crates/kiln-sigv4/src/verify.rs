@@ -18,6 +18,9 @@ const TERMINATOR: &str = "aws4_request";
 const AMZ_DATE_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
 /// What the server knows of a request as it arrived.
+///
+/// The `host` header must be there (clients sign it): an HTTP/2 request carries the host in
+/// `:authority` instead, which the server should copy into a `host` header before verifying.
 #[derive(Clone, Copy)]
 pub struct Incoming<'a> {
     /// The method, `GET`, `PUT`, ...
@@ -30,6 +33,19 @@ pub struct Incoming<'a> {
     pub headers: &'a http::HeaderMap,
     /// The whole body.
     pub body: &'a [u8],
+}
+
+impl<'a> Incoming<'a> {
+    /// The request of an `http::Request`'s parts (what axum and hyper hand over) and its body.
+    pub fn from_parts(parts: &'a http::request::Parts, body: &'a [u8]) -> Incoming<'a> {
+        Incoming {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            body,
+        }
+    }
 }
 
 impl fmt::Debug for Incoming<'_> {
@@ -338,6 +354,34 @@ fn single_header<'h>(
         .map_err(|_| AuthError::UnsignableHeader(name.to_string()))
 }
 
+/// The path as botocore canonicalises it (`botocore.utils.remove_dot_segments`): empty and `.`
+/// segments dropped, `..` drops the one before, and a trailing `/` kept only when the path ended
+/// in one. aws-sigv4's own normalisation differs for a path ending in `/.` or `/..`, which it
+/// gives a trailing slash and botocore does not.
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut normalised = String::with_capacity(path.len() + 1);
+    // botocore keeps a relative path relative; a request path always starts with `/` anyway,
+    // and `*` (OPTIONS) has no slash.
+    if path.starts_with('/') || path.is_empty() {
+        normalised.push('/');
+    }
+    normalised.push_str(&out.join("/"));
+    if path.ends_with('/') && !out.is_empty() {
+        normalised.push('/');
+    }
+    normalised
+}
+
 /// Verifies a SigV4 `Authorization` header by signing the request again.
 ///
 /// `secret_of` gives the secret access key of an access key id, or `None` when the key is
@@ -414,9 +458,10 @@ pub fn verify(
         }
     }
 
+    let path = remove_dot_segments(req.path);
     let uri = match req.query {
-        Some(q) if !q.is_empty() => format!("{}?{q}", req.path),
-        _ => req.path.to_string(),
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path,
     };
     let signable = SignableRequest::new(
         req.method,
@@ -427,10 +472,10 @@ pub fn verify(
     .map_err(|e| AuthError::Unsignable(e.to_string()))?;
 
     let mut settings = SigningSettings::default();
-    // botocore encodes the already-encoded path again and removes dot segments; it adds no
-    // checksum header outside S3.
+    // botocore encodes the already-encoded path again; it adds no checksum header outside S3.
+    // The path was normalised above, botocore's way.
     settings.percent_encoding_mode = PercentEncodingMode::Double;
-    settings.uri_path_normalization_mode = UriPathNormalizationMode::Enabled;
+    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
     settings.payload_checksum_kind = PayloadChecksumKind::NoHeader;
     settings.signature_location = SignatureLocation::Headers;
     settings.session_token_mode = SessionTokenMode::Exclude;
@@ -468,5 +513,33 @@ pub fn verify(
         })
     } else {
         Err(AuthError::SignatureMismatch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remove_dot_segments;
+
+    /// Pairs printed by botocore 1.44.8's `normalize_url_path`.
+    #[test]
+    fn paths_normalise_as_botocore_does() {
+        for (path, botocore) in [
+            ("/a/.", "/a"),
+            ("/a/b/..", "/a"),
+            ("//x//y/", "/x/y/"),
+            ("/a/./b/../c", "/a/c"),
+            ("/..", "/"),
+            ("/.", "/"),
+            ("/", "/"),
+            ("", "/"),
+            ("/a/", "/a/"),
+            ("/a/b/../", "/a/"),
+            (
+                "/tags/arn%3Akiln%2Fx%2F1.0.0",
+                "/tags/arn%3Akiln%2Fx%2F1.0.0",
+            ),
+        ] {
+            assert_eq!(remove_dot_segments(path), botocore, "{path:?}");
+        }
     }
 }

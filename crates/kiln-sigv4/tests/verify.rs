@@ -481,3 +481,52 @@ fn content_sha256_header_must_be_the_body_hash() {
     );
     assert_eq!(req.verify_at(t0()), Err(AuthError::ContentSha256Mismatch));
 }
+
+#[test]
+fn odd_authorization_headers_are_refused_without_panicking() {
+    let good = "Credential=AKIAKILNEXAMPLE23456/20261201/local/imagebuilder/aws4_request";
+    for value in [
+        "AWS4-HMAC-SHA256".to_string(),
+        "AWS4-HMAC-SHA256 ,,,".to_string(),
+        "AWS4-HMAC-SHA256 Credential==, SignedHeaders==, Signature==".to_string(),
+        format!("AWS4-HMAC-SHA256 {good}, SignedHeaders=;;, Signature=zz"),
+        format!("AWS4-HMAC-SHA256 {good}, SignedHeaders=host;;x-amz-date, Signature=00"),
+        format!("AWS4-HMAC-SHA256 {good}, SignedHeaders=Host;X-Amz-Date, Signature=00"),
+        format!("AWS4-HMAC-SHA256 {good}, SignedHeaders=host;x-amz-date;bad header, Signature=00"),
+        format!("AWS4-HMAC-SHA256 {good}, SignedHeaders=host;x-amz-date, Signature="),
+        format!("AWS4-HMAC-SHA256 {good}, SignedHeaders=host;x-amz-date, Signature=00"),
+        format!("AWS4-HMAC-SHA256  {good},SignedHeaders=host;x-amz-date,Signature=00"),
+    ] {
+        let mut req = tag_request();
+        req.set("x-amz-date", "20261201T120000Z");
+        req.set("authorization", &value);
+        let err = req.verify_at(t0()).expect_err(&value);
+        assert_eq!(err.http_status(), 403, "{value}");
+    }
+    // Odd paths the server might hand over.
+    for path in ["*", "", "/a/../../b", "//x//y", "/%zz", "/caf%C3%A9"] {
+        let mut req = Req::new("GET", path, None, b"");
+        req.sign_kiln(SECRET, &["host", "x-amz-date"], t0());
+        let _ = req.verify_at(t0());
+    }
+}
+
+#[test]
+fn incoming_from_http_parts_keeps_the_raw_path_and_query() {
+    let mut signed = get_image_request();
+    signed.sign_aws(SECRET, "local", "imagebuilder", t0());
+    let mut builder = http::Request::builder()
+        .method("GET")
+        .uri(format!("/GetImage?imageBuildVersionArn={ENCODED_ARN}"));
+    for (k, v) in &signed.headers {
+        builder = builder.header(k, v);
+    }
+    let (parts, ()) = builder.body(()).expect("request").into_parts();
+    let incoming = Incoming::from_parts(&parts, b"");
+    assert_eq!(incoming.path, "/GetImage");
+    assert_eq!(
+        incoming.query,
+        Some(format!("imageBuildVersionArn={ENCODED_ARN}").as_str())
+    );
+    verify(&incoming, &scope(), t0(), secret_of).expect("verifies");
+}

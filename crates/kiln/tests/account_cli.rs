@@ -140,3 +140,29 @@ fn non_root_is_told_to_use_root() {
     assert!(err.contains("only root may read"), "{err}");
     assert!(!home.path().join("accounts.json").exists());
 }
+
+#[test]
+fn concurrent_commands_keep_every_change() {
+    if !is_root() {
+        eprintln!("skipped: kiln account runs as root only");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .args(["account", "create", &format!("acct{i}"), "-o", "json"])
+                .env("KILN_HOME", home.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("kiln starts")
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    let list = ok_json(home.path(), &["account", "list", "-o", "json"]);
+    assert_eq!(list.as_array().unwrap().len(), 8, "{list}");
+}
