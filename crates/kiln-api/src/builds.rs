@@ -1,7 +1,7 @@
 //! Builds the server runs: each numbered and PENDING at once, then run while it holds a permit
 //! of the configured concurrency; cancelled (and recorded) when the server stops.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use kiln_core::build::{BuildEvent, BuildObserver, BuildOptions, Builder};
@@ -33,7 +33,6 @@ pub struct Builds {
     queue: Arc<Semaphore>,
     running: Arc<Mutex<HashSet<String>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    tokens: Mutex<HashMap<String, (String, String)>>,
     closing: std::sync::atomic::AtomicBool,
 }
 
@@ -77,7 +76,6 @@ impl Builds {
             queue,
             running: Arc::default(),
             tasks: Mutex::default(),
-            tokens: Mutex::default(),
             closing: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -128,18 +126,6 @@ impl Builds {
                 Ok(Err(e)) => Err(ApiError::bad_request(e)),
                 Err(_) => Err(ApiError::service("the build task ended without an answer")),
             },
-        }
-    }
-
-    /// The request digest and image of a client token seen before.
-    pub fn token(&self, scoped: &str) -> Option<(String, String)> {
-        self.tokens.lock().ok()?.get(scoped).cloned()
-    }
-
-    /// Remembers what a client token started.
-    pub fn remember(&self, scoped: String, digest: String, arn: String) {
-        if let Ok(mut t) = self.tokens.lock() {
-            t.insert(scoped, (digest, arn));
         }
     }
 

@@ -64,9 +64,20 @@ impl ApiError {
     }
 }
 
-impl From<FieldError> for ApiError {
-    fn from(e: FieldError) -> Self {
-        ApiError::bad_request(format!("{}: {}", e.field, e.message))
+impl ApiError {
+    /// A request member that is not what the model says, as `op` answers it: the tag
+    /// operations' InvalidParameterException, else InvalidParameterValueException for a value
+    /// out of range and InvalidRequestException for a malformed request.
+    pub fn field(op: crate::ops::Op, e: FieldError) -> ApiError {
+        use crate::ops::Op;
+        let message = format!("{}: {}", e.field, e.message);
+        match op {
+            Op::TagResource | Op::UntagResource | Op::ListTagsForResource => {
+                ApiError::new("InvalidParameterException", message)
+            }
+            _ if e.value => ApiError::invalid(message),
+            _ => ApiError::bad_request(message),
+        }
     }
 }
 

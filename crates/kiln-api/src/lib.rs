@@ -17,6 +17,7 @@ pub mod model;
 pub mod ops;
 pub(crate) mod query;
 pub mod ratelimit;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +54,8 @@ pub struct App {
     pub auth: Arc<dyn Authenticator>,
     /// Requests per account.
     pub limiter: ratelimit::Limiter,
+    /// Client tokens seen, and what they were answered.
+    pub tokens: tokens::Tokens,
 }
 
 /// The HTTP service: every path goes through [`handle`].
@@ -177,9 +180,16 @@ async fn serve_one(
                 o.insert(m.name.clone(), v);
             }
         }
-        model.check(&input_shape, &input, "")?;
+        model
+            .check(&input_shape, &input, "")
+            .map_err(|e| ApiError::field(op, e))?;
     }
-    let mut output = ops::dispatch(app, &principal, op, input).await?;
+    let mut output = app
+        .tokens
+        .once(&principal, op, &input, || {
+            ops::dispatch(app, &principal, op, input.clone())
+        })
+        .await?;
     if let Some(o) = output.as_object_mut() {
         o.insert("requestId".into(), Value::from(request_id));
     }

@@ -109,6 +109,9 @@ pub struct FieldError {
     pub field: String,
     /// What is wrong.
     pub message: String,
+    /// True when the value has the right type but is out of range or not an allowed value
+    /// (an invalid parameter value, not a malformed request).
+    pub value: bool,
 }
 
 impl Model {
@@ -168,13 +171,22 @@ impl Model {
         let Some(shape) = self.shapes.get(name) else {
             return Ok(());
         };
-        let bad = |message: String| FieldError {
-            field: if path.is_empty() {
-                "(the request)".into()
+        let field = || {
+            if path.is_empty() {
+                "(the request)".to_string()
             } else {
                 path.to_string()
-            },
+            }
+        };
+        let bad = |message: String| FieldError {
+            field: field(),
             message,
+            value: false,
+        };
+        let out_of_range = |message: String| FieldError {
+            field: field(),
+            message,
+            value: true,
         };
         match shape.ty {
             ShapeType::Structure => {
@@ -193,6 +205,7 @@ impl Model {
                         return Err(FieldError {
                             field: join(path, r),
                             message: "is required".into(),
+                            value: false,
                         });
                     }
                 }
@@ -201,7 +214,7 @@ impl Model {
                 let Some(items) = value.as_array() else {
                     return Err(bad(format!("must be a list, not {}", kind(value))));
                 };
-                bounds(shape, items.len() as i64, "items").map_err(bad)?;
+                bounds(shape, items.len() as i64, "items").map_err(out_of_range)?;
                 if let Some(item) = &shape.item {
                     for (i, v) in items.iter().enumerate() {
                         self.check(item, v, &format!("{path}[{i}]"))?;
@@ -212,7 +225,7 @@ impl Model {
                 let Some(o) = value.as_object() else {
                     return Err(bad(format!("must be an object, not {}", kind(value))));
                 };
-                bounds(shape, o.len() as i64, "entries").map_err(bad)?;
+                bounds(shape, o.len() as i64, "entries").map_err(out_of_range)?;
                 if let Some(item) = &shape.item {
                     for (k, v) in o {
                         self.check(item, v, &join(path, k))?;
@@ -224,22 +237,22 @@ impl Model {
                     return Err(bad(format!("must be a string, not {}", kind(value))));
                 };
                 if !shape.values.is_empty() && !shape.values.iter().any(|v| v == s) {
-                    return Err(bad(format!(
+                    return Err(out_of_range(format!(
                         "`{s}` is not one of {}",
                         shape.values.join(", ")
                     )));
                 }
-                bounds(shape, s.chars().count() as i64, "characters").map_err(bad)?;
+                bounds(shape, s.chars().count() as i64, "characters").map_err(out_of_range)?;
             }
             ShapeType::Integer | ShapeType::Long => {
                 let Some(n) = value.as_i64() else {
                     return Err(bad(format!("must be a whole number, not {}", kind(value))));
                 };
                 if let Some(min) = shape.min.filter(|m| n < *m) {
-                    return Err(bad(format!("must be at least {min}")));
+                    return Err(out_of_range(format!("must be at least {min}")));
                 }
                 if let Some(max) = shape.max.filter(|m| n > *m) {
-                    return Err(bad(format!("must be at most {max}")));
+                    return Err(out_of_range(format!("must be at most {max}")));
                 }
             }
             ShapeType::Double => {

@@ -654,23 +654,30 @@ impl Records {
         self.store.home()
     }
 
-    /// The folder of one build's files (its logs).
-    pub fn build_dir(&self, name: &str, version: &Version, build: u32) -> PathBuf {
-        self.home()
-            .images()
-            .join(name)
+    /// The folder of one build's files (its logs): `images/NAME/VERSION/BUILD` for the local
+    /// account, `images/ACCOUNT/NAME/VERSION/BUILD` for the others (build numbers are per
+    /// account).
+    pub fn build_dir(&self, account: &str, name: &str, version: &Version, build: u32) -> PathBuf {
+        let base = if account == LOCAL_ACCOUNT {
+            self.home().images()
+        } else {
+            self.home().images().join(account)
+        };
+        base.join(name)
             .join(version.to_string())
             .join(build.to_string())
     }
 
     /// Where a build's logs go.
-    pub fn logs_dir(&self, name: &str, version: &Version, build: u32) -> PathBuf {
-        self.build_dir(name, version, build).join("logs")
+    pub fn logs_dir(&self, account: &str, name: &str, version: &Version, build: u32) -> PathBuf {
+        self.build_dir(account, name, version, build).join("logs")
     }
 
     /// Stores a new record under the next build number of its version (two kiln processes
     /// never get the same one), filling in its number, ARN and logs folder.
     pub async fn create(&self, rec: &mut ImageRecord) -> Result<(), StoreError> {
+        // The store numbers builds per account, which it reads from the row's ARN.
+        rec.arn = image_arn(&rec.account, &rec.name, &rec.version, 0);
         let template = rec.clone();
         let make = |build: u32| {
             let mut r = template.clone();
@@ -696,7 +703,7 @@ impl Records {
     fn number(&self, r: &mut ImageRecord, build: u32) {
         r.build = build;
         r.arn = image_arn(&r.account, &r.name, &r.version, build);
-        r.logs = self.logs_dir(&r.name, &r.version, build);
+        r.logs = self.logs_dir(&r.account, &r.name, &r.version, build);
     }
 
     /// Saves a record's new state.

@@ -94,6 +94,7 @@ macro_rules! conformance_tests {
             client_tokens_make_create_idempotent,
             create_build_takes_the_next_number,
             create_build_stores_nothing_when_make_fails,
+            names_versions_and_builds_are_per_account,
             update_changes_fields_and_refs,
             delete_refuses_rows_in_use,
             a_row_referring_to_itself_can_be_deleted,
@@ -740,6 +741,46 @@ pub async fn create_build_takes_the_next_number<B: Backend>(backend: &B) {
             .build,
         Some(10)
     );
+}
+
+/// Two accounts (the ARN's fifth field) each have their own names, versions and build
+/// numbers: neither clashes with, nor learns of, the other's.
+pub async fn names_versions_and_builds_are_per_account<B: Backend>(backend: &B) {
+    let fresh = backend.fresh().await;
+    let store = &*fresh.store;
+    let other = "arn:aws:imagebuilder:local:111111111111";
+    let make = make_image("web");
+    for _ in 0..2 {
+        store
+            .create_build(image("web", [1, 0, 0], 0), vec![], &make)
+            .await
+            .must();
+    }
+    let mut theirs = image("web", [1, 0, 0], 0);
+    theirs.arn = format!("{other}:image/web/1.0.0/0");
+    let row = store
+        .create_build(theirs, vec![], &|build| {
+            Ok((
+                format!("{other}:image/web/1.0.0/{build}"),
+                "{}".to_owned(),
+                "{}".to_owned(),
+            ))
+        })
+        .await
+        .must();
+    assert_eq!(row.build, Some(1), "the other account's first build is 1");
+    // A component of one name, version and build in each account.
+    let mut mine = resource(Kind::Component, "c", Some([1, 0, 0]));
+    mine.arn.push_str("/1");
+    mine.build = Some(1);
+    let mut yours = mine.clone();
+    yours.arn = mine.arn.replacen(PREFIX, other, 1);
+    store.create(mine, vec![], None).await.must();
+    let stored = match store.create(yours.clone(), vec![], None).await.must() {
+        Created::New(row) => row,
+        other => panic!("expected a new row, got {other:?}"),
+    };
+    assert_eq!(store.get(&yours.arn).await.must(), Some(stored));
 }
 
 /// An error of `make` is what `create_build` returns, and it stores nothing: no row, no

@@ -214,7 +214,8 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// uses; they are recorded, not checked. With a client token: if (kind, token) was used
     /// before and that row still exists, returns `Existing(that row)` when the digest equals,
     /// else `Err(TokenMismatch)`. A row whose ARN (or whose kind, name, version and build)
-    /// exists gives `Err(AlreadyExists)` with the existing row. All in one transaction.
+    /// exists in the same account gives `Err(AlreadyExists)` with the existing row. All in one
+    /// transaction.
     async fn create(
         &self,
         row: Row,
@@ -222,8 +223,10 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
         client_token: Option<String>,
     ) -> Result<Created, StoreError>;
 
-    /// Stores a new row with the next build number of (kind, name case-insensitively, version):
-    /// the highest existing build + 1, or 1 when there is none.
+    /// Stores a new row with the next build number of (kind, name case-insensitively, version)
+    /// in the account of the row's ARN (its fifth field; any ARN of the account will do, the
+    /// real one comes from `make`): the highest existing build + 1, or 1 when there is none.
+    /// Names, versions and builds are per account.
     ///
     /// `make(build)` returns (arn, summary, body) for that number, replacing the row's (its
     /// error stores nothing). Two processes calling it at once for the same version get

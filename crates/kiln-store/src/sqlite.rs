@@ -21,7 +21,7 @@ use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 use crate::{Created, Filter, Kind, MakeBuild, Order, Row, StateStore, StoreError, Update};
 
 /// Newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Schema scripts: `MIGRATIONS[n]` takes the database from version n to n + 1.
 const MIGRATIONS: &[&str] = &[
@@ -76,6 +76,23 @@ CREATE TABLE client_tokens (
 );
 CREATE INDEX client_tokens_arn ON client_tokens (arn);
 "#,
+    // 2: names, versions and build numbers are per account (the ARN's fifth field): two
+    // accounts each have their own `web/1.0.0/1`, and neither learns of the other's builds.
+    r#"
+ALTER TABLE rows ADD COLUMN account TEXT NOT NULL DEFAULT '';
+UPDATE rows SET account = COALESCE((
+    WITH RECURSIVE parts(rest, field, n) AS (
+        SELECT rows.arn || ':', '', 0
+        UNION ALL
+        SELECT substr(rest, instr(rest, ':') + 1), substr(rest, 1, instr(rest, ':') - 1), n + 1
+        FROM parts WHERE rest <> '' AND n < 5
+    )
+    SELECT field FROM parts WHERE n = 5
+), '');
+DROP INDEX rows_build;
+CREATE UNIQUE INDEX rows_build ON rows (account, kind, name_lower, major, minor, patch, build)
+    WHERE build IS NOT NULL;
+"#,
 ];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
@@ -118,8 +135,13 @@ type Columns = (
 );
 
 const INSERT_ROW: &str = "INSERT INTO rows (arn, kind, name, name_lower, major, minor, patch, \
-     build, owner, state, pipeline, digest, created_ms, updated_ms, summary, body) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+     build, owner, state, pipeline, digest, created_ms, updated_ms, summary, body, account) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// The account an ARN is in (its fifth field): names, versions and builds are per account.
+pub(crate) fn account_of(arn: &str) -> &str {
+    arn.split(':').nth(4).unwrap_or("")
+}
 
 /// Runs an `INSERT_ROW`-shaped statement with a row's columns bound in its order.
 async fn insert(
@@ -148,6 +170,7 @@ async fn insert(
         .bind(row.updated_ms)
         .bind(&row.summary)
         .bind(&row.body)
+        .bind(account_of(&row.arn))
         .execute(&mut *conn)
         .await
 }
@@ -286,7 +309,14 @@ impl SqliteStore {
             // A write by another process between the copy and the migration's lock would be
             // missing from the copy: the copy is made again when SQLite says one came in.
             let before = data_version(&mut conn, &self.path).await?;
-            let copied = if current >= 1 {
+            // A store with no rows yet (one just made) has nothing to keep a copy of.
+            let has_rows = current >= 1
+                && sqlx::query_scalar::<_, i64>("SELECT EXISTS (SELECT 1 FROM rows)")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| self.error(e))?
+                    != 0;
+            let copied = if has_rows {
                 self.backup(&mut conn, target).await?
             } else {
                 None
@@ -459,7 +489,13 @@ impl SqliteStore {
         let name_lower = row.name.to_lowercase();
         let mut qb =
             QueryBuilder::<Sqlite>::new(concat!("SELECT ", columns!(), ", body FROM rows"));
-        push_version_key(&mut qb, row.kind, &name_lower, row.version);
+        push_version_key(
+            &mut qb,
+            account_of(&row.arn),
+            row.kind,
+            &name_lower,
+            row.version,
+        );
         qb.push(" AND build = ").push_bind(i64::from(build));
         let found: Option<Columns> = qb
             .build_query_as()
@@ -567,7 +603,13 @@ impl SqliteStore {
     ) -> Result<Option<Row>, StoreError> {
         let name_lower = row.name.to_lowercase();
         let mut qb = QueryBuilder::<Sqlite>::new("SELECT MAX(build) FROM rows");
-        push_version_key(&mut qb, row.kind, &name_lower, row.version);
+        push_version_key(
+            &mut qb,
+            account_of(&row.arn),
+            row.kind,
+            &name_lower,
+            row.version,
+        );
         let max: Option<i64> = qb
             .build_query_scalar()
             .fetch_one(&mut *conn)
@@ -1091,11 +1133,13 @@ async fn write_marker(marker: &Path) {
 /// `IS NULL` for rows without one.
 fn push_version_key<'a>(
     qb: &mut QueryBuilder<'a, Sqlite>,
+    account: &'a str,
     kind: Kind,
     name_lower: &'a str,
     version: Option<[u32; 3]>,
 ) {
-    qb.push(" WHERE kind = ").push_bind(kind.as_str());
+    qb.push(" WHERE account = ").push_bind(account);
+    qb.push(" AND kind = ").push_bind(kind.as_str());
     qb.push(" AND name_lower = ").push_bind(name_lower);
     for (column, value) in ["major", "minor", "patch"]
         .into_iter()
@@ -1264,10 +1308,14 @@ mod tests {
         let row = component(0);
         store.import(vec![row.clone()]).await.unwrap();
 
-        let next = [MIGRATIONS[0], "CREATE TABLE extra (x INTEGER NOT NULL);"];
+        let mut next = MIGRATIONS.to_vec();
+        next.push("CREATE TABLE extra (x INTEGER NOT NULL);");
         store.migrate(&next).await.unwrap();
         let mut conn = store.pool.acquire().await.unwrap();
-        assert_eq!(schema_version(&mut conn, &path).await.unwrap(), 2);
+        assert_eq!(
+            schema_version(&mut conn, &path).await.unwrap(),
+            SCHEMA_VERSION + 1
+        );
         sqlx::query("INSERT INTO extra (x) VALUES (1)")
             .execute(&mut *conn)
             .await
@@ -1276,18 +1324,18 @@ mod tests {
         assert_eq!(store.get(&row.arn).await.unwrap(), Some(row.clone()));
         store.close().await;
 
-        let copy = sibling(&path, ".before-schema-2");
+        let copy = sibling(&path, &format!(".before-schema-{}", SCHEMA_VERSION + 1));
         assert!(!sibling(&copy, ".partial").exists());
-        assert_eq!(read_version(&copy).await.unwrap(), 1);
+        assert_eq!(read_version(&copy).await.unwrap(), SCHEMA_VERSION);
         let old = SqliteStore::open(&copy).await.unwrap();
         assert_eq!(old.get(&row.arn).await.unwrap(), Some(row));
         old.close().await;
 
-        // This build knows only schema 1 and leaves the upgraded store alone.
+        // This build knows only its own schema and leaves the upgraded store alone.
         match SqliteStore::open(&path).await {
             Err(StoreError::TooNew {
                 found, supported, ..
-            }) => assert_eq!((found, supported), (2, SCHEMA_VERSION)),
+            }) => assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION)),
             other => panic!("expected TooNew, got {other:?}"),
         }
     }
@@ -1319,7 +1367,8 @@ mod tests {
         let row = component;
         store.import(vec![row(0)]).await.unwrap();
         *WRITE_BETWEEN.lock().unwrap() = Some((path.clone(), row(1)));
-        let next = [MIGRATIONS[0], "CREATE TABLE extra (x INTEGER NOT NULL);"];
+        let mut next = MIGRATIONS.to_vec();
+        next.push("CREATE TABLE extra (x INTEGER NOT NULL);");
         store.migrate(&next).await.unwrap();
         assert!(
             WRITE_BETWEEN.lock().unwrap().is_none(),
@@ -1327,9 +1376,12 @@ mod tests {
         );
         store.close().await;
 
-        let copy = SqliteStore::open(&sibling(&path, ".before-schema-2"))
-            .await
-            .unwrap();
+        let copy = SqliteStore::open(&sibling(
+            &path,
+            &format!(".before-schema-{}", SCHEMA_VERSION + 1),
+        ))
+        .await
+        .unwrap();
         for n in [0, 1] {
             assert_eq!(copy.get(&row(n).arn).await.unwrap(), Some(row(n)));
         }

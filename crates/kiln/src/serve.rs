@@ -112,6 +112,7 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
         builds: Builds::new(settings, store),
         auth: Arc::new(SigV4::new(keys, &cfg.serve.region)),
         limiter: kiln_api::ratelimit::Limiter::new(cfg.serve.requests_per_second, cfg.serve.burst),
+        tokens: kiln_api::tokens::Tokens::default(),
     });
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -10,7 +10,7 @@ use kiln_core::version::Version;
 use kiln_store::{Filter, Kind};
 use serde_json::{json, Value};
 
-use super::resources::{matches, scoped_token};
+use super::resources::matches;
 use super::{paging, required, text, view, Op};
 use crate::error::ApiError;
 use crate::App;
@@ -23,18 +23,6 @@ pub async fn start(
     op: Op,
     input: Value,
 ) -> Result<Value, ApiError> {
-    let token = required(&input, "clientToken")?.to_string();
-    let scoped = scoped_token(principal, op, &token);
-    let digest = kiln_core::store::sha256_hex(input.to_string().as_bytes());
-    if let Some((seen, arn)) = app.builds.token(&scoped) {
-        if seen != digest {
-            return Err(ApiError::new(
-                "IdempotentParameterMismatchException",
-                format!("clientToken `{token}` was used before with another request"),
-            ));
-        }
-        return Ok(json!({"clientToken": token, "imageBuildVersionArn": arn}));
-    }
     let pipeline = match op {
         Op::StartImagePipelineExecution => {
             let arn = required(&input, "imagePipelineArn")?;
@@ -60,8 +48,7 @@ pub async fn start(
             .collect::<BTreeMap<_, _>>();
     }
     let arn = app.builds.start(plan).await?;
-    app.builds.remember(scoped, digest, arn.clone());
-    Ok(json!({"clientToken": token, "imageBuildVersionArn": arn}))
+    Ok(json!({"clientToken": text(&input, "clientToken"), "imageBuildVersionArn": arn}))
 }
 
 /// A CreateImage request as the pipeline of one build.

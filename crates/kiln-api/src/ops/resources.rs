@@ -92,7 +92,22 @@ pub async fn apply(
         .resources
         .apply(principal, Request::new(operation, doc))
         .await?;
-    let (_, key) = kind_of(op);
+    let (kind, key) = kind_of(op);
+    // kiln takes a recipe of the same content as the one stored, whatever its description;
+    // Image Builder refuses another description for a name and version that exist.
+    let wanted = text(&input, "description").unwrap_or("");
+    if !outcome.created
+        && matches!(kind, Kind::ImageRecipe | Kind::ContainerRecipe)
+        && outcome.resource.description != wanted
+    {
+        return Err(ApiError::new(
+            "ResourceAlreadyExistsException",
+            format!(
+                "{} already exists with another description: create a new version to change it",
+                outcome.resource.arn
+            ),
+        ));
+    }
     Ok(json!({"clientToken": token, key: outcome.resource.arn}))
 }
 

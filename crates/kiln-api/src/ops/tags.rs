@@ -31,6 +31,15 @@ pub async fn run(
                 .collect()
         })
         .unwrap_or_default();
+    if let Some(k) = add
+        .keys()
+        .find(|k| k.to_ascii_lowercase().starts_with("aws:"))
+    {
+        return Err(ApiError::new(
+            "InvalidParameterException",
+            format!("tags: `{k}`: keys starting with aws: are reserved"),
+        ));
+    }
     let change = |tags: &mut Map<String, Value>| match op {
         Op::TagResource => tags.extend(add.clone()),
         Op::UntagResource => tags.retain(|k, _| !remove.contains(k)),

@@ -160,15 +160,23 @@ impl Invalid {
         self
     }
 
-    /// The code input problems imply: a version out of shape is its own error.
+    /// The code input problems imply: a version out of shape is its own error, and so is a
+    /// reference to something that does not exist (Image Builder's "at least one of the
+    /// resources referenced by your request does not exist").
     pub(crate) fn code_of(problems: &[Problem]) -> ErrorCode {
-        let mut errors = problems
+        let errors: Vec<&Problem> = problems
             .iter()
             .filter(|p| p.severity == Severity::Error)
-            .peekable();
-        if errors.peek().is_some() && errors.all(|p| p.field.as_deref() == Some("semanticVersion"))
+            .collect();
+        if errors.is_empty() {
+            ErrorCode::InvalidParameterValue
+        } else if errors
+            .iter()
+            .all(|p| p.field.as_deref() == Some("semanticVersion"))
         {
             ErrorCode::InvalidVersionNumber
+        } else if errors.iter().all(|p| is_missing(&p.message)) {
+            ErrorCode::ResourceNotFound
         } else {
             ErrorCode::InvalidParameterValue
         }
@@ -249,4 +257,13 @@ impl ResourceError {
             _ => &[],
         }
     }
+}
+
+/// What a request's reference to a missing resource is told: `no NOUN matches REFERENCE`.
+pub(crate) fn missing(noun: &str, reference: &str) -> String {
+    format!("no {noun} matches {reference}")
+}
+
+fn is_missing(message: &str) -> bool {
+    message.starts_with("no ") && message.contains(" matches ")
 }

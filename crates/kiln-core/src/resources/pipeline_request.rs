@@ -138,7 +138,7 @@ impl Resources {
                 Ok(r) => match self.newest(principal, &r).await? {
                     None => c.error_at(
                         node,
-                        format!("no {} matches {text}", kind_noun(kind)),
+                        super::errors::missing(kind_noun(kind), text),
                         Some(format!("`kiln {} list` shows what exists", cli_noun(kind))),
                     ),
                     Some(found) => {

@@ -127,7 +127,7 @@ impl Resources {
                     Ok(r) => match self.newest(principal, &r).await? {
                         None => c.reader.error(
                             rc.span,
-                            format!("no component matches {a}"),
+                            super::errors::missing("component", a),
                             Some("`kiln component list` shows the components kiln has".into()),
                         ),
                         Some(found) => {

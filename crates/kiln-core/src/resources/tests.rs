@@ -230,6 +230,18 @@ async fn invalid_values_are_invalid_parameter_values() {
     )
     .await;
     assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
+    // An AWS account's resource is not kiln's...
+    let e = res
+        .get(
+            &alice(),
+            "arn:aws:imagebuilder:us-east-1:123456789012:component/x/1.0.0",
+            &[Kind::Component],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ResourceError::BadReference(_)), "{e}");
+    assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
+    // ...while AWS's managed components are, and one kiln does not have is not found.
     let e = res
         .get(
             &alice(),
@@ -238,8 +250,7 @@ async fn invalid_values_are_invalid_parameter_values() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(e, ResourceError::BadReference(_)), "{e}");
-    assert_eq!(e.code(), ErrorCode::InvalidParameterValue);
+    assert_eq!(e.code(), ErrorCode::ResourceNotFound, "{e}");
 }
 
 #[tokio::test]
@@ -477,11 +488,10 @@ async fn another_accounts_resources_are_not_found() {
     let own = StoreResolver::new(store, alice());
     assert!(own.resolve(&c.arn).await.unwrap().is_some());
 
-    // The store keeps one name and version across accounts: another account's is neither
-    // returned nor named.
-    let e = fails(&res, &bob(), component("base", serde_json::json!({}))).await;
-    assert_eq!(e.code(), ErrorCode::ResourceAlreadyExists, "{e}");
-    assert!(!e.to_string().contains(&c.arn), "{e}");
+    // Names and versions are per account: bob has his own base 1.0.0, and each sees his own.
+    let own = create(&res, &bob(), component("base", serde_json::json!({}))).await;
+    assert!(own.arn.starts_with(&bob().arn_prefix()), "{}", own.arn);
+    assert_ne!(own.arn, c.arn);
     let b = create(
         &res,
         &bob(),

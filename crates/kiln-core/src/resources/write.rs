@@ -57,8 +57,9 @@ impl Resources {
         row.created_ms = crate::state::millis(resource.date_created);
         row.summary = to_json(&resource.summary())?;
         row.body = to_json(&resource)?;
-        // The store keys client tokens, and names with versions and builds, across accounts:
-        // what it answers about another account's row must not reach this principal.
+        // The store keys client tokens across accounts (names, versions and builds are per
+        // account): what it answers about another account's row must not reach this
+        // principal.
         let theirs = |arn: &str| !arn.starts_with(&principal.arn_prefix());
         let existing = match self
             .store
@@ -179,14 +180,22 @@ impl Resources {
             )));
         };
         let mut old: Resource = self.parse(&old)?;
+        // An update replaces the content, not the tags: Image Builder's update requests have
+        // none (TagResource changes them).
+        if let (Some(tags), Some(o)) = (
+            old.request.get("tags").cloned(),
+            draft.request.as_object_mut(),
+        ) {
+            o.entry("tags").or_insert(tags);
+        }
         // Named by ARN, it is stored as if named by name: the same content, the same digest.
         if let Some((key, _)) = draft.target.take() {
             if let Some(o) = draft.request.as_object_mut() {
                 o.remove(key);
                 o.insert("name".into(), Value::String(old.name.clone()));
             }
-            draft.digest = content_digest(&draft.request, &[]);
         }
+        draft.digest = content_digest(&draft.request, &[]);
         if old.digest == draft.digest {
             return Ok(Outcome {
                 resource: old,
