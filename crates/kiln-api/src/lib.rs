@@ -127,10 +127,37 @@ async fn serve_one(
             format!("kiln serves no {} {path}", parts.method),
         )
     })?;
+    let input = decode(
+        op,
+        parts.uri.query().unwrap_or(""),
+        path_arn.as_deref(),
+        &body,
+    )?;
+    let mut output = app
+        .tokens
+        .once(&principal, op, &input, || {
+            ops::dispatch(app, &principal, op, input.clone())
+        })
+        .await?;
+    if let Some(o) = output.as_object_mut() {
+        o.insert("requestId".into(), Value::from(request_id));
+    }
+    let model = Model::get();
+    let output_shape = model.operation(op.name()).and_then(|o| o.output.clone());
+    Ok(Answer::Json(match &output_shape {
+        Some(shape) => model.project(shape, output),
+        None => Value::Object(Default::default()),
+    }))
+}
+
+/// A request's members as the model gives `op` them: the JSON body, the query string's members
+/// and the path's `{resourceArn}` (still percent-encoded), checked against the input shape.
+/// Whatever the bytes, this answers a 4xx error or the members; it never panics.
+pub fn decode(op: Op, query: &str, path_arg: Option<&str>, body: &[u8]) -> Result<Value, ApiError> {
     let mut input: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Default::default())
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
+        serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!(
                 "the request body is not JSON: {e} (line {}, column {})",
                 e.line(),
@@ -144,59 +171,47 @@ async fn serve_one(
         ));
     }
     let model = Model::get();
-    let operation = model
-        .operation(op.name())
-        .ok_or_else(|| ApiError::service(format!("{} is not in the model", op.name())))?;
-    let input_shape = operation.input.clone().unwrap_or_default();
-    if let Some(shape) = model.shape(&input_shape) {
-        let pairs = query::pairs(parts.uri.query().unwrap_or(""));
-        for m in &shape.members {
-            let key = m.location_name.as_deref().unwrap_or(&m.name);
-            let value = match m.location {
-                Location::Query => {
-                    let values: Vec<&String> = pairs
-                        .iter()
-                        .filter(|(k, _)| k == key)
-                        .map(|(_, v)| v)
-                        .collect();
-                    let list = model
-                        .shape(&m.shape)
-                        .is_some_and(|s| s.ty == model::ShapeType::List);
-                    match (values.first(), list) {
-                        (None, _) => None,
-                        (Some(_), true) => Some(Value::from(
-                            values
-                                .iter()
-                                .map(|v| Value::from(v.as_str()))
-                                .collect::<Vec<_>>(),
-                        )),
-                        (Some(v), false) => Some(Value::from(v.as_str())),
-                    }
+    let Some(input_shape) = model.operation(op.name()).and_then(|o| o.input.clone()) else {
+        return Ok(input);
+    };
+    let Some(shape) = model.shape(&input_shape) else {
+        return Ok(input);
+    };
+    let pairs = query::pairs(query);
+    for m in &shape.members {
+        let key = m.location_name.as_deref().unwrap_or(&m.name);
+        let value = match m.location {
+            Location::Query => {
+                let values: Vec<&String> = pairs
+                    .iter()
+                    .filter(|(k, _)| k == key)
+                    .map(|(_, v)| v)
+                    .collect();
+                let list = model
+                    .shape(&m.shape)
+                    .is_some_and(|s| s.ty == model::ShapeType::List);
+                match (values.first(), list) {
+                    (None, _) => None,
+                    (Some(_), true) => Some(Value::from(
+                        values
+                            .iter()
+                            .map(|v| Value::from(v.as_str()))
+                            .collect::<Vec<_>>(),
+                    )),
+                    (Some(v), false) => Some(Value::from(v.as_str())),
                 }
-                Location::Uri => path_arn.as_deref().map(|a| Value::from(query::decode(a))),
-                _ => None,
-            };
-            if let (Some(v), Some(o)) = (value, input.as_object_mut()) {
-                o.insert(m.name.clone(), v);
             }
+            Location::Uri => path_arg.map(|a| Value::from(query::decode(a))),
+            _ => None,
+        };
+        if let (Some(v), Some(o)) = (value, input.as_object_mut()) {
+            o.insert(m.name.clone(), v);
         }
-        model
-            .check(&input_shape, &input, "")
-            .map_err(|e| ApiError::field(op, e))?;
     }
-    let mut output = app
-        .tokens
-        .once(&principal, op, &input, || {
-            ops::dispatch(app, &principal, op, input.clone())
-        })
-        .await?;
-    if let Some(o) = output.as_object_mut() {
-        o.insert("requestId".into(), Value::from(request_id));
-    }
-    Ok(Answer::Json(match &operation.output {
-        Some(shape) => model.project(shape, output),
-        None => Value::Object(Default::default()),
-    }))
+    model
+        .check(&input_shape, &input, "")
+        .map_err(|e| ApiError::field(op, e))?;
+    Ok(input)
 }
 
 /// Serves until `shutdown` resolves, then stops taking requests and cancels the running
