@@ -144,3 +144,17 @@ def test_create_image_refuses_bad_references(client_a, account_a):
     with raises("ResourceNotFoundException", 404):
         client_a.create_image(containerRecipeArn=arn(account_a, "container-recipe", unique("no"), "1.0.0"),
                               infrastructureConfigurationArn=infra)
+
+
+@pytest.mark.build
+def test_a_recipe_naming_awss_update_linux_builds(client_a):
+    # As a recipe written for AWS names it: another region, a version filter.
+    update = "arn:aws:imagebuilder:us-east-1:aws:component/update-linux/x.x.x"
+    word = unique("upd")
+    comp = create_component(client_a, data=document("after", build=f"echo {word} > {MARK}"))
+    name, recipe, infra, dist, pipe = _pipeline(client_a, [update, comp], tests=False)
+    image_arn = client_a.start_image_pipeline_execution(imagePipelineArn=pipe)["imageBuildVersionArn"]
+    image, states = wait_for_image(client_a, image_arn, timeout=600)
+    assert states[-1] == "AVAILABLE", f"states {states}, reason {image['state'].get('reason')}"
+    components = image["containerRecipe"]["components"]
+    assert components[0]["componentArn"].endswith(":aws:component/update-linux/x.x.x"), components

@@ -81,3 +81,38 @@ def test_recipe_errors(client_a, account_a):
             components=[{"componentArn": comp}], targetRepository={"service": "ECR", "repositoryName": "x-y-z"})
     with raises("ResourceNotFoundException", 404):
         client_a.get_container_recipe(containerRecipeArn=arn(account_a, "container-recipe", unique("no"), "1.0.0"))
+
+
+def test_dry_run_checks_and_makes_nothing(client_a):
+    comp = create_component(client_a)
+    name = unique("dry")
+    with raises("DryRunOperationException", 412):
+        create_container_recipe(client_a, [comp], name=name, dryRun=True)
+    listed = client_a.list_container_recipes()["containerRecipeSummaryList"]
+    assert name not in [r["name"] for r in listed]
+    # A dry run of a bad request answers what is wrong with it.
+    with raises("InvalidVersionNumberException", 400):
+        create_container_recipe(client_a, [comp], version="1.0", dryRun=True)
+
+
+def test_an_ami_id_is_refused_clearly(client_a):
+    comp = create_component(client_a)
+    with raises("InvalidParameterValueException", 400, mentions=("parentImage", "AMI")):
+        client_a.create_image_recipe(name=unique("ami"), semanticVersion="1.0.0",
+                                     parentImage="ami-0123456789abcdef0",
+                                     components=[{"componentArn": comp}])
+
+
+def test_aws_managed_components_by_their_arns(client_a):
+    listed = client_a.list_components(owner="Amazon")["componentVersionList"]
+    names = {c["name"] for c in listed}
+    assert {"update-linux", "reboot-linux", "reboot-test-linux", "simple-boot-test-linux",
+            "hello-world-linux"} <= names, names
+    assert all(c["owner"] == "Amazon" for c in listed)
+    update = "arn:aws:imagebuilder:us-east-1:aws:component/update-linux/x.x.x"
+    got = client_a.get_component(componentBuildVersionArn="arn:aws:imagebuilder:us-east-1:aws:component/update-linux/1.0.0/1")
+    assert "apt-get" in got["component"]["data"]
+    recipe = client_a.create_image_recipe(name=unique("upd"), semanticVersion="1.0.0",
+                                          parentImage=PARENT, components=[{"componentArn": update}])
+    r = client_a.get_image_recipe(imageRecipeArn=recipe["imageRecipeArn"])["imageRecipe"]
+    assert r["components"][0]["componentArn"].endswith("component/update-linux/x.x.x")

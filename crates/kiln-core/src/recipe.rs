@@ -192,6 +192,16 @@ pub fn parse_parent(text: &str, base: &Path) -> Result<ParentImage, String> {
 }
 
 fn parse_image(text: &str) -> Result<ParentImage, String> {
+    let ami = text
+        .strip_prefix("ami-")
+        .is_some_and(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()));
+    if ami {
+        return Err(format!(
+            "`{text}` is an EC2 AMI id: kiln builds on your own machines, where there are no \
+             AMIs; start from bootstrap:debian/bookworm, an OCI image (docker://HOST/REPO:TAG) \
+             or one of kiln's own images (its image ARN)"
+        ));
+    }
     if !text.contains('/') {
         return Err(format!(
             "`{text}` is not an image reference; kiln reads {TRANSPORTS}, or an image ARN"

@@ -83,15 +83,38 @@ pub async fn apply(
         .parse()
         .map_err(|e: String| ApiError::bad_request(e))?;
     let token = text(&input, "clientToken").map(str::to_string);
-    if let (Some(t), Some(o)) = (&token, input.as_object_mut()) {
-        o.insert("clientToken".into(), json!(scoped_token(principal, op, t)));
+    let dry_run = input
+        .get("dryRun")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    // Members the model does not give the operation (a newer client's) are left out, as AWS
+    // services ignore them; dryRun is the API's, not the resource's.
+    let known: Vec<String> = crate::model::Model::get()
+        .operation(op.name())
+        .and_then(|o| o.input.clone())
+        .and_then(|s| crate::model::Model::get().shape(&s))
+        .map(|s| s.members.iter().map(|m| m.name.clone()).collect())
+        .unwrap_or_default();
+    if let Some(o) = input.as_object_mut() {
+        o.retain(|k, _| known.contains(k) && k != "dryRun");
+        if let Some(t) = &token {
+            o.insert("clientToken".into(), json!(scoped_token(principal, op, t)));
+        }
     }
     let body = serde_json::to_string(&input).map_err(ApiError::service)?;
     let doc = Document::parse(op.name(), body, None)?;
-    let outcome = app
-        .resources
-        .apply(principal, Request::new(operation, doc))
-        .await?;
+    let request = Request::new(operation, doc);
+    if dry_run {
+        app.resources.check(principal, &request).await?;
+        return Err(ApiError::new(
+            "DryRunOperationException",
+            format!(
+                "{}: the request would succeed; nothing was made (dryRun)",
+                op.name()
+            ),
+        ));
+    }
+    let outcome = app.resources.apply(principal, request).await?;
     let (kind, key) = kind_of(op);
     // kiln takes a recipe of the same content as the one stored, whatever its description;
     // Image Builder refuses another description for a name and version that exist.

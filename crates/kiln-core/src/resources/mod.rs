@@ -291,6 +291,16 @@ impl Resources {
         }
     }
 
+    /// Checks a create or update request as [`Resources::apply`] would, storing nothing (a
+    /// dry run): every field, and that what it refers to exists.
+    pub async fn check(
+        &self,
+        principal: &Principal,
+        request: &Request,
+    ) -> Result<(), ResourceError> {
+        self.draft(principal, request).await.map(|_| ())
+    }
+
     /// The newest resource a reference names that `principal` can see.
     pub async fn newest(
         &self,
