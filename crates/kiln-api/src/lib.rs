@@ -17,6 +17,7 @@ pub mod model;
 pub mod ops;
 pub(crate) mod query;
 pub mod ratelimit;
+pub mod tls;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -216,11 +217,15 @@ pub fn decode(op: Op, query: &str, path_arg: Option<&str>, body: &[u8]) -> Resul
 
 /// Serves until `shutdown` resolves, then stops taking requests and cancels the running
 /// builds (recording each), so that nothing is left half-distributed.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+pub async fn serve<L>(
+    listener: L,
     app: Arc<App>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let result = axum::serve(listener, router(app.clone()))
         .with_graceful_shutdown(shutdown)
         .await;

@@ -86,6 +86,7 @@ fn record(i: usize) -> ImageRecord {
         configurations: vec![],
         distributing: vec![],
         tags: Default::default(),
+        usage: None,
     };
     for s in [
         State::Pending,

@@ -17,4 +17,5 @@ pub mod request;
 pub mod resources;
 pub mod state;
 pub mod store;
+pub mod usage;
 pub mod version;

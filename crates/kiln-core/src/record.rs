@@ -447,6 +447,9 @@ pub struct ImageRecord {
     /// Tags (Image Builder's `tags`: given at CreateImage, changed by TagResource).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub tags: std::collections::BTreeMap<String, String>,
+    /// What the build used: instances and regions (`kiln usage` sums it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::usage::Usage>,
 }
 
 impl ImageRecord {
@@ -915,6 +918,7 @@ pub(crate) mod tests {
             configurations: vec![],
             distributing: vec![],
             tags: Default::default(),
+            usage: None,
         }
     }
 

@@ -10,6 +10,7 @@ mod resource;
 mod serve;
 mod toe;
 mod ui;
+mod usage;
 
 use std::process::ExitCode;
 
@@ -63,6 +64,8 @@ enum Command {
     Account(account::AccountCommand),
     /// Serve the EC2 Image Builder API (for the AWS CLI, boto3, Terraform) and run its builds.
     Serve(serve::ServeArgs),
+    /// What builds used: instances' vCPU- and GiB-seconds, regions' bytes stored and sent.
+    Usage(usage::UsageArgs),
 }
 
 /// Exit code for bad input (invalid documents, bad flags): nothing was run.
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
             Command::Pipeline(c) => resource::run(resource::Which::Pipeline(c)).await,
             Command::Account(c) => account::run(c).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::Usage(args) => usage::run(args).await,
         }
     });
     match result {

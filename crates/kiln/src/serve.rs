@@ -26,6 +26,12 @@ pub struct ServeArgs {
     /// Builds at once; the rest wait PENDING (`serve.concurrency`, default 2).
     #[arg(long)]
     concurrency: Option<u32>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// The accounts file, read again whenever it changes (one `stat` per request otherwise).
@@ -114,16 +120,22 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
         limiter: kiln_api::ratelimit::Limiter::new(cfg.serve.requests_per_second, cfg.serve.burst),
         tokens: kiln_api::tokens::Tokens::default(),
     });
+    // Read before anything listens: a bad certificate is told at once.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(kiln_api::tls::config(cert, key)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
     let bound = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // One line on stdout, once requests are taken: scripts and tests wait for it.
-    println!("listening on http://{bound}");
+    println!("listening on {scheme}://{bound}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
     eprintln!(
-        "kiln serve: the EC2 Image Builder API for region {} on http://{bound} (aws imagebuilder ... --endpoint-url http://{bound} --region {})",
+        "kiln serve: the EC2 Image Builder API for region {} on {scheme}://{bound} (aws imagebuilder ... --endpoint-url {scheme}://{bound} --region {})",
         cfg.serve.region, cfg.serve.region
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -135,7 +147,13 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
         }
         eprintln!("kiln serve: stopping: running builds are cancelled and recorded");
     };
-    kiln_api::serve(listener, app, shutdown).await?;
+    match tls {
+        Some(config) => {
+            let listener = kiln_api::tls::TlsListener::new(listener, config)?;
+            kiln_api::serve(listener, app, shutdown).await?
+        }
+        None => kiln_api::serve(listener, app, shutdown).await?,
+    }
     eprintln!("kiln serve: stopped");
     Ok(0)
 }

@@ -58,6 +58,28 @@ fn golden_nginx_builds_tests_caches_and_is_read_by_skopeo_and_umoci() {
     );
     let rec = record(&format!("{name}/1.0.0/1"));
     assert_eq!(rec["state"], "AVAILABLE");
+    // What it used: the builder's and the test's instance time, and all of the image sent to
+    // its new region.
+    let usage = &rec["usage"];
+    assert!(
+        usage["builder"]["vcpuSeconds"].as_f64().unwrap() > 0.0,
+        "{usage}"
+    );
+    assert!(
+        usage["test"]["gibSeconds"].as_f64().unwrap() > 0.0,
+        "{usage}"
+    );
+    let sent = &usage["regions"][0];
+    assert_eq!(sent["region"], "local", "{usage}");
+    assert!(sent["bytesStored"].as_u64().unwrap() > 1 << 20, "{usage}");
+    assert_eq!(sent["bytesSent"], sent["bytesStored"], "{usage}");
+    let o = kiln(&["usage", "--account", "000000000000", "-o", "json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let total: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        total["000000000000"]["images"].as_u64().unwrap() >= 1,
+        "{total}"
+    );
     assert_eq!(
         states(&rec),
         [
@@ -81,6 +103,16 @@ fn golden_nginx_builds_tests_caches_and_is_read_by_skopeo_and_umoci() {
         .any(|p| p["name"] == "nginx-light"));
     // The test phase ran in its own sandbox: its log is separate from the build logs.
     let logs = PathBuf::from(rec["logs"].as_str().unwrap());
+    // The whole build's log, as `kiln image logs --follow` and the API stream it.
+    let build_log = std::fs::read_to_string(logs.join("build.log")).unwrap();
+    assert!(build_log.contains("== BUILDING"), "{build_log}");
+    assert!(
+        build_log.trim_end().ends_with("== AVAILABLE"),
+        "{build_log}"
+    );
+    let o = kiln(&["image", "logs", &format!("{name}/1.0.0/1"), "--follow"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), build_log);
     let test_log = std::fs::read_to_string(logs.join("test/console.log")).unwrap();
     assert!(test_log.contains("==> test/ConfigTest"));
     assert!(
@@ -138,6 +170,12 @@ fn golden_nginx_builds_tests_caches_and_is_read_by_skopeo_and_umoci() {
     let caches = field_of(&rec2["components"], "cache");
     assert_eq!(caches, ["hit", "hit", "hit"]);
     assert_eq!(rec2["layers"], rec["layers"], "the same layers");
+    // The region had every layer already: nothing was sent.
+    assert_eq!(
+        rec2["usage"]["regions"][0]["bytesSent"], 0,
+        "{}",
+        rec2["usage"]
+    );
 
     // Changing the last component re-runs only that one.
     let last = ex.join("components/aws-hello-world.yaml");

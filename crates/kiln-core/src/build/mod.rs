@@ -344,6 +344,7 @@ impl Builder {
             configurations: self.origin.configurations.clone(),
             distributing: Vec::new(),
             tags: self.origin.tags.clone(),
+            usage: None,
         };
         rec.set_state(State::Pending, None);
         rec
@@ -365,6 +366,7 @@ impl Builder {
             run_dir,
             chain,
             disk,
+            recipe: run_recipe,
             ..
         } = run;
         match result {
@@ -381,6 +383,10 @@ impl Builder {
             }
         }
         rec.duration_ms = millis(started);
+        let (builder, test) = crate::usage::instances(run_recipe, &rec);
+        let usage = rec.usage.get_or_insert_with(Default::default);
+        usage.builder = builder;
+        usage.test = test;
         // The final record is written while the run folder is still held: another kiln that
         // sees the folder released must also see the final state, never take the build for
         // an interrupted one.

@@ -20,6 +20,18 @@ use crate::store::{Home, StoredLayer};
 /// `$KILN_HOME/regions/ACCOUNT/REGION/NAME` for the others: a layout's tags are versions, so
 /// two accounts', or two images', `1.0.0` never share one).
 pub(crate) fn regions(home: &Home, recipe: &crate::recipe::Recipe, account: &str) -> Vec<Region> {
+    region_dirs(home, recipe, account)
+        .into_iter()
+        .map(|(name, dir)| Region::local(&name, dir))
+        .collect()
+}
+
+/// Each region's name and layout folder.
+fn region_dirs(
+    home: &Home,
+    recipe: &crate::recipe::Recipe,
+    account: &str,
+) -> Vec<(String, std::path::PathBuf)> {
     let dir_of = |region: &str| {
         if account == crate::principal::LOCAL_ACCOUNT {
             home.regions().join(region)
@@ -35,7 +47,7 @@ pub(crate) fn regions(home: &Home, recipe: &crate::recipe::Recipe, account: &str
         .iter()
         .map(|d| {
             let dir = d.path.clone().unwrap_or_else(|| dir_of(&d.region));
-            Region::local(&d.region, dir)
+            (d.region.clone(), dir)
         })
         .collect()
 }
@@ -47,6 +59,26 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
     let regions = regions(run.home, run.recipe, &run.rec.account);
     let files = disk_files(run).await?;
     let artifact = artifact(run, files).await;
+    // What each region holds of the image and lacks of it, read before it is written.
+    let blobs: Vec<(String, u64)> = artifact
+        .image
+        .iter()
+        .flat_map(|i| i.blobs.iter().map(|b| (b.digest.clone(), b.size)))
+        .collect();
+    let disk_files: Vec<(String, u64)> = artifact
+        .disk
+        .iter()
+        .flat_map(|d| {
+            d.files.iter().map(|f| {
+                let stem = run.rec.build_id().build_stem();
+                (format!("{stem}.{}", f.format.extension()), f.size)
+            })
+        })
+        .collect();
+    let usage: Vec<_> = region_dirs(run.home, run.recipe, &run.rec.account)
+        .iter()
+        .map(|(name, dir)| crate::usage::region(name, dir, &blobs, &disk_files))
+        .collect();
     run.rec.distributing = kiln_dist::plan(&regions, &artifact);
     run.enter(State::Distributing).await;
     let observer = run.observer.clone();
@@ -59,6 +91,7 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
         .await
         .map_err(|e| StageFailure::new(State::Distributing, e.to_string()))?;
     run.rec.outputs = outputs;
+    run.rec.usage.get_or_insert_with(Default::default).regions = usage;
     Ok(())
 }
 
