@@ -116,3 +116,14 @@ def test_aws_managed_components_by_their_arns(client_a):
                                           parentImage=PARENT, components=[{"componentArn": update}])
     r = client_a.get_image_recipe(imageRecipeArn=recipe["imageRecipeArn"])["imageRecipe"]
     assert r["components"][0]["componentArn"].endswith("component/update-linux/x.x.x")
+
+
+def test_the_standard_dockerfile_template_is_taken_and_instructions_refused(client_a):
+    comp = create_component(client_a)
+    standard = ("FROM {{{ imagebuilder:parentImage }}}\n{{{ imagebuilder:environments }}}\n"
+                "{{{ imagebuilder:components }}}\n")
+    create_container_recipe(client_a, [comp], dockerfileTemplateData=standard)
+    with raises("InvalidParameterValueException", 400,
+                mentions=("dockerfileTemplateData", "line 2", "RUN apt-get install -y curl")):
+        create_container_recipe(client_a, [comp], dockerfileTemplateData=standard.replace(
+            "\n", "\nRUN apt-get install -y curl\n", 1))

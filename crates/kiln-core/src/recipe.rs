@@ -922,20 +922,28 @@ fn resource_keys(r: &mut Reader, m: &Map, flavor: Flavor) {
             }
         }
         if let Some(d) = m.get("dockerfileTemplateData") {
-            let standard = d.as_text().is_some_and(|t| {
-                t.lines().map(str::trim).filter(|l| !l.is_empty()).all(|l| {
-                    matches!(
-                        l.replace(' ', "").as_str(),
-                        "FROM{{{imagebuilder:parentImage}}}"
-                            | "{{{imagebuilder:environments}}}"
-                            | "{{{imagebuilder:components}}}"
-                    )
+            // The first line that is not the standard template's, numbered from 1.
+            let other = d.as_text().map(|t| {
+                t.lines().enumerate().find(|(_, l)| {
+                    let l = l.trim();
+                    !l.is_empty()
+                        && !matches!(
+                            l.replace(' ', "").as_str(),
+                            "FROM{{{imagebuilder:parentImage}}}"
+                                | "{{{imagebuilder:environments}}}"
+                                | "{{{imagebuilder:components}}}"
+                        )
                 })
             });
-            if !standard {
+            if let Some(found) = other.unwrap_or(Some((0, "(not text)"))) {
+                let (n, line) = found;
                 r.error(
                     d.span,
-                    "kiln builds container images from components, not Dockerfile instructions",
+                    format!(
+                        "line {} of dockerfileTemplateData, `{}`: kiln builds container images from components, not Dockerfile instructions",
+                        n + 1,
+                        line.trim()
+                    ),
                     Some("use the standard template (FROM {{{ imagebuilder:parentImage }}}, {{{ imagebuilder:environments }}}, {{{ imagebuilder:components }}}) or leave it out, and move the instructions into a component".into()),
                 );
             }
