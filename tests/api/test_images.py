@@ -158,3 +158,60 @@ def test_a_recipe_naming_awss_update_linux_builds(client_a):
     assert states[-1] == "AVAILABLE", f"states {states}, reason {image['state'].get('reason')}"
     components = image["containerRecipe"]["components"]
     assert components[0]["componentArn"].endswith(":aws:component/update-linux/x.x.x"), components
+
+
+def _sse(server, account, image_arn, last_id=None, timeout=600):
+    """Reads kiln's log stream of an image to its end: [(id, data)] and the end event's data."""
+    import urllib.parse
+    import urllib.request
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    url = server.url.rstrip("/") + "/kiln/logs?" + urllib.parse.urlencode({"imageBuildVersionArn": image_arn})
+    headers = {"Accept": "text/event-stream"}
+    if last_id is not None:
+        headers["Last-Event-ID"] = str(last_id)
+    req = AWSRequest(method="GET", url=url, headers=headers)
+    SigV4Auth(Credentials(account.access_key_id, account.secret_access_key), "imagebuilder", REGION).add_auth(req)
+    p = req.prepare()
+    events, end, event = [], None, {}
+    with urllib.request.urlopen(urllib.request.Request(p.url, headers=dict(p.headers.items())),
+                                timeout=timeout) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream"), resp.headers
+        for raw_line in resp:
+            line = raw_line.decode().rstrip("\n")
+            if line == "":
+                if event.get("event") == "end":
+                    end = event.get("data")
+                    break
+                if "id" in event:
+                    events.append((int(event["id"]), event.get("data", "")))
+                event = {}
+            elif not line.startswith(":"):
+                k, _, v = line.partition(":")
+                event[k] = v[1:] if v.startswith(" ") else v
+    return events, end
+
+
+@pytest.mark.build
+def test_the_build_log_streams_live_and_resumes_without_loss(client_a, account_a, server):
+    word = unique("log")
+    comp = create_component(client_a, data=document(
+        "slow", build=f"for i in 1 2 3 4 5; do echo {word}-$i; sleep 1; done"))
+    name, recipe, infra, dist, pipe = _pipeline(client_a, [comp], tests=False)
+    image_arn = client_a.start_image_pipeline_execution(imagePipelineArn=pipe)["imageBuildVersionArn"]
+    # Followed from the start, while it runs: every line once, in order, then the end.
+    events, end = _sse(server, account_a, image_arn)
+    assert end == "AVAILABLE", (end, events[-5:])
+    ids = [i for i, _ in events]
+    assert ids == list(range(len(ids))), ids
+    text = "\n".join(d for _, d in events)
+    for i in range(1, 6):
+        assert f"{word}-{i}" in text, text
+    # Resumed after an event id: exactly the lines after it.
+    half = len(events) // 2
+    rest, end2 = _sse(server, account_a, image_arn, last_id=half)
+    assert rest == events[half + 1:], (rest[:3], events[half + 1:half + 4])
+    assert end2 == "AVAILABLE"
