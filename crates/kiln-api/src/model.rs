@@ -359,17 +359,7 @@ fn shape_of(s: &Value) -> Shape {
                 .collect()
         })
         .unwrap_or_default();
-    let strings = |key: &str| -> Vec<String> {
-        s.get(key)
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let strings = |key: &str| strings(s.get(key));
     let item = s
         .pointer("/member/shape")
         .or_else(|| s.pointer("/value/shape"))
@@ -388,6 +378,18 @@ fn shape_of(s: &Value) -> Shape {
             .and_then(Value::as_u64)
             .and_then(|n| u16::try_from(n).ok()),
     }
+}
+
+/// The text items of a JSON list (none when it is not one).
+pub(crate) fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn bounds(shape: &Shape, n: i64, what: &str) -> Result<(), String> {

@@ -21,16 +21,7 @@ pub async fn run(
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default();
-    let remove: Vec<String> = input
-        .get("tagKeys")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
+    let remove = crate::model::strings(input.get("tagKeys"));
     if let Some(k) = add
         .keys()
         .find(|k| k.to_ascii_lowercase().starts_with("aws:"))
