@@ -215,20 +215,54 @@ pub fn decode(op: Op, query: &str, path_arg: Option<&str>, body: &[u8]) -> Resul
     Ok(input)
 }
 
+/// How long a client may take to send a request's headers (the body has [`BODY_TIMEOUT`]).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open connections (a log stream, say) may go on after the server stops listening.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves until `shutdown` resolves, then stops taking requests and cancels the running
 /// builds (recording each), so that nothing is left half-distributed.
+///
+/// Connections are HTTP/1.1 with keep-alive; a client that takes longer than
+/// [`HEADER_TIMEOUT`] over a request's headers is disconnected, so slow clients cannot hold
+/// the server's connections.
 pub async fn serve<L>(
-    listener: L,
+    mut listener: L,
     app: Arc<App>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
 {
-    let result = axum::serve(listener, router(app.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let service = hyper_util::service::TowerToHyperService::new(router(app.clone()));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            (io, _) = listener.accept() => {
+                let conn = http.serve_connection(TokioIo::new(io), service.clone());
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::info!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+    }
     app.builds.shutdown().await;
-    result
+    Ok(())
 }
