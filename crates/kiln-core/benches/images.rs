@@ -10,95 +10,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use kiln_core::record::*;
+use kiln_core::sample::image_record;
 use kiln_core::state::Store;
 use kiln_core::store::Home;
-use kiln_core::version::Version;
 use kiln_store::{Filter, Order};
-
-fn record(i: usize) -> ImageRecord {
-    let name = format!("img-{}", i % 50);
-    let version = Version {
-        major: 1,
-        minor: (i / 50 % 20) as u32,
-        patch: (i / 1000) as u32,
-    };
-    let components = (0..4)
-        .map(|c| ComponentRecord {
-            name: format!("component-{c}"),
-            source: format!("arn:kiln:imagebuilder:local:000000000000:component/c{c}/1.0.0/1"),
-            arn: Some(format!(
-                "arn:kiln:imagebuilder:local:000000000000:component/c{c}/1.0.0/1"
-            )),
-            document_sha256: format!("{:064x}", c),
-            parameters: vec![],
-            cache_key: format!("{:064x}", i * 7 + c),
-            cache: CacheUse::Hit,
-            layer: Some(format!("sha256:{:064x}", i * 11 + c)),
-            layer_size: 1 << 20,
-            duration_ms: 1234,
-            steps: (0..5)
-                .map(|s| StepTiming {
-                    step: format!("build/step-{s}"),
-                    action: "ExecuteBash".into(),
-                    status: kiln_toe::report::StepStatus::Success,
-                    duration_ms: 100,
-                })
-                .collect(),
-        })
-        .collect();
-    let packages = (0..100)
-        .map(|p| Package {
-            name: format!("package-{p}"),
-            version: format!("1.{p}.{}", i % 3),
-            architecture: "amd64".into(),
-        })
-        .collect();
-    let mut r = ImageRecord {
-        arn: String::new(),
-        name,
-        version,
-        build: 0,
-        state: State::Pending,
-        history: vec![],
-        recipe: PathBuf::from("recipe.yml"),
-        recipe_sha256: format!("{:064x}", i),
-        parent: None,
-        components,
-        tests: None,
-        disk: None,
-        failure: None,
-        outputs: vec![],
-        layers: vec![],
-        packages,
-        created: Utc::now(),
-        duration_ms: 42_000,
-        logs: PathBuf::new(),
-        run_dir: None,
-        owner: "bench".into(),
-        account: kiln_core::record::LOCAL_ACCOUNT.into(),
-        pipeline: Some(format!(
-            "arn:kiln:imagebuilder:local:000000000000:image-pipeline/p{}",
-            i % 50
-        )),
-        recipe_arn: None,
-        configurations: vec![],
-        distributing: vec![],
-        tags: Default::default(),
-        usage: None,
-    };
-    for s in [
-        State::Pending,
-        State::Building,
-        State::Testing,
-        State::Distributing,
-        State::Available,
-    ] {
-        r.set_state(s, None);
-    }
-    r
-}
 
 struct Timing {
     what: String,
@@ -148,7 +64,7 @@ fn main() {
         let rows: Vec<_> = (0..count)
             .map(|i| {
                 // (name, version) is unique per index: one build each.
-                let mut r = record(i);
+                let mut r = image_record(i, LOCAL_ACCOUNT);
                 r.build = 1;
                 r.arn = image_arn(&r.account, &r.name, &r.version, r.build);
                 row_of(&r).unwrap()

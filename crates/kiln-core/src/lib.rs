@@ -15,6 +15,8 @@ pub mod recipe;
 pub mod record;
 pub mod request;
 pub mod resources;
+#[cfg(feature = "sample")]
+pub mod sample;
 pub mod state;
 pub mod store;
 pub mod usage;
