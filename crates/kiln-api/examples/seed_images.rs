@@ -36,7 +36,7 @@ async fn main() {
             let mut r = image_record(i, account);
             r.build = 1;
             r.arn = image_arn(&r.account, &r.name, &r.version, r.build);
-            r.logs = records.logs_dir(&r.name, &r.version, r.build);
+            r.logs = records.logs_dir(&r.account, &r.name, &r.version, r.build);
             row_of(&r).unwrap()
         })
         .collect();
