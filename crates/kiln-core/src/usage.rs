@@ -29,12 +29,15 @@ pub struct InstanceUsage {
 
 impl InstanceUsage {
     fn new(seconds: f64, vcpus: f64, memory_gib: f64) -> InstanceUsage {
+        // Milli-units: as exact as anyone bills, and the same numbers after a trip through
+        // JSON (a record is read back by another process).
+        let round = |x: f64| (x * 1000.0).round() / 1000.0;
         InstanceUsage {
-            seconds,
-            vcpus,
-            memory_gib,
-            vcpu_seconds: seconds * vcpus,
-            gib_seconds: seconds * memory_gib,
+            seconds: round(seconds),
+            vcpus: round(vcpus),
+            memory_gib: round(memory_gib),
+            vcpu_seconds: round(seconds * vcpus),
+            gib_seconds: round(seconds * memory_gib),
         }
     }
 }
