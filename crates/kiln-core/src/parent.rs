@@ -87,6 +87,8 @@ pub struct ParentContext<'a> {
     pub home: &'a Home,
     /// The build records, for `kiln:` parents (the build's own state store).
     pub records: &'a Records,
+    /// The account the build is for: `kiln:` parents are its own images only.
+    pub account: &'a str,
     /// Timestamp for imported layers.
     pub epoch: i64,
     /// Bootstrap again instead of taking a cached bootstrap.
@@ -119,8 +121,19 @@ pub async fn resolve(cx: &ParentContext<'_>, recipe: &Recipe) -> Result<Parent, 
             name,
             version,
             build,
+            account,
         } => {
+            if account.as_deref().is_some_and(|a| a != cx.account) {
+                return Err(ParentError::Unavailable {
+                    reference,
+                    why: format!(
+                        "it names an image of another account than this build's ({})",
+                        cx.account
+                    ),
+                });
+            }
             let q = ImageQuery {
+                account: Some(cx.account.to_string()),
                 name: name.clone(),
                 version: Some(*version),
                 build: *build,
@@ -294,6 +307,7 @@ async fn built_by_kiln(
     let Some(rec) = found else {
         let name = &q.name;
         let mut any = crate::record::filter_of(&ImageQuery {
+            account: q.account.clone(),
             name: name.clone(),
             version: None,
             build: None,

@@ -80,6 +80,9 @@ pub enum ParentImage {
         version: VersionFilter,
         /// One build of it (an image ARN can name one).
         build: Option<u32>,
+        /// The account an image ARN names; the build's own account otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        account: Option<String>,
     },
 }
 
@@ -94,13 +97,23 @@ impl fmt::Display for ParentImage {
             ParentImage::Image {
                 name,
                 version,
-                build: None,
-            } => write!(f, "kiln:{name}/{version}"),
-            ParentImage::Image {
-                name,
-                version,
-                build: Some(n),
-            } => write!(f, "kiln:{name}/{version}/{n}"),
+                build,
+                account,
+            } => {
+                match account {
+                    Some(a) => write!(
+                        f,
+                        "arn:kiln:imagebuilder:{}:{a}:image/",
+                        crate::principal::LOCAL_REGION
+                    )?,
+                    None => f.write_str("kiln:")?,
+                }
+                write!(f, "{name}/{version}")?;
+                match build {
+                    Some(n) => write!(f, "/{n}"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -125,6 +138,7 @@ pub fn parse_parent(text: &str, base: &Path) -> Result<ParentImage, String> {
             name: q.name,
             version: q.version.unwrap_or_default(),
             build: q.build,
+            account: q.account,
         });
     }
     let Some((scheme, rest)) = text.split_once(':') else {
@@ -212,6 +226,7 @@ fn parse_image(text: &str) -> Result<ParentImage, String> {
         name: q.name,
         version: q.version.unwrap_or_default(),
         build: q.build,
+        account: q.account,
     })
 }
 

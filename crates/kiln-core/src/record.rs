@@ -498,9 +498,12 @@ fn local_account() -> String {
     LOCAL_ACCOUNT.to_string()
 }
 
-/// A reference to one or more builds: `NAME`, `NAME/VERSION[/N]` (VERSION may use `x`).
+/// A reference to one or more builds: `NAME`, `NAME/VERSION[/N]` (VERSION may use `x`), or an
+/// image ARN, which also names its account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageQuery {
+    /// The account an ARN named (`None`: any account, or the caller's, as the caller decides).
+    pub account: Option<String>,
     /// Image name.
     pub name: String,
     /// Version filter.
@@ -512,20 +515,24 @@ pub struct ImageQuery {
 impl std::str::FromStr for ImageQuery {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s
-            .strip_prefix(&format!(
-                "arn:kiln:imagebuilder:{LOCAL_REGION}:{LOCAL_ACCOUNT}:image/"
-            ))
-            .unwrap_or(s);
+        let (account, s) = match s
+            .strip_prefix(&format!("arn:kiln:imagebuilder:{LOCAL_REGION}:"))
+            .and_then(|rest| rest.split_once(":image/"))
+        {
+            Some((account, rest)) => (Some(account.to_string()), rest),
+            None => (None, s),
+        };
         let parts: Vec<&str> = s.split('/').collect();
         let bad = || format!("`{s}`: name images as NAME, NAME/VERSION or NAME/VERSION/BUILD");
         match parts.as_slice() {
             [name] if !name.is_empty() => Ok(ImageQuery {
+                account,
                 name: name.to_string(),
                 version: None,
                 build: None,
             }),
             [name, v] => Ok(ImageQuery {
+                account,
                 name: name.to_string(),
                 version: Some(
                     v.parse()
@@ -534,6 +541,7 @@ impl std::str::FromStr for ImageQuery {
                 build: None,
             }),
             [name, v, n] => Ok(ImageQuery {
+                account,
                 name: name.to_string(),
                 version: Some(
                     v.parse()
@@ -631,13 +639,17 @@ fn columns_of(r: &ImageRecord) -> Row {
     row
 }
 
-/// The store's filter for a query.
+/// The store's filter for a query (within its account when it names one).
 pub fn filter_of(q: &ImageQuery) -> Filter {
     Filter {
         kind: Some(Kind::Image),
         name: Some(q.name.clone()),
         version: q.version.map(|f| f.nodes()).unwrap_or([None; 3]),
         build: q.build,
+        arn_prefix: q
+            .account
+            .as_ref()
+            .map(|a| format!("arn:kiln:imagebuilder:{LOCAL_REGION}:{a}:")),
         ..Filter::default()
     }
 }
@@ -780,6 +792,7 @@ impl Records {
     /// names go back to when `rec`'s distribution is taken back.
     pub async fn previous_available(&self, rec: &ImageRecord) -> Option<u32> {
         let q = ImageQuery {
+            account: Some(rec.account.clone()),
             name: rec.name.clone(),
             version: rec.version.to_string().parse::<VersionFilter>().ok(),
             build: None,
@@ -929,6 +942,38 @@ pub(crate) mod tests {
     async fn add(recs: &Records, mut r: ImageRecord) -> ImageRecord {
         recs.create(&mut r).await.unwrap();
         r
+    }
+
+    #[tokio::test]
+    async fn a_query_with_an_account_finds_that_accounts_builds_only() {
+        let d = tempfile::tempdir().unwrap();
+        let recs = records(d.path()).await;
+        let mine = add(&recs, record("web", "1.0.0", State::Available)).await;
+        let mut other = record("web", "1.0.0", State::Available);
+        other.account = "111111111111".into();
+        let theirs = add(&recs, other).await;
+        assert_eq!(
+            (mine.build, theirs.build),
+            (1, 1),
+            "builds are numbered per account"
+        );
+        let q: ImageQuery = "arn:kiln:imagebuilder:local:111111111111:image/web/1.x.x"
+            .parse()
+            .unwrap();
+        assert_eq!(q.account.as_deref(), Some("111111111111"));
+        let found = recs.newest_available(&q).await.unwrap().unwrap();
+        assert_eq!(found.arn, theirs.arn);
+        let q = ImageQuery {
+            account: Some(LOCAL_ACCOUNT.into()),
+            ..q
+        };
+        assert_eq!(
+            recs.newest_available(&q).await.unwrap().unwrap().arn,
+            mine.arn
+        );
+        // A plain name names no account: the caller says whose.
+        let q: ImageQuery = "web/1.0.0".parse().unwrap();
+        assert_eq!(q.account, None);
     }
 
     #[tokio::test]

@@ -56,11 +56,12 @@ impl Resources {
             name,
             version,
             build,
+            account,
         } = &recipe.parent
         {
             let r = Reference {
                 kind: Kind::Image,
-                account: None,
+                account: account.clone(),
                 name: name.clone(),
                 version: Some(*version),
                 build: *build,

@@ -28,6 +28,7 @@ pub(crate) async fn resolve(run: &mut BuildRun<'_>) -> Result<(), StageFailure> 
     let cx = ParentContext {
         home: run.home,
         records: run.records,
+        account: &run.rec.account,
         epoch: run.epoch,
         refresh: run.options.refresh_parent,
         registries: &run.options.registries,
