@@ -4,9 +4,8 @@
 use std::collections::{BTreeMap, HashSet};
 
 use kiln_core::principal::Principal;
-use kiln_core::record::ImageRecord;
+use kiln_core::record::{ImageQuery, ImageRecord};
 use kiln_core::resources::{PipelineStatus, Resource};
-use kiln_core::version::Version;
 use kiln_store::{Filter, Kind};
 use serde_json::{json, Value};
 
@@ -85,20 +84,27 @@ fn one_off(principal: &Principal, input: &Value) -> Resource {
     }
 }
 
-/// An image ARN's name, version and build (`None` for a version ARN).
-fn parse_arn(arn: &str) -> Option<(String, Version, Option<u32>)> {
-    let (_, rest) = arn.split_once(":image/")?;
-    let mut parts = rest.split('/');
-    let name = parts.next()?.to_string();
-    let version: Version = parts.next()?.parse().ok()?;
-    let build = match parts.next() {
-        Some(b) => Some(b.parse().ok()?),
-        None => None,
-    };
-    if parts.next().is_some() {
-        return None;
+/// What an image ARN of `principal`'s account names: a version (`.../image/NAME/1.0.0`) or
+/// one build of it (`.../1.0.0/1`).
+fn query(principal: &Principal, arn: &str) -> Result<ImageQuery, ApiError> {
+    if !arn.starts_with("arn:") {
+        return Err(ApiError::invalid(format!(
+            "`{arn}` is not an image ARN (arn:kiln:imagebuilder:REGION:ACCOUNT:image/NAME/VERSION/BUILD)"
+        )));
     }
-    Some((name, version, build))
+    let q: ImageQuery = arn
+        .parse()
+        .ok()
+        .filter(|q: &ImageQuery| q.account.is_some() && q.version.is_some())
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "`{arn}` is not an image ARN (.../image/NAME/VERSION/BUILD)"
+            ))
+        })?;
+    if q.account.as_deref() != Some(principal.account.as_str()) {
+        return Err(ApiError::not_found(format!("no image has the ARN `{arn}`")));
+    }
+    Ok(q)
 }
 
 /// The record an image ARN names in `principal`'s account (the newest build for a version
@@ -108,52 +114,12 @@ pub(crate) async fn record(
     principal: &Principal,
     arn: &str,
 ) -> Result<ImageRecord, ApiError> {
-    let missing = || ApiError::not_found(format!("no image has the ARN `{arn}`"));
-    if !arn.starts_with(&principal.arn_prefix()) {
-        return Err(if arn.starts_with("arn:") {
-            missing()
-        } else {
-            ApiError::invalid(format!(
-                "`{arn}` is not an image ARN (arn:kiln:imagebuilder:REGION:ACCOUNT:image/NAME/VERSION/BUILD)"
-            ))
-        });
-    }
-    let (name, version, build) = parse_arn(arn).ok_or_else(|| {
-        ApiError::invalid(format!(
-            "`{arn}` is not an image ARN (.../image/NAME/VERSION/BUILD)"
-        ))
-    })?;
-    let exact = match build {
-        Some(b) => kiln_core::record::image_arn(&principal.account, &name, &version, b),
-        None => {
-            let f = Filter {
-                kind: Some(Kind::Image),
-                name: Some(name),
-                version: [
-                    Some(version.major),
-                    Some(version.minor),
-                    Some(version.patch),
-                ],
-                arn_prefix: Some(principal.arn_prefix()),
-                limit: Some(1),
-                ..Filter::default()
-            };
-            let rows = app
-                .records
-                .store()
-                .db()
-                .list(&f)
-                .await
-                .map_err(ApiError::service)?;
-            rows.into_iter().next().ok_or_else(missing)?.arn
-        }
-    };
+    let q = query(principal, arn)?;
     app.records
-        .get(&exact)
+        .newest(&q, &[])
         .await
         .map_err(ApiError::service)?
-        .filter(|r| r.account == principal.account)
-        .ok_or_else(missing)
+        .ok_or_else(|| ApiError::not_found(format!("no image has the ARN `{arn}`")))
 }
 
 /// GetImage: the record with the recipe and configurations it was built from.
@@ -210,18 +176,15 @@ pub async fn list(
     };
     match op {
         Op::ListImageBuildVersions => {
-            let arn = required(&input, "imageVersionArn")?;
-            let (name, version, _) = parse_arn(arn).ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "imageVersionArn: `{arn}` is not an image version ARN"
-                ))
-            })?;
-            f.name = Some(name);
-            f.version = [
-                Some(version.major),
-                Some(version.minor),
-                Some(version.patch),
-            ];
+            // Another account's version lists nothing here, as a version with no builds.
+            let mut q = match query(principal, required(&input, "imageVersionArn")?) {
+                Err(e) if e.status == 404 => {
+                    return Ok(json!({"imageSummaryList": [], "nextToken": null}))
+                }
+                other => other?,
+            };
+            q.build = None;
+            f = kiln_core::record::filter_of(&q);
         }
         Op::ListImagePipelineImages => {
             let arn = required(&input, "imagePipelineArn")?;
