@@ -23,7 +23,19 @@ def _pipeline(client, components, *, tests=True):
 
 
 @pytest.mark.build
-def test_container_pipeline_started_through_the_api(client_a, account_a, aws):
+def _region_tags(kiln, account, name):
+    """The tags in the account's region folder of an image (kiln keeps an API account's images
+    in $KILN_HOME/regions/ACCOUNT/REGION/NAME)."""
+    import json as _json
+
+    index = kiln.home / "regions" / account.account_id / REGION / name.lower() / "index.json"
+    if not index.exists():
+        return []
+    return [m.get("annotations", {}).get("org.opencontainers.image.ref.name")
+            for m in _json.loads(index.read_text()).get("manifests", [])]
+
+
+def test_container_pipeline_started_through_the_api(client_a, account_a, aws, kiln):
     # A document of this run only, so that no step cache of an earlier run makes the build instant.
     word = unique("built")
     comp = create_component(client_a, data=document(
@@ -50,6 +62,7 @@ def test_container_pipeline_started_through_the_api(client_a, account_a, aws):
     assert [c["region"] for c in containers] == [REGION]
     assert all(c["imageUris"] for c in containers), containers
     assert any(name in uri for c in containers for uri in c["imageUris"]), containers
+    assert {"1.0.0", "1.0.0-1"} <= set(_region_tags(kiln, account_a, name)), "not in its region"
 
     # The image in every list that should show it.
     in_pipeline = client_a.list_image_pipeline_images(imagePipelineArn=pipe)["imageSummaryList"]
@@ -81,7 +94,7 @@ def test_container_pipeline_started_through_the_api(client_a, account_a, aws):
 
 
 @pytest.mark.build
-def test_failing_test_component_fails_the_image(client_a):
+def test_failing_test_component_fails_the_image(client_a, account_a, kiln):
     good = create_component(client_a, data=document("fine", build="echo fine > /tmp/fine"))
     failing = create_component(client_a, data=document("failing", build=f"echo {unique('run')}", test="exit 1"))
     name, recipe, infra, dist, pipe = _pipeline(client_a, [good, failing])
@@ -99,6 +112,7 @@ def test_failing_test_component_fails_the_image(client_a):
     assert failure["componentFailure"].get("phaseName", "test") == "test", failure
     # Nothing distributed.
     assert not image.get("outputResources", {}).get("containers"), image.get("outputResources")
+    assert _region_tags(kiln, account_a, name) == [], "something reached the region"
     summary = client_a.list_image_pipeline_images(imagePipelineArn=pipe)["imageSummaryList"]
     assert [(i["arn"], i["state"]["status"]) for i in summary] == [(image_arn, "FAILED")]
 
