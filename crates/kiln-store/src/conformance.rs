@@ -12,6 +12,9 @@ use std::sync::Arc;
 
 use crate::{Created, Filter, Kind, Order, Row, StateStore, StoreError, Update};
 
+mod queue;
+pub use queue::*;
+
 /// A fresh store under test and what keeps it alive.
 pub struct Fresh<G> {
     /// The store, empty.
@@ -101,11 +104,16 @@ macro_rules! conformance_tests {
             referrers_match_by_prefix,
             cancel_is_flagged_on_the_row,
             import_stores_many_rows_once,
+            outbox_messages_are_stored_once_and_come_due_in_order,
+            update_stores_its_outbox_in_its_transaction,
+            retries_and_drops,
+            scheduled_runs_are_claimed_once,
         );
         // Two worker threads, so that the callers race in parallel rather than take turns.
         $crate::conformance_tests!(@each $backend; (flavor = "multi_thread", worker_threads = 2);
             concurrent_tasks_get_distinct_builds,
             two_handles_get_distinct_builds,
+            two_handles_claim_each_run_once,
         );
     };
 }

@@ -15,8 +15,10 @@ use std::path::PathBuf;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod queue;
 mod sqlite;
 
+pub use queue::{Delivery, Message, MessageState, Queued, Run};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
 /// What a row is; the text is the ARN's resource type.
@@ -196,6 +198,9 @@ pub struct Update {
     pub digest: Option<String>,
     /// New references, replacing all the old ones.
     pub refs: Option<Vec<String>>,
+    /// Notifications of this change, stored in the same transaction (a message whose id is
+    /// stored already is not stored again).
+    pub outbox: Vec<Message>,
 }
 
 /// What [`StateStore::create_build`] asks for a build number: (arn, summary, body).
@@ -273,6 +278,44 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Rows whose ARN is already stored are skipped, so an import can be run again; returns how
     /// many rows were stored. Any other conflict stores nothing.
     async fn import_with_refs(&self, rows: Vec<(Row, Vec<String>)>) -> Result<u64, StoreError>;
+
+    /// Stores notifications to deliver (a message whose id is stored already is skipped).
+    async fn enqueue(&self, messages: Vec<Message>) -> Result<(), StoreError>;
+
+    /// Pending messages due at `now_ms`, oldest first, at most `limit`.
+    async fn due_messages(&self, now_ms: i64, limit: u32) -> Result<Vec<Queued>, StoreError>;
+
+    /// Records what a delivery attempt of message `seq` came to (and counts the attempt);
+    /// `Err(NotFound)` when there is no such message. A message that is no longer pending is
+    /// left as it is, so that a late answer cannot undo a drop.
+    async fn record_delivery(&self, seq: i64, outcome: Delivery) -> Result<(), StoreError>;
+
+    /// Drops every pending message of a topic (its endpoint is gone); returns how many.
+    async fn drop_topic_messages(
+        &self,
+        topic: &str,
+        at_ms: i64,
+        reason: &str,
+    ) -> Result<u64, StoreError>;
+
+    /// A topic's messages, newest first, at most `limit`.
+    async fn messages(&self, topic: &str, limit: u32) -> Result<Vec<Queued>, StoreError>;
+
+    /// Claims the scheduled run (pipeline, at_ms): true when this caller claimed it now,
+    /// false when it was claimed before (by anyone), so that it is started once.
+    async fn claim_run(&self, run: &Run) -> Result<bool, StoreError>;
+
+    /// Sets what a claimed run came to; `Err(NotFound)` when it was never claimed.
+    async fn finish_run(
+        &self,
+        pipeline: &str,
+        at_ms: i64,
+        image: Option<&str>,
+        note: &str,
+    ) -> Result<(), StoreError>;
+
+    /// A pipeline's claimed runs, the latest scheduled instant first, at most `limit`.
+    async fn runs(&self, pipeline: &str, limit: u32) -> Result<Vec<Run>, StoreError>;
 
     /// [`StateStore::import_with_refs`] for rows without references.
     async fn import(&self, rows: Vec<Row>) -> Result<u64, StoreError> {

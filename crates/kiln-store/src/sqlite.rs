@@ -18,10 +18,15 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 
-use crate::{Created, Filter, Kind, MakeBuild, Order, Row, StateStore, StoreError, Update};
+use crate::{
+    Created, Delivery, Filter, Kind, MakeBuild, Message, Order, Queued, Row, Run, StateStore,
+    StoreError, Update,
+};
+
+mod queue;
 
 /// Newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Schema scripts: `MIGRATIONS[n]` takes the database from version n to n + 1.
 const MIGRATIONS: &[&str] = &[
@@ -92,6 +97,33 @@ UPDATE rows SET account = COALESCE((
 DROP INDEX rows_build;
 CREATE UNIQUE INDEX rows_build ON rows (account, kind, name_lower, major, minor, patch, build)
     WHERE build IS NOT NULL;
+"#,
+    // 3: notifications waiting to go out, written with the change they tell of (an outbox),
+    // and the scheduled runs of pipelines claimed, one per (pipeline, instant).
+    r#"
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    msg_id TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    event TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_ms INTEGER NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX outbox_due ON outbox (state, next_ms);
+CREATE INDEX outbox_topic ON outbox (topic, seq);
+
+CREATE TABLE schedule_runs (
+    pipeline TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    claimed_ms INTEGER NOT NULL,
+    image TEXT,
+    note TEXT NOT NULL,
+    PRIMARY KEY (pipeline, at_ms)
+);
 "#,
 ];
 
@@ -687,6 +719,7 @@ impl SqliteStore {
                 .map_err(|e| self.error(e))?;
             self.insert_refs(conn, arn, &refs).await?;
         }
+        self.insert_messages(conn, &update.outbox).await?;
         Ok(row)
     }
 
@@ -967,6 +1000,49 @@ impl StateStore for SqliteStore {
         let mut tx = self.begin().await?;
         let result = self.import_in(&mut tx.conn, rows).await;
         self.end(tx, result).await
+    }
+
+    async fn enqueue(&self, messages: Vec<Message>) -> Result<(), StoreError> {
+        self.enqueue_all(messages).await
+    }
+
+    async fn due_messages(&self, now_ms: i64, limit: u32) -> Result<Vec<Queued>, StoreError> {
+        self.due(now_ms, limit).await
+    }
+
+    async fn record_delivery(&self, seq: i64, outcome: Delivery) -> Result<(), StoreError> {
+        self.delivery(seq, outcome).await
+    }
+
+    async fn drop_topic_messages(
+        &self,
+        topic: &str,
+        at_ms: i64,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        self.drop_topic(topic, at_ms, reason).await
+    }
+
+    async fn messages(&self, topic: &str, limit: u32) -> Result<Vec<Queued>, StoreError> {
+        self.topic_messages(topic, limit).await
+    }
+
+    async fn claim_run(&self, run: &Run) -> Result<bool, StoreError> {
+        self.claim(run).await
+    }
+
+    async fn finish_run(
+        &self,
+        pipeline: &str,
+        at_ms: i64,
+        image: Option<&str>,
+        note: &str,
+    ) -> Result<(), StoreError> {
+        self.finish(pipeline, at_ms, image, note).await
+    }
+
+    async fn runs(&self, pipeline: &str, limit: u32) -> Result<Vec<Run>, StoreError> {
+        self.pipeline_runs(pipeline, limit).await
     }
 }
 

@@ -220,6 +220,7 @@ impl Resources {
                     body: Some(to_json(&old)?),
                     digest: Some(old.digest.clone()),
                     refs: Some(draft.uses),
+                    ..Update::default()
                 },
             )
             .await?;
