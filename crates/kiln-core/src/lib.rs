@@ -8,6 +8,7 @@ pub mod disk;
 pub mod instances;
 pub mod inventory;
 pub mod managed;
+pub mod notify;
 pub mod parent;
 pub mod pipeline;
 pub mod principal;
