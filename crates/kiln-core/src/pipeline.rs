@@ -187,6 +187,7 @@ pub async fn plan_for(
         recipe_arn: Some(recipe.arn.clone()),
         configurations,
         tags: Default::default(),
+        build_type: crate::record::BuildType::UserInitiated,
     };
     Ok(Plan {
         pipeline,

@@ -1,5 +1,6 @@
 //! The record of a build: one JSON file per image build version, with its logs beside it.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -450,6 +451,37 @@ pub struct ImageRecord {
     /// What the build used: instances and regions (`kiln usage` sums it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::usage::Usage>,
+    /// Who or what started it: a person, or the pipeline's schedule.
+    #[serde(default)]
+    pub build_type: BuildType,
+}
+
+/// What started a build (Image Builder's `buildType`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BuildType {
+    /// Someone asked: `kiln build`, `kiln pipeline start`, StartImagePipelineExecution,
+    /// CreateImage.
+    #[default]
+    UserInitiated,
+    /// The pipeline's schedule.
+    Scheduled,
+}
+
+impl BuildType {
+    /// Image Builder's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildType::UserInitiated => "USER_INITIATED",
+            BuildType::Scheduled => "SCHEDULED",
+        }
+    }
+}
+
+impl fmt::Display for BuildType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 impl ImageRecord {
@@ -589,6 +621,9 @@ pub struct ImageSummary {
     /// The pipeline that made it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<String>,
+    /// What started it.
+    #[serde(default)]
+    pub build_type: BuildType,
 }
 
 impl ImageSummary {
@@ -613,6 +648,7 @@ impl ImageRecord {
             layers: self.components.iter().filter(|c| c.layer.is_some()).count(),
             owner: self.owner.clone(),
             pipeline: self.pipeline.clone(),
+            build_type: self.build_type,
         }
     }
 }
@@ -932,6 +968,7 @@ pub(crate) mod tests {
             distributing: vec![],
             tags: Default::default(),
             usage: None,
+            build_type: BuildType::UserInitiated,
         }
     }
 

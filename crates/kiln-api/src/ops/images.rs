@@ -288,7 +288,7 @@ fn versions_of(
             "platform": "Linux",
             "owner": principal.account,
             "dateCreated": view::date(s.created),
-            "buildType": "USER_INITIATED",
+            "buildType": s.build_type.as_str(),
             "imageSource": "CUSTOM",
         });
         // A build the filters leave out does not list its version: a later build may.

@@ -216,7 +216,7 @@ pub fn image(r: &ImageRecord) -> Value {
         "state": state(r),
         "owner": r.account,
         "dateCreated": date(r.created),
-        "buildType": "USER_INITIATED",
+        "buildType": r.build_type.as_str(),
         "imageSource": "CUSTOM",
         "tags": r.tags,
     });

@@ -101,6 +101,8 @@ pub struct Origin {
     pub configurations: Vec<String>,
     /// The image's tags.
     pub tags: std::collections::BTreeMap<String, String>,
+    /// A person's start or the schedule's.
+    pub build_type: crate::record::BuildType,
 }
 
 impl Origin {
@@ -112,6 +114,7 @@ impl Origin {
             recipe_arn: None,
             configurations: Vec::new(),
             tags: Default::default(),
+            build_type: crate::record::BuildType::UserInitiated,
         }
     }
 }
@@ -345,6 +348,7 @@ impl Builder {
             distributing: Vec::new(),
             tags: self.origin.tags.clone(),
             usage: None,
+            build_type: self.origin.build_type,
         };
         rec.set_state(State::Pending, None);
         rec
