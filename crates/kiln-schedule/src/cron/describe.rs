@@ -30,7 +30,15 @@ const MONTHS: [&str; 12] = [
 const ORDINALS: [&str; 5] = ["first", "second", "third", "fourth", "fifth"];
 
 pub(super) fn describe(c: &Cron) -> String {
-    let mut out = format!("{} {}", time(c), days(&c.days, &c.text[2]));
+    let time = time(c);
+    // "every 15 minutes", not "every 15 minutes every day".
+    let mut out = match (
+        &c.days,
+        time.starts_with("every") || time.contains("every hour"),
+    ) {
+        (Days::Every, true) => time,
+        _ => format!("{time} {}", days(&c.days, &c.text[2])),
+    };
     if c.months.len() < 12 {
         let names = c.months.iter().filter_map(|m| name(&MONTHS, m));
         out.push_str(&format!(" in {}", join(names.collect())));

@@ -129,18 +129,18 @@ impl Spec {
     pub(crate) fn parse_list(&self, text: &str) -> Result<Set, ScheduleError> {
         let mut set = Set::default();
         for item in text.split(',') {
+            if item.is_empty() {
+                return Err(self.error(
+                    text,
+                    "empty item: list values are separated by single commas, e.g. 1,15",
+                ));
+            }
             self.parse_item(item, &mut set)?;
         }
         Ok(set)
     }
 
     fn parse_item(&self, item: &str, set: &mut Set) -> Result<(), ScheduleError> {
-        if item.is_empty() {
-            return Err(self.error(
-                item,
-                "empty item: list values are separated by single commas, e.g. 1,15",
-            ));
-        }
         let (range, step) = match item.split_once('/') {
             Some((range, step)) => (range, Some(self.parse_step(step, item)?)),
             None => (item, None),
