@@ -18,6 +18,7 @@ pub mod request;
 pub mod resources;
 #[cfg(feature = "sample")]
 pub mod sample;
+pub mod scheduler;
 pub mod state;
 pub mod store;
 pub mod usage;

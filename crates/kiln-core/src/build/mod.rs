@@ -18,7 +18,7 @@ pub mod log;
 mod run;
 mod stages;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashSet;
 use std::path::PathBuf;

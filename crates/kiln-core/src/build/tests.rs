@@ -43,7 +43,7 @@ impl Collect {
     }
 }
 
-const COMPONENT: &str = r#"name: greet
+pub(crate) const COMPONENT: &str = r#"name: greet
 schemaVersion: 1.0
 phases:
   - name: build
@@ -62,16 +62,16 @@ phases:
             - grep -q hello /etc/greeting
 "#;
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    home: Home,
-    store: Store,
+pub(crate) struct Fixture {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) home: Home,
+    pub(crate) store: Store,
 }
 
 impl Fixture {
     /// A data directory, a parent image (an OCI layout with one layer holding a dpkg
     /// database), and the component file.
-    async fn new() -> Fixture {
+    pub(crate) async fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::new(dir.path().join("home"));
         let store = Store::open(&home).await.unwrap();
@@ -110,7 +110,7 @@ impl Fixture {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn builder(&self, launcher: Arc<FakeLauncher>) -> Builder {
+    pub(crate) fn builder(&self, launcher: Arc<FakeLauncher>) -> Builder {
         let options = BuildOptions {
             epoch: Some(0),
             cache_max_bytes: u64::MAX,
@@ -131,7 +131,7 @@ impl Fixture {
 }
 
 /// A launcher whose build step writes /etc/greeting and whose other programs succeed.
-fn greeting_launcher() -> Arc<FakeLauncher> {
+pub(crate) fn greeting_launcher() -> Arc<FakeLauncher> {
     Arc::new(FakeLauncher::new(|e: &FakeExec| {
         match e.script.as_deref() {
             Some(s) if s.contains("echo hello") => {

@@ -216,7 +216,8 @@ pub struct ResourceSummary {
 }
 
 impl Resource {
-    fn summary(&self) -> ResourceSummary {
+    /// The short form lists show.
+    pub fn summary(&self) -> ResourceSummary {
         ResourceSummary {
             arn: self.arn.clone(),
             kind: self.kind,

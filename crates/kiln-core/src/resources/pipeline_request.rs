@@ -35,11 +35,13 @@ impl Resources {
                 "imageTestsConfiguration",
                 "schedule",
                 "status",
+                "rebuildWhen",
             ],
         );
         let named = self.pipeline_references(principal, c, m).await?;
         tests_configuration(c, m);
         schedule(c, m);
+        rebuild_when(c, m);
         let written = c
             .reader
             .string(m, "status")
@@ -169,7 +171,9 @@ fn tests_configuration(c: &mut Checker, m: &Map) {
     crate::recipe::tests_config(&mut c.reader, tm);
 }
 
-/// `schedule`: a cron or rate expression, a timezone and a start condition.
+/// `schedule`: a cron or rate expression (checked by `kiln-schedule`, which names the field
+/// of the expression and the rule broken), a time zone, a start condition and an
+/// auto-disable policy.
 fn schedule(c: &mut Checker, m: &Map) {
     let Some(s) = m.get("schedule") else { return };
     let Some(sm) = c.reader.map(s, "`schedule`") else {
@@ -181,28 +185,39 @@ fn schedule(c: &mut Checker, m: &Map) {
             "scheduleExpression",
             "timezone",
             "pipelineExecutionStartCondition",
+            "autoDisablePolicy",
         ],
         "`schedule`",
     );
+    let timezone = c.reader.string(sm, "timezone");
     if let Some(e) = c.reader.string(sm, "scheduleExpression") {
-        let ok = e
-            .strip_prefix("cron(")
-            .and_then(|r| r.strip_suffix(')'))
-            .is_some_and(|f| (5..=6).contains(&f.split_whitespace().count()))
-            || e.strip_prefix("rate(")
-                .and_then(|r| r.strip_suffix(')'))
-                .is_some();
-        if !ok {
-            if let Some(n) = sm.get("scheduleExpression") {
-                c.reader.error(n.span, format!("`{e}` is not a schedule expression"), Some("write cron(MIN HOUR DAY MONTH WEEKDAY YEAR), as Image Builder does, e.g. cron(0 3 ? * sun *)".into()));
+        if let Err(err) = kiln_schedule::Schedule::parse(&e, timezone.as_deref()) {
+            let key = match err.kind() {
+                kiln_schedule::Field::Timezone => "timezone",
+                _ => "scheduleExpression",
+            };
+            if let Some(n) = sm.get(key) {
+                c.reader.error(
+                    n.span,
+                    err.to_string(),
+                    Some(
+                        "write cron(MIN HOUR DAY-OF-MONTH MONTH DAY-OF-WEEK YEAR) with `?` in one \
+                         of the day fields, e.g. cron(0 3 ? * SUN *), or rate(N UNITS), e.g. \
+                         rate(12 hours); docs/schedules.md has the rules"
+                            .into(),
+                    ),
+                );
             }
         }
+    } else if let Some(n) = sm.get("timezone") {
+        c.reader.error(
+            n.span,
+            "a timezone without a scheduleExpression",
+            Some("add scheduleExpression, or remove the timezone".into()),
+        );
     }
     if let Some(cond) = c.reader.string(sm, "pipelineExecutionStartCondition") {
-        if !matches!(
-            cond.as_str(),
-            "EXPRESSION_MATCH_ONLY" | "EXPRESSION_MATCH_AND_DEPENDENCY_UPDATES_AVAILABLE"
-        ) {
+        if crate::scheduler::StartCondition::parse(&cond).is_none() {
             if let Some(n) = sm.get("pipelineExecutionStartCondition") {
                 c.reader.error(
                     n.span,
@@ -215,5 +230,57 @@ fn schedule(c: &mut Checker, m: &Map) {
             }
         }
     }
-    c.reader.string(sm, "timezone");
+    if let Some(a) = sm.get("autoDisablePolicy") {
+        if let Some(am) = c.reader.map(a, "`autoDisablePolicy`") {
+            c.reader
+                .known_keys(am, &["failureCount"], "`autoDisablePolicy`");
+            match (c.reader.integer(am, "failureCount"), am.get("failureCount")) {
+                (Some(n), Some(node)) if !(1..=10).contains(&n) => c.reader.error(
+                    node.span,
+                    format!("failureCount {n} is out of range"),
+                    Some(
+                        "failed scheduled runs in a row before the pipeline is disabled: 1 to 10"
+                            .into(),
+                    ),
+                ),
+                (None, None) => c.reader.error(
+                    a.span,
+                    "`autoDisablePolicy` needs failureCount",
+                    Some(
+                        "failed scheduled runs in a row before the pipeline is disabled: 1 to 10"
+                            .into(),
+                    ),
+                ),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// kiln's `rebuildWhen` (a list of conditions) and the `kiln:rebuildWhen` tag, which says the
+/// same through the API.
+fn rebuild_when(c: &mut Checker, m: &Map) {
+    let hint = || {
+        Some(format!(
+            "kiln rebuilds on a schedule also when: {}",
+            crate::scheduler::RebuildWhen::WORDS.join(", ")
+        ))
+    };
+    if let Some(n) = m.get("rebuildWhen") {
+        if let Some(words) = c.reader.strings(m, "rebuildWhen", true) {
+            if let Err(e) = crate::scheduler::RebuildWhen::parse(words.iter().map(String::as_str)) {
+                c.reader.error(n.span, e, hint());
+            }
+        }
+    }
+    let tag = crate::scheduler::spec::REBUILD_WHEN_TAG;
+    if let Some(tags) = m.get("tags").and_then(|t| t.as_map()) {
+        if let Some(v) = tags.get(tag) {
+            if let Some(text) = v.as_text() {
+                if let Err(e) = crate::scheduler::RebuildWhen::parse_tag(text) {
+                    c.reader.error(v.span, format!("tag `{tag}`: {e}"), hint());
+                }
+            }
+        }
+    }
 }

@@ -584,3 +584,48 @@ async fn updates_name_their_resource_by_arn_as_image_builder_does() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn schedules_are_checked_field_by_field_when_a_pipeline_is_stored() {
+    let (_dir, res) = resources().await;
+    let pipeline = |schedule: serde_json::Value| {
+        api(
+            Operation::CreateImagePipeline,
+            serde_json::json!({"name": "p", "imageRecipeArn": "arn:kiln:imagebuilder:local:111111111111:image-recipe/r/1.0.0",
+                "infrastructureConfigurationArn": "arn:kiln:imagebuilder:local:111111111111:infrastructure-configuration/i",
+                "schedule": schedule}),
+        )
+    };
+    for (schedule, field, words) in [
+        (
+            serde_json::json!({"scheduleExpression": "cron(99 0 * * SUN)"}),
+            "schedule.scheduleExpression",
+            "minutes `99`",
+        ),
+        (
+            serde_json::json!({"scheduleExpression": "cron(0 0 1 * SUN *)"}),
+            "schedule.scheduleExpression",
+            "day-of-week",
+        ),
+        (
+            serde_json::json!({"scheduleExpression": "rate(0 minutes)"}),
+            "schedule.scheduleExpression",
+            "rate value",
+        ),
+        (
+            serde_json::json!({"scheduleExpression": "cron(0 3 ? * SUN *)", "timezone": "Mars/Olympus"}),
+            "schedule.timezone",
+            "timezone",
+        ),
+        (
+            serde_json::json!({"scheduleExpression": "rate(1 day)", "autoDisablePolicy": {"failureCount": 11}}),
+            "schedule.autoDisablePolicy.failureCount",
+            "out of range",
+        ),
+    ] {
+        // The recipe and configuration do not exist either: every problem is reported at once.
+        let e = fails(&res, &alice(), pipeline(schedule.clone())).await;
+        assert!(fields(&e).contains(&Some(field)), "{schedule}: {e}");
+        assert!(e.to_string().contains(words), "{schedule}: {e}");
+    }
+}

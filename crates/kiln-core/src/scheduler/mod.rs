@@ -1,0 +1,560 @@
+//! The scheduler: pipelines run on their schedules, under their start conditions, and stop
+//! after failing too often.
+//!
+//! Each [`Scheduler::tick`] looks at every ENABLED pipeline of every account with a schedule.
+//! The run due is the latest instant of the schedule after the last one considered (or after
+//! the pipeline was created or last updated) and not after now, so a server that was down
+//! runs a missed instant at most once, and only when it was missed by no more than the
+//! catch-up window ([`DEFAULT_CATCH_UP`]); older ones are recorded as missed. Every instant is
+//! claimed in the store before anything starts ([`kiln_store::StateStore::claim_run`]), so a
+//! clock stepped back, a restart or a second scheduler never starts it twice. Time comes from
+//! a [`Clock`], which tests control.
+
+mod deps;
+pub mod spec;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use kiln_schedule::Clock;
+use kiln_store::{Filter, Kind, Order, Run};
+use serde::Serialize;
+
+pub use deps::DependencyChange;
+pub use spec::{PipelineSchedule, RebuildWhen, StartCondition};
+
+use crate::pipeline::{self, Plan};
+use crate::principal::Principal;
+use crate::record::{BuildType, ImageRecord, Records, State};
+use crate::resources::{PipelineStatus, Resource, ResourceError, Resources};
+use crate::store::StoreError;
+
+/// How long after its instant a missed run still runs when kiln comes back.
+pub const DEFAULT_CATCH_UP: Duration = Duration::hours(24);
+
+/// Starts a pipeline's build (the server's queue; a builder in tests) and answers the image's
+/// ARN once it is numbered.
+#[async_trait]
+pub trait Starter: Send + Sync {
+    /// Starts `plan`'s build.
+    async fn start(&self, plan: Plan) -> Result<String, String>;
+}
+
+/// kiln's further reasons to rebuild, checked over the last image (parent digest, OS
+/// packages); the server's are real checks, tests script them.
+#[async_trait]
+pub trait UpdateChecks: Send + Sync {
+    /// Why the parent moved since `last` was built, if it did.
+    async fn parent_moved(&self, last: &ImageRecord) -> Result<Option<String>, String>;
+    /// The package updates `last` has, in words, if any.
+    async fn package_updates(&self, last: &ImageRecord) -> Result<Option<String>, String>;
+}
+
+/// What the scheduler did about one pipeline in a tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "decision")]
+pub enum Decision {
+    /// A build started.
+    Started {
+        /// The image's ARN.
+        image: String,
+        /// Why it builds.
+        reason: String,
+    },
+    /// The run was due and did not build.
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+    /// The pipeline failed its scheduled runs too often and was disabled.
+    Disabled {
+        /// Failed scheduled runs in a row.
+        failures: u32,
+    },
+    /// The run could not start.
+    Failed {
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// One decision of a tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The scheduled instant, for runs.
+    pub at: Option<DateTime<Utc>>,
+    /// What happened.
+    pub decision: Decision,
+}
+
+/// What GetImagePipeline and `kiln pipeline get` show of a pipeline's runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunStatus {
+    /// The next instant of its schedule (none without a schedule, or when it is disabled).
+    pub date_next_run: Option<DateTime<Utc>>,
+    /// When its newest image was started.
+    pub date_last_run: Option<DateTime<Utc>>,
+    /// Its newest image's state.
+    pub last_run_status: Option<State>,
+    /// Scheduled runs in a row that failed (manual starts do not count), since it was last
+    /// created, updated or enabled.
+    pub consecutive_failures: u32,
+}
+
+/// Runs pipelines on their schedules.
+pub struct Scheduler {
+    resources: Resources,
+    records: Records,
+    clock: Arc<dyn Clock>,
+    starter: Arc<dyn Starter>,
+    checks: Option<Arc<dyn UpdateChecks>>,
+    catch_up: Duration,
+}
+
+/// The account of an ARN (its fifth field).
+fn account_of(arn: &str) -> &str {
+    arn.split(':').nth(4).unwrap_or("")
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn instant(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+impl Scheduler {
+    /// A scheduler over a store's resources and records.
+    pub fn new(
+        resources: Resources,
+        records: Records,
+        clock: Arc<dyn Clock>,
+        starter: Arc<dyn Starter>,
+    ) -> Scheduler {
+        Scheduler {
+            resources,
+            records,
+            clock,
+            starter,
+            checks: None,
+            catch_up: DEFAULT_CATCH_UP,
+        }
+    }
+
+    /// With kiln's further rebuild checks (without them, pipelines that ask for them skip
+    /// their runs, saying why).
+    pub fn with_checks(mut self, checks: Arc<dyn UpdateChecks>) -> Scheduler {
+        self.checks = Some(checks);
+        self
+    }
+
+    /// With another catch-up window.
+    pub fn with_catch_up(mut self, catch_up: Duration) -> Scheduler {
+        self.catch_up = catch_up;
+        self
+    }
+
+    /// The clock it reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Considers every scheduled pipeline once; returns what it decided (nothing for a
+    /// pipeline with no run due).
+    pub async fn tick(&self) -> Result<Vec<Outcome>, StoreError> {
+        let now = self.clock.now();
+        let rows = self
+            .resources
+            .store()
+            .db()
+            .list(&Filter {
+                kind: Some(Kind::ImagePipeline),
+                states: vec![PipelineStatus::Enabled.as_str().into()],
+                order: Order::Oldest,
+                ..Filter::default()
+            })
+            .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let Some(found) = self.resources.store().db().get(&row.arn).await? else {
+                continue;
+            };
+            let pipeline: Resource = match self
+                .resources
+                .store()
+                .decode(&found.body, &format!("the pipeline {}", found.arn))
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(pipeline = %row.arn, error = %e, "cannot read the pipeline");
+                    continue;
+                }
+            };
+            match self.consider(&pipeline, now).await {
+                Ok(Some(o)) => {
+                    tracing::info!(pipeline = %o.pipeline, decision = ?o.decision, "scheduled run");
+                    out.push(o);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(pipeline = %pipeline.arn, error = %e, "scheduling failed");
+                    out.push(Outcome {
+                        pipeline: pipeline.arn.clone(),
+                        at: None,
+                        decision: Decision::Failed {
+                            error: e.to_string(),
+                        },
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn consider(
+        &self,
+        pipeline: &Resource,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Outcome>, ResourceError> {
+        let spec = match spec::of(pipeline) {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                return Err(ResourceError::NotFound(format!(
+                    "pipeline {}: {e}",
+                    pipeline.name
+                )))
+            }
+        };
+        let outcome = |at: Option<DateTime<Utc>>, decision| Outcome {
+            pipeline: pipeline.arn.clone(),
+            at,
+            decision,
+        };
+        let status = self.status(pipeline).await?;
+        if status.consecutive_failures >= spec.failure_limit {
+            self.disable(pipeline, status.consecutive_failures, now)
+                .await?;
+            return Ok(Some(outcome(
+                None,
+                Decision::Disabled {
+                    failures: status.consecutive_failures,
+                },
+            )));
+        }
+        let db = self.resources.store().db();
+        let reset = pipeline.date_updated.unwrap_or(pipeline.date_created);
+        let last = db.runs(&pipeline.arn, 1).await?;
+        let since = last
+            .first()
+            .map(|r| instant(r.at_ms))
+            .map_or(reset, |l| l.max(reset));
+        let Some(due) = spec.schedule.latest_due(since, now) else {
+            return Ok(None);
+        };
+        let claimed = db
+            .claim_run(&Run {
+                pipeline: pipeline.arn.clone(),
+                at_ms: ms(due),
+                claimed_ms: ms(now),
+                image: None,
+                note: "claimed".into(),
+            })
+            .await?;
+        if !claimed {
+            return Ok(None);
+        }
+        let decision = if now - due > self.catch_up {
+            Decision::Skipped {
+                reason: format!(
+                    "missed: kiln was not running at {due} and catches up only runs missed by \
+                     less than {} hours",
+                    self.catch_up.num_hours()
+                ),
+            }
+        } else {
+            self.run_due(pipeline, &spec).await
+        };
+        let (image, note) = match &decision {
+            Decision::Started { image, reason } => (Some(image.as_str()), reason.clone()),
+            Decision::Skipped { reason } => (None, format!("skipped: {reason}")),
+            Decision::Failed { error } => (None, format!("failed: {error}")),
+            Decision::Disabled { failures } => (None, format!("disabled after {failures}")),
+        };
+        db.finish_run(&pipeline.arn, ms(due), image, &note).await?;
+        Ok(Some(outcome(Some(due), decision)))
+    }
+
+    /// A due run: builds when its start condition holds.
+    async fn run_due(&self, pipeline: &Resource, spec: &PipelineSchedule) -> Decision {
+        let principal = Principal::new(account_of(&pipeline.arn), "scheduler");
+        if let Some(running) = self.running_build(&pipeline.arn).await {
+            return Decision::Skipped {
+                reason: format!("its build {running} is still running"),
+            };
+        }
+        let mut plan = match pipeline::plan_for(&self.resources, &principal, pipeline.clone()).await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                return Decision::Failed {
+                    error: e.to_string(),
+                }
+            }
+        };
+        let reason = match spec.condition {
+            StartCondition::ExpressionMatchOnly => "the schedule matched".to_string(),
+            StartCondition::DependencyUpdatesAvailable => {
+                match self.updates(&principal, &plan, spec).await {
+                    Ok(Some(reason)) => reason,
+                    Ok(None) => {
+                        return Decision::Skipped {
+                            reason: "no dependency updates since its last image".into(),
+                        }
+                    }
+                    Err(error) => return Decision::Failed { error },
+                }
+            }
+        };
+        plan.origin.build_type = BuildType::Scheduled;
+        match self.starter.start(plan).await {
+            Ok(image) => Decision::Started { image, reason },
+            Err(error) => Decision::Failed { error },
+        }
+    }
+
+    /// Why the pipeline's next build would differ from its last image, if it would.
+    async fn updates(
+        &self,
+        principal: &Principal,
+        plan: &Plan,
+        spec: &PipelineSchedule,
+    ) -> Result<Option<String>, String> {
+        let Some(last) = self
+            .newest(&plan.pipeline.arn, &[State::Available])
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(Some("it has no image yet".into()));
+        };
+        let changes = deps::changes(&self.resources, &self.records, principal, plan, &last)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !changes.is_empty() {
+            let words: Vec<String> = changes
+                .iter()
+                .map(|c| format!("{} is now {}", c.what, c.now))
+                .collect();
+            return Ok(Some(format!("newer dependencies: {}", words.join("; "))));
+        }
+        if !spec.rebuild_when.any() {
+            return Ok(None);
+        }
+        let Some(checks) = &self.checks else {
+            return Err("this kiln checks no parent digests or packages".into());
+        };
+        if spec.rebuild_when.parent_digest {
+            if let Some(why) = checks.parent_moved(&last).await? {
+                return Ok(Some(why));
+            }
+        }
+        if spec.rebuild_when.os_packages {
+            if let Some(why) = checks.package_updates(&last).await? {
+                return Ok(Some(why));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The newest image of a pipeline in one of `states` (any when empty).
+    async fn newest(
+        &self,
+        pipeline: &str,
+        states: &[State],
+    ) -> Result<Option<ImageRecord>, StoreError> {
+        let rows = self
+            .records
+            .summaries(&Filter {
+                pipeline: Some(pipeline.to_owned()),
+                states: states.iter().map(|s| s.as_str().to_string()).collect(),
+                order: Order::Newest,
+                limit: Some(1),
+                ..Filter::default()
+            })
+            .await?;
+        match rows.first() {
+            Some(s) => self.records.get(&s.arn).await,
+            None => Ok(None),
+        }
+    }
+
+    /// A build of the pipeline that has not ended.
+    async fn running_build(&self, pipeline: &str) -> Option<String> {
+        let running = [
+            State::Pending,
+            State::Building,
+            State::Testing,
+            State::Distributing,
+        ];
+        match self.newest(pipeline, &running).await {
+            Ok(found) => found.map(|r| r.arn),
+            Err(e) => Some(format!("(unknown: {e})")),
+        }
+    }
+
+    /// What a pipeline's runs came to, as of the scheduler's clock.
+    pub async fn status(&self, pipeline: &Resource) -> Result<RunStatus, StoreError> {
+        status(&self.records, pipeline, self.clock.now()).await
+    }
+
+    /// Disables a pipeline that failed too often, recording why in its description of
+    /// itself: its status, and its `dateUpdated` (which restarts the count once re-enabled).
+    async fn disable(
+        &self,
+        pipeline: &Resource,
+        failures: u32,
+        now: DateTime<Utc>,
+    ) -> Result<(), ResourceError> {
+        let mut p = pipeline.clone();
+        p.status = Some(PipelineStatus::Disabled);
+        p.date_updated = Some(now);
+        if let Some(o) = p.request.as_object_mut() {
+            o.insert("status".into(), PipelineStatus::Disabled.as_str().into());
+        }
+        let body = crate::state::to_json(&p)?;
+        let summary = crate::state::to_json(&p.summary())?;
+        let outbox = self.disabled_notice(pipeline, failures, now).await;
+        tracing::warn!(pipeline = %pipeline.arn, failures, "pipeline disabled: its scheduled runs failed");
+        self.resources
+            .store()
+            .db()
+            .update(
+                &pipeline.arn,
+                kiln_store::Update {
+                    state: Some(PipelineStatus::Disabled.as_str().into()),
+                    summary: Some(summary),
+                    body: Some(body),
+                    outbox,
+                    ..kiln_store::Update::default()
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The message to the pipeline's topic (its infrastructure configuration's) that it was
+    /// disabled.
+    async fn disabled_notice(
+        &self,
+        pipeline: &Resource,
+        failures: u32,
+        now: DateTime<Utc>,
+    ) -> Vec<kiln_store::Message> {
+        let Some(infra) = pipeline.field("infrastructureConfigurationArn") else {
+            return Vec::new();
+        };
+        let topic = match self.resources.store().db().get(infra).await {
+            Ok(Some(row)) => serde_json::from_str::<Resource>(&row.body)
+                .ok()
+                .and_then(|r| r.field("snsTopicArn").map(str::to_owned)),
+            _ => None,
+        };
+        let Some(topic) = topic else {
+            return Vec::new();
+        };
+        let body = serde_json::json!({
+            "imagePipelineArn": pipeline.arn,
+            "name": pipeline.name,
+            "status": PipelineStatus::Disabled.as_str(),
+            "consecutiveFailures": failures,
+            "reason": format!("{failures} scheduled runs in a row failed"),
+            "date": now.to_rfc3339(),
+        });
+        vec![crate::notify::message(
+            &topic,
+            crate::notify::Event::PipelineDisabled,
+            &format!("{}@{}", pipeline.arn, ms(now)),
+            &body,
+            ms(now),
+        )]
+    }
+
+    /// Runs [`Scheduler::tick`] every `every` until `stop` says so.
+    pub async fn run(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::warn!(error = %e, "the scheduler could not read the store");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+    }
+}
+
+/// What a pipeline's runs came to at `now`: its next run, its newest image and the scheduled
+/// runs in a row that failed.
+pub async fn status(
+    records: &Records,
+    pipeline: &Resource,
+    now: DateTime<Utc>,
+) -> Result<RunStatus, StoreError> {
+    let db = records.store().db();
+    let mut out = RunStatus::default();
+    if pipeline.status != Some(PipelineStatus::Disabled) {
+        if let Ok(Some(spec)) = spec::of(pipeline) {
+            let runs = db.runs(&pipeline.arn, 1).await?;
+            let after = runs.first().map(|r| instant(r.at_ms)).unwrap_or(now);
+            out.date_next_run = spec.schedule.next_after(after.max(now));
+        }
+    }
+    let newest = records
+        .summaries(&Filter {
+            pipeline: Some(pipeline.arn.clone()),
+            order: Order::Newest,
+            limit: Some(1),
+            ..Filter::default()
+        })
+        .await?;
+    if let Some(s) = newest.first() {
+        out.date_last_run = Some(s.created);
+        out.last_run_status = Some(s.state);
+    }
+    let reset = pipeline.date_updated.unwrap_or(pipeline.date_created);
+    let limit = spec::of(pipeline)
+        .ok()
+        .flatten()
+        .map_or(spec::DEFAULT_FAILURE_LIMIT, |s| s.failure_limit);
+    for run in db
+        .runs(&pipeline.arn, limit.saturating_mul(4).max(20))
+        .await?
+    {
+        if instant(run.at_ms) < reset {
+            break;
+        }
+        let Some(image) = &run.image else { continue };
+        match records.get(image).await? {
+            Some(r) if r.state == State::Failed => out.consecutive_failures += 1,
+            Some(r) if !r.state.is_final() => {}
+            Some(_) => break,
+            None => {}
+        }
+    }
+    Ok(out)
+}
