@@ -30,6 +30,9 @@ pub struct BuildSettings {
 pub struct Builds {
     settings: BuildSettings,
     store: Store,
+    /// Held from a pipeline's trigger until its build is numbered, so that two triggers of
+    /// one pipeline at once see each other's PENDING build.
+    starting: tokio::sync::Mutex<()>,
     queue: Arc<Semaphore>,
     running: Arc<Mutex<HashSet<String>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -73,6 +76,7 @@ impl Builds {
         Builds {
             settings,
             store,
+            starting: tokio::sync::Mutex::new(()),
             queue,
             running: Arc::default(),
             tasks: Mutex::default(),
@@ -81,7 +85,38 @@ impl Builds {
     }
 
     /// Starts a pipeline's build; returns its image ARN once it is numbered (PENDING).
+    ///
+    /// A pipeline that already has a build waiting its turn (PENDING) gets that build again:
+    /// a schedule and a person starting it at once, or two people, make one build.
     pub async fn start(&self, plan: Plan) -> Result<String, ApiError> {
+        let _one_at_a_time = self.starting.lock().await;
+        if let Some(pipeline) = &plan.origin.pipeline {
+            if let Some(waiting) = self.waiting(pipeline).await? {
+                tracing::info!(image = %waiting, "the pipeline's build is still waiting: no second build");
+                return Ok(waiting);
+            }
+        }
+        self.start_now(plan).await
+    }
+
+    /// A build of `pipeline` that waits for its turn.
+    async fn waiting(&self, pipeline: &str) -> Result<Option<String>, ApiError> {
+        let rows = self
+            .store
+            .db()
+            .list(&kiln_store::Filter {
+                kind: Some(kiln_store::Kind::Image),
+                pipeline: Some(pipeline.to_owned()),
+                states: vec![kiln_core::record::State::Pending.as_str().into()],
+                limit: Some(1),
+                ..kiln_store::Filter::default()
+            })
+            .await
+            .map_err(ApiError::service)?;
+        Ok(rows.into_iter().next().map(|r| r.arn))
+    }
+
+    async fn start_now(&self, plan: Plan) -> Result<String, ApiError> {
         if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ApiError::new(
                 "ServiceUnavailableException",
@@ -153,5 +188,16 @@ impl Builds {
         for t in tasks {
             let _ = t.await;
         }
+    }
+}
+
+/// The server's builds as the scheduler's [`Starter`](kiln_core::scheduler::Starter): runs
+/// started by schedule share the queue with the API's.
+pub struct ServerStarter(pub std::sync::Arc<crate::App>);
+
+#[async_trait::async_trait]
+impl kiln_core::scheduler::Starter for ServerStarter {
+    async fn start(&self, plan: Plan) -> Result<String, String> {
+        self.0.builds.start(plan).await.map_err(|e| e.message)
     }
 }

@@ -38,7 +38,8 @@ pub struct Config {
     pub serve: ServeConfig,
 }
 
-/// `serve: {listen, region, concurrency, requestsPerSecond, burst}`.
+/// `serve: {listen, region, concurrency, requestsPerSecond, burst, scheduleEverySeconds,
+/// catchUpHours}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeConfig {
     /// Where the API listens (loopback unless configured).
@@ -51,6 +52,10 @@ pub struct ServeConfig {
     pub requests_per_second: u32,
     /// Requests an account may send at once above that rate.
     pub burst: u32,
+    /// How often the scheduler looks for due runs.
+    pub schedule_every_seconds: u32,
+    /// How long after its instant a run missed while kiln was down still runs.
+    pub catch_up_hours: u32,
 }
 
 impl Default for ServeConfig {
@@ -61,6 +66,8 @@ impl Default for ServeConfig {
             concurrency: 2,
             requests_per_second: 50,
             burst: 100,
+            schedule_every_seconds: 5,
+            catch_up_hours: 24,
         }
     }
 }
@@ -220,6 +227,8 @@ fn serve_config(node: &Node, file: &str, src: &str) -> Result<ServeConfig> {
                 "concurrency",
                 "requestsPerSecond",
                 "burst",
+                "scheduleEverySeconds",
+                "catchUpHours",
             ],
             "`serve`",
         );
@@ -240,6 +249,17 @@ fn serve_config(node: &Node, file: &str, src: &str) -> Result<ServeConfig> {
         number(&mut r, "concurrency", &mut c.concurrency);
         number(&mut r, "requestsPerSecond", &mut c.requests_per_second);
         number(&mut r, "burst", &mut c.burst);
+        number(
+            &mut r,
+            "scheduleEverySeconds",
+            &mut c.schedule_every_seconds,
+        );
+        number(&mut r, "catchUpHours", &mut c.catch_up_hours);
+        if let Some(n) = m.get("scheduleEverySeconds") {
+            if c.schedule_every_seconds == 0 {
+                r.error(n.span, "`scheduleEverySeconds` must be at least 1", None);
+            }
+        }
     }
     if r.has_errors() {
         let text: String = r

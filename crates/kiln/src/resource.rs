@@ -281,13 +281,75 @@ async fn get(res: &Resources, kinds: &[Kind], a: &RefArgs) -> Result<u8> {
     let r = res
         .get(&crate::principal::local(), &a.reference, kinds)
         .await?;
+    let runs = match r.kind {
+        Kind::ImagePipeline => Some(
+            kiln_core::scheduler::status(
+                &kiln_core::record::Records::new(res.store().clone()),
+                &r,
+                chrono::Utc::now(),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     let mut out = std::io::stdout().lock();
     if a.output == Output::Json {
-        write_json(&mut out, &r)?;
+        let mut v = serde_json::to_value(&r)?;
+        if let (Some(o), Some(runs)) = (v.as_object_mut(), &runs) {
+            if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(runs) {
+                o.extend(fields);
+            }
+        }
+        write_json(&mut out, &v)?;
         return Ok(0);
     }
     print_resource(&mut out, &r)?;
+    if let Some(s) = runs {
+        print_runs(&mut out, &r, &s)?;
+    }
     Ok(0)
+}
+
+/// A pipeline's schedule in words and what its runs came to.
+fn print_runs(
+    out: &mut impl Write,
+    r: &Resource,
+    s: &kiln_core::scheduler::RunStatus,
+) -> std::io::Result<()> {
+    match kiln_core::scheduler::spec::of(r) {
+        Ok(Some(spec)) => {
+            writeln!(
+                out,
+                "  schedule    {} ({})",
+                spec.schedule.describe(),
+                spec.condition
+            )?;
+            if spec.rebuild_when.any() {
+                let mut words = Vec::new();
+                if spec.rebuild_when.parent_digest {
+                    words.push("the parent's digest moves");
+                }
+                if spec.rebuild_when.os_packages {
+                    words.push("its packages have updates");
+                }
+                writeln!(out, "  also when   {}", words.join(", "))?;
+            }
+        }
+        Ok(None) => writeln!(out, "  schedule    none (it runs when started)")?,
+        Err(e) => writeln!(out, "  schedule    unreadable: {e}")?,
+    }
+    let at = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("-".into(), |t| t.to_rfc3339());
+    writeln!(out, "  next run    {}", at(s.date_next_run))?;
+    writeln!(out, "  last run    {}", at(s.date_last_run))?;
+    if let Some(st) = s.last_run_status {
+        writeln!(out, "  last status {st}")?;
+    }
+    writeln!(
+        out,
+        "  failures    {} scheduled runs in a row",
+        s.consecutive_failures
+    )?;
+    Ok(())
 }
 
 fn print_resource(out: &mut impl Write, r: &Resource) -> std::io::Result<()> {

@@ -147,6 +147,25 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
         }
         eprintln!("kiln serve: stopping: running builds are cancelled and recorded");
     };
+    let scheduler = Arc::new(
+        kiln_core::scheduler::Scheduler::new(
+            app.resources.clone(),
+            app.records.clone(),
+            Arc::new(kiln_schedule::SystemClock),
+            Arc::new(kiln_api::builds::ServerStarter(app.clone())),
+        )
+        .with_catch_up(chrono::Duration::hours(i64::from(cfg.serve.catch_up_hours))),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let every = std::time::Duration::from_secs(u64::from(cfg.serve.schedule_every_seconds.max(1)));
+    let scheduling = tokio::spawn(scheduler.run(every, stop_rx));
+    // The scheduler stops (finishing a tick under way) before the builds are cancelled, so
+    // that it never claims a run that a stopping server then refuses to build.
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        let _ = scheduling.await;
+    };
     match tls {
         Some(config) => {
             let listener = kiln_api::tls::TlsListener::new(listener, config)?;

@@ -144,7 +144,20 @@ pub async fn get(
     let (kind, key) = kind_of(op);
     let arn = required(&input, key)?;
     let r = exact(app, principal, kind, arn).await?;
-    Ok(json!({ holder(kind).0: view::resource(&r) }))
+    let mut v = view::resource(&r);
+    if kind == Kind::ImagePipeline {
+        runs(app, &r, &mut v).await?;
+    }
+    Ok(json!({ holder(kind).0: v }))
+}
+
+/// A pipeline's runs into its view.
+async fn runs(app: &App, r: &Resource, v: &mut Value) -> Result<(), ApiError> {
+    let status = kiln_core::scheduler::status(&app.records, r, chrono::Utc::now())
+        .await
+        .map_err(ApiError::service)?;
+    view::pipeline_runs(v, &status);
+    Ok(())
 }
 
 /// The resource an ARN names, visible to `principal`: `arn:` references only (a name is a
@@ -208,6 +221,9 @@ pub async fn list(
     for r in found {
         {
             let mut v = view::resource(&r);
+            if kind == Kind::ImagePipeline {
+                runs(app, &r, &mut v).await?;
+            }
             if kind == Kind::Component && op == Op::ListComponents {
                 v["arn"] = json!(view::version_arn(&r.arn));
             }

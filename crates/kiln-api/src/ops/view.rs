@@ -95,6 +95,22 @@ pub fn resource(r: &Resource) -> Value {
     Value::Object(o)
 }
 
+/// A pipeline's runs as GetImagePipeline shows them (`dateNextRun`, `dateLastRun`,
+/// `lastRunStatus`, `consecutiveFailures`).
+pub fn pipeline_runs(v: &mut Value, s: &kiln_core::scheduler::RunStatus) {
+    let Some(o) = v.as_object_mut() else { return };
+    if let Some(t) = s.date_next_run {
+        o.insert("dateNextRun".into(), json!(date(t)));
+    }
+    if let Some(t) = s.date_last_run {
+        o.insert("dateLastRun".into(), json!(date(t)));
+    }
+    if let Some(st) = s.last_run_status {
+        o.insert("lastRunStatus".into(), json!(st.as_str()));
+    }
+    o.insert("consecutiveFailures".into(), json!(s.consecutive_failures));
+}
+
 /// Whether an image record holds a container image (else it is a disk: `AMI`).
 fn image_type(r: &ImageRecord) -> &'static str {
     let disk = r.disk.is_some()
