@@ -133,6 +133,8 @@ pub enum PipelineCommand {
     Delete(RefArgs),
     /// Run it now: build, test and distribute an image from its recipe, in the foreground.
     Start(StartArgs),
+    /// Its scheduled runs, the latest first: what each came to and why.
+    Runs(RefArgs),
 }
 
 /// `kiln pipeline start`
@@ -222,6 +224,7 @@ async fn pipeline(res: &Resources, c: PipelineCommand) -> Result<u8> {
         PipelineCommand::List(a) => list(res, &[kind], &a).await,
         PipelineCommand::Delete(a) => delete(res, &[kind], &a).await,
         PipelineCommand::Start(a) => start(res, a).await,
+        PipelineCommand::Runs(a) => runs(res, &a).await,
     }
 }
 
@@ -456,6 +459,45 @@ async fn delete(res: &Resources, kinds: &[Kind], a: &RefArgs) -> Result<u8> {
         .delete(&crate::principal::local(), &a.reference, kinds)
         .await?;
     println!("deleted {} {}", kind_noun(r.kind), r.arn);
+    Ok(0)
+}
+
+async fn runs(res: &Resources, a: &RefArgs) -> Result<u8> {
+    let p = res
+        .get(
+            &crate::principal::local(),
+            &a.reference,
+            &[Kind::ImagePipeline],
+        )
+        .await?;
+    let runs = res.store().db().runs(&p.arn, 100).await?;
+    let mut out = std::io::stdout().lock();
+    if a.output == Output::Json {
+        let v: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "at": chrono::DateTime::from_timestamp_millis(r.at_ms).map(|t| t.to_rfc3339()),
+                    "claimed": chrono::DateTime::from_timestamp_millis(r.claimed_ms).map(|t| t.to_rfc3339()),
+                    "image": r.image,
+                    "note": r.note,
+                })
+            })
+            .collect();
+        write_json(&mut out, &v)?;
+        return Ok(0);
+    }
+    if runs.is_empty() {
+        writeln!(out, "pipeline {} has no scheduled runs yet", p.name)?;
+    }
+    for r in &runs {
+        let at = chrono::DateTime::from_timestamp_millis(r.at_ms)
+            .map_or_else(|| r.at_ms.to_string(), |t| t.to_rfc3339());
+        writeln!(out, "{at}  {}", r.note)?;
+        if let Some(i) = &r.image {
+            writeln!(out, "  {i}")?;
+        }
+    }
     Ok(0)
 }
 
