@@ -105,3 +105,39 @@ def test_a_pipeline_scheduled_every_minute_builds_by_itself(client_a):
     assert got["status"] == "DISABLED" and "dateNextRun" not in got
     assert got["lastRunStatus"] in ("AVAILABLE", "PENDING", "BUILDING", "TESTING", "DISTRIBUTING", "CANCELLED")
     assert got["dateLastRun"]
+
+
+def _busy(client, n=2):
+    """Builds that hold the server's queue (its concurrency is 2) for two minutes."""
+    from helpers import document
+    comp = create_component(client, data=document(unique("busy"), build="sleep 120"))
+    recipe = create_container_recipe(client, [comp])
+    infra, dist = create_infrastructure(client), create_distribution(client)
+    images = [client.create_image(containerRecipeArn=recipe, infrastructureConfigurationArn=infra,
+                                  distributionConfigurationArn=dist)["imageBuildVersionArn"] for _ in range(n)]
+    deadline = time.monotonic() + 300
+    while any(client.get_image(imageBuildVersionArn=i)["image"]["state"]["status"] == "PENDING" for i in images):
+        assert time.monotonic() < deadline, "the busy builds never started"
+        time.sleep(1)
+    return images
+
+
+@pytest.mark.build
+def test_two_starts_of_a_waiting_pipeline_make_one_build(client_a):
+    from concurrent.futures import ThreadPoolExecutor
+    busy, arns = _busy(client_a), []
+    try:
+        pipe = _pipeline(client_a, {"scheduleExpression": "rate(1 day)"})
+        with ThreadPoolExecutor(2) as pool:
+            arns = list(pool.map(lambda _: client_a.start_image_pipeline_execution(
+                imagePipelineArn=pipe, clientToken=unique("t"))["imageBuildVersionArn"], range(2)))
+        assert arns[0] == arns[1], f"two builds of one waiting pipeline: {arns}"
+        images = client_a.list_image_pipeline_images(imagePipelineArn=pipe)["imageSummaryList"]
+        assert [i["arn"] for i in images] == [arns[0]], images
+        assert images[0]["buildType"] == "USER_INITIATED"
+    finally:
+        for i in busy + arns[:1]:
+            try:
+                client_a.cancel_image_creation(imageBuildVersionArn=i, clientToken=unique("c"))
+            except client_a.exceptions.ClientError:
+                pass
