@@ -19,5 +19,6 @@ pub mod resources;
 pub mod sample;
 pub mod state;
 pub mod store;
+pub mod updates;
 pub mod usage;
 pub mod version;

@@ -187,6 +187,7 @@ pub async fn plan_for(
         recipe_arn: Some(recipe.arn.clone()),
         configurations,
         tags: Default::default(),
+        triggers: Vec::new(),
     };
     Ok(Plan {
         pipeline,

@@ -358,6 +358,12 @@ pub struct ParentRecord {
     pub layers: Vec<String>,
     /// Whether it came from kiln's cache.
     pub cached: bool,
+    /// The manifest digest its tag named when the build resolved it (the registry's for a
+    /// `docker://` parent, the layout's for `oci:DIR:TAG`): what a later check of the tag
+    /// compares with, since `resolved` is the pulled copy's digest, which differs for Docker
+    /// schema 2 images and indexes. None for parents that name no tag, and in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 impl ParentRecord {
@@ -450,6 +456,10 @@ pub struct ImageRecord {
     /// What the build used: instances and regions (`kiln usage` sums it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::usage::Usage>,
+    /// Why the build ran, when whoever started it said (a pipeline's scheduler: which of its
+    /// rebuild conditions held); empty for builds started without reasons, and older records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<crate::updates::Trigger>,
 }
 
 impl ImageRecord {
@@ -932,6 +942,7 @@ pub(crate) mod tests {
             distributing: vec![],
             tags: Default::default(),
             usage: None,
+            triggers: vec![],
         }
     }
 
@@ -1089,6 +1100,7 @@ pub(crate) mod tests {
             resolved: "r".into(),
             layers: layers.iter().map(|l| l.to_string()).collect(),
             cached: false,
+            digest: None,
         };
         assert_eq!(p(&[]).chain_id(), None);
         assert_eq!(p(&["sha256:aa"]).chain_id().unwrap(), "sha256:aa");

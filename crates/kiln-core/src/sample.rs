@@ -91,6 +91,7 @@ pub fn image_record(i: usize, account: &str) -> ImageRecord {
         distributing: vec![],
         tags: Default::default(),
         usage: None,
+        triggers: vec![],
     };
     for s in [
         State::Pending,

@@ -101,6 +101,8 @@ pub struct Origin {
     pub configurations: Vec<String>,
     /// The image's tags.
     pub tags: std::collections::BTreeMap<String, String>,
+    /// Why it runs (the scheduler's rebuild conditions that held), kept in the record.
+    pub triggers: Vec<crate::updates::Trigger>,
 }
 
 impl Origin {
@@ -112,6 +114,7 @@ impl Origin {
             recipe_arn: None,
             configurations: Vec::new(),
             tags: Default::default(),
+            triggers: Vec::new(),
         }
     }
 }
@@ -345,6 +348,7 @@ impl Builder {
             distributing: Vec::new(),
             tags: self.origin.tags.clone(),
             usage: None,
+            triggers: self.origin.triggers.clone(),
         };
         rec.set_state(State::Pending, None);
         rec
