@@ -21,5 +21,6 @@ pub mod sample;
 pub mod scheduler;
 pub mod state;
 pub mod store;
+pub mod updates;
 pub mod usage;
 pub mod version;

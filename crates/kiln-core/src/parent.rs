@@ -108,13 +108,18 @@ pub async fn resolve(cx: &ParentContext<'_>, recipe: &Recipe) -> Result<Parent, 
         }
         ParentImage::Rootfs { file } => from_tarball(cx, recipe, file, reference).await,
         ParentImage::Oci { dir, tag } => {
-            from_layout(
+            let mut p = from_layout(
                 &LayerStore::new(cx.home.clone()),
                 dir,
                 tag.as_deref(),
                 reference,
             )
-            .await
+            .await?;
+            // The entry of the tag in index.json, as `updates::parent_moved` reads it again.
+            p.record.digest = tag
+                .as_deref()
+                .and_then(|t| kiln_image::oci::tag_digest(dir, t).ok().flatten());
+            Ok(p)
         }
         ParentImage::Registry { reference: r } => pulled(cx, r, reference).await,
         ParentImage::Image {
@@ -186,6 +191,7 @@ fn single(reference: String, resolved: String, layer: StoredLayer, cached: bool)
             resolved,
             layers: vec![layer.info.diff_id.clone()],
             cached,
+            digest: None,
         },
         layers: vec![layer],
         config: None,
@@ -279,6 +285,18 @@ async fn pulled(cx: &ParentContext<'_>, r: &str, reference: String) -> Result<Pa
     let opts = registry_access(cx.registries).options_for(parsed.registry());
     let layout = cx.home.root.join("pulls");
     let tag = format!("p-{}", &sha256_hex(r.as_bytes())[..24]);
+    // Asked before the pull: a tag that moves in between is seen as moved by the next check
+    // (one build too many), never missed.
+    let digest = match parsed.digest() {
+        Some(d) => Some(d.to_string()),
+        None => kiln_image::registry::manifest_digest(r, &opts)
+            .await
+            .unwrap_or_else(|e| {
+                // The pull says what is wrong with the registry, if anything is.
+                tracing::debug!("looking up the digest of {r}: {e}");
+                None
+            }),
+    };
     (cx.progress)(&format!("pulling {r}"));
     let pulled = kiln_image::registry::pull(r, &layout, &tag, &opts)
         .await
@@ -286,6 +304,7 @@ async fn pulled(cx: &ParentContext<'_>, r: &str, reference: String) -> Result<Pa
     let store = LayerStore::new(cx.home.clone());
     let mut p = from_layout(&store, &layout, Some(&tag), reference).await?;
     p.record.resolved = pulled.manifest_digest;
+    p.record.digest = digest;
     Ok(p)
 }
 
@@ -354,6 +373,7 @@ async fn built_by_kiln(
                 resolved: rec.build_version(),
                 layers: rec.layers.clone(),
                 cached: true,
+                digest: None,
             },
             layers,
             config,
@@ -396,7 +416,9 @@ async fn import_tar(
     })?
 }
 
-async fn from_layout(
+/// An image of an OCI layout as a parent: its layers imported into the store unless it has
+/// them (an image's layers read back from its region use it too).
+pub(crate) async fn from_layout(
     store: &LayerStore,
     dir: &Path,
     tag: Option<&str>,
@@ -429,6 +451,7 @@ async fn from_layout(
                 resolved: image.manifest_digest.clone(),
                 layers: layers.iter().map(|l| l.info.diff_id.clone()).collect(),
                 cached,
+                digest: None,
             },
             layers,
             config: Some(image.config),

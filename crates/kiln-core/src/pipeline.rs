@@ -188,6 +188,7 @@ pub async fn plan_for(
         configurations,
         tags: Default::default(),
         build_type: crate::record::BuildType::UserInitiated,
+        triggers: Vec::new(),
     };
     Ok(Plan {
         pipeline,

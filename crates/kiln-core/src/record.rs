@@ -359,6 +359,12 @@ pub struct ParentRecord {
     pub layers: Vec<String>,
     /// Whether it came from kiln's cache.
     pub cached: bool,
+    /// The manifest digest its tag named when the build resolved it (the registry's for a
+    /// `docker://` parent, the layout's for `oci:DIR:TAG`): what a later check of the tag
+    /// compares with, since `resolved` is the pulled copy's digest, which differs for Docker
+    /// schema 2 images and indexes. None for parents that name no tag, and in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 impl ParentRecord {
@@ -454,6 +460,10 @@ pub struct ImageRecord {
     /// Who or what started it: a person, or the pipeline's schedule.
     #[serde(default)]
     pub build_type: BuildType,
+    /// Why the build ran, when whoever started it said (a pipeline's scheduler: which of its
+    /// rebuild conditions held); empty for builds started without reasons, and older records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<crate::updates::Trigger>,
 }
 
 /// What started a build (Image Builder's `buildType`).
@@ -969,6 +979,7 @@ pub(crate) mod tests {
             tags: Default::default(),
             usage: None,
             build_type: BuildType::UserInitiated,
+            triggers: vec![],
         }
     }
 
@@ -1126,6 +1137,7 @@ pub(crate) mod tests {
             resolved: "r".into(),
             layers: layers.iter().map(|l| l.to_string()).collect(),
             cached: false,
+            digest: None,
         };
         assert_eq!(p(&[]).chain_id(), None);
         assert_eq!(p(&["sha256:aa"]).chain_id().unwrap(), "sha256:aa");

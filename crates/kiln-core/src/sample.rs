@@ -92,6 +92,7 @@ pub fn image_record(i: usize, account: &str) -> ImageRecord {
         tags: Default::default(),
         usage: None,
         build_type: crate::record::BuildType::UserInitiated,
+        triggers: vec![],
     };
     for s in [
         State::Pending,

@@ -103,6 +103,8 @@ pub struct Origin {
     pub tags: std::collections::BTreeMap<String, String>,
     /// A person's start or the schedule's.
     pub build_type: crate::record::BuildType,
+    /// Why it runs (the scheduler's rebuild conditions that held), kept in the record.
+    pub triggers: Vec<crate::updates::Trigger>,
 }
 
 impl Origin {
@@ -115,6 +117,7 @@ impl Origin {
             configurations: Vec::new(),
             tags: Default::default(),
             build_type: crate::record::BuildType::UserInitiated,
+            triggers: Vec::new(),
         }
     }
 }
@@ -349,6 +352,7 @@ impl Builder {
             tags: self.origin.tags.clone(),
             usage: None,
             build_type: self.origin.build_type,
+            triggers: self.origin.triggers.clone(),
         };
         rec.set_state(State::Pending, None);
         rec

@@ -501,3 +501,44 @@ async fn a_test_vm_slower_to_boot_than_max_boot_seconds_fails_the_tests_with_its
     assert_eq!(t.boot_breakdown.unwrap().agent_ms, Some(1_500));
     assert!(!rec.outputs.is_empty());
 }
+
+#[tokio::test]
+async fn a_build_keeps_its_triggers_and_its_parent_tags_digest() {
+    use crate::updates::{PackageUpdate, Trigger};
+    let f = Fixture::new().await;
+    let triggers = vec![
+        Trigger::Schedule,
+        Trigger::Packages {
+            updates: vec![PackageUpdate {
+                name: "base-files".into(),
+                from: "12.4".into(),
+                to: "12.5".into(),
+            }],
+        },
+    ];
+    let mut origin = Origin::of(Principal::local("tester"));
+    origin.triggers = triggers.clone();
+    let options = BuildOptions {
+        epoch: Some(0),
+        cache_max_bytes: u64::MAX,
+        ..BuildOptions::default()
+    };
+    let rec = Builder::new(f.home.clone(), options.clone(), origin, greeting_launcher())
+        .with_store(f.store.clone())
+        .build(&f.recipe(""), Arc::new(Unobserved))
+        .await
+        .unwrap();
+    assert_eq!(rec.state, State::Available, "{:?}", rec.failure);
+    assert_eq!(rec.triggers, triggers);
+    let stored = Records::new(f.store.clone()).get(&rec.arn).await.unwrap();
+    assert_eq!(stored.unwrap().triggers, triggers);
+    // An `oci:DIR:TAG` parent: the tag's digest is saved, and it has not moved.
+    let layout = f.dir.path().join("parent");
+    let digest = kiln_image::oci::tag_digest(&layout, "base").unwrap();
+    assert!(digest.is_some());
+    assert_eq!(rec.parent.as_ref().unwrap().digest, digest);
+    assert_eq!(
+        crate::updates::parent_moved(&options, &rec).await.unwrap(),
+        None
+    );
+}

@@ -3,26 +3,16 @@
 //! newer component version matching a `x` filter, a newer build of a kiln parent image.
 
 use kiln_store::Kind;
-use serde::{Deserialize, Serialize};
 
 use crate::pipeline::Plan;
 use crate::principal::Principal;
 use crate::recipe::{ComponentSource, ParentImage};
 use crate::record::{ImageQuery, ImageRecord, Records};
 use crate::resources::{Reference, ResourceError, Resources};
+use crate::updates::DependencyChange;
 
-/// One thing that resolves differently now than for the last image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DependencyChange {
-    /// What: `recipe`, `component NAME`, `parent image NAME`.
-    pub what: String,
-    /// What the last image used (none: it had no such thing).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub was: Option<String>,
-    /// What it resolves to now.
-    pub now: String,
-}
+/// What the last image had where it had nothing of the kind.
+const NONE: &str = "none";
 
 /// The name part of a component ARN (`.../component/NAME/1.0.0/1` gives `NAME`).
 fn component_name(arn: &str) -> &str {
@@ -41,8 +31,8 @@ pub async fn changes(
     let mut out = Vec::new();
     if last.recipe_arn.as_deref() != Some(plan.recipe.arn.as_str()) {
         out.push(DependencyChange {
-            what: "recipe".into(),
-            was: last.recipe_arn.clone(),
+            reference: "recipe".into(),
+            was: last.recipe_arn.clone().unwrap_or_else(|| NONE.into()),
             now: plan.recipe.arn.clone(),
         });
     }
@@ -60,8 +50,8 @@ pub async fn changes(
         let Some(found) = resources.newest(principal, &r).await? else {
             // The build itself will say that nothing matches; a run is due to find out.
             out.push(DependencyChange {
-                what: format!("component {reference}"),
-                was: None,
+                reference: format!("component {reference}"),
+                was: NONE.into(),
                 now: "nothing matches".into(),
             });
             continue;
@@ -69,11 +59,11 @@ pub async fn changes(
         if !used.contains(&found.arn.as_str()) {
             let name = component_name(&found.arn);
             out.push(DependencyChange {
-                what: format!("component {name}"),
+                reference: format!("component {name}"),
                 was: used
                     .iter()
                     .find(|u| component_name(u) == name)
-                    .map(|u| u.to_string()),
+                    .map_or_else(|| NONE.into(), |u| u.to_string()),
                 now: found.arn.clone(),
             });
         }
@@ -96,8 +86,8 @@ pub async fn changes(
             let was = last.parent.as_ref().map(|p| p.resolved.clone());
             if was.as_deref() != Some(now.as_str()) {
                 out.push(DependencyChange {
-                    what: format!("parent image {name}"),
-                    was,
+                    reference: format!("parent image {name}"),
+                    was: was.unwrap_or_else(|| NONE.into()),
                     now,
                 });
             }

@@ -23,7 +23,6 @@ use kiln_schedule::Clock;
 use kiln_store::{Filter, Kind, Order, Run};
 use serde::Serialize;
 
-pub use deps::DependencyChange;
 pub use spec::{PipelineSchedule, RebuildWhen, StartCondition};
 
 use crate::pipeline::{self, Plan};
@@ -31,6 +30,7 @@ use crate::principal::Principal;
 use crate::record::{BuildType, ImageRecord, Records, State};
 use crate::resources::{PipelineStatus, Resource, ResourceError, Resources};
 use crate::store::StoreError;
+use crate::updates::Trigger;
 
 /// How long after its instant a missed run still runs when kiln comes back.
 pub const DEFAULT_CATCH_UP: Duration = Duration::hours(24);
@@ -44,13 +44,41 @@ pub trait Starter: Send + Sync {
 }
 
 /// kiln's further reasons to rebuild, checked over the last image (parent digest, OS
-/// packages); the server's are real checks, tests script them.
+/// packages): [`LocalChecks`] does them for real; tests script them.
 #[async_trait]
 pub trait UpdateChecks: Send + Sync {
-    /// Why the parent moved since `last` was built, if it did.
-    async fn parent_moved(&self, last: &ImageRecord) -> Result<Option<String>, String>;
-    /// The package updates `last` has, in words, if any.
-    async fn package_updates(&self, last: &ImageRecord) -> Result<Option<String>, String>;
+    /// Whether the parent moved since `last` was built.
+    async fn parent_moved(&self, last: &ImageRecord) -> Result<Option<Trigger>, String>;
+    /// The package updates `last` has, if any.
+    async fn package_updates(&self, last: &ImageRecord) -> Result<Option<Trigger>, String>;
+}
+
+/// The checks of [`crate::updates`] on this machine: registries as the builds reach them, a
+/// throwaway sandbox from the builds' launcher.
+pub struct LocalChecks {
+    /// The data directory.
+    pub home: crate::store::Home,
+    /// Registries and their credentials.
+    pub options: crate::build::BuildOptions,
+    /// Starts the sandbox the packages are checked in.
+    pub launcher: Arc<dyn kiln_instance::Launcher>,
+}
+
+#[async_trait]
+impl UpdateChecks for LocalChecks {
+    async fn parent_moved(&self, last: &ImageRecord) -> Result<Option<Trigger>, String> {
+        crate::updates::parent_moved(&self.options, last)
+            .await
+            .map(|m| m.map(Trigger::from))
+            .map_err(|e| e.to_string())
+    }
+
+    async fn package_updates(&self, last: &ImageRecord) -> Result<Option<Trigger>, String> {
+        let updates = crate::updates::package_updates(&self.home, &*self.launcher, last)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((!updates.is_empty()).then_some(Trigger::Packages { updates }))
+    }
 }
 
 /// What the scheduler did about one pipeline in a tick.
@@ -310,11 +338,11 @@ impl Scheduler {
                 }
             }
         };
-        let reason = match spec.condition {
-            StartCondition::ExpressionMatchOnly => "the schedule matched".to_string(),
+        let trigger = match spec.condition {
+            StartCondition::ExpressionMatchOnly => Trigger::Schedule,
             StartCondition::DependencyUpdatesAvailable => {
                 match self.updates(&principal, &plan, spec).await {
-                    Ok(Some(reason)) => reason,
+                    Ok(Some(trigger)) => trigger,
                     Ok(None) => {
                         return Decision::Skipped {
                             reason: "no dependency updates since its last image".into(),
@@ -324,7 +352,15 @@ impl Scheduler {
                 }
             }
         };
+        let reason = match &trigger {
+            Trigger::Schedule if spec.condition == StartCondition::ExpressionMatchOnly => {
+                "the schedule matched".to_string()
+            }
+            Trigger::Schedule => "it has no image yet".to_string(),
+            other => other.to_string(),
+        };
         plan.origin.build_type = BuildType::Scheduled;
+        plan.origin.triggers = vec![trigger];
         match self.starter.start(plan).await {
             Ok(image) => Decision::Started { image, reason },
             Err(error) => Decision::Failed { error },
@@ -337,23 +373,19 @@ impl Scheduler {
         principal: &Principal,
         plan: &Plan,
         spec: &PipelineSchedule,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<Trigger>, String> {
         let Some(last) = self
             .newest(&plan.pipeline.arn, &[State::Available])
             .await
             .map_err(|e| e.to_string())?
         else {
-            return Ok(Some("it has no image yet".into()));
+            return Ok(Some(Trigger::Schedule));
         };
         let changes = deps::changes(&self.resources, &self.records, principal, plan, &last)
             .await
             .map_err(|e| e.to_string())?;
         if !changes.is_empty() {
-            let words: Vec<String> = changes
-                .iter()
-                .map(|c| format!("{} is now {}", c.what, c.now))
-                .collect();
-            return Ok(Some(format!("newer dependencies: {}", words.join("; "))));
+            return Ok(Some(Trigger::Dependencies { changes }));
         }
         if !spec.rebuild_when.any() {
             return Ok(None);

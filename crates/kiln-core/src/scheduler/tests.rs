@@ -286,8 +286,29 @@ async fn the_default_condition_builds_again_only_after_a_newer_matching_componen
             d => panic!("{d:?}"),
         }
     }
-    // A newer version of a component the recipe names by `x.x.x`: the next run builds it.
+    // A component the recipe does not name is no reason.
     let dir = w.fixture.dir.path().to_path_buf();
+    w.resources
+        .apply(
+            &Principal::local("tester"),
+            request(
+                Operation::CreateComponent,
+                json!({"name": "other", "semanticVersion": "2.0.0", "platform": "Linux",
+                       "data": COMPONENT.replace("name: greet", "name: other")}),
+                &dir,
+            ),
+        )
+        .await
+        .unwrap();
+    let o = w
+        .run_until(
+            first + Duration::days(4) + Duration::hours(1),
+            Duration::hours(1),
+        )
+        .await;
+    assert_eq!(o.len(), 1, "{o:#?}");
+    assert!(matches!(o[0].decision, Decision::Skipped { .. }), "{o:#?}");
+    // A newer version of a component the recipe names by `x.x.x`: the next run builds it.
     w.resources
         .apply(
             &Principal::local("tester"),
@@ -300,10 +321,9 @@ async fn the_default_condition_builds_again_only_after_a_newer_matching_componen
         )
         .await
         .unwrap();
-    // A version the filter does not match is no reason (another component's name).
     let o = w
         .run_until(
-            first + Duration::days(4) + Duration::hours(1),
+            first + Duration::days(5) + Duration::hours(1),
             Duration::hours(1),
         )
         .await;
@@ -311,7 +331,8 @@ async fn the_default_condition_builds_again_only_after_a_newer_matching_componen
     let image = match &o[0].decision {
         Decision::Started { reason, image } => {
             assert!(
-                reason.contains("component greet is now") && reason.contains("greet/1.0.1/1"),
+                reason.starts_with("newer versions: component greet")
+                    && reason.contains("greet/1.0.1/1"),
                 "{reason}"
             );
             image.clone()
@@ -329,7 +350,7 @@ async fn the_default_condition_builds_again_only_after_a_newer_matching_componen
     );
     let o = w
         .run_until(
-            first + Duration::days(5) + Duration::hours(1),
+            first + Duration::days(6) + Duration::hours(1),
             Duration::hours(1),
         )
         .await;
