@@ -106,10 +106,17 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
         s3: cfg.s3.clone(),
         ..BuildOptions::default()
     };
+    let launcher: Arc<dyn kiln_instance::Launcher> =
+        Arc::new(LocalLauncher::current_exe(crate::build::agent_path()));
+    let checks = Arc::new(kiln_core::scheduler::LocalChecks {
+        home: home.clone(),
+        options: options.clone(),
+        launcher: launcher.clone(),
+    });
     let settings = BuildSettings {
         home: home.clone(),
         options,
-        launcher: Arc::new(LocalLauncher::current_exe(crate::build::agent_path())),
+        launcher,
         concurrency: args.concurrency.unwrap_or(cfg.serve.concurrency).max(1) as usize,
     };
     let app = Arc::new(App {
@@ -154,7 +161,8 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
             Arc::new(kiln_schedule::SystemClock),
             Arc::new(kiln_api::builds::ServerStarter(app.clone())),
         )
-        .with_catch_up(chrono::Duration::hours(i64::from(cfg.serve.catch_up_hours))),
+        .with_catch_up(chrono::Duration::hours(i64::from(cfg.serve.catch_up_hours)))
+        .with_checks(checks),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let every = std::time::Duration::from_secs(u64::from(cfg.serve.schedule_every_seconds.max(1)));

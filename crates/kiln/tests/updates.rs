@@ -326,3 +326,137 @@ async fn parent_moved_sees_a_tag_pushed_again() {
     let e = parent_moved(&options, &gone).await.unwrap_err();
     assert!(e.to_string().contains("no such tag"), "{e}");
 }
+
+/// Records what the scheduler would start, without building.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<kiln_core::pipeline::Plan>>);
+
+#[async_trait::async_trait]
+impl kiln_core::scheduler::Starter for Recorded {
+    async fn start(&self, plan: kiln_core::pipeline::Plan) -> Result<String, String> {
+        let mut plans = self.0.lock().unwrap();
+        plans.push(plan);
+        Ok(format!("recorded-{}", plans.len()))
+    }
+}
+
+/// The scheduler of a pipeline with `rebuildWhen: [osPackages]`: its scheduled run skips while
+/// the last image's apt sources have nothing new, and builds once a newer `kiln-probe` is in
+/// the repository, saying which package.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_run_rebuilds_once_the_images_packages_have_updates() {
+    use kiln_core::scheduler::{Decision, LocalChecks, Scheduler};
+    use kiln_core::updates::Trigger;
+
+    let parent = base();
+    let repo = AptRepo::start();
+    repo.add_probe("1.0");
+    let dir = tempfile::tempdir().unwrap();
+    let n = format!("sched-apt-{}", std::process::id());
+    let source = repo.source_line();
+    let doc = format!(
+        "name: {n}\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Install\n        action: ExecuteBash\n        inputs:\n          commands:\n            - rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*\n            - \"echo '{source}' > /etc/apt/sources.list.d/kiln-probe.list\"\n            - apt-get update\n            - apt-get install -y kiln-probe\n"
+    );
+    let arn =
+        |kind: &str, rest: &str| format!("arn:kiln:imagebuilder:local:000000000000:{kind}/{rest}");
+    let files = [
+        (
+            "component",
+            serde_json::json!({"name": n, "semanticVersion": "1.0.0", "platform": "Linux", "data": doc}),
+        ),
+        (
+            "recipe",
+            serde_json::json!({"name": n, "semanticVersion": "1.0.0", "containerType": "DOCKER",
+            "parentImage": parent, "components": [{"componentArn": arn("component", &format!("{n}/x.x.x"))}]}),
+        ),
+        ("infrastructure", serde_json::json!({"name": n})),
+        (
+            "pipeline",
+            serde_json::json!({"name": n,
+            "containerRecipeArn": arn("container-recipe", &format!("{n}/1.0.0")),
+            "infrastructureConfigurationArn": arn("infrastructure-configuration", &n),
+            "schedule": {"scheduleExpression": "rate(1 day)"},
+            "rebuildWhen": ["osPackages"]}),
+        ),
+    ];
+    for (noun, body) in files {
+        let f = write(dir.path(), &format!("{noun}.json"), &body.to_string());
+        let o = kiln(&[noun, "create", f.to_str().unwrap()]);
+        assert!(o.status.success(), "{noun}: {}", text(&o.stderr));
+    }
+    let o = kiln(&["pipeline", "start", &n]);
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+
+    let home = Home::new(home());
+    let store = kiln_core::state::Store::open(&home).await.unwrap();
+    let resources = kiln_core::resources::Resources::new(store.clone());
+    let pipeline = resources
+        .get(
+            &kiln_core::principal::Principal::local("t"),
+            &arn("image-pipeline", &n),
+            &[kiln_store::Kind::ImagePipeline],
+        )
+        .await
+        .unwrap();
+    let clock =
+        kiln_schedule::ManualClock::new(pipeline.date_created + chrono::Duration::minutes(1));
+    let recorded = std::sync::Arc::new(Recorded::default());
+    let scheduler = Scheduler::new(
+        resources,
+        kiln_core::record::Records::new(store),
+        std::sync::Arc::new(clock.clone()),
+        recorded.clone(),
+    )
+    .with_checks(std::sync::Arc::new(LocalChecks {
+        home: home.clone(),
+        options: BuildOptions::default(),
+        launcher: std::sync::Arc::new(launcher()),
+    }));
+    let mine = |o: Vec<kiln_core::scheduler::Outcome>| -> Vec<Decision> {
+        o.into_iter()
+            .filter(|o| o.pipeline == pipeline.arn)
+            .map(|o| o.decision)
+            .collect()
+    };
+
+    clock.advance(chrono::Duration::days(1));
+    let first = mine(scheduler.tick().await.unwrap());
+    match first.as_slice() {
+        [Decision::Skipped { reason }] => {
+            assert!(reason.contains("no dependency updates"), "{reason}")
+        }
+        d => panic!("{d:?}"),
+    }
+    assert!(recorded.0.lock().unwrap().is_empty());
+
+    repo.add_probe("1.1");
+    clock.advance(chrono::Duration::days(1));
+    let second = mine(scheduler.tick().await.unwrap());
+    match second.as_slice() {
+        [Decision::Started { reason, .. }] => {
+            assert!(reason.contains("kiln-probe 1.0 -> 1.1"), "{reason}")
+        }
+        d => panic!("{d:?}"),
+    }
+    let plans = recorded.0.lock().unwrap();
+    assert_eq!(plans.len(), 1);
+    assert_eq!(
+        plans[0].origin.build_type,
+        kiln_core::record::BuildType::Scheduled
+    );
+    assert_eq!(
+        plans[0].origin.triggers,
+        [Trigger::Packages {
+            updates: vec![PackageUpdate {
+                name: "kiln-probe".into(),
+                from: "1.0".into(),
+                to: "1.1".into(),
+            }]
+        }]
+    );
+}
