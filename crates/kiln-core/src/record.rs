@@ -504,7 +504,10 @@ impl ImageRecord {
 
     /// The last lifecycle execution that acted on it (Image Builder's `lifecycleExecutionId`).
     pub fn lifecycle_execution(&self) -> Option<&str> {
-        self.history.iter().rev().find_map(|h| h.execution.as_deref())
+        self.history
+            .iter()
+            .rev()
+            .find_map(|h| h.execution.as_deref())
     }
 
     /// Which build this is, as distribution names builds.

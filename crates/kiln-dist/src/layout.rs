@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use crate::disk;
-use crate::{
-    Artifact, BuildId, DistError, Output, OutputKind, Planned, Progress, Retired, Target,
-};
+use crate::{Artifact, BuildId, DistError, Output, OutputKind, Planned, Progress, Retired, Target};
 
 /// An OCI image layout folder and its `disks/`.
 #[derive(Debug, Clone)]
@@ -164,7 +162,11 @@ impl LayoutTarget {
         let version = kiln_image::oci::tag_digest(layout, &version_tag).map_err(err)?;
         if version.as_deref() == Some(ours.as_str()) {
             let prev_tag = match previous.map(|p| build.with_build(p).build_tag()) {
-                Some(t) if kiln_image::oci::tag_digest(layout, &t).map_err(err)?.is_some() => {
+                Some(t)
+                    if kiln_image::oci::tag_digest(layout, &t)
+                        .map_err(err)?
+                        .is_some() =>
+                {
                     Some(t)
                 }
                 _ => None,
@@ -390,7 +392,8 @@ impl Target for LayoutTarget {
                         .cloned()
                         .collect();
                     for x in same {
-                        done.failed.push((x, format!("region {}: {e}", self.region)));
+                        done.failed
+                            .push((x, format!("region {}: {e}", self.region)));
                     }
                 }
             }

@@ -11,9 +11,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use kiln_image::registry::{self as reg, Deleted, RegistryOptions};
 
-use crate::{
-    Artifact, BuildId, DistError, Output, OutputKind, Planned, Progress, Retired, Target,
-};
+use crate::{Artifact, BuildId, DistError, Output, OutputKind, Planned, Progress, Retired, Target};
 
 /// How to reach the registries kiln distributes to: options per `HOST[:PORT]`.
 #[derive(Debug, Clone, Default)]
@@ -318,7 +316,10 @@ impl Target for RegistryTarget {
                 if d != &ours {
                     let from = format!("{repo}:{t}");
                     if let Err(e) = reg::retag(&from, &build.version_tag(), &self.options).await {
-                        return fail(format!("pointing {repo}:{} back at {t}: {e}", build.version_tag()));
+                        return fail(format!(
+                            "pointing {repo}:{} back at {t}: {e}",
+                            build.version_tag()
+                        ));
                     }
                     done.removed.push(format!(
                         "{region}: {repo}:{} (now build {t})",
@@ -339,7 +340,8 @@ impl Target for RegistryTarget {
         }
         match reg::delete_manifest(&format!("{repo}@{ours}"), &self.options).await {
             Ok(Deleted::Deleted { .. }) | Ok(Deleted::NotFound) => {
-                done.removed.push(format!("{region}: {repo}:{}", build.build_tag()));
+                done.removed
+                    .push(format!("{region}: {repo}:{}", build.build_tag()));
                 if version.as_deref() == Some(ours.as_str()) && prev.is_none() {
                     done.removed
                         .push(format!("{region}: {repo}:{}", build.version_tag()));

@@ -32,7 +32,10 @@ impl Retired {
     /// A result where every output failed for the same reason.
     pub fn all_failed(outputs: &[Output], why: &str) -> Retired {
         Retired {
-            failed: outputs.iter().map(|o| (o.clone(), why.to_string())).collect(),
+            failed: outputs
+                .iter()
+                .map(|o| (o.clone(), why.to_string()))
+                .collect(),
             ..Retired::default()
         }
     }
@@ -58,7 +61,12 @@ pub async fn retire(
             .find(|(k, r, p, _)| *k == o.kind && *r == o.region && *p == o.location)
         {
             Some((_, _, _, group)) => group.push(o.clone()),
-            None => places.push((o.kind, o.region.clone(), o.location.clone(), vec![o.clone()])),
+            None => places.push((
+                o.kind,
+                o.region.clone(),
+                o.location.clone(),
+                vec![o.clone()],
+            )),
         }
     }
     for (kind, region, location, group) in places {
@@ -67,7 +75,10 @@ pub async fn retire(
             OutputKind::Disk(_) => {
                 // A disk lives in `REGION_DIR/disks/FILE`.
                 let Some(dir) = Path::new(&location).parent().and_then(Path::parent) else {
-                    done.extend(Retired::all_failed(&group, "the disk is not in a region folder"));
+                    done.extend(Retired::all_failed(
+                        &group,
+                        "the disk is not in a region folder",
+                    ));
                     continue;
                 };
                 Arc::new(LayoutTarget::new(&region, dir.to_path_buf()))

@@ -189,10 +189,10 @@ impl Executions {
         else {
             return Ok(None);
         };
-        Ok(Some(
-            self.store
-                .decode(&row.body, &format!("the lifecycle execution {id}"))?,
-        ))
+        Ok(Some(self.store.decode(
+            &row.body,
+            &format!("the lifecycle execution {id}"),
+        )?))
     }
 
     /// The executions of a policy, newest first.

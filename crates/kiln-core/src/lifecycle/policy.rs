@@ -92,7 +92,10 @@ pub enum TimeUnit {
 impl TimeUnit {
     /// `now` minus `n` of this unit (calendar months and years, as people count them).
     pub fn before(self, now: DateTime<Utc>, n: u32) -> DateTime<Utc> {
-        let months = |m: u32| now.checked_sub_months(Months::new(m)).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let months = |m: u32| {
+            now.checked_sub_months(Months::new(m))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        };
         match self {
             TimeUnit::Days => now - Duration::days(i64::from(n)),
             TimeUnit::Weeks => now - Duration::weeks(i64::from(n)),

@@ -115,7 +115,10 @@ fn picks(rule: &Rule, group: &[&ImageRecord], now: DateTime<Utc>) -> Vec<(usize,
             .map(|(i, (g, _))| {
                 (
                     *g,
-                    format!("COUNT: number {} of its images, newest first; the rule keeps {n}", n + i + 1),
+                    format!(
+                        "COUNT: number {} of its images, newest first; the rule keeps {n}",
+                        n + i + 1
+                    ),
                 )
             })
             .collect(),
@@ -156,7 +159,9 @@ fn picks(rule: &Rule, group: &[&ImageRecord], now: DateTime<Utc>) -> Vec<(usize,
 pub(crate) fn choose(policy: &Policy, images: Vec<ImageRecord>, now: DateTime<Utc>) -> Vec<Chosen> {
     let mut groups: BTreeMap<String, Vec<ImageRecord>> = BTreeMap::new();
     for rec in images {
-        if rec.state.has_artifacts() && of_type(&rec, policy.resource_type) && selected(policy, &rec)
+        if rec.state.has_artifacts()
+            && of_type(&rec, policy.resource_type)
+            && selected(policy, &rec)
         {
             groups
                 .entry(rec.name.to_ascii_lowercase())
@@ -166,9 +171,7 @@ pub(crate) fn choose(policy: &Policy, images: Vec<ImageRecord>, now: DateTime<Ut
     }
     let mut chosen = Vec::new();
     for (_, mut group) in groups {
-        group.sort_by(|a, b| {
-            (b.created, b.version, b.build).cmp(&(a.created, a.version, a.build))
-        });
+        group.sort_by(|a, b| (b.created, b.version, b.build).cmp(&(a.created, a.version, a.build)));
         let refs: Vec<&ImageRecord> = group.iter().collect();
         let mut best: BTreeMap<usize, (ActionType, usize, String)> = BTreeMap::new();
         for (i, rule) in policy.rules.iter().enumerate() {

@@ -110,7 +110,11 @@ fn bounded(c: &mut Checker, m: &Map, key: &str, min: i64, max: i64) -> Option<i6
     let v = c.reader.integer(m, key)?;
     if !(min..=max).contains(&v) {
         if let Some(n) = m.get(key) {
-            c.error_at(n, format!("`{key}` is {v}; it must be {min} to {max}"), None);
+            c.error_at(
+                n,
+                format!("`{key}` is {v}; it must be {min} to {max}"),
+                None,
+            );
         }
         return None;
     }
@@ -123,7 +127,10 @@ fn rules(c: &mut Checker, d: &Node, container: bool) {
     if items.is_empty() || items.len() > 3 {
         c.error_at(
             d,
-            format!("`policyDetails` has {} rules; give one to three", items.len()),
+            format!(
+                "`policyDetails` has {} rules; give one to three",
+                items.len()
+            ),
             None,
         );
     }
@@ -139,18 +146,18 @@ fn rules(c: &mut Checker, d: &Node, container: bool) {
             Some(a) => {
                 if let Some(t) = action(c, a, container) {
                     if seen.contains(&t) {
-                        c.error_at(
-                            a,
-                            format!("two rules {t}: give each action one rule"),
-                            None,
-                        );
+                        c.error_at(a, format!("two rules {t}: give each action one rule"), None);
                     }
                     seen.push(t);
                 }
             }
         }
         match im.get("filter") {
-            None => c.error_at(item, "a rule needs `filter` (`{type: COUNT, value: 5}`, ...)", None),
+            None => c.error_at(
+                item,
+                "a rule needs `filter` (`{type: COUNT, value: 5}`, ...)",
+                None,
+            ),
             Some(f) => filter(c, f),
         }
         if let Some(x) = im.get("exclusionRules") {
@@ -166,8 +173,11 @@ fn action(c: &mut Checker, a: &Node, container: bool) -> Option<String> {
         .known_keys(am, &["type", "includeResources"], "`action`");
     if let Some(inc) = am.get("includeResources") {
         if let Some(im) = c.reader.map(inc, "`includeResources`") {
-            c.reader
-                .known_keys(im, &["amis", "snapshots", "containers"], "`includeResources`");
+            c.reader.known_keys(
+                im,
+                &["amis", "snapshots", "containers"],
+                "`includeResources`",
+            );
             for k in ["amis", "snapshots", "containers"] {
                 c.reader.boolean(im, k);
             }
@@ -196,7 +206,11 @@ fn filter(c: &mut Checker, f: &Node) {
     c.reader
         .known_keys(fm, &["type", "value", "unit", "retainAtLeast"], "`filter`");
     if fm.get("value").is_none() {
-        c.error_at(f, "`filter` needs `value`: the age, or how many images to keep", None);
+        c.error_at(
+            f,
+            "`filter` needs `value`: the age, or how many images to keep",
+            None,
+        );
     }
     bounded(c, fm, "value", 1, 1000);
     let Some(t) = c.reader.required_string(fm, "type", f.span, "`filter`") else {
@@ -239,7 +253,8 @@ fn exclusions(c: &mut Checker, x: &Node) {
     let Some(xm) = c.reader.map(x, "`exclusionRules`") else {
         return;
     };
-    c.reader.known_keys(xm, &["tagMap", "amis"], "`exclusionRules`");
+    c.reader
+        .known_keys(xm, &["tagMap", "amis"], "`exclusionRules`");
     if let Some(t) = xm.get("tagMap") {
         tag_map(c, t);
     }
@@ -249,7 +264,13 @@ fn exclusions(c: &mut Checker, x: &Node) {
     };
     c.reader.known_keys(
         am,
-        &["isPublic", "regions", "sharedAccounts", "lastLaunched", "tagMap"],
+        &[
+            "isPublic",
+            "regions",
+            "sharedAccounts",
+            "lastLaunched",
+            "tagMap",
+        ],
         "`amis`",
     );
     c.reader.strings(am, "regions", false);
@@ -259,7 +280,10 @@ fn exclusions(c: &mut Checker, x: &Node) {
     for (k, why) in [
         ("isPublic", "kiln shares no image, so none is public"),
         ("sharedAccounts", "kiln shares no image with other accounts"),
-        ("lastLaunched", "kiln does not know when an image was last launched"),
+        (
+            "lastLaunched",
+            "kiln does not know when an image was last launched",
+        ),
     ] {
         if let Some(n) = am.get(k) {
             c.reader.warn(
@@ -317,9 +341,9 @@ fn selection(c: &mut Checker, s: &Node) {
                 c.reader
                     .known_keys(rm, &["name", "semanticVersion"], "a recipe");
                 c.reader.required_string(rm, "name", item.span, "a recipe");
-                let Some(v) = c
-                    .reader
-                    .required_string(rm, "semanticVersion", item.span, "a recipe")
+                let Some(v) =
+                    c.reader
+                        .required_string(rm, "semanticVersion", item.span, "a recipe")
                 else {
                     continue;
                 };
