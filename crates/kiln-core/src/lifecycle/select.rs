@@ -171,7 +171,7 @@ pub(crate) fn choose(policy: &Policy, images: Vec<ImageRecord>, now: DateTime<Ut
     }
     let mut chosen = Vec::new();
     for (_, mut group) in groups {
-        group.sort_by(|a, b| (b.created, b.version, b.build).cmp(&(a.created, a.version, a.build)));
+        group.sort_by_key(|r| std::cmp::Reverse((r.created, r.version, r.build)));
         let refs: Vec<&ImageRecord> = group.iter().collect();
         let mut best: BTreeMap<usize, (ActionType, usize, String)> = BTreeMap::new();
         for (i, rule) in policy.rules.iter().enumerate() {
