@@ -84,6 +84,11 @@ impl Builds {
         }
     }
 
+    /// How to reach the registries builds push to (to delete what they pushed).
+    pub fn registry_access(&self) -> kiln_dist::RegistryAccess {
+        kiln_core::parent::registry_access(&self.settings.options.registries)
+    }
+
     /// Starts a pipeline's build; returns its image ARN once it is numbered (PENDING).
     ///
     /// A pipeline that already has a build waiting its turn (PENDING) gets that build again:

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod disk;
 pub mod instances;
 pub mod inventory;
+pub mod lifecycle;
 pub mod managed;
 pub mod notify;
 pub mod parent;
@@ -16,6 +17,7 @@ pub mod recipe;
 pub mod record;
 pub mod request;
 pub mod resources;
+pub mod retire;
 #[cfg(feature = "sample")]
 pub mod sample;
 pub mod scheduler;

@@ -39,6 +39,14 @@ pub enum State {
     Failed,
     /// Stopped on request.
     Cancelled,
+    /// Still there and usable, but marked as outdated by a lifecycle policy (parents and
+    /// pipelines still take it).
+    Deprecated,
+    /// Still in its regions, but no build takes it as a parent any more (a lifecycle policy
+    /// disabled it).
+    Disabled,
+    /// Its artifacts were removed from every region; the record stays to say so.
+    Deleted,
 }
 
 impl State {
@@ -52,12 +60,24 @@ impl State {
             State::Available => "AVAILABLE",
             State::Failed => "FAILED",
             State::Cancelled => "CANCELLED",
+            State::Deprecated => "DEPRECATED",
+            State::Disabled => "DISABLED",
+            State::Deleted => "DELETED",
         }
     }
 
     /// True once nothing will change any more.
     pub fn is_final(self) -> bool {
-        matches!(self, State::Available | State::Failed | State::Cancelled)
+        !matches!(
+            self,
+            State::Pending | State::Building | State::Testing | State::Distributing
+        )
+    }
+
+    /// True for the states of a build whose artifacts are in its regions: what lifecycle
+    /// policies count and act on, and what a version's names may point back at.
+    pub fn has_artifacts(self) -> bool {
+        matches!(self, State::Available | State::Deprecated | State::Disabled)
     }
 }
 
@@ -78,6 +98,10 @@ pub struct StateChange {
     /// Why (for FAILED and CANCELLED).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The lifecycle execution that made the change (`lce-...`), for DEPRECATED, DISABLED and
+    /// DELETED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
 }
 
 /// Why a build failed.
@@ -507,7 +531,25 @@ impl ImageRecord {
             state,
             at: Utc::now(),
             reason,
+            execution: None,
         });
+    }
+
+    /// When a lifecycle policy deprecated it (Image Builder's `deprecationTime`).
+    pub fn deprecation_time(&self) -> Option<DateTime<Utc>> {
+        self.history
+            .iter()
+            .rev()
+            .find(|h| h.state == State::Deprecated)
+            .map(|h| h.at)
+    }
+
+    /// The last lifecycle execution that acted on it (Image Builder's `lifecycleExecutionId`).
+    pub fn lifecycle_execution(&self) -> Option<&str> {
+        self.history
+            .iter()
+            .rev()
+            .find_map(|h| h.execution.as_deref())
     }
 
     /// Which build this is, as distribution names builds.
@@ -826,16 +868,18 @@ impl Records {
         }
     }
 
-    /// The newest AVAILABLE build a query names (parent images).
+    /// The newest build a query names that a build may take as its parent: AVAILABLE, or
+    /// DEPRECATED (Image Builder's pipelines still run from deprecated images).
     pub async fn newest_available(
         &self,
         q: &ImageQuery,
     ) -> Result<Option<ImageRecord>, StoreError> {
-        self.newest(q, &[State::Available]).await
+        self.newest(q, &[State::Available, State::Deprecated]).await
     }
 
-    /// The newest AVAILABLE build of `rec`'s version other than `rec`: where the version's
-    /// names go back to when `rec`'s distribution is taken back.
+    /// The newest build of `rec`'s version other than `rec` whose artifacts are still in its
+    /// regions: where the version's names go back to when `rec`'s distribution is taken back
+    /// or `rec` is deleted.
     pub async fn previous_available(&self, rec: &ImageRecord) -> Option<u32> {
         let q = ImageQuery {
             account: Some(rec.account.clone()),
@@ -843,12 +887,16 @@ impl Records {
             version: rec.version.to_string().parse::<VersionFilter>().ok(),
             build: None,
         };
-        self.newest(&q, &[State::Available])
-            .await
-            .ok()
-            .flatten()
-            .filter(|p| p.arn != rec.arn)
-            .map(|p| p.build)
+        let mut f = filter_of(&q);
+        f.states = [State::Available, State::Deprecated, State::Disabled]
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect();
+        // A version's names may point back at any build whose artifacts are still there.
+        let rows = self.store.db().list(&f).await.ok()?;
+        rows.into_iter()
+            .find(|r| r.arn != rec.arn)
+            .and_then(|r| r.build)
     }
 
     /// Marks builds whose process died (as `liveness` tells) as FAILED with reason

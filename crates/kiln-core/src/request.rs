@@ -36,11 +36,15 @@ pub enum Operation {
     CreateImagePipeline,
     /// `UpdateImagePipeline`.
     UpdateImagePipeline,
+    /// `CreateLifecyclePolicy`.
+    CreateLifecyclePolicy,
+    /// `UpdateLifecyclePolicy`.
+    UpdateLifecyclePolicy,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 9] = [
+    pub const ALL: [Operation; 11] = [
         Operation::CreateComponent,
         Operation::CreateImageRecipe,
         Operation::CreateContainerRecipe,
@@ -50,6 +54,8 @@ impl Operation {
         Operation::UpdateDistributionConfiguration,
         Operation::CreateImagePipeline,
         Operation::UpdateImagePipeline,
+        Operation::CreateLifecyclePolicy,
+        Operation::UpdateLifecyclePolicy,
     ];
 
     /// The operation's name in the Image Builder API.
@@ -64,6 +70,8 @@ impl Operation {
             Operation::UpdateDistributionConfiguration => "UpdateDistributionConfiguration",
             Operation::CreateImagePipeline => "CreateImagePipeline",
             Operation::UpdateImagePipeline => "UpdateImagePipeline",
+            Operation::CreateLifecyclePolicy => "CreateLifecyclePolicy",
+            Operation::UpdateLifecyclePolicy => "UpdateLifecyclePolicy",
         }
     }
 
@@ -78,6 +86,9 @@ impl Operation {
             Operation::CreateDistributionConfiguration
             | Operation::UpdateDistributionConfiguration => Kind::DistributionConfiguration,
             Operation::CreateImagePipeline | Operation::UpdateImagePipeline => Kind::ImagePipeline,
+            Operation::CreateLifecyclePolicy | Operation::UpdateLifecyclePolicy => {
+                Kind::LifecyclePolicy
+            }
         }
     }
 
@@ -88,6 +99,7 @@ impl Operation {
             Operation::UpdateInfrastructureConfiguration
                 | Operation::UpdateDistributionConfiguration
                 | Operation::UpdateImagePipeline
+                | Operation::UpdateLifecyclePolicy
         )
     }
 
@@ -98,6 +110,7 @@ impl Operation {
             Operation::UpdateInfrastructureConfiguration => Some("infrastructureConfigurationArn"),
             Operation::UpdateDistributionConfiguration => Some("distributionConfigurationArn"),
             Operation::UpdateImagePipeline => Some("imagePipelineArn"),
+            Operation::UpdateLifecyclePolicy => Some("lifecyclePolicyArn"),
             _ => None,
         }
     }

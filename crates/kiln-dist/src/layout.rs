@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use crate::disk;
-use crate::{Artifact, BuildId, DistError, Output, OutputKind, Planned, Progress, Target};
+use crate::{Artifact, BuildId, DistError, Output, OutputKind, Planned, Progress, Retired, Target};
 
 /// An OCI image layout folder and its `disks/`.
 #[derive(Debug, Clone)]
@@ -148,6 +148,89 @@ fn take_back_disk(build: &BuildId, previous: Option<u32>, file: &Path) -> Option
     Some(file.file_name()?.to_string_lossy().into_owned())
 }
 
+impl LayoutTarget {
+    /// Retires a build's tags in this layout: `VERSION` goes back to build `previous` (or
+    /// goes) when it names this build, then `VERSION-BUILD` goes.
+    fn retire_tags(&self, build: &BuildId, previous: Option<u32>) -> Result<Vec<String>, String> {
+        let layout = &self.dir;
+        let (build_tag, version_tag) = (build.build_tag(), build.version_tag());
+        let err = |e: kiln_image::OciError| format!("{}: {e}", layout.display());
+        let mut removed = Vec::new();
+        let Some(ours) = kiln_image::oci::tag_digest(layout, &build_tag).map_err(err)? else {
+            return Ok(removed); // gone already
+        };
+        let version = kiln_image::oci::tag_digest(layout, &version_tag).map_err(err)?;
+        if version.as_deref() == Some(ours.as_str()) {
+            let prev_tag = match previous.map(|p| build.with_build(p).build_tag()) {
+                Some(t)
+                    if kiln_image::oci::tag_digest(layout, &t)
+                        .map_err(err)?
+                        .is_some() =>
+                {
+                    Some(t)
+                }
+                _ => None,
+            };
+            match prev_tag {
+                Some(t) => {
+                    kiln_image::oci::copy_tag(layout, &t, &version_tag).map_err(err)?;
+                    removed.push(format!("tag {version_tag} (now build {t})"));
+                }
+                None => {
+                    kiln_image::oci::remove_tag(layout, &version_tag).map_err(err)?;
+                    removed.push(format!("tag {version_tag}"));
+                }
+            }
+        }
+        kiln_image::oci::remove_tag(layout, &build_tag).map_err(err)?;
+        removed.push(format!("tag {build_tag}"));
+        Ok(removed)
+    }
+}
+
+/// Retires a build's disk file: the version's name goes back to the previous build's file
+/// (or goes) when it is this file, then the file goes.
+fn retire_disk(build: &BuildId, previous: Option<u32>, file: &Path) -> Result<Vec<String>, String> {
+    let Ok(ours) = std::fs::metadata(file) else {
+        return Ok(Vec::new()); // gone already
+    };
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let dir = file
+        .parent()
+        .ok_or_else(|| format!("{} is not in a folder", file.display()))?;
+    let ext = file
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let version_name = dir.join(format!("{}.{ext}", build.version_stem()));
+    let mut removed = Vec::new();
+    if let Ok(m) = std::fs::metadata(&version_name) {
+        if m.ino() == ours.ino() && m.dev() == ours.dev() {
+            let prev = previous
+                .map(|p| dir.join(format!("{}.{ext}", build.with_build(p).build_stem())))
+                .filter(|p| p.exists());
+            match prev {
+                Some(prev) => {
+                    disk::link_version(&prev, &build.version_stem())?;
+                    removed.push(format!("{} (now {})", name(&version_name), name(&prev)));
+                }
+                None => {
+                    std::fs::remove_file(&version_name)
+                        .map_err(|e| format!("removing {}: {e}", version_name.display()))?;
+                    removed.push(name(&version_name));
+                }
+            }
+        }
+    }
+    std::fs::remove_file(file).map_err(|e| format!("removing {}: {e}", file.display()))?;
+    removed.push(name(file));
+    Ok(removed)
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
@@ -277,6 +360,45 @@ impl Target for LayoutTarget {
             undone.extend(done);
         }
         undone
+    }
+
+    async fn retire(&self, outputs: &[Output], build: &BuildId, previous: Option<u32>) -> Retired {
+        let mut done = Retired::default();
+        let mut tags_done = false;
+        for o in outputs {
+            let result = match o.kind {
+                // The layout's outputs (build tag, version tag) are retired together, once.
+                OutputKind::OciLayout if tags_done => continue,
+                OutputKind::OciLayout => {
+                    tags_done = true;
+                    let (this, build) = (self.clone(), build.clone());
+                    blocking(move || this.retire_tags(&build, previous)).await
+                }
+                OutputKind::Disk(_) => {
+                    let (build, file) = (build.clone(), o.path().to_path_buf());
+                    blocking(move || retire_disk(&build, previous, &file)).await
+                }
+                OutputKind::OciRegistry => Err("not a layout output".to_string()),
+            };
+            match result {
+                Ok(removed) => done
+                    .removed
+                    .extend(removed.into_iter().map(|r| format!("{}: {r}", self.region))),
+                Err(e) => {
+                    // Every output of this place is still there.
+                    let same: Vec<Output> = outputs
+                        .iter()
+                        .filter(|x| x.kind == o.kind && x.location == o.location)
+                        .cloned()
+                        .collect();
+                    for x in same {
+                        done.failed
+                            .push((x, format!("region {}: {e}", self.region)));
+                    }
+                }
+            }
+        }
+        done
     }
 }
 

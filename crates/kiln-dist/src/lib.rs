@@ -12,6 +12,9 @@
 //! front ([`plan`]), so that a process that died half-way can be undone by the next one
 //! ([`take_back`]).
 //!
+//! A finished build is removed from its regions for good by [`retire`] (lifecycle policies,
+//! DeleteImage), which says what it removed and what it could not.
+//!
 //! [`logs`] ships a build's logs to a folder or an S3 bucket.
 #![deny(missing_docs)]
 
@@ -28,10 +31,12 @@ mod kind;
 pub mod layout;
 pub mod logs;
 pub mod registry;
+pub mod retire;
 
 pub use kind::OutputKind;
 pub use layout::LayoutTarget;
 pub use registry::{RegistryAccess, RegistryTarget};
+pub use retire::{retire, Retired};
 
 /// One build of an image version, by name: what targets name their tags and files after.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,6 +270,18 @@ pub trait Target: Send + Sync {
         build: &BuildId,
         previous: Option<u32>,
     ) -> Vec<String>;
+
+    /// Removes a finished build's `outputs` (entries of this target, from its record) for good:
+    /// its own names go, and the version's names go back to build `previous` when they name
+    /// `build` (or go too, without one). Says what it removed and what it could not. Targets
+    /// that cannot remove builds report every output as failed.
+    async fn retire(&self, outputs: &[Output], build: &BuildId, previous: Option<u32>) -> Retired {
+        let _ = (build, previous);
+        Retired::all_failed(
+            outputs,
+            &format!("region {}: this target cannot remove builds", self.region()),
+        )
+    }
 }
 
 /// A named region and where its images go.

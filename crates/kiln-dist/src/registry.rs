@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use kiln_image::registry::{self as reg, Deleted, RegistryOptions};
 
-use crate::{Artifact, BuildId, DistError, Output, OutputKind, Planned, Progress, Target};
+use crate::{Artifact, BuildId, DistError, Output, OutputKind, Planned, Progress, Retired, Target};
 
 /// How to reach the registries kiln distributes to: options per `HOST[:PORT]`.
 #[derive(Debug, Clone, Default)]
@@ -275,5 +275,85 @@ impl Target for RegistryTarget {
             }
         }
         undone
+    }
+
+    async fn retire(&self, outputs: &[Output], build: &BuildId, previous: Option<u32>) -> Retired {
+        let mut done = Retired::default();
+        let Some(first) = outputs.iter().find(|o| o.kind == OutputKind::OciRegistry) else {
+            return done;
+        };
+        let repo = first.location.clone();
+        let region = self.region.clone();
+        let ours_outputs: Vec<Output> = outputs
+            .iter()
+            .filter(|o| o.kind == OutputKind::OciRegistry)
+            .cloned()
+            .collect();
+        let fail = |e: String| Retired::all_failed(&ours_outputs, &format!("region {region}: {e}"));
+        let digest_of = |tag: String| {
+            let r = format!("{repo}:{tag}");
+            async move { reg::manifest_digest(&r, &self.options).await }
+        };
+        let ours = match digest_of(build.build_tag()).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return done, // gone already
+            Err(e) => return fail(e.to_string()),
+        };
+        let version = match digest_of(build.version_tag()).await {
+            Ok(v) => v,
+            Err(e) => return fail(e.to_string()),
+        };
+        let prev_tag = previous.map(|n| build.with_build(n).build_tag());
+        let prev = match &prev_tag {
+            Some(t) => match digest_of(t.clone()).await {
+                Ok(d) => d,
+                Err(e) => return fail(e.to_string()),
+            },
+            None => None,
+        };
+        if version.as_deref() == Some(ours.as_str()) {
+            if let (Some(t), Some(d)) = (&prev_tag, &prev) {
+                if d != &ours {
+                    let from = format!("{repo}:{t}");
+                    if let Err(e) = reg::retag(&from, &build.version_tag(), &self.options).await {
+                        return fail(format!(
+                            "pointing {repo}:{} back at {t}: {e}",
+                            build.version_tag()
+                        ));
+                    }
+                    done.removed.push(format!(
+                        "{region}: {repo}:{} (now build {t})",
+                        build.version_tag()
+                    ));
+                }
+            }
+        }
+        if prev.as_deref() == Some(ours.as_str()) {
+            // A registry deletes manifests, not tags: deleting this one would take the other
+            // build's tag too.
+            done.kept.push(format!(
+                "{region}: {repo}:{} stays: it is the same manifest as build {}, which is kept",
+                build.build_tag(),
+                previous.unwrap_or_default()
+            ));
+            return done;
+        }
+        match reg::delete_manifest(&format!("{repo}@{ours}"), &self.options).await {
+            Ok(Deleted::Deleted { .. }) | Ok(Deleted::NotFound) => {
+                done.removed
+                    .push(format!("{region}: {repo}:{}", build.build_tag()));
+                if version.as_deref() == Some(ours.as_str()) && prev.is_none() {
+                    done.removed
+                        .push(format!("{region}: {repo}:{}", build.version_tag()));
+                }
+                done
+            }
+            Ok(Deleted::Unsupported { detail, .. }) => fail(format!(
+                "{repo}:{} stays: the registry does not allow deleting manifests ({detail}); \
+                 enable deletion (the CNCF registry's storage.delete.enabled) and delete it again",
+                build.build_tag()
+            )),
+            Err(e) => fail(e.to_string()),
+        }
     }
 }

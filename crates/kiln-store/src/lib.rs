@@ -38,11 +38,15 @@ pub enum Kind {
     ImagePipeline,
     /// One image build.
     Image,
+    /// A lifecycle policy: rules that deprecate, disable or delete images.
+    LifecyclePolicy,
+    /// One run of a lifecycle policy, with what it did to each image.
+    LifecycleExecution,
 }
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Component,
         Kind::ImageRecipe,
         Kind::ContainerRecipe,
@@ -50,6 +54,8 @@ impl Kind {
         Kind::DistributionConfiguration,
         Kind::ImagePipeline,
         Kind::Image,
+        Kind::LifecyclePolicy,
+        Kind::LifecycleExecution,
     ];
 
     /// The ARN resource type, which is also the text stored in the `kind` column.
@@ -62,6 +68,8 @@ impl Kind {
             Kind::DistributionConfiguration => "distribution-configuration",
             Kind::ImagePipeline => "image-pipeline",
             Kind::Image => "image",
+            Kind::LifecyclePolicy => "lifecycle-policy",
+            Kind::LifecycleExecution => "lifecycle-execution",
         }
     }
 }

@@ -125,7 +125,7 @@ pub async fn records() -> Result<Records> {
 }
 
 /// How recovery reaches the configured registries to take a dead build's pushes back.
-fn registry_access() -> Result<kiln_dist::RegistryAccess> {
+pub(crate) fn registry_access() -> Result<kiln_dist::RegistryAccess> {
     Ok(kiln_core::parent::registry_access(
         &config::load()?.registries,
     ))

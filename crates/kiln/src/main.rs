@@ -5,6 +5,7 @@ mod build;
 mod config;
 mod image;
 mod instance;
+mod lifecycle;
 mod principal;
 mod resource;
 mod serve;
@@ -59,6 +60,9 @@ enum Command {
     /// Image pipelines: recipe + infrastructure + distribution + tests + schedule.
     #[command(subcommand)]
     Pipeline(resource::PipelineCommand),
+    /// Lifecycle policies: deprecate, disable and delete old images; run now or as a dry run.
+    #[command(subcommand)]
+    Lifecycle(lifecycle::LifecycleCommand),
     /// Accounts and access keys for the API server (root only: the keys are secret).
     #[command(subcommand)]
     Account(account::AccountCommand),
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
             Command::Infrastructure(c) => resource::run(resource::Which::Infrastructure(c)).await,
             Command::Distribution(c) => resource::run(resource::Which::Distribution(c)).await,
             Command::Pipeline(c) => resource::run(resource::Which::Pipeline(c)).await,
+            Command::Lifecycle(c) => lifecycle::run(c).await,
             Command::Account(c) => account::run(c).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Usage(args) => usage::run(args).await,

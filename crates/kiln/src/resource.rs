@@ -114,7 +114,7 @@ pub enum ConfigCommand {
     Get(RefArgs),
     /// List them.
     List(ListArgs),
-    /// Delete one (refused while a pipeline uses it).
+    /// Delete one (refused while a pipeline uses it; a lifecycle policy's images stay).
     Delete(RefArgs),
 }
 
@@ -158,6 +158,8 @@ pub enum Which {
     Distribution(ConfigCommand),
     /// Pipelines.
     Pipeline(PipelineCommand),
+    /// Lifecycle policies.
+    Lifecycle(ConfigCommand),
 }
 
 async fn resources() -> Result<Resources> {
@@ -174,6 +176,7 @@ pub async fn run(which: Which) -> Result<u8> {
         Which::Infrastructure(c) => config(&res, Kind::InfrastructureConfiguration, c).await,
         Which::Distribution(c) => config(&res, Kind::DistributionConfiguration, c).await,
         Which::Pipeline(c) => pipeline(&res, c).await,
+        Which::Lifecycle(c) => config(&res, Kind::LifecyclePolicy, c).await,
     };
     match r {
         Ok(code) => Ok(code),

@@ -1,5 +1,5 @@
 //! Images: builds started through the API (a pipeline's, or CreateImage's), their records,
-//! cancel and delete.
+//! cancel and delete (which removes what was distributed, through kiln-core's `retire`).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -323,8 +323,10 @@ pub async fn cancel(app: &App, principal: &Principal, input: Value) -> Result<Va
     Ok(json!({"clientToken": text(&input, "clientToken"), "imageBuildVersionArn": rec.arn}))
 }
 
-/// DeleteImage: the record goes; what was distributed stays in its regions, as Image Builder
-/// leaves AMIs and container images.
+/// DeleteImage: the image's artifacts leave every region it was distributed to (tags, disk
+/// files, registry manifests), then its record goes. Refused while a recipe names it as its
+/// parent or a running build started from it; when an artifact cannot be removed, the record
+/// stays and says which are left.
 pub async fn delete(app: &App, principal: &Principal, input: Value) -> Result<Value, ApiError> {
     let arn = required(&input, "imageBuildVersionArn")?;
     let rec = record(app, principal, arn).await?;
@@ -337,13 +339,47 @@ pub async fn delete(app: &App, principal: &Principal, input: Value) -> Result<Va
             ),
         ));
     }
+    let users = kiln_core::retire::users_of(&app.records, &rec)
+        .await
+        .map_err(ApiError::service)?;
+    if !users.is_empty() {
+        return Err(ApiError::new(
+            "ResourceDependencyException",
+            format!(
+                "image {} is in use: {}; change or delete those first",
+                rec.arn,
+                users.join("; ")
+            ),
+        ));
+    }
+    let deletion = kiln_core::retire::delete_image(
+        &app.records,
+        rec,
+        &app.builds.registry_access(),
+        kiln_core::retire::Scope::default(),
+        None,
+        chrono::Utc::now(),
+    )
+    .await
+    .map_err(ApiError::service)?;
+    if !deletion.complete() {
+        // kiln's failure, not the caller's (a retry may succeed once fixed): say what is left.
+        return Err(ApiError::new(
+            "ServiceException",
+            format!(
+                "image {} was not deleted: {}; the rest of it was removed",
+                deletion.record.arn,
+                deletion.failed.join("; ")
+            ),
+        ));
+    }
     app.records
         .store()
         .db()
-        .delete(&rec.arn)
+        .delete(&deletion.record.arn)
         .await
         .map_err(ApiError::service)?;
-    Ok(json!({"imageBuildVersionArn": rec.arn}))
+    Ok(json!({"imageBuildVersionArn": deletion.record.arn}))
 }
 
 /// The record of exactly the image build `arn` names (TagResource and its kin).

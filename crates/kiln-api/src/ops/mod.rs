@@ -2,6 +2,7 @@
 //! the model names them (body, query and path members together) and returns the response's.
 
 pub(crate) mod images;
+mod lifecycle;
 mod paging;
 mod resources;
 mod tags;
@@ -97,11 +98,29 @@ pub enum Op {
     UntagResource,
     /// `GET /tags/{resourceArn}`.
     ListTagsForResource,
+    /// `PUT /CreateLifecyclePolicy`.
+    CreateLifecyclePolicy,
+    /// `PUT /UpdateLifecyclePolicy`.
+    UpdateLifecyclePolicy,
+    /// `GET /GetLifecyclePolicy`.
+    GetLifecyclePolicy,
+    /// `POST /ListLifecyclePolicies`.
+    ListLifecyclePolicies,
+    /// `DELETE /DeleteLifecyclePolicy`.
+    DeleteLifecyclePolicy,
+    /// `POST /ListLifecycleExecutions`.
+    ListLifecycleExecutions,
+    /// `GET /GetLifecycleExecution`.
+    GetLifecycleExecution,
+    /// `POST /ListLifecycleExecutionResources`.
+    ListLifecycleExecutionResources,
+    /// `PUT /CancelLifecycleExecution`.
+    CancelLifecycleExecution,
 }
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 39] = [
+    pub const ALL: [Op; 48] = [
         Op::CreateComponent,
         Op::GetComponent,
         Op::ListComponents,
@@ -141,6 +160,15 @@ impl Op {
         Op::TagResource,
         Op::UntagResource,
         Op::ListTagsForResource,
+        Op::CreateLifecyclePolicy,
+        Op::UpdateLifecyclePolicy,
+        Op::GetLifecyclePolicy,
+        Op::ListLifecyclePolicies,
+        Op::DeleteLifecyclePolicy,
+        Op::ListLifecycleExecutions,
+        Op::GetLifecycleExecution,
+        Op::ListLifecycleExecutionResources,
+        Op::CancelLifecycleExecution,
     ];
 
     /// The operation's name in the model.
@@ -185,6 +213,15 @@ impl Op {
             Op::TagResource => "TagResource",
             Op::UntagResource => "UntagResource",
             Op::ListTagsForResource => "ListTagsForResource",
+            Op::CreateLifecyclePolicy => "CreateLifecyclePolicy",
+            Op::UpdateLifecyclePolicy => "UpdateLifecyclePolicy",
+            Op::GetLifecyclePolicy => "GetLifecyclePolicy",
+            Op::ListLifecyclePolicies => "ListLifecyclePolicies",
+            Op::DeleteLifecyclePolicy => "DeleteLifecyclePolicy",
+            Op::ListLifecycleExecutions => "ListLifecycleExecutions",
+            Op::GetLifecycleExecution => "GetLifecycleExecution",
+            Op::ListLifecycleExecutionResources => "ListLifecycleExecutionResources",
+            Op::CancelLifecycleExecution => "CancelLifecycleExecution",
         }
     }
 
@@ -244,7 +281,9 @@ pub async fn dispatch(
         | CreateDistributionConfiguration
         | UpdateDistributionConfiguration
         | CreateImagePipeline
-        | UpdateImagePipeline => resources::apply(app, principal, op, input).await,
+        | UpdateImagePipeline
+        | CreateLifecyclePolicy
+        | UpdateLifecyclePolicy => resources::apply(app, principal, op, input).await,
         GetComponent
         | GetImageRecipe
         | GetContainerRecipe
@@ -263,7 +302,8 @@ pub async fn dispatch(
         | DeleteContainerRecipe
         | DeleteInfrastructureConfiguration
         | DeleteDistributionConfiguration
-        | DeleteImagePipeline => resources::delete(app, principal, op, input).await,
+        | DeleteImagePipeline
+        | DeleteLifecyclePolicy => resources::delete(app, principal, op, input).await,
         StartImagePipelineExecution | CreateImage => images::start(app, principal, op, input).await,
         GetImage => images::get(app, principal, input).await,
         ListImages | ListImageBuildVersions | ListImagePipelineImages => {
@@ -274,6 +314,12 @@ pub async fn dispatch(
         TagResource | UntagResource | ListTagsForResource => {
             tags::run(app, principal, op, input).await
         }
+        GetLifecyclePolicy => lifecycle::get(app, principal, input).await,
+        ListLifecyclePolicies => lifecycle::list(app, principal, input).await,
+        ListLifecycleExecutions
+        | GetLifecycleExecution
+        | ListLifecycleExecutionResources
+        | CancelLifecycleExecution => lifecycle::executions_op(app, principal, op, input).await,
     }
 }
 

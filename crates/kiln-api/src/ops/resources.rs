@@ -43,6 +43,9 @@ fn kind_of(op: Op) -> (Kind, &'static str) {
             Kind::DistributionConfiguration,
             "distributionConfigurationArn",
         ),
+        CreateLifecyclePolicy | UpdateLifecyclePolicy | DeleteLifecyclePolicy => {
+            (Kind::LifecyclePolicy, "lifecyclePolicyArn")
+        }
         _ => (Kind::ImagePipeline, "imagePipelineArn"),
     }
 }

@@ -239,6 +239,12 @@ pub fn image(r: &ImageRecord) -> Value {
     if r.state == State::Available || !r.outputs.is_empty() {
         o["outputResources"] = outputs(r);
     }
+    if let Some(t) = r.deprecation_time() {
+        o["deprecationTime"] = json!(t.timestamp_millis() as f64 / 1000.0);
+    }
+    if let Some(e) = r.lifecycle_execution() {
+        o["lifecycleExecutionId"] = json!(e);
+    }
     if let Some(p) = &r.pipeline {
         o["sourcePipelineArn"] = json!(p);
         o["sourcePipelineName"] = json!(p.rsplit('/').next().unwrap_or(p));

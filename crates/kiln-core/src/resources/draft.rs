@@ -299,6 +299,9 @@ impl Resources {
             Operation::CreateImagePipeline | Operation::UpdateImagePipeline => {
                 self.draft_pipeline(principal, &mut c, m).await
             }
+            Operation::CreateLifecyclePolicy | Operation::UpdateLifecyclePolicy => {
+                self.draft_lifecycle(&mut c, m)
+            }
         }?;
         draft.target = request.operation.identity_key().zip(c.target.take());
         Ok(draft)

@@ -13,6 +13,7 @@ mod component;
 mod configuration;
 mod draft;
 mod errors;
+mod lifecycle_request;
 mod pipeline_request;
 mod recipe;
 mod reference;
@@ -47,6 +48,8 @@ pub fn kind_noun(kind: Kind) -> &'static str {
         Kind::DistributionConfiguration => "distribution configuration",
         Kind::ImagePipeline => "image pipeline",
         Kind::Image => "image",
+        Kind::LifecyclePolicy => "lifecycle policy",
+        Kind::LifecycleExecution => "lifecycle execution",
     }
 }
 
@@ -59,6 +62,7 @@ pub fn cli_noun(kind: Kind) -> &'static str {
         Kind::DistributionConfiguration => "distribution",
         Kind::ImagePipeline => "pipeline",
         Kind::Image => "image",
+        Kind::LifecyclePolicy | Kind::LifecycleExecution => "lifecycle",
     }
 }
 
@@ -171,7 +175,7 @@ pub struct Resource {
     /// Components: the document, verbatim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
-    /// Pipelines: ENABLED or DISABLED.
+    /// Pipelines and lifecycle policies: ENABLED or DISABLED.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<PipelineStatus>,
     /// What it refers to (ARNs, some with `x`).
@@ -210,7 +214,7 @@ pub struct ResourceSummary {
     /// BUILD or TEST (components).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub component_type: Option<ComponentType>,
-    /// ENABLED or DISABLED (pipelines).
+    /// ENABLED or DISABLED (pipelines, lifecycle policies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<PipelineStatus>,
 }
