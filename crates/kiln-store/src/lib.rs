@@ -38,11 +38,13 @@ pub enum Kind {
     ImagePipeline,
     /// One image build.
     Image,
+    /// Where notifications go: a webhook endpoint (kiln's stand-in for an SNS topic).
+    Topic,
 }
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Component,
         Kind::ImageRecipe,
         Kind::ContainerRecipe,
@@ -50,6 +52,7 @@ impl Kind {
         Kind::DistributionConfiguration,
         Kind::ImagePipeline,
         Kind::Image,
+        Kind::Topic,
     ];
 
     /// The ARN resource type, which is also the text stored in the `kind` column.
@@ -62,6 +65,7 @@ impl Kind {
             Kind::DistributionConfiguration => "distribution-configuration",
             Kind::ImagePipeline => "image-pipeline",
             Kind::Image => "image",
+            Kind::Topic => "topic",
         }
     }
 }

@@ -47,6 +47,7 @@ pub fn kind_noun(kind: Kind) -> &'static str {
         Kind::DistributionConfiguration => "distribution configuration",
         Kind::ImagePipeline => "image pipeline",
         Kind::Image => "image",
+        Kind::Topic => "topic",
     }
 }
 
@@ -59,6 +60,7 @@ pub fn cli_noun(kind: Kind) -> &'static str {
         Kind::DistributionConfiguration => "distribution",
         Kind::ImagePipeline => "pipeline",
         Kind::Image => "image",
+        Kind::Topic => "topic",
     }
 }
 
