@@ -5,7 +5,7 @@ pub(crate) mod images;
 mod paging;
 mod resources;
 mod tags;
-mod view;
+pub(crate) mod view;
 
 use axum::http::Method;
 use serde_json::Value;
