@@ -366,3 +366,37 @@ def raw(server, account_a):
 
     return send
 
+
+
+# -- notifications -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def webhook_receiver():
+    """A webhook receiver on 127.0.0.1 (`webhooks.Receiver`): `.url`, `.answer(500, ...)`,
+    `.down()`/`.up()` on the same port, `.wait_for(match, timeout)`, `.by_id()`; each
+    delivery's `.verify(secret)` checks its Standard Webhooks signature. Stopped after the
+    test."""
+    from webhooks import Receiver
+
+    rx = Receiver().start()
+    yield rx
+    rx.stop()
+
+
+@pytest.fixture(scope="session")
+def kiln_call(raw):
+    """`kiln_call("CreateTopic", {"name": ..., "webhookUrl": ...}, account=...)`: one of kiln's
+    own operations (`/kiln/NAME`, signed like the rest, with the method kiln gives it); returns
+    the Answer (`.status`, `.json`)."""
+    methods = {"CreateTopic": "PUT", "GetTopic": "GET", "ListTopics": "POST", "DeleteTopic": "DELETE",
+               "RotateTopicSecret": "PUT", "ListTopicMessages": "GET"}
+
+    def call(name: str, members: dict | None = None, *, account: Account | None = None):
+        method = methods[name]
+        members = members or {}
+        if method in ("GET", "DELETE"):
+            return raw(None, method, f"/kiln/{name}", query=members, account=account)
+        return raw(None, method, f"/kiln/{name}", members, account=account)
+
+    return call

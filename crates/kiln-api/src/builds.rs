@@ -137,6 +137,9 @@ impl Builds {
         )
         .with_logging(plan.logging())
         .with_store(self.store.clone())
+        .with_notices(Arc::new(crate::notices::ImageNotices::new(
+            self.store.clone(),
+        )))
         .with_queue(self.queue.clone());
         let (started_tx, started_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();

@@ -14,11 +14,13 @@ pub mod builds;
 pub mod error;
 pub mod logs;
 pub mod model;
+pub mod notices;
 pub mod ops;
 pub(crate) mod query;
 pub mod ratelimit;
 pub mod tls;
 pub mod tokens;
+pub mod topics;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,6 +122,12 @@ async fn serve_one(
         return logs::stream(app.clone(), principal, &parts)
             .await
             .map(Answer::Stream);
+    }
+    if let Some(op) = topics::TopicOp::route(&parts.method, path) {
+        let query = parts.uri.query().unwrap_or("");
+        return topics::serve(app, &principal, op, query, &body)
+            .await
+            .map(Answer::Json);
     }
     let (op, path_arn) = Op::route(&parts.method, path).ok_or_else(|| {
         ApiError::with_status(
@@ -241,6 +249,7 @@ where
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .keep_alive(true);
+    let deliverer = spawn_deliverer(app.resources.store().clone());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -264,5 +273,20 @@ where
         tracing::info!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }
     app.builds.shutdown().await;
+    if let Some(d) = deliverer {
+        d.stop().await;
+    }
     Ok(())
+}
+
+/// Delivers the store's outbox (topics' webhooks) until stopped: what [`serve`] runs beside
+/// the API. `None` (logged) when no HTTP client can be made; the messages wait in the store.
+pub fn spawn_deliverer(store: kiln_core::state::Store) -> Option<kiln_core::notify::Running> {
+    match kiln_core::notify::Deliverer::new(store) {
+        Ok(d) => Some(kiln_core::notify::Running::spawn(d)),
+        Err(e) => {
+            tracing::error!(error = %e, "webhooks are not delivered");
+            None
+        }
+    }
 }

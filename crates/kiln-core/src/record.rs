@@ -811,6 +811,16 @@ impl Records {
 
     /// Saves a record's new state.
     pub async fn save(&self, record: &ImageRecord) -> Result<(), StoreError> {
+        self.save_with(record, Vec::new()).await
+    }
+
+    /// Saves a record's new state with the notifications it makes, in one transaction: a
+    /// message is stored exactly when the state it tells of is.
+    pub async fn save_with(
+        &self,
+        record: &ImageRecord,
+        outbox: Vec<kiln_store::Message>,
+    ) -> Result<(), StoreError> {
         self.store
             .db()
             .update(
@@ -819,6 +829,7 @@ impl Records {
                     state: Some(record.state.as_str().to_string()),
                     summary: Some(to_json(&record.summary())?),
                     body: Some(to_json(record)?),
+                    outbox,
                     ..Update::default()
                 },
             )

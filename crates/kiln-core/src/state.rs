@@ -30,6 +30,7 @@ impl Store {
     pub async fn open(home: &Home) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&home.root).map_err(crate::store::io("creating", &home.root))?;
         let db = SqliteStore::open(&db_path(home)).await?;
+        keep_private(&db_path(home));
         let store = Store {
             db: Arc::new(db),
             home: home.clone(),
@@ -104,6 +105,26 @@ impl Store {
         }
         std::fs::write(&marker, b"").map_err(crate::store::io("writing", &marker))?;
         Ok(())
+    }
+}
+
+/// Makes the store's files (the database, its WAL and shared memory, which SQLite creates
+/// with the database's mode) readable by their owner only: they hold webhook secrets (topics),
+/// and SQLite makes them with the umask's mode, usually 0644. A store kiln cannot change
+/// (another owner's, a read-only file system) is used as it is.
+fn keep_private(db: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{suffix}", db.display()));
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot make the store private (0600)");
+            }
+        }
     }
 }
 

@@ -42,11 +42,13 @@ pub enum Kind {
     LifecyclePolicy,
     /// One run of a lifecycle policy, with what it did to each image.
     LifecycleExecution,
+    /// Where notifications go: a webhook endpoint (kiln's stand-in for an SNS topic).
+    Topic,
 }
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Component,
         Kind::ImageRecipe,
         Kind::ContainerRecipe,
@@ -56,6 +58,7 @@ impl Kind {
         Kind::Image,
         Kind::LifecyclePolicy,
         Kind::LifecycleExecution,
+        Kind::Topic,
     ];
 
     /// The ARN resource type, which is also the text stored in the `kind` column.
@@ -70,6 +73,7 @@ impl Kind {
             Kind::Image => "image",
             Kind::LifecyclePolicy => "lifecycle-policy",
             Kind::LifecycleExecution => "lifecycle-execution",
+            Kind::Topic => "topic",
         }
     }
 }

@@ -202,7 +202,9 @@ pub async fn execute(
     let mut builder =
         Builder::new(home, options, origin, launcher).with_logging(provenance.logging);
     if let Some(store) = store {
-        builder = builder.with_store(store);
+        // A pipeline's final record writes its topic's message; `kiln serve` delivers it.
+        let notices = Arc::new(kiln_api::notices::ImageNotices::new(store.clone()));
+        builder = builder.with_store(store).with_notices(notices);
     }
     let build = builder.build(recipe, observer.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -10,6 +10,7 @@ mod principal;
 mod resource;
 mod serve;
 mod toe;
+mod topic;
 mod ui;
 mod usage;
 
@@ -66,6 +67,9 @@ enum Command {
     /// Accounts and access keys for the API server (root only: the keys are secret).
     #[command(subcommand)]
     Account(account::AccountCommand),
+    /// Topics: webhooks that hear of images AVAILABLE or FAILED (`snsTopicArn` names one).
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
     /// Serve the EC2 Image Builder API (for the AWS CLI, boto3, Terraform) and run its builds.
     Serve(serve::ServeArgs),
     /// What builds used: instances' vCPU- and GiB-seconds, regions' bytes stored and sent.
@@ -126,6 +130,7 @@ fn main() -> ExitCode {
             Command::Lifecycle(c) => lifecycle::run(c).await,
             Command::Account(c) => account::run(c).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::Topic(c) => topic::run(c).await,
             Command::Usage(args) => usage::run(args).await,
         }
     });

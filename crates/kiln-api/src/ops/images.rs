@@ -126,12 +126,22 @@ pub(crate) async fn record(
 pub async fn get(app: &App, principal: &Principal, input: Value) -> Result<Value, ApiError> {
     let arn = required(&input, "imageBuildVersionArn")?;
     let rec = record(app, principal, arn).await?;
-    let mut image = view::image(&rec);
+    let image = image_object(&app.resources, principal, &rec).await;
+    Ok(json!({ "image": image }))
+}
+
+/// An image record as GetImage's `Image`, with the recipe and configurations it was built
+/// from (what a notification carries too).
+pub(crate) async fn image_object(
+    resources: &kiln_core::resources::Resources,
+    principal: &Principal,
+    rec: &ImageRecord,
+) -> Value {
+    let mut image = view::image(rec);
     let mut uses: Vec<&String> = rec.recipe_arn.iter().collect();
     uses.extend(rec.configurations.iter());
     for used in uses {
-        let Ok(r) = app
-            .resources
+        let Ok(r) = resources
             .get(
                 principal,
                 used,
@@ -158,7 +168,7 @@ pub async fn get(app: &App, principal: &Principal, input: Value) -> Result<Value
         image["imageTestsConfiguration"] =
             json!({"imageTestsEnabled": t.status.as_str() != "SKIPPED"});
     }
-    Ok(json!({ "image": image }))
+    image
 }
 
 /// ListImages (one entry per version), ListImageBuildVersions and ListImagePipelineImages

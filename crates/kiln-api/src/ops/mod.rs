@@ -6,7 +6,7 @@ mod lifecycle;
 mod paging;
 mod resources;
 mod tags;
-mod view;
+pub(crate) mod view;
 
 use axum::http::Method;
 use serde_json::Value;

@@ -132,6 +132,7 @@ pub struct Builder {
     launcher: Arc<dyn Launcher>,
     logging: Vec<LogDestination>,
     queue: Option<Arc<tokio::sync::Semaphore>>,
+    notices: Option<Arc<dyn crate::notify::Notices>>,
 }
 
 impl Builder {
@@ -152,6 +153,7 @@ impl Builder {
             launcher,
             logging: Vec::new(),
             queue: None,
+            notices: None,
         }
     }
 
@@ -159,6 +161,13 @@ impl Builder {
     /// builds at once): the build is numbered and PENDING meanwhile, and can be cancelled.
     pub fn with_queue(mut self, queue: Arc<tokio::sync::Semaphore>) -> Self {
         self.queue = Some(queue);
+        self
+    }
+
+    /// Writes what the final record tells subscribers (an image AVAILABLE or FAILED) into the
+    /// outbox, in the same transaction as the record.
+    pub fn with_notices(mut self, notices: Arc<dyn crate::notify::Notices>) -> Self {
+        self.notices = Some(notices);
         self
     }
 
@@ -399,7 +408,11 @@ impl Builder {
         // sees the folder released must also see the final state, never take the build for
         // an interrupted one.
         rec.distributing.clear();
-        let saved = records.save(&rec).await;
+        let outbox = match &self.notices {
+            Some(n) => n.of_final(&rec, Utc::now().timestamp_millis()).await,
+            None => Vec::new(),
+        };
+        let saved = records.save_with(&rec, outbox).await;
         drop(lock);
         // A cancelled build's VM went with its handle, not through `stop`.
         kiln_instance::vm::remove_sockets_under(&run_dir);

@@ -5,9 +5,25 @@
 //! send one for a change that never happened. Its id is derived from what it tells, so the
 //! same event written twice is one message, and receivers see one `webhook-id`.
 
+mod deliver;
+#[cfg(test)]
+mod delivery_tests;
+mod sign;
+mod topic;
+
 use std::fmt;
 
+use async_trait::async_trait;
 use sha2::{Digest, Sha256};
+
+pub use deliver::{
+    retry_delay, system_clock, Clock, DeliverError, Deliverer, Running, ATTEMPT_TIMEOUT,
+    GIVE_UP_AFTER, POLL_INTERVAL,
+};
+pub use sign::{sign_one, signature_header, Secret, SecretError, SECRET_PREFIX};
+pub use topic::{
+    check_url, parse_topic_arn, topic_of, Topic, TopicState, TopicView, Topics, MAX_SECRETS,
+};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,6 +58,10 @@ impl fmt::Display for Event {
 
 /// The outbox message telling `topic` that `event` happened to `subject` (an ARN, with
 /// whatever makes this occurrence unique, such as the run's instant), carrying `body`.
+///
+/// The body delivered is a Standard Webhooks payload: `{"type": EVENT, "timestamp": NOW,
+/// "data": BODY}`, where BODY is what the event is about (the Image object, as SNS would
+/// carry it, for the image events).
 pub fn message(
     topic: &str,
     event: Event,
@@ -59,8 +79,41 @@ pub fn message(
         id: format!("msg_{}", &digest[..32]),
         topic: topic.to_owned(),
         event: event.as_str().to_owned(),
-        body: body.to_string(),
+        body: envelope(event, body, now_ms).to_string(),
         created_ms: now_ms,
+    }
+}
+
+/// The Standard Webhooks payload of an event: its type, when it happened, and its data.
+fn envelope(event: Event, data: &serde_json::Value, now_ms: i64) -> serde_json::Value {
+    let at = chrono::DateTime::from_timestamp_millis(now_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    serde_json::json!({"type": event.as_str(), "timestamp": at, "data": data})
+}
+
+/// What a build's final record tells subscribers: the outbox messages written with the final
+/// save (none when its infrastructure configuration names no topic, or the state is not one
+/// subscribers hear of).
+///
+/// kiln-api implements it with the Image object of GetImage; the build calls it through
+/// [`crate::build::Builder::with_notices`] and knows nothing of views.
+#[async_trait]
+pub trait Notices: Send + Sync {
+    /// The messages for `record`, which has just reached a final state; `now_ms` is when.
+    async fn of_final(
+        &self,
+        record: &crate::record::ImageRecord,
+        now_ms: i64,
+    ) -> Vec<kiln_store::Message>;
+}
+
+/// The event a build's final state is, when subscribers hear of it (AVAILABLE, FAILED).
+pub fn image_event(state: crate::record::State) -> Option<Event> {
+    match state {
+        crate::record::State::Available => Some(Event::ImageAvailable),
+        crate::record::State::Failed => Some(Event::ImageFailed),
+        _ => None,
     }
 }
 
@@ -79,5 +132,10 @@ mod tests {
         assert_ne!(a.id, c.id);
         assert_ne!(a.id, d.id);
         assert!(a.id.starts_with("msg_") && a.id.len() == 36);
+        let delivered: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(
+            delivered,
+            serde_json::json!({"type": "image.available", "timestamp": "1970-01-01T00:00:00.001Z", "data": {"a": 1}})
+        );
     }
 }

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::draft::{common, resolve_path, unreported, Checker, Draft};
 use super::{ResourceError, Resources};
+use crate::principal::Principal;
 use crate::recipe::is_name;
 
 /// Keys of a distribution that are AWS settings kiln has no use for.
@@ -20,13 +21,16 @@ const AWS_DISTRIBUTION_KEYS: [&str; 7] = [
 ];
 
 impl Resources {
-    pub(super) fn draft_infrastructure(
+    pub(super) async fn draft_infrastructure(
         &self,
+        principal: &Principal,
         c: &mut Checker<'_>,
         m: &Map,
     ) -> Result<Draft, ResourceError> {
         let mut own: Vec<&str> = crate::recipe::INFRA_KEYS.to_vec();
         own.push("logging");
+        own.push("snsTopicArn");
+        let topic = self.sns_topic(principal, c, m).await?;
         let (name, description, token) = common(c, m, Kind::InfrastructureConfiguration, &own);
         let _ = crate::recipe::infrastructure_settings(&mut c.reader, m);
         if let Some(l) = m.get("logging") {
@@ -56,14 +60,56 @@ impl Resources {
                 resolve_path(p, &c.dir());
             }
         }
-        Ok(Draft::plain(
+        let mut d = Draft::plain(
             Kind::InfrastructureConfiguration,
             name,
             description,
             request,
             token,
             warnings,
-        ))
+        );
+        // The request keeps `snsTopicArn` as written (clients compare what they sent with
+        // what they read back); the reference is the topic's own ARN, so that the topic
+        // cannot be deleted while this configuration names it.
+        d.uses.extend(topic);
+        Ok(d)
+    }
+
+    /// The kiln topic `snsTopicArn` names, which must exist in the principal's account.
+    async fn sns_topic(
+        &self,
+        principal: &Principal,
+        c: &mut Checker<'_>,
+        m: &Map,
+    ) -> Result<Option<String>, ResourceError> {
+        let Some(node) = m.get("snsTopicArn") else {
+            return Ok(None);
+        };
+        let Some(text) = node.as_text() else {
+            c.error_at(node, "`snsTopicArn` is an ARN", None);
+            return Ok(None);
+        };
+        let hint = || {
+            Some("make it with `kiln topic create NAME --webhook URL` (or PUT /kiln/CreateTopic) and give its ARN".to_string())
+        };
+        let r = match crate::notify::parse_topic_arn(text) {
+            Ok(r) => r,
+            Err(e) => {
+                c.error_at(node, e, hint());
+                return Ok(None);
+            }
+        };
+        let arn = r.to_arn(principal);
+        let found = r.visible_to(principal)
+            && crate::notify::Topics::new(self.store.clone())
+                .by_arn(&arn)
+                .await?
+                .is_some();
+        if !found {
+            c.error_at(node, super::errors::missing("topic", text), hint());
+            return Ok(None);
+        }
+        Ok(Some(arn))
     }
 
     pub(super) fn draft_distribution(

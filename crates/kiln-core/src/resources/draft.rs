@@ -115,7 +115,6 @@ fn ignored_keys(kind: Kind) -> &'static [&'static str] {
             "securityGroupIds",
             "subnetId",
             "keyPair",
-            "snsTopicArn",
             "resourceTags",
             "instanceMetadataOptions",
             "placement",
@@ -293,7 +292,9 @@ impl Resources {
                     .await
             }
             Operation::CreateInfrastructureConfiguration
-            | Operation::UpdateInfrastructureConfiguration => self.draft_infrastructure(&mut c, m),
+            | Operation::UpdateInfrastructureConfiguration => {
+                self.draft_infrastructure(principal, &mut c, m).await
+            }
             Operation::CreateDistributionConfiguration
             | Operation::UpdateDistributionConfiguration => self.draft_distribution(&mut c, m),
             Operation::CreateImagePipeline | Operation::UpdateImagePipeline => {

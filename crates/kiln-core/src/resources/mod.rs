@@ -50,6 +50,7 @@ pub fn kind_noun(kind: Kind) -> &'static str {
         Kind::Image => "image",
         Kind::LifecyclePolicy => "lifecycle policy",
         Kind::LifecycleExecution => "lifecycle execution",
+        Kind::Topic => "topic",
     }
 }
 
@@ -63,6 +64,7 @@ pub fn cli_noun(kind: Kind) -> &'static str {
         Kind::ImagePipeline => "pipeline",
         Kind::Image => "image",
         Kind::LifecyclePolicy | Kind::LifecycleExecution => "lifecycle",
+        Kind::Topic => "topic",
     }
 }
 

@@ -493,13 +493,15 @@ impl Scheduler {
         let Some(infra) = pipeline.field("infrastructureConfigurationArn") else {
             return Vec::new();
         };
-        let topic = match self.resources.store().db().get(infra).await {
-            Ok(Some(row)) => serde_json::from_str::<Resource>(&row.body)
-                .ok()
-                .and_then(|r| r.field("snsTopicArn").map(str::to_owned)),
+        let infra = match self.resources.store().db().get(infra).await {
+            Ok(Some(row)) => serde_json::from_str::<Resource>(&row.body).ok(),
             _ => None,
         };
-        let Some(topic) = topic else {
+        let Some(topic) = infra
+            .as_ref()
+            .and_then(crate::notify::topic_of)
+            .map(str::to_owned)
+        else {
             return Vec::new();
         };
         let body = serde_json::json!({

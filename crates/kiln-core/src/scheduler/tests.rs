@@ -87,6 +87,10 @@ impl World {
         let who = Principal::local("tester");
         let world_start = Utc::now();
         let clock = ManualClock::new(world_start);
+        crate::notify::Topics::new(fixture.store.clone())
+            .create(&who, "builds", "http://127.0.0.1:9/hook", &[])
+            .await
+            .unwrap();
         for (op, body) in [
             (
                 Operation::CreateComponent,
@@ -100,7 +104,7 @@ impl World {
             ),
             (
                 Operation::CreateInfrastructureConfiguration,
-                json!({"name": "small"}),
+                json!({"name": "small", "snsTopicArn": format!("{P}:topic/builds")}),
             ),
             (
                 Operation::CreateImagePipeline,
@@ -430,6 +434,20 @@ async fn failed_scheduled_runs_disable_the_pipeline_and_manual_starts_do_not_cou
     assert_eq!(o[0].decision, Decision::Disabled { failures: 2 });
     let p = w.pipeline().await;
     assert_eq!(p.status, Some(PipelineStatus::Disabled));
+    // Its topic is told, by a message stored with the change.
+    let told = w
+        .fixture
+        .store
+        .db()
+        .messages(&format!("{P}:topic/builds"), 10)
+        .await
+        .unwrap();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0].message.event, "pipeline.disabled");
+    let body: serde_json::Value = serde_json::from_str(&told[0].message.body).unwrap();
+    assert_eq!(body["type"], "pipeline.disabled");
+    assert_eq!(body["data"]["imagePipelineArn"], w.pipeline_arn());
+    assert_eq!(body["data"]["consecutiveFailures"], 2);
     let s = w.scheduler.status(&p).await.unwrap();
     assert_eq!(s.date_next_run, None, "a disabled pipeline has no next run");
     // Disabled: no more runs.
