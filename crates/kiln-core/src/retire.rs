@@ -111,13 +111,17 @@ pub async fn users_of(records: &Records, rec: &ImageRecord) -> Result<Vec<String
     Ok(users)
 }
 
+/// Notifications of a record as it is about to be saved.
+pub type Tell = dyn Fn(&ImageRecord) -> Vec<kiln_store::Message> + Send + Sync;
+
 /// Removes an image's artifacts (those in `scope`) from every region its record lists, and
 /// saves the record: DELETED when nothing in scope is left, else in its old state with the
 /// outputs that are still there and a reason naming them. The version's names (`VERSION`,
 /// `NAME-VERSION.EXT`) go back to the newest other build of the version whose artifacts are
 /// still there, or go. `execution` names the lifecycle execution doing it, if one is.
 ///
-/// It does not ask [`users_of`]: the caller decides what to do about users first.
+/// It does not ask [`users_of`]: the caller decides what to do about users first. `tell`
+/// gives the notifications of the record as saved, stored in the same write.
 pub async fn delete_image(
     records: &Records,
     mut rec: ImageRecord,
@@ -125,6 +129,7 @@ pub async fn delete_image(
     scope: Scope,
     execution: Option<&str>,
     now: DateTime<Utc>,
+    tell: Option<&Tell>,
 ) -> Result<Deletion, StoreError> {
     let (in_scope, out_of_scope): (Vec<OutputRecord>, Vec<OutputRecord>) =
         rec.outputs.iter().cloned().partition(|o| {
@@ -169,7 +174,8 @@ pub async fn delete_image(
         reason: Some(reason),
         execution: execution.map(str::to_string),
     });
-    records.save(&rec).await?;
+    let outbox = tell.map(|t| t(&rec)).unwrap_or_default();
+    records.save_with(&rec, outbox).await?;
     Ok(Deletion {
         record: rec,
         removed: retired.removed,

@@ -162,7 +162,8 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
             Arc::new(kiln_api::builds::ServerStarter(app.clone())),
         )
         .with_catch_up(chrono::Duration::hours(i64::from(cfg.serve.catch_up_hours)))
-        .with_checks(checks),
+        .with_checks(checks)
+        .with_lifecycle(access.clone()),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let every = std::time::Duration::from_secs(u64::from(cfg.serve.schedule_every_seconds.max(1)));

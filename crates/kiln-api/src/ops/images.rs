@@ -369,6 +369,7 @@ pub async fn delete(app: &App, principal: &Principal, input: Value) -> Result<Va
         kiln_core::retire::Scope::default(),
         None,
         chrono::Utc::now(),
+        None,
     )
     .await
     .map_err(ApiError::service)?;

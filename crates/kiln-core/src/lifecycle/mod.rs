@@ -187,16 +187,28 @@ impl Lifecycle {
                 rec.history.push(StateChange {
                     state,
                     at: now,
-                    reason: Some(c.reason),
+                    reason: Some(c.reason.clone()),
                     execution: Some(execution.to_string()),
                 });
-                self.records.save(&rec).await?;
+                let outbox = match self.topic(&rec).await {
+                    Some(topic) => vec![notice(&topic, &rec, c.action, &c.reason, execution, now)],
+                    None => Vec::new(),
+                };
+                self.records.save_with(&rec, outbox).await?;
             }
             ActionType::Delete => {
                 let include = rule.and_then(|r| r.action.include_resources);
                 let scope = Scope {
                     disks: include.and_then(|i| i.amis) != Some(false),
                     containers: include.and_then(|i| i.containers) != Some(false),
+                };
+                let topic = self.topic(&rec).await;
+                let (reason, id) = (c.reason.clone(), execution.to_string());
+                let tell = move |r: &ImageRecord| match &topic {
+                    Some(t) if r.state == State::Deleted => {
+                        vec![notice(t, r, ActionType::Delete, &reason, &id, now)]
+                    }
+                    _ => Vec::new(),
                 };
                 let d = delete_image(
                     &self.records,
@@ -205,6 +217,7 @@ impl Lifecycle {
                     scope,
                     Some(execution),
                     now,
+                    Some(&tell),
                 )
                 .await?;
                 r.removed = d.removed.clone();
@@ -216,6 +229,46 @@ impl Lifecycle {
         }
         Ok(r)
     }
+}
+
+impl Lifecycle {
+    /// The topic of the infrastructure configuration an image was built with, if it names one.
+    async fn topic(&self, rec: &ImageRecord) -> Option<String> {
+        for arn in &rec.configurations {
+            if !arn.contains(":infrastructure-configuration/") {
+                continue;
+            }
+            let row = self.resources.store().db().get(arn).await.ok().flatten()?;
+            let infra: Resource = serde_json::from_str(&row.body).ok()?;
+            return crate::notify::topic_of(&infra).map(str::to_owned);
+        }
+        None
+    }
+}
+
+/// The message telling a topic what a lifecycle execution did to an image.
+fn notice(
+    topic: &str,
+    rec: &ImageRecord,
+    action: ActionType,
+    reason: &str,
+    execution: &str,
+    now: DateTime<Utc>,
+) -> kiln_store::Message {
+    let data = serde_json::json!({
+        "imageBuildVersionArn": rec.arn,
+        "action": action.as_str(),
+        "state": rec.state.as_str(),
+        "reason": reason,
+        "lifecycleExecutionId": execution,
+    });
+    crate::notify::message(
+        topic,
+        crate::notify::Event::LifecycleAction,
+        &format!("{}@{execution}", rec.arn),
+        &data,
+        now.timestamp_millis(),
+    )
 }
 
 /// Runs every ENABLED lifecycle policy of every account once, as the server's daily schedule

@@ -362,6 +362,7 @@ async fn deleting_the_newest_build_points_the_version_back() {
         Scope::default(),
         None,
         w.now,
+        None,
     )
     .await
     .unwrap();
@@ -384,6 +385,7 @@ async fn deleting_the_newest_build_points_the_version_back() {
         Scope::default(),
         None,
         w.now,
+        None,
     )
     .await
     .unwrap();
@@ -398,10 +400,12 @@ async fn deleting_the_newest_build_points_the_version_back() {
 async fn an_artifact_that_cannot_be_removed_is_named_and_kept_in_the_record() {
     let w = world().await;
     let b = w.build(10, &[]).await;
-    // The west region's disks folder cannot be written: its disk file stays.
-    let disks = w.region("west").join("disks");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&disks, std::fs::Permissions::from_mode(0o555)).unwrap();
+    // The west region's build disk cannot be removed: in its place is a folder with a file in
+    // it, which no unlink removes (root's neither, unlike a read-only folder).
+    let stuck = w.region("west").join("disks/web-1.0.0-1.raw");
+    std::fs::remove_file(&stuck).unwrap();
+    std::fs::create_dir(&stuck).unwrap();
+    std::fs::write(stuck.join("held"), "x").unwrap();
     let d = crate::retire::delete_image(
         &w.records,
         b,
@@ -409,13 +413,10 @@ async fn an_artifact_that_cannot_be_removed_is_named_and_kept_in_the_record() {
         Scope::default(),
         None,
         w.now,
+        None,
     )
     .await
     .unwrap();
-    std::fs::set_permissions(&disks, std::fs::Permissions::from_mode(0o755)).unwrap();
-    if nix::unistd::geteuid().is_root() {
-        return; // root writes anyway
-    }
     assert!(!d.complete());
     assert_eq!(d.record.state, State::Available);
     assert_eq!(d.record.outputs.len(), 1, "{:?}", d.record.outputs);
@@ -499,4 +500,79 @@ async fn apply_all_runs_enabled_policies_only() {
     assert_eq!(e.resources.len(), 1);
     assert_eq!(e.resources[0].action, ActionType::Deprecate);
     assert_eq!(tags(&w.region("east")).len(), 4, "nothing deleted");
+}
+
+#[tokio::test]
+async fn every_action_tells_the_topic_of_the_images_infrastructure_configuration() {
+    let w = world().await;
+    crate::notify::Topics::new(w.store.clone())
+        .create(&tester(), "retired", "http://127.0.0.1:9/hook", &[])
+        .await
+        .unwrap();
+    let topic = format!("{}topic/retired", tester().arn_prefix());
+    let doc = Document::parse(
+        "the request",
+        json!({"name": "small", "snsTopicArn": topic}).to_string(),
+        None,
+    )
+    .unwrap();
+    let infra = w
+        .resources
+        .apply(
+            &tester(),
+            Request::new(Operation::CreateInfrastructureConfiguration, doc),
+        )
+        .await
+        .unwrap()
+        .resource;
+    let mut built = Vec::new();
+    for days in [30, 20, 10] {
+        let mut b = w.build(days, &[]).await;
+        b.configurations = vec![infra.arn.clone()];
+        w.records.save(&b).await.unwrap();
+        built.push(b);
+    }
+    let p = w
+        .policy(policy_body(
+            "AMI_IMAGE",
+            json!([
+                {"action": {"type": "DELETE"}, "filter": {"type": "COUNT", "value": 2}},
+                {"action": {"type": "DEPRECATE"}, "filter": {"type": "COUNT", "value": 1}},
+            ]),
+        ))
+        .await;
+    let e = w.lifecycle.run(&p, w.now, false).await.unwrap();
+    let told = w.store.db().messages(&topic, 10).await.unwrap();
+    let mut seen: Vec<(String, String, String)> = told
+        .iter()
+        .map(|q| {
+            let v: serde_json::Value = serde_json::from_str(&q.message.body).unwrap();
+            assert_eq!(v["type"], "lifecycle.action");
+            assert_eq!(v["data"]["lifecycleExecutionId"], e.id);
+            (
+                v["data"]["imageBuildVersionArn"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                v["data"]["action"].as_str().unwrap().to_string(),
+                v["data"]["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (built[0].arn.clone(), "DELETE".into(), "DELETED".into()),
+            (
+                built[1].arn.clone(),
+                "DEPRECATE".into(),
+                "DEPRECATED".into()
+            ),
+        ]
+    );
+    // A dry run tells nobody.
+    let again = w.lifecycle.run(&p, w.now, true).await.unwrap();
+    assert!(again.dry_run);
+    assert_eq!(w.store.db().messages(&topic, 10).await.unwrap().len(), 2);
 }

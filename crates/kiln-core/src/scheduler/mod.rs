@@ -35,6 +35,9 @@ use crate::updates::Trigger;
 /// How long after its instant a missed run still runs when kiln comes back.
 pub const DEFAULT_CATCH_UP: Duration = Duration::hours(24);
 
+/// The claim key of the daily run of every lifecycle policy (one claim per UTC day).
+pub const LIFECYCLE_RUNS: &str = "kiln:lifecycle";
+
 /// Starts a pipeline's build (the server's queue; a builder in tests) and answers the image's
 /// ARN once it is numbered.
 #[async_trait]
@@ -102,6 +105,11 @@ pub enum Decision {
         /// Failed scheduled runs in a row.
         failures: u32,
     },
+    /// The day's run of every ENABLED lifecycle policy.
+    Lifecycle {
+        /// What the policies did, in words.
+        summary: String,
+    },
     /// The run could not start.
     Failed {
         /// What went wrong.
@@ -144,6 +152,7 @@ pub struct Scheduler {
     starter: Arc<dyn Starter>,
     checks: Option<Arc<dyn UpdateChecks>>,
     catch_up: Duration,
+    lifecycle: Option<kiln_dist::RegistryAccess>,
 }
 
 /// The account of an ARN (its fifth field).
@@ -174,7 +183,15 @@ impl Scheduler {
             starter,
             checks: None,
             catch_up: DEFAULT_CATCH_UP,
+            lifecycle: None,
         }
+    }
+
+    /// Also runs every ENABLED lifecycle policy once a day (UTC), deleting through
+    /// `registries` what was pushed to registries.
+    pub fn with_lifecycle(mut self, registries: kiln_dist::RegistryAccess) -> Scheduler {
+        self.lifecycle = Some(registries);
+        self
     }
 
     /// With kiln's further rebuild checks (without them, pipelines that ask for them skip
@@ -244,7 +261,60 @@ impl Scheduler {
                 }
             }
         }
+        if let Some(o) = self.lifecycle_due(now).await? {
+            out.push(o);
+        }
         Ok(out)
+    }
+
+    /// The day's lifecycle run, when this scheduler is the one that claims it.
+    async fn lifecycle_due(&self, now: DateTime<Utc>) -> Result<Option<Outcome>, StoreError> {
+        let Some(registries) = &self.lifecycle else {
+            return Ok(None);
+        };
+        let day = now
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .map_or(now, |d| d.and_utc());
+        let db = self.resources.store().db();
+        let claimed = db
+            .claim_run(&Run {
+                pipeline: LIFECYCLE_RUNS.into(),
+                at_ms: ms(day),
+                claimed_ms: ms(now),
+                image: None,
+                note: "claimed".into(),
+            })
+            .await?;
+        if !claimed {
+            return Ok(None);
+        }
+        let summary =
+            match crate::lifecycle::apply_all(self.resources.store(), registries, now).await {
+                Ok(runs) => {
+                    let words: Vec<String> = runs
+                        .iter()
+                        .map(|(policy, r)| match r {
+                            Ok(e) => format!("{policy}: {} ({} images)", e.id, e.resources.len()),
+                            Err(e) => format!("{policy}: failed: {e}"),
+                        })
+                        .collect();
+                    if words.is_empty() {
+                        "no enabled lifecycle policies".to_string()
+                    } else {
+                        words.join("; ")
+                    }
+                }
+                Err(e) => format!("failed: {e}"),
+            };
+        tracing::info!(%summary, "the day's lifecycle policies ran");
+        db.finish_run(LIFECYCLE_RUNS, ms(day), None, &summary)
+            .await?;
+        Ok(Some(Outcome {
+            pipeline: LIFECYCLE_RUNS.into(),
+            at: Some(day),
+            decision: Decision::Lifecycle { summary },
+        }))
     }
 
     async fn consider(
@@ -316,6 +386,7 @@ impl Scheduler {
             Decision::Skipped { reason } => (None, format!("skipped: {reason}")),
             Decision::Failed { error } => (None, format!("failed: {error}")),
             Decision::Disabled { failures } => (None, format!("disabled after {failures}")),
+            Decision::Lifecycle { summary } => (None, summary.clone()),
         };
         db.finish_run(&pipeline.arn, ms(due), image, &note).await?;
         Ok(Some(outcome(Some(due), decision)))

@@ -474,3 +474,29 @@ async fn a_second_scheduler_on_the_same_store_starts_nothing_twice() {
     assert_eq!(all.len(), 1, "{all:#?}");
     assert_eq!(w.started().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_policies_run_once_a_day() {
+    let mut w = World::new(json!({"scheduleExpression": "rate(1 day)",
+                                  "pipelineExecutionStartCondition": "EXPRESSION_MATCH_ONLY"}))
+    .await;
+    w.scheduler = Scheduler::new(
+        w.resources.clone(),
+        Records::new(w.fixture.store.clone()),
+        Arc::new(w.clock.clone()),
+        w.starter.clone(),
+    )
+    .with_lifecycle(Default::default());
+    let lifecycle = |o: &[Outcome]| {
+        o.iter()
+            .filter(|o| matches!(o.decision, Decision::Lifecycle { .. }))
+            .count()
+    };
+    assert_eq!(lifecycle(&w.scheduler.tick().await.unwrap()), 1);
+    assert_eq!(lifecycle(&w.scheduler.tick().await.unwrap()), 0);
+    w.clock.advance(Duration::hours(25));
+    assert_eq!(lifecycle(&w.scheduler.tick().await.unwrap()), 1);
+    let runs = w.fixture.store.db().runs(LIFECYCLE_RUNS, 10).await.unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0].note, "no enabled lifecycle policies");
+}
