@@ -287,10 +287,32 @@ impl Deliverer {
     /// Delivers until `stop` turns true (or its sender goes), every [`POLL_INTERVAL`]. An
     /// attempt under way when it stops is finished and recorded first, so that a restart sends
     /// nothing twice.
+    ///
+    /// Only one deliverer of a kiln home delivers at a time (it holds `run/deliverer.lock`);
+    /// another, such as a second `kiln serve` over the same home, waits for the lock, so that
+    /// no message goes out twice and a server that dies leaves the outbox to the other.
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut held = None;
+        let mut told = false;
         loop {
             if *stop.borrow() {
                 return;
+            }
+            if held.is_none() {
+                held = self.take_lock();
+                if held.is_none() {
+                    if !told {
+                        tracing::info!(
+                            "another kiln delivers this home's notifications; waiting for its lock"
+                        );
+                        told = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                        r = stop.changed() => if r.is_err() { return },
+                    }
+                    continue;
+                }
             }
             if let Err(e) = self.deliver_due_until(&stop).await {
                 tracing::warn!(error = %e, "cannot read the outbox; trying again");
@@ -300,6 +322,24 @@ impl Deliverer {
                 r = stop.changed() => if r.is_err() { return },
             }
         }
+    }
+}
+
+impl Deliverer {
+    /// The home's delivery lock, when no other deliverer holds it.
+    fn take_lock(&self) -> Option<nix::fcntl::Flock<std::fs::File>> {
+        let dir = self.store.home().run();
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot make the run folder");
+            return None;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("deliverer.lock"))
+            .ok()?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).ok()
     }
 }
 

@@ -420,3 +420,47 @@ async fn topics_keep_their_secrets_out_of_views_and_debug() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "the store holds secrets: owner only");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_over_one_home_deliver_each_message_once() {
+    let (rx, url) = Receiver::start().await;
+    *rx.delay.lock().unwrap() = Duration::from_millis(100);
+    let f = fixture(&url).await;
+    for i in 0..6 {
+        f.enqueue(&format!("img/{i}")).await;
+    }
+    // Two kiln processes: two store handles over one file, a deliverer each, running at once.
+    let other = Deliverer::new(Store::open(&f.home).await.unwrap())
+        .unwrap()
+        .with_clock(f.clock.clock());
+    let a = Running::spawn(f.deliverer());
+    let b = Running::spawn(other);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rx.got().len() < 6 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} arrived",
+            rx.got().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The one holding the lock stops: the other takes the outbox over.
+    a.stop().await;
+    f.enqueue("img/late").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rx.got().len() < 7 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    b.stop().await;
+    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
+    for g in rx.got() {
+        *per_id.entry(g.headers["webhook-id"].clone()).or_default() += 1;
+    }
+    assert_eq!(per_id.len(), 7, "every message arrived");
+    assert!(per_id.values().all(|&n| n == 1), "none twice: {per_id:?}");
+}
