@@ -187,6 +187,18 @@ fn write_boot_breakdown(out: &mut impl Write, b: &BootBreakdown) -> std::io::Res
 }
 
 /// One line per step: name, status, time.
+/// Which pipeline made an image, and what started it: a person or the schedule, and why.
+fn write_origin(out: &mut impl Write, r: &ImageRecord) -> std::io::Result<()> {
+    if let Some(p) = &r.pipeline {
+        writeln!(out, "  pipeline   {p}")?;
+    }
+    writeln!(out, "  started    {}", r.build_type)?;
+    for t in &r.triggers {
+        writeln!(out, "  because    {t}")?;
+    }
+    Ok(())
+}
+
 fn write_steps(out: &mut impl Write, steps: &[StepTiming]) -> std::io::Result<()> {
     for s in steps {
         writeln!(
@@ -311,9 +323,7 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
     if !r.owner.is_empty() {
         writeln!(out, "  owner      {}", r.owner)?;
     }
-    if let Some(p) = &r.pipeline {
-        writeln!(out, "  pipeline   {p}")?;
-    }
+    write_origin(&mut out, &r)?;
     match &r.recipe_arn {
         Some(a) => writeln!(out, "  recipe     {a}")?,
         None => writeln!(out, "  recipe     {}", r.recipe.display())?,
