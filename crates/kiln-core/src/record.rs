@@ -66,6 +66,14 @@ impl State {
         }
     }
 
+    /// The states of a build under way (not yet AVAILABLE, FAILED or CANCELLED).
+    pub const RUNNING: [State; 4] = [
+        State::Pending,
+        State::Building,
+        State::Testing,
+        State::Distributing,
+    ];
+
     /// True once nothing will change any more.
     pub fn is_final(self) -> bool {
         !matches!(
@@ -920,15 +928,10 @@ impl Records {
     ) -> Result<Vec<String>, StoreError> {
         // By state alone (only images have these states): the state index answers it.
         let running = Filter {
-            states: [
-                State::Pending,
-                State::Building,
-                State::Testing,
-                State::Distributing,
-            ]
-            .iter()
-            .map(|s| s.as_str().to_string())
-            .collect(),
+            states: State::RUNNING
+                .iter()
+                .map(|s| s.as_str().to_string())
+                .collect(),
             ..Filter::default()
         };
         let mut fixed = Vec::new();

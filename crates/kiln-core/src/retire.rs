@@ -80,15 +80,10 @@ pub async fn users_of(records: &Records, rec: &ImageRecord) -> Result<Vec<String
             crate::principal::LOCAL_REGION,
             rec.account
         )),
-        states: [
-            State::Pending,
-            State::Building,
-            State::Testing,
-            State::Distributing,
-        ]
-        .iter()
-        .map(|s| s.as_str().to_string())
-        .collect(),
+        states: State::RUNNING
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect(),
         ..Filter::default()
     };
     for row in records.summaries(&running).await? {

@@ -12,6 +12,7 @@
 
 mod deps;
 pub mod spec;
+mod status;
 #[cfg(test)]
 mod tests;
 
@@ -24,6 +25,7 @@ use kiln_store::{Filter, Kind, Order, Run};
 use serde::Serialize;
 
 pub use spec::{PipelineSchedule, RebuildWhen, StartCondition};
+pub use status::{status, RunStatus};
 
 use crate::pipeline::{self, Plan};
 use crate::principal::Principal;
@@ -127,21 +129,6 @@ pub struct Outcome {
     pub at: Option<DateTime<Utc>>,
     /// What happened.
     pub decision: Decision,
-}
-
-/// What GetImagePipeline and `kiln pipeline get` show of a pipeline's runs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunStatus {
-    /// The next instant of its schedule (none without a schedule, or when it is disabled).
-    pub date_next_run: Option<DateTime<Utc>>,
-    /// When its newest image was started.
-    pub date_last_run: Option<DateTime<Utc>>,
-    /// Its newest image's state.
-    pub last_run_status: Option<State>,
-    /// Scheduled runs in a row that failed (manual starts do not count), since it was last
-    /// created, updated or enabled.
-    pub consecutive_failures: u32,
 }
 
 /// Runs pipelines on their schedules.
@@ -267,6 +254,24 @@ impl Scheduler {
         Ok(out)
     }
 
+    /// Claims the run `key` (a pipeline's ARN, or [`LIFECYCLE_RUNS`]) at `at`: false when
+    /// anyone claimed it before.
+    async fn claim(
+        &self,
+        key: &str,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let run = Run {
+            pipeline: key.to_owned(),
+            at_ms: ms(at),
+            claimed_ms: ms(now),
+            image: None,
+            note: "claimed".into(),
+        };
+        Ok(self.resources.store().db().claim_run(&run).await?)
+    }
+
     /// The day's lifecycle run, when this scheduler is the one that claims it.
     async fn lifecycle_due(&self, now: DateTime<Utc>) -> Result<Option<Outcome>, StoreError> {
         let Some(registries) = &self.lifecycle else {
@@ -277,16 +282,7 @@ impl Scheduler {
             .and_hms_opt(0, 0, 0)
             .map_or(now, |d| d.and_utc());
         let db = self.resources.store().db();
-        let claimed = db
-            .claim_run(&Run {
-                pipeline: LIFECYCLE_RUNS.into(),
-                at_ms: ms(day),
-                claimed_ms: ms(now),
-                image: None,
-                note: "claimed".into(),
-            })
-            .await?;
-        if !claimed {
+        if !self.claim(LIFECYCLE_RUNS, day, now).await? {
             return Ok(None);
         }
         let summary =
@@ -358,16 +354,7 @@ impl Scheduler {
         let Some(due) = spec.schedule.latest_due(since, now) else {
             return Ok(None);
         };
-        let claimed = db
-            .claim_run(&Run {
-                pipeline: pipeline.arn.clone(),
-                at_ms: ms(due),
-                claimed_ms: ms(now),
-                image: None,
-                note: "claimed".into(),
-            })
-            .await?;
-        if !claimed {
+        if !self.claim(&pipeline.arn, due, now).await? {
             return Ok(None);
         }
         let decision = if now - due > self.catch_up {
@@ -501,13 +488,7 @@ impl Scheduler {
 
     /// A build of the pipeline that has not ended.
     async fn running_build(&self, pipeline: &str) -> Option<String> {
-        let running = [
-            State::Pending,
-            State::Building,
-            State::Testing,
-            State::Distributing,
-        ];
-        match self.newest(pipeline, &running).await {
+        match self.newest(pipeline, &State::RUNNING).await {
             Ok(found) => found.map(|r| r.arn),
             Err(e) => Some(format!("(unknown: {e})")),
         }
@@ -611,55 +592,4 @@ impl Scheduler {
             }
         }
     }
-}
-
-/// What a pipeline's runs came to at `now`: its next run, its newest image and the scheduled
-/// runs in a row that failed.
-pub async fn status(
-    records: &Records,
-    pipeline: &Resource,
-    now: DateTime<Utc>,
-) -> Result<RunStatus, StoreError> {
-    let db = records.store().db();
-    let mut out = RunStatus::default();
-    if pipeline.status != Some(PipelineStatus::Disabled) {
-        if let Ok(Some(spec)) = spec::of(pipeline) {
-            let runs = db.runs(&pipeline.arn, 1).await?;
-            let after = runs.first().map(|r| instant(r.at_ms)).unwrap_or(now);
-            out.date_next_run = spec.schedule.next_after(after.max(now));
-        }
-    }
-    let newest = records
-        .summaries(&Filter {
-            pipeline: Some(pipeline.arn.clone()),
-            order: Order::Newest,
-            limit: Some(1),
-            ..Filter::default()
-        })
-        .await?;
-    if let Some(s) = newest.first() {
-        out.date_last_run = Some(s.created);
-        out.last_run_status = Some(s.state);
-    }
-    let reset = pipeline.date_updated.unwrap_or(pipeline.date_created);
-    let limit = spec::of(pipeline)
-        .ok()
-        .flatten()
-        .map_or(spec::DEFAULT_FAILURE_LIMIT, |s| s.failure_limit);
-    for run in db
-        .runs(&pipeline.arn, limit.saturating_mul(4).max(20))
-        .await?
-    {
-        if instant(run.at_ms) < reset {
-            break;
-        }
-        let Some(image) = &run.image else { continue };
-        match records.get(image).await? {
-            Some(r) if r.state == State::Failed => out.consecutive_failures += 1,
-            Some(r) if !r.state.is_final() => {}
-            Some(_) => break,
-            None => {}
-        }
-    }
-    Ok(out)
 }
