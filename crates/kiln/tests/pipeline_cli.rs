@@ -183,6 +183,32 @@ fn versions_idempotency_immutability_and_dependencies() {
     ok(&["infrastructure", "create", infra.to_str().unwrap()]);
     let pipe = write(d, "p.yaml", &format!("name: {n}-p\ncontainerRecipeArn: {}\ninfrastructureConfigurationArn: {}\nschedule:\n  scheduleExpression: cron(0 3 ? * sun *)\n", arn("container-recipe", &format!("{n}-r/1.0.0")), arn("infrastructure-configuration", &format!("{n}-small"))));
     ok(&["pipeline", "create", pipe.to_str().unwrap()]);
+    // Its schedule in words, its next run (a Sunday at 03:00 UTC), no runs yet.
+    let shown = ok(&["pipeline", "get", &format!("{n}-p")]);
+    assert!(
+        shown.contains("schedule    at 03:00 on Sunday")
+            && shown.contains("EXPRESSION_MATCH_AND_DEPENDENCY_UPDATES_AVAILABLE"),
+        "{shown}"
+    );
+    let next = json(&["pipeline", "get", &format!("{n}-p")])["dateNextRun"]
+        .as_str()
+        .map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap());
+    let next = next.unwrap_or_else(|| panic!("no dateNextRun: {shown}"));
+    assert_eq!(
+        (
+            next.format("%a %H:%M").to_string(),
+            next.offset().local_minus_utc()
+        ),
+        ("Sun 03:00".to_string(), 0)
+    );
+    assert!(ok(&["pipeline", "runs", &format!("{n}-p")]).contains("no scheduled runs yet"));
+    // A schedule AWS would refuse is refused where it is written.
+    let bad = write(d, "bad.yaml", &format!("name: {n}-bad\ncontainerRecipeArn: {}\ninfrastructureConfigurationArn: {}\nschedule:\n  scheduleExpression: cron(0 0 1 * SUN *)\n", arn("container-recipe", &format!("{n}-r/1.0.0")), arn("infrastructure-configuration", &format!("{n}-small"))));
+    let e = fails(&["pipeline", "create", bad.to_str().unwrap()]);
+    assert!(
+        e.contains("bad.yaml:5:23") && e.contains("day-of-week"),
+        "{e}"
+    );
     let e = fails(&["recipe", "delete", &format!("{n}-r/1.0.0")]);
     assert!(e.contains(&arn("image-pipeline", &format!("{n}-p"))), "{e}");
     let e = fails(&["infrastructure", "delete", &format!("{n}-small")]);
