@@ -66,6 +66,12 @@ impl State {
         }
     }
 
+    /// Reads the Image Builder spelling (as the store's `state` column keeps it).
+    pub fn parse(s: &str) -> Option<State> {
+        // Through serde's derive, which knows every variant.
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+
     /// The states of a build under way (not yet AVAILABLE, FAILED or CANCELLED).
     pub const RUNNING: [State; 4] = [
         State::Pending,

@@ -333,20 +333,16 @@ impl Scheduler {
             at,
             decision,
         };
-        let status = self.status(pipeline).await?;
-        if status.consecutive_failures >= spec.failure_limit {
-            self.disable(pipeline, status.consecutive_failures, now)
-                .await?;
-            return Ok(Some(outcome(
-                None,
-                Decision::Disabled {
-                    failures: status.consecutive_failures,
-                },
-            )));
-        }
         let db = self.resources.store().db();
+        let last = db
+            .runs(&pipeline.arn, status::runs_to_read(spec.failure_limit))
+            .await?;
+        let failures = status::consecutive_failures(&self.records, pipeline, &last).await?;
+        if failures >= spec.failure_limit {
+            self.disable(pipeline, failures, now).await?;
+            return Ok(Some(outcome(None, Decision::Disabled { failures })));
+        }
         let reset = pipeline.date_updated.unwrap_or(pipeline.date_created);
-        let last = db.runs(&pipeline.arn, 1).await?;
         let since = last
             .first()
             .map(|r| instant(r.at_ms))

@@ -53,25 +53,49 @@ pub async fn status(
         out.date_last_run = Some(s.created);
         out.last_run_status = Some(s.state);
     }
-    let reset = pipeline.date_updated.unwrap_or(pipeline.date_created);
     let limit = spec::of(pipeline)
         .ok()
         .flatten()
         .map_or(spec::DEFAULT_FAILURE_LIMIT, |s| s.failure_limit);
-    for run in db
-        .runs(&pipeline.arn, limit.saturating_mul(4).max(20))
-        .await?
-    {
+    let runs = db.runs(&pipeline.arn, runs_to_read(limit)).await?;
+    out.consecutive_failures = consecutive_failures(records, pipeline, &runs).await?;
+    Ok(out)
+}
+
+/// How many of a pipeline's latest runs to read to count `limit` failures in a row (skipped
+/// runs between them do not break the row).
+pub(super) fn runs_to_read(limit: u32) -> u32 {
+    limit.saturating_mul(4).max(20)
+}
+
+/// The scheduled runs in a row, latest first, whose builds failed: since the pipeline was
+/// created, updated or re-enabled; a build still running does not break the row, one that
+/// ended otherwise does. Only the images' states are read (not their records).
+pub(super) async fn consecutive_failures(
+    records: &Records,
+    pipeline: &Resource,
+    runs: &[kiln_store::Run],
+) -> Result<u32, StoreError> {
+    let reset = pipeline.date_updated.unwrap_or(pipeline.date_created);
+    let mut failures = 0;
+    for run in runs {
         if instant(run.at_ms) < reset {
             break;
         }
         let Some(image) = &run.image else { continue };
-        match records.get(image).await? {
-            Some(r) if r.state == State::Failed => out.consecutive_failures += 1,
-            Some(r) if !r.state.is_final() => {}
+        let state = records
+            .store()
+            .db()
+            .get(image)
+            .await?
+            .and_then(|row| row.state)
+            .and_then(|s| State::parse(&s));
+        match state {
+            Some(State::Failed) => failures += 1,
+            Some(s) if !s.is_final() => {}
             Some(_) => break,
             None => {}
         }
     }
-    Ok(out)
+    Ok(failures)
 }
