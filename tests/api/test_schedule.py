@@ -74,6 +74,11 @@ def test_the_rebuild_when_tag_is_checked(client_a):
         tags={"kiln:rebuildWhen": "parentDigest,osPackages"})["imagePipelineArn"]
     assert client_a.get_image_pipeline(imagePipelineArn=pipe)["imagePipeline"]["tags"] == {
         "kiln:rebuildWhen": "parentDigest,osPackages"}
+    # Tagged later, it is checked the same way, and a refused tag changes nothing.
+    with raises("InvalidParameterValueException", 400, mentions=("kiln:rebuildWhen", "sometimes")):
+        client_a.tag_resource(resourceArn=pipe, tags={"kiln:rebuildWhen": "sometimes"})
+    client_a.tag_resource(resourceArn=pipe, tags={"kiln:rebuildWhen": "osPackages"})
+    assert client_a.list_tags_for_resource(resourceArn=pipe)["tags"] == {"kiln:rebuildWhen": "osPackages"}
 
 
 def _scheduled_images(client, pipe):

@@ -932,6 +932,18 @@ impl Records {
         liveness: &dyn Liveness,
         registries: &kiln_dist::RegistryAccess,
     ) -> Result<Vec<String>, StoreError> {
+        self.recover_interrupted_telling(liveness, registries, None)
+            .await
+    }
+
+    /// [`Records::recover_interrupted`], writing each failed build's notifications (its
+    /// topic's `image.failed`) with its new state, as a build that fails by itself does.
+    pub async fn recover_interrupted_telling(
+        &self,
+        liveness: &dyn Liveness,
+        registries: &kiln_dist::RegistryAccess,
+        notices: Option<&dyn crate::notify::Notices>,
+    ) -> Result<Vec<String>, StoreError> {
         // By state alone (only images have these states): the state index answers it.
         let running = Filter {
             states: State::RUNNING
@@ -980,7 +992,11 @@ impl Records {
                 log: None,
                 kept_instance: None,
             });
-            self.save(&r).await?;
+            let outbox = match notices {
+                Some(n) => n.of_final(&r, Utc::now().timestamp_millis()).await,
+                None => Vec::new(),
+            };
+            self.save_with(&r, outbox).await?;
             fixed.push(r.build_version());
         }
         Ok(fixed)
@@ -1196,6 +1212,41 @@ pub(crate) mod tests {
                 .unwrap(),
             vec!["a/1.0.0/1".to_string()]
         );
+    }
+
+    /// Tells a topic of every final record it is shown.
+    struct TellAll;
+
+    #[async_trait::async_trait]
+    impl crate::notify::Notices for TellAll {
+        async fn of_final(&self, r: &ImageRecord, now_ms: i64) -> Vec<kiln_store::Message> {
+            let event = crate::notify::image_event(r.state).unwrap();
+            vec![crate::notify::message(
+                "topic/t",
+                event,
+                &r.arn,
+                &serde_json::json!({"arn": r.arn}),
+                now_ms,
+            )]
+        }
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_build_tells_its_topic_that_it_failed() {
+        let d = tempfile::tempdir().unwrap();
+        let recs = records(d.path()).await;
+        let mut dead = record("b", "1.0.0", State::Building);
+        dead.run_dir = Some(d.path().join("run/gone"));
+        let dead = add(&recs, dead).await;
+        let fixed = recs
+            .recover_interrupted_telling(&LocalRuns, &Default::default(), Some(&TellAll))
+            .await
+            .unwrap();
+        assert_eq!(fixed, ["b/1.0.0/1"]);
+        let told = recs.store().db().messages("topic/t", 10).await.unwrap();
+        assert_eq!(told.len(), 1);
+        assert_eq!(told[0].message.event, "image.failed");
+        assert!(told[0].message.body.contains(&dead.arn));
     }
 
     #[test]

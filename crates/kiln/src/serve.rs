@@ -86,7 +86,11 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
     let store = kiln_core::state::Store::open(&home).await?;
     let records = Records::new(store.clone());
     let access = kiln_core::parent::registry_access(&cfg.registries);
-    for b in records.recover_interrupted(&LocalRuns, &access).await? {
+    let notices = kiln_api::notices::ImageNotices::new(store.clone());
+    for b in records
+        .recover_interrupted_telling(&LocalRuns, &access, Some(&notices))
+        .await?
+    {
         eprintln!("kiln serve: {b} was interrupted earlier; it is now FAILED");
     }
     let accounts = Accounts::new(&home);

@@ -251,7 +251,10 @@ impl Builder {
         };
         let records = Records::new(store);
         let access = crate::parent::registry_access(&self.options.registries);
-        for b in records.recover_interrupted(&LocalRuns, &access).await? {
+        for b in records
+            .recover_interrupted_telling(&LocalRuns, &access, self.notices.as_deref())
+            .await?
+        {
             observer.event(&BuildEvent::Progress {
                 message: format!("{b} was interrupted earlier; it is now FAILED"),
             });

@@ -419,6 +419,22 @@ impl Resources {
             .cloned()
             .unwrap_or_default();
         change(&mut tags);
+        if found.kind == Kind::ImagePipeline {
+            let tag = crate::scheduler::spec::REBUILD_WHEN_TAG;
+            if let Some(v) = tags.get(tag) {
+                let checked = v
+                    .as_str()
+                    .ok_or_else(|| "it must be text".to_string())
+                    .and_then(crate::scheduler::RebuildWhen::parse_tag);
+                if let Err(e) = checked {
+                    return Err(Invalid::message(
+                        ErrorCode::InvalidParameterValue,
+                        format!("tag `{tag}`: {e}"),
+                    )
+                    .into());
+                }
+            }
+        }
         if let Some(o) = found.request.as_object_mut() {
             if tags.is_empty() {
                 o.remove("tags");
