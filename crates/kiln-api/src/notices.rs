@@ -3,12 +3,12 @@
 //! build calls this through its [`Notices`] hook, so that it needs no view of its own.
 
 use async_trait::async_trait;
-use kiln_core::notify::{self, Notices, TopicState, Topics};
+use kiln_core::notify::{self, Notices};
 use kiln_core::principal::Principal;
 use kiln_core::record::ImageRecord;
 use kiln_core::resources::Resources;
 use kiln_core::state::Store;
-use kiln_store::{Kind, Message};
+use kiln_store::Message;
 
 use crate::model::Model;
 
@@ -16,43 +16,14 @@ use crate::model::Model;
 /// build's infrastructure configuration.
 pub struct ImageNotices {
     resources: Resources,
-    topics: Topics,
 }
 
 impl ImageNotices {
     /// Notices over a store.
     pub fn new(store: Store) -> ImageNotices {
         ImageNotices {
-            resources: Resources::new(store.clone()),
-            topics: Topics::new(store),
+            resources: Resources::new(store),
         }
-    }
-
-    /// The ACTIVE topics the build's infrastructure configurations name.
-    async fn topics(&self, principal: &Principal, rec: &ImageRecord) -> Vec<String> {
-        let mut out = Vec::new();
-        for used in &rec.configurations {
-            let Ok(c) = self
-                .resources
-                .get(principal, used, &[Kind::InfrastructureConfiguration])
-                .await
-            else {
-                continue;
-            };
-            let Some(arn) = notify::topic_of(&c) else {
-                continue;
-            };
-            match self.topics.by_arn(arn).await {
-                Ok(Some(t)) if t.state == TopicState::Active => out.push(t.arn),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(topic = %arn, error = %e, "cannot read the topic; no notification")
-                }
-            }
-        }
-        out.sort();
-        out.dedup();
-        out
     }
 }
 
@@ -63,7 +34,8 @@ impl Notices for ImageNotices {
             return Vec::new();
         };
         let principal = Principal::new(rec.account.clone(), rec.owner.clone());
-        let topics = self.topics(&principal, rec).await;
+        let topics =
+            notify::topics_named(self.resources.store(), &principal, &rec.configurations).await;
         if topics.is_empty() {
             return Vec::new();
         }

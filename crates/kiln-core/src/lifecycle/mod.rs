@@ -190,10 +190,12 @@ impl Lifecycle {
                     reason: Some(c.reason.clone()),
                     execution: Some(execution.to_string()),
                 });
-                let outbox = match self.topic(&rec).await {
-                    Some(topic) => vec![notice(&topic, &rec, c.action, &c.reason, execution, now)],
-                    None => Vec::new(),
-                };
+                let outbox = self
+                    .topics(&rec)
+                    .await
+                    .iter()
+                    .map(|t| notice(t, &rec, c.action, &c.reason, execution, now))
+                    .collect();
                 self.records.save_with(&rec, outbox).await?;
             }
             ActionType::Delete => {
@@ -202,13 +204,16 @@ impl Lifecycle {
                     disks: include.and_then(|i| i.amis) != Some(false),
                     containers: include.and_then(|i| i.containers) != Some(false),
                 };
-                let topic = self.topic(&rec).await;
+                let topics = self.topics(&rec).await;
                 let (reason, id) = (c.reason.clone(), execution.to_string());
-                let tell = move |r: &ImageRecord| match &topic {
-                    Some(t) if r.state == State::Deleted => {
-                        vec![notice(t, r, ActionType::Delete, &reason, &id, now)]
+                let tell = move |r: &ImageRecord| {
+                    if r.state != State::Deleted {
+                        return Vec::new();
                     }
-                    _ => Vec::new(),
+                    topics
+                        .iter()
+                        .map(|t| notice(t, r, ActionType::Delete, &reason, &id, now))
+                        .collect()
                 };
                 let d = delete_image(
                     &self.records,
@@ -232,17 +237,10 @@ impl Lifecycle {
 }
 
 impl Lifecycle {
-    /// The topic of the infrastructure configuration an image was built with, if it names one.
-    async fn topic(&self, rec: &ImageRecord) -> Option<String> {
-        for arn in &rec.configurations {
-            if !arn.contains(":infrastructure-configuration/") {
-                continue;
-            }
-            let row = self.resources.store().db().get(arn).await.ok().flatten()?;
-            let infra: Resource = serde_json::from_str(&row.body).ok()?;
-            return crate::notify::topic_of(&infra).map(str::to_owned);
-        }
-        None
+    /// The topics of the infrastructure configuration an image was built with.
+    async fn topics(&self, rec: &ImageRecord) -> Vec<String> {
+        let principal = Principal::new(rec.account.clone(), "lifecycle");
+        crate::notify::topics_named(self.resources.store(), &principal, &rec.configurations).await
     }
 }
 

@@ -22,7 +22,8 @@ pub use deliver::{
 };
 pub use sign::{sign_one, signature_header, Secret, SecretError, SECRET_PREFIX};
 pub use topic::{
-    check_url, parse_topic_arn, topic_of, Topic, TopicState, TopicView, Topics, MAX_SECRETS,
+    check_url, parse_topic_arn, topic_of, topics_named, Topic, TopicState, TopicView, Topics,
+    MAX_SECRETS,
 };
 
 /// What happened.

@@ -158,6 +158,40 @@ pub fn topic_of(configuration: &Resource) -> Option<&str> {
         .find(|u| Reference::parse(u, &[Kind::Topic]).is_ok())
 }
 
+/// The ACTIVE topics the infrastructure configurations among `configurations` (ARNs of any
+/// kind; the others are passed over) name, in `principal`'s account: where the messages of a
+/// build, of a pipeline or of a lifecycle action on an image go.
+pub async fn topics_named(
+    store: &Store,
+    principal: &Principal,
+    configurations: &[String],
+) -> Vec<String> {
+    let resources = crate::resources::Resources::new(store.clone());
+    let topics = Topics::new(store.clone());
+    let mut out = Vec::new();
+    for used in configurations {
+        let Ok(c) = resources
+            .get(principal, used, &[Kind::InfrastructureConfiguration])
+            .await
+        else {
+            continue;
+        };
+        let Some(arn) = topic_of(&c) else {
+            continue;
+        };
+        match topics.by_arn(arn).await {
+            Ok(Some(t)) if t.state == TopicState::Active => out.push(t.arn),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(topic = %arn, error = %e, "cannot read the topic; no notification")
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// What an `snsTopicArn` names, as a reference to a kiln topic: a kiln topic ARN
 /// (`arn:kiln:imagebuilder:REGION:ACCOUNT:topic/NAME`), or the SNS shape AWS users already
 /// write (`arn:aws:sns:REGION:ACCOUNT:NAME`), which names the kiln topic NAME of ACCOUNT.

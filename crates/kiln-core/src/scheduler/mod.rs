@@ -541,17 +541,10 @@ impl Scheduler {
         let Some(infra) = pipeline.field("infrastructureConfigurationArn") else {
             return Vec::new();
         };
-        let infra = match self.resources.store().db().get(infra).await {
-            Ok(Some(row)) => serde_json::from_str::<Resource>(&row.body).ok(),
-            _ => None,
-        };
-        let Some(topic) = infra
-            .as_ref()
-            .and_then(crate::notify::topic_of)
-            .map(str::to_owned)
-        else {
-            return Vec::new();
-        };
+        let principal = Principal::new(account_of(&pipeline.arn), "scheduler");
+        let topics =
+            crate::notify::topics_named(self.resources.store(), &principal, &[infra.to_owned()])
+                .await;
         let body = serde_json::json!({
             "imagePipelineArn": pipeline.arn,
             "name": pipeline.name,
@@ -560,13 +553,18 @@ impl Scheduler {
             "reason": format!("{failures} scheduled runs in a row failed"),
             "date": now.to_rfc3339(),
         });
-        vec![crate::notify::message(
-            &topic,
-            crate::notify::Event::PipelineDisabled,
-            &format!("{}@{}", pipeline.arn, ms(now)),
-            &body,
-            ms(now),
-        )]
+        topics
+            .iter()
+            .map(|t| {
+                crate::notify::message(
+                    t,
+                    crate::notify::Event::PipelineDisabled,
+                    &format!("{}@{}", pipeline.arn, ms(now)),
+                    &body,
+                    ms(now),
+                )
+            })
+            .collect()
     }
 
     /// Runs [`Scheduler::tick`] every `every` until `stop` says so.
