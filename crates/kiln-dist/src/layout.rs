@@ -120,29 +120,42 @@ impl LayoutTarget {
     }
 }
 
+/// The version's name of a build's disk file (`ours` is the file's metadata) when that name
+/// is this very file, with the previous build's file it goes back to (none: it goes).
+fn version_name_to_move(
+    build: &BuildId,
+    previous: Option<u32>,
+    dir: &Path,
+    ext: &str,
+    ours: &std::fs::Metadata,
+) -> Option<(std::path::PathBuf, Option<std::path::PathBuf>)> {
+    let version_name = dir.join(format!("{}.{ext}", build.version_stem()));
+    let m = std::fs::metadata(&version_name).ok()?;
+    if m.ino() != ours.ino() || m.dev() != ours.dev() {
+        return None;
+    }
+    let prev = previous
+        .map(|p| dir.join(format!("{}.{ext}", build.with_build(p).build_stem())))
+        .filter(|p| p.exists());
+    Some((version_name, prev))
+}
+
 /// Removes a build's disk file; the version's name goes back to the previous build's file when
 /// it named this one.
 fn take_back_disk(build: &BuildId, previous: Option<u32>, file: &Path) -> Option<String> {
     let ours = std::fs::metadata(file).ok()?;
     let dir = file.parent()?;
     let ext = file.extension()?.to_string_lossy().into_owned();
-    let version_name = dir.join(format!("{}.{ext}", build.version_stem()));
-    if let Ok(m) = std::fs::metadata(&version_name) {
-        if m.ino() == ours.ino() && m.dev() == ours.dev() {
-            let prev = previous
-                .map(|p| dir.join(format!("{}.{ext}", build.with_build(p).build_stem())))
-                .filter(|p| p.exists());
-            match prev {
-                Some(prev) => {
-                    if let Err(e) = disk::link_version(&prev, &build.version_stem()) {
-                        tracing::warn!("{e}");
-                    }
-                }
-                None => {
-                    let _ = std::fs::remove_file(&version_name);
-                }
+    match version_name_to_move(build, previous, dir, &ext, &ours) {
+        Some((_, Some(prev))) => {
+            if let Err(e) = disk::link_version(&prev, &build.version_stem()) {
+                tracing::warn!("{e}");
             }
         }
+        Some((version_name, None)) => {
+            let _ = std::fs::remove_file(&version_name);
+        }
+        None => {}
     }
     std::fs::remove_file(file).ok()?;
     Some(file.file_name()?.to_string_lossy().into_owned())
@@ -206,25 +219,18 @@ fn retire_disk(build: &BuildId, previous: Option<u32>, file: &Path) -> Result<Ve
         .extension()
         .map(|e| e.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let version_name = dir.join(format!("{}.{ext}", build.version_stem()));
     let mut removed = Vec::new();
-    if let Ok(m) = std::fs::metadata(&version_name) {
-        if m.ino() == ours.ino() && m.dev() == ours.dev() {
-            let prev = previous
-                .map(|p| dir.join(format!("{}.{ext}", build.with_build(p).build_stem())))
-                .filter(|p| p.exists());
-            match prev {
-                Some(prev) => {
-                    disk::link_version(&prev, &build.version_stem())?;
-                    removed.push(format!("{} (now {})", name(&version_name), name(&prev)));
-                }
-                None => {
-                    std::fs::remove_file(&version_name)
-                        .map_err(|e| format!("removing {}: {e}", version_name.display()))?;
-                    removed.push(name(&version_name));
-                }
-            }
+    match version_name_to_move(build, previous, dir, &ext, &ours) {
+        Some((version_name, Some(prev))) => {
+            disk::link_version(&prev, &build.version_stem())?;
+            removed.push(format!("{} (now {})", name(&version_name), name(&prev)));
         }
+        Some((version_name, None)) => {
+            std::fs::remove_file(&version_name)
+                .map_err(|e| format!("removing {}: {e}", version_name.display()))?;
+            removed.push(name(&version_name));
+        }
+        None => {}
     }
     std::fs::remove_file(file).map_err(|e| format!("removing {}: {e}", file.display()))?;
     removed.push(name(file));
