@@ -32,14 +32,19 @@ pub async fn status(
     pipeline: &Resource,
     now: DateTime<Utc>,
 ) -> Result<RunStatus, StoreError> {
-    let db = records.store().db();
     let mut out = RunStatus::default();
-    if pipeline.status != Some(PipelineStatus::Disabled) {
-        if let Ok(Some(spec)) = spec::of(pipeline) {
-            let runs = db.runs(&pipeline.arn, 1).await?;
-            let after = runs.first().map(|r| instant(r.at_ms)).unwrap_or(now);
-            out.date_next_run = spec.schedule.next_after(after.max(now));
-        }
+    let spec = spec::of(pipeline).ok().flatten();
+    let limit = spec
+        .as_ref()
+        .map_or(spec::DEFAULT_FAILURE_LIMIT, |s| s.failure_limit);
+    let runs = records
+        .store()
+        .db()
+        .runs(&pipeline.arn, runs_to_read(limit))
+        .await?;
+    if let Some(spec) = spec.filter(|_| pipeline.status != Some(PipelineStatus::Disabled)) {
+        let after = runs.first().map(|r| instant(r.at_ms)).unwrap_or(now);
+        out.date_next_run = spec.schedule.next_after(after.max(now));
     }
     let newest = records
         .summaries(&Filter {
@@ -53,11 +58,6 @@ pub async fn status(
         out.date_last_run = Some(s.created);
         out.last_run_status = Some(s.state);
     }
-    let limit = spec::of(pipeline)
-        .ok()
-        .flatten()
-        .map_or(spec::DEFAULT_FAILURE_LIMIT, |s| s.failure_limit);
-    let runs = db.runs(&pipeline.arn, runs_to_read(limit)).await?;
     out.consecutive_failures = consecutive_failures(records, pipeline, &runs).await?;
     Ok(out)
 }
