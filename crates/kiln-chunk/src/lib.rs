@@ -1,0 +1,14 @@
+//! Disks as content-defined chunks.
+#![deny(missing_docs)]
+
+mod chunker;
+mod digest;
+mod error;
+pub mod index;
+#[cfg(test)]
+mod test_util;
+
+pub use chunker::{chunk_file, Chunk, Chunked, Params};
+pub use digest::{BadDigest, Digest};
+pub use error::ChunkError;
+pub use index::{ChunkIndex, IndexEntry, PackRef, FORMAT_VERSION};
