@@ -5,6 +5,7 @@ mod chunker;
 mod digest;
 mod error;
 pub mod index;
+mod pack;
 #[cfg(test)]
 mod test_util;
 
@@ -12,3 +13,4 @@ pub use chunker::{chunk_file, Chunk, Chunked, Params};
 pub use digest::{BadDigest, Digest};
 pub use error::ChunkError;
 pub use index::{ChunkIndex, IndexEntry, PackRef, FORMAT_VERSION};
+pub use pack::{pack, PackFile, PackStats, Packed};
