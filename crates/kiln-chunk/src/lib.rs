@@ -6,6 +6,7 @@ mod digest;
 mod error;
 pub mod index;
 mod pack;
+mod rebuild;
 #[cfg(test)]
 mod test_util;
 
@@ -14,3 +15,4 @@ pub use digest::{BadDigest, Digest};
 pub use error::ChunkError;
 pub use index::{ChunkIndex, IndexEntry, PackRef, FORMAT_VERSION};
 pub use pack::{pack, PackFile, PackStats, Packed};
+pub use rebuild::{rebuild, PackSource, RebuildStats, MAX_GAP, MAX_READ};
