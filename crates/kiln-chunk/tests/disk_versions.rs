@@ -1,5 +1,7 @@
 //! Two versions of a synthetic 64 MiB disk: the second ships a small pack, and a reader with the
 //! first rebuilds it from the packs on disk with few ranged reads.
+// The helpers outside #[test] functions unwrap too: a failure is the test's.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::fs::File;
