@@ -34,6 +34,7 @@ pub use oci::{
 /// The OCI image-spec types [`oci::ReadImage`] hands out.
 pub use oci_spec;
 pub use registry::{
-    delete_manifest, manifest_digest, parse_reference, pull, push, retag, Deleted, RegistryAuth,
-    RegistryError, RegistryOptions,
+    delete_manifest, manifest_digest, parse_reference, pull, push, push_with, retag, Deleted,
+    PushReport, RegistryAuth, RegistryError, RegistryOptions, Repository, RepositoryStats,
+    RetryPolicy, Sent,
 };
