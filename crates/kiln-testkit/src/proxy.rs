@@ -68,8 +68,7 @@ impl CutProxy {
                 loop {
                     match TcpListener::bind(("127.0.0.1", port)) {
                         Ok(l) => break l,
-                        Err(e) if Instant::now() < deadline => {
-                            let _ = e;
+                        Err(_) if Instant::now() < deadline => {
                             thread::sleep(Duration::from_millis(20));
                         }
                         Err(e) => panic!("proxy cannot bind 127.0.0.1:{port}: {e}"),

@@ -501,7 +501,7 @@ impl Repository {
         for expected in said
             .iter()
             .map(String::as_str)
-            .chain(reference.contains(':').then_some(reference).into_iter())
+            .chain(reference.contains(':').then_some(reference))
         {
             if expected != digest {
                 return Err(at.mismatch("the manifest", expected, &digest));
