@@ -10,7 +10,8 @@
 //!
 //! [`registry::pull`] and [`registry::push`] move images between a layout and a registry;
 //! [`registry::manifest_digest`], [`registry::retag`] and [`registry::delete_manifest`] look
-//! up, move and delete tags there.
+//! up, move and delete tags there; [`registry::Repository`] moves single blobs (present,
+//! mounted or uploaded in resumable pieces) and manifests, for images and OCI artifacts.
 //!
 //! Everything here except [`registry`] is synchronous and blocking: callers in async code run
 //! it on a blocking thread. [`registry`] is async (tokio) and does its own file work on
