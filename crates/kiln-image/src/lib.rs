@@ -10,7 +10,8 @@
 //!
 //! [`registry::pull`] and [`registry::push`] move images between a layout and a registry;
 //! [`registry::manifest_digest`], [`registry::retag`] and [`registry::delete_manifest`] look
-//! up, move and delete tags there.
+//! up, move and delete tags there; [`registry::Repository`] moves single blobs (present,
+//! mounted or uploaded in resumable pieces) and manifests, for images and OCI artifacts.
 //!
 //! Everything here except [`registry`] is synchronous and blocking: callers in async code run
 //! it on a blocking thread. [`registry`] is async (tokio) and does its own file work on
@@ -34,6 +35,7 @@ pub use oci::{
 /// The OCI image-spec types [`oci::ReadImage`] hands out.
 pub use oci_spec;
 pub use registry::{
-    delete_manifest, manifest_digest, parse_reference, pull, push, retag, Deleted, RegistryAuth,
-    RegistryError, RegistryOptions,
+    delete_manifest, manifest_digest, parse_reference, pull, push, push_with, retag, Deleted,
+    PushReport, RegistryAuth, RegistryError, RegistryOptions, Repository, RepositoryStats,
+    RetryPolicy, Sent,
 };

@@ -1,6 +1,7 @@
 //! Test support shared by kiln's crates: the real servers their tests talk to, started on
 //! loopback ports in temporary folders and stopped when dropped, and checks that the host tools
-//! a test needs are installed (a missing one fails the test with what to run; nothing skips).
+//! a test needs are installed (a missing one fails the test with what to run; nothing skips),
+//! and a TCP proxy that breaks connections on purpose ([`proxy::CutProxy`]).
 //!
 //! Only tests use it (a dev-dependency): failing loudly is its job, so it unwraps.
 #![deny(missing_docs)]
@@ -8,6 +9,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+pub mod proxy;
 pub mod registry;
 
 /// Fails the test unless `name` is an executable in `PATH`, saying how to install it.

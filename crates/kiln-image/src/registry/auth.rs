@@ -1,4 +1,5 @@
-//! Authentication for kiln's own HTTP requests (the DELETE oci-client lacks): the
+//! Authentication for kiln's own HTTP requests (the DELETE oci-client lacks, and the blob and
+//! manifest requests of [`super::Repository`]): the
 //! `WWW-Authenticate` challenges of a 401, the credentials that answer them, and bearer tokens
 //! from a registry's token service.
 
@@ -64,6 +65,7 @@ pub(super) fn is_insufficient_scope(header: &str) -> bool {
 }
 
 /// What kiln's own requests authenticate with. No `Debug`: it holds the password or token.
+#[derive(Clone)]
 pub(super) enum Credential {
     Basic(String, String),
     Bearer(String),
@@ -78,6 +80,20 @@ impl Remote {
         http: &reqwest::Client,
         challenge: Option<Challenge>,
     ) -> Result<Option<Credential>, RegistryError> {
+        let scope = format!("repository:{}:delete", self.reference.repository());
+        self.answer_for(http, challenge, Action::DeleteToken, &scope)
+            .await
+    }
+
+    /// [`Remote::answer`] for any request: `action` words a token service's failure, and
+    /// `default_scope` is asked for when the challenge names none.
+    pub(super) async fn answer_for(
+        &self,
+        http: &reqwest::Client,
+        challenge: Option<Challenge>,
+        action: Action<'_>,
+        default_scope: &str,
+    ) -> Result<Option<Credential>, RegistryError> {
         match challenge {
             None => Ok(None),
             Some(Challenge::Basic) => Ok(match &self.auth {
@@ -91,8 +107,9 @@ impl Remote {
                 service,
                 scope,
             }) => {
+                let scope = scope.as_deref().unwrap_or(default_scope);
                 let token = self
-                    .bearer_token(http, &realm, service.as_deref(), scope.as_deref())
+                    .bearer_token(http, &realm, service.as_deref(), scope, action)
                     .await?;
                 Ok(Some(Credential::Bearer(token)))
             }
@@ -107,9 +124,9 @@ impl Remote {
         http: &reqwest::Client,
         realm: &str,
         service: Option<&str>,
-        scope: Option<&str>,
+        scope: &str,
+        action: Action<'_>,
     ) -> Result<String, RegistryError> {
-        let action = Action::DeleteToken;
         let mut url = reqwest::Url::parse(realm).map_err(|e| {
             self.protocol(
                 &action.doing(),
@@ -134,18 +151,14 @@ impl Remote {
                 ))
             }
         }
-        // The challenge names the scope the DELETE needs (`repository:NAME:delete` on the CNCF
-        // registry); one that names none gets that asked for.
-        let scope = scope.map_or_else(
-            || format!("repository:{}:delete", self.reference.repository()),
-            str::to_string,
-        );
+        // The challenge names the scope the request needs (`repository:NAME:delete` for a
+        // DELETE on the CNCF registry); one that names none gets the caller's default.
         {
             let mut query = url.query_pairs_mut();
             if let Some(service) = service {
                 query.append_pair("service", service);
             }
-            query.append_pair("scope", &scope);
+            query.append_pair("scope", scope);
         }
         let mut request = http.get(url.clone());
         if let ClientAuth::Basic(user, password) = &self.auth {

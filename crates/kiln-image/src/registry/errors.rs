@@ -28,6 +28,14 @@ pub(super) enum Action<'a> {
     DeleteManifest(&'a str),
     /// A bearer token from the registry's token service, for a delete.
     DeleteToken,
+    /// A cross-repository mount of a blob.
+    MountBlob(&'a str),
+    /// Asking the registry how much of an upload it has.
+    UploadStatus(&'a str),
+    /// Listing the repository's tags.
+    ListTags,
+    /// A bearer token from the registry's token service, for a blob or manifest request.
+    Token,
 }
 
 impl Action<'_> {
@@ -42,18 +50,28 @@ impl Action<'_> {
             Action::ResolveTag => "looking up the manifest digest".into(),
             Action::DeleteManifest(d) => format!("deleting manifest {d}"),
             Action::DeleteToken => "getting a token to delete with".into(),
+            Action::MountBlob(d) => format!("mounting blob {d} from another repository"),
+            Action::UploadStatus(d) => format!("asking how much of blob {d} was uploaded"),
+            Action::ListTags => "listing the tags".into(),
+            Action::Token => "getting a token from the registry's token service".into(),
         }
     }
 
     /// The access a 403 refused, in the words of [`RegistryError::Denied`].
     pub(super) fn access(&self) -> &'static str {
         match self {
-            Action::CheckBlob(_) | Action::PushBlob(_) | Action::PushManifest => "push",
+            Action::CheckBlob(_)
+            | Action::PushBlob(_)
+            | Action::PushManifest
+            | Action::MountBlob(_)
+            | Action::UploadStatus(_)
+            | Action::Token => "push",
             Action::DeleteManifest(_) | Action::DeleteToken => "delete",
             Action::PullManifest
             | Action::PullBlob(_)
             | Action::CheckManifest
-            | Action::ResolveTag => "pull",
+            | Action::ResolveTag
+            | Action::ListTags => "pull",
         }
     }
 }
@@ -132,15 +150,19 @@ impl Remote {
         }) = &e
         {
             let what = match action {
-                Action::PullBlob(d) | Action::CheckBlob(d) | Action::PushBlob(d) => {
-                    format!("blob {d}")
-                }
+                Action::PullBlob(d)
+                | Action::CheckBlob(d)
+                | Action::PushBlob(d)
+                | Action::MountBlob(d)
+                | Action::UploadStatus(d) => format!("blob {d}"),
                 Action::PullManifest
                 | Action::PushManifest
                 | Action::CheckManifest
                 | Action::ResolveTag
                 | Action::DeleteManifest(_)
-                | Action::DeleteToken => "the manifest".to_string(),
+                | Action::DeleteToken
+                | Action::ListTags
+                | Action::Token => "the manifest".to_string(),
             };
             return self.mismatch(&what, expected, actual);
         }

@@ -10,7 +10,16 @@
 //! bytes (and digests), the manifest gets a new digest, as with `skopeo copy`.
 //!
 //! [`push`] uploads the blobs the registry does not have yet, then the manifest byte for byte,
-//! so the image keeps the digest it has in the layout.
+//! so the image keeps the digest it has in the layout; [`push_with`] also mounts blobs from
+//! other repositories of the registry and reports what it moved.
+//!
+//! [`Repository`] is the blob-level API under it, for pushing images and OCI artifacts (disk
+//! chunks) with as few bytes as possible: [`Repository::blob_exists`],
+//! [`Repository::put_blob`] (present, mounted, or uploaded in resumable pieces),
+//! [`Repository::read_range`], [`Repository::put_manifest`], [`Repository::get_manifest`] and
+//! [`Repository::tags`]. Every one of its requests is retried on transient failures as its
+//! [`RetryPolicy`] says, and answers the registry's basic or bearer-token challenge once per
+//! repository.
 //!
 //! Tags move without images moving, which is what staging a build under `VERSION-BUILD`,
 //! promoting it to `VERSION` and taking a dead build back are made of: [`manifest_digest`] says
@@ -37,12 +46,18 @@ mod manifests;
 mod pulling;
 mod pushing;
 mod remote;
+mod repository;
+mod retry;
+mod upload;
 
 use errors::Action;
 use remote::Remote;
 
 /// The parsed image reference [`parse_reference`] returns (oci-client's own type).
 pub use oci_client::Reference;
+pub use repository::{Repository, RepositoryStats, PIECE_SIZE};
+pub use retry::RetryPolicy;
+pub use upload::Sent;
 
 /// Blobs moved at once: enough to fill a link with a few big layers, few enough that a
 /// registry's per-client limits are not hit.
@@ -252,13 +267,45 @@ pub async fn pull(
 
 /// Pushes the image tagged `tag` in `layout` to `reference` (which needs a tag, not a digest):
 /// layers and config the registry lacks, then the manifest, byte for byte. Returns the
-/// manifest digest the registry reports for the tag afterwards.
+/// manifest digest the registry reports for the tag afterwards. [`push_with`] says more.
 pub async fn push(
     layout: &Path,
     tag: &str,
     reference: &str,
     opts: &RegistryOptions,
 ) -> Result<String, RegistryError> {
+    Ok(push_with(layout, tag, reference, opts, &[]).await?.digest)
+}
+
+/// What [`push_with`] moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushReport {
+    /// The manifest digest the tag names afterwards (the layout's).
+    pub digest: String,
+    /// Bytes sent: blob bytes uploaded (pieces sent again after a failure counted again) and
+    /// the manifest.
+    pub bytes_sent: u64,
+    /// Blobs uploaded.
+    pub uploaded: usize,
+    /// Blobs mounted from another repository of the registry.
+    pub mounted: usize,
+    /// Blobs the repository had already.
+    pub present: usize,
+}
+
+/// Pushes the image tagged `tag` in `layout` to `reference` (which needs a tag): each layer
+/// and the config through [`Repository::put_blob`] (nothing sent for blobs the repository
+/// has; mounted from the first repository of `mount_from`, `REPO` paths in the same
+/// registry, that has them; else uploaded, chunked and resumable, with retries), then the
+/// manifest byte for byte, checked to be what the tag names afterwards, so the image keeps
+/// the digest it has in the layout.
+pub async fn push_with(
+    layout: &Path,
+    tag: &str,
+    reference: &str,
+    opts: &RegistryOptions,
+    mount_from: &[String],
+) -> Result<PushReport, RegistryError> {
     let reference = parse_reference(reference)?;
     if reference.digest().is_some() {
         return Err(RegistryError::BadReference {
@@ -267,7 +314,7 @@ pub async fn push(
         });
     }
     let remote = Remote::new(reference, opts)?;
-    pushing::from_layout(remote, layout, tag).await
+    pushing::from_layout(remote, layout, tag, mount_from).await
 }
 
 /// The digest of the manifest `reference` names on the registry (`HOST/REPOSITORY:TAG`; with
@@ -475,6 +522,10 @@ mod tests {
         let opts = RegistryOptions::default();
         send(pull("localhost/x:1", Path::new("/nonexistent"), "1", &opts));
         send(push(Path::new("/nonexistent"), "1", "localhost/x:1", &opts));
+        let repo = Repository::open("localhost/x", &opts).unwrap();
+        send(repo.put_blob("sha256:00", 0, Path::new("/x"), &[]));
+        send(repo.get_manifest("1"));
+        send(repo.tags());
         send(manifest_digest("localhost/x:1", &opts));
         send(retag("localhost/x:1", "2", &opts));
         send(delete_manifest("localhost/x:1", &opts));

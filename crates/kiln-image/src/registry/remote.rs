@@ -60,8 +60,8 @@ impl Remote {
             } else {
                 ClientProtocol::Https
             },
-            // One POST and one streamed PUT per blob; chunked uploads would send a PATCH per
-            // read and buffer nothing better.
+            // Pushes go through Repository's own requests (mounts, resumable pieces); this
+            // client uploads nothing, so its push mode does not matter.
             use_monolithic_push: true,
             platform_resolver: None,
             connect_timeout: Some(CONNECT_TIMEOUT),
