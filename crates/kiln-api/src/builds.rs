@@ -87,6 +87,7 @@ impl Builds {
     /// How to reach the registries builds push to (to delete what they pushed).
     pub fn registry_access(&self) -> kiln_dist::RegistryAccess {
         kiln_core::parent::registry_access(&self.settings.options.registries)
+            .with_s3(self.settings.options.s3.clone())
     }
 
     /// Starts a pipeline's build; returns its image ARN once it is numbered (PENDING).

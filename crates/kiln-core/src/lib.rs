@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod principal;
 pub mod recipe;
 pub mod record;
+pub mod regions;
 pub mod request;
 pub mod resources;
 pub mod retire;

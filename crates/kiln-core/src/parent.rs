@@ -161,7 +161,8 @@ pub fn registry_access(registries: &[RegistryCredentials]) -> kiln_dist::Registr
 /// A configured host's credentials and transport: pulls and distribution reach it the same way.
 fn registry_options(c: &RegistryCredentials) -> kiln_image::registry::RegistryOptions {
     kiln_image::registry::RegistryOptions {
-        auth: Some(kiln_image::registry::RegistryAuth {
+        // A host configured only to be spoken to over plain HTTP has no credentials.
+        auth: (!c.username.is_empty()).then(|| kiln_image::registry::RegistryAuth {
             username: c.username.clone(),
             password: c.password.clone(),
         }),

@@ -255,7 +255,12 @@ fn recipe_document(
                     .iter()
                     .map(|i| {
                         let mut m = serde_json::Map::new();
-                        for k in ["region", "path"] {
+                        for k in [
+                            "region",
+                            "path",
+                            "containerDistributionConfiguration",
+                            "amiDistributionConfiguration",
+                        ] {
                             if let Some(v) = i.get(k) {
                                 m.insert(k.into(), v.clone());
                             }

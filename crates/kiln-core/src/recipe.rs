@@ -416,6 +416,66 @@ pub struct Distribution {
     pub region: String,
     /// Its OCI image layout folder (`$KILN_HOME/regions/NAME` when `None`).
     pub path: Option<PathBuf>,
+    /// The container image's repository and more tags
+    /// (`containerDistributionConfiguration`), for registry and bucket regions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerNaming>,
+    /// The disk's name template (`amiDistributionConfiguration.name`, with
+    /// `{{ imagebuilder:buildDate }}` and `{{ imagebuilder:buildVersion }}`): one more tag of
+    /// the disk in registry and bucket regions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_name: Option<String>,
+}
+
+/// `containerDistributionConfiguration`: where the container image goes in a region.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerNaming {
+    /// `targetRepository.repositoryName`: the repository instead of the image's name.
+    pub repository: Option<String>,
+    /// `containerTags`: more tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// The names `amiDistributionConfiguration.name` may use, rendered for a build.
+pub const DISK_NAME_VARIABLES: [&str; 2] = ["imagebuilder:buildDate", "imagebuilder:buildVersion"];
+
+/// Renders a disk name template for build `build` made at `date`, as a tag (characters a tag
+/// cannot have become `-`). Unknown variables are refused when the recipe is read.
+pub fn render_disk_name(template: &str, build: u32, date: chrono::DateTime<chrono::Utc>) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find("}}") else {
+            out.push_str(&rest[start..]);
+            rest = "";
+            break;
+        };
+        let var = rest[start + 2..start + end].trim();
+        match var {
+            "imagebuilder:buildDate" => {
+                out.push_str(&date.format("%Y-%m-%dT%H-%M-%SZ").to_string())
+            }
+            "imagebuilder:buildVersion" => out.push_str(&build.to_string()),
+            _ => {}
+        }
+        rest = &rest[start + end + 2..];
+    }
+    out.push_str(rest);
+    let tag: String = out
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let tag = tag.trim_start_matches(['.', '-']).to_string();
+    tag.chars().take(128).collect()
 }
 
 pub use kiln_instance::BuilderKind;
@@ -573,7 +633,7 @@ pub fn load(path: &Path) -> Result<Recipe, RecipeErrors> {
 }
 
 /// A valid resource, image or region name.
-pub(crate) fn is_name(s: &str) -> bool {
+pub fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.chars()
@@ -1203,6 +1263,8 @@ fn distributions(r: &mut Reader, m: &Map, base: &Path) -> Vec<Distribution> {
         return vec![Distribution {
             region: "local".into(),
             path: None,
+            container: None,
+            disk_name: None,
         }];
     };
     let Some(items) = r.list(node, "`distributions`") else {
@@ -1213,7 +1275,16 @@ fn distributions(r: &mut Reader, m: &Map, base: &Path) -> Vec<Distribution> {
         let Some(dm) = r.map(item, "a distribution") else {
             continue;
         };
-        r.known_keys(dm, &["region", "path"], "a distribution");
+        r.known_keys(
+            dm,
+            &[
+                "region",
+                "path",
+                "containerDistributionConfiguration",
+                "amiDistributionConfiguration",
+            ],
+            "a distribution",
+        );
         let Some(region) = r.required_string(dm, "region", item.span, "a distribution") else {
             continue;
         };
@@ -1239,9 +1310,105 @@ fn distributions(r: &mut Reader, m: &Map, base: &Path) -> Vec<Distribution> {
                 base.join(p)
             }
         });
-        out.push(Distribution { region, path });
+        let container = dm
+            .get("containerDistributionConfiguration")
+            .and_then(|n| container_naming(r, n));
+        let disk_name = dm
+            .get("amiDistributionConfiguration")
+            .and_then(|n| disk_name(r, n));
+        out.push(Distribution {
+            region,
+            path,
+            container,
+            disk_name,
+        });
     }
     out
+}
+
+/// `containerDistributionConfiguration`'s repository and tags (its other keys are AWS's).
+fn container_naming(r: &mut Reader, node: &Node) -> Option<ContainerNaming> {
+    let m = r.map(node, "`containerDistributionConfiguration`")?;
+    let mut naming = ContainerNaming::default();
+    if let Some(tags) = m.get("containerTags") {
+        for t in r.list(tags, "`containerTags`").unwrap_or_default() {
+            match t.as_text() {
+                Some(tag) if is_tag(tag) => naming.tags.push(tag.to_string()),
+                _ => r.error(
+                    t.span,
+                    "a container tag is 1-128 letters, digits, `_`, `.` and `-`, not starting \
+                     with `.` or `-`",
+                    None,
+                ),
+            }
+        }
+    }
+    if let Some(repo) = m.get("targetRepository") {
+        if let Some(rm) = r.map(repo, "`targetRepository`") {
+            if let Some(n) = rm.get("repositoryName") {
+                match n.as_text() {
+                    Some(name) if is_repository(name) => naming.repository = Some(name.to_string()),
+                    _ => r.error(
+                        n.span,
+                        "a repository name is lowercase letters, digits and `._-` between \
+                         slashes, like golden/web",
+                        None,
+                    ),
+                }
+            }
+        }
+    }
+    Some(naming)
+}
+
+/// `amiDistributionConfiguration.name`, checked for the variables kiln renders.
+fn disk_name(r: &mut Reader, node: &Node) -> Option<String> {
+    let m = r.map(node, "`amiDistributionConfiguration`")?;
+    let n = m.get("name")?;
+    let text = n.as_text()?.to_string();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("{{") {
+        let Some(end) = rest[start..].find("}}") else {
+            r.error(n.span, "`{{` is not closed by `}}`", None);
+            return None;
+        };
+        let var = rest[start + 2..start + end].trim();
+        if !DISK_NAME_VARIABLES.contains(&var) {
+            r.error(
+                n.span,
+                format!(
+                    "`{{{{ {var} }}}}` is not a variable of a disk's name; use {}",
+                    DISK_NAME_VARIABLES
+                        .map(|v| format!("{{{{ {v} }}}}"))
+                        .join(" or ")
+                ),
+                None,
+            );
+            return None;
+        }
+        rest = &rest[start + end + 2..];
+    }
+    Some(text)
+}
+
+/// A tag as OCI distribution allows it.
+fn is_tag(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with(['.', '-'])
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// A repository path as OCI distribution allows it (lowercase components between slashes).
+fn is_repository(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('/').all(|c| {
+            !c.is_empty()
+                && c.starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+                && c.chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
+        })
 }
 
 /// Parses sizes such as `512MiB`, `2GiB`, `1G`, `1048576`.
@@ -1546,6 +1713,41 @@ mod tests {
     }
 
     #[test]
+    fn distributions_name_repositories_tags_and_disk_names() {
+        let base = "name: web\nsemanticVersion: 1.0.0\nparentImage: bootstrap:debian/bookworm\ncomponents:\n  - componentArn: arn:kiln:imagebuilder:local:000000000000:component/c/1.0.0\n";
+        let r = recipe(&format!(
+            "{base}distributions:\n  - region: eu\n    containerDistributionConfiguration:\n      containerTags: [latest, stable]\n      targetRepository: {{service: ECR, repositoryName: golden/web-app}}\n    amiDistributionConfiguration:\n      name: \"web {{{{ imagebuilder:buildDate }}}}\"\n"
+        ))
+        .unwrap();
+        let d = &r.distributions[0];
+        assert_eq!(
+            d.container,
+            Some(ContainerNaming {
+                repository: Some("golden/web-app".into()),
+                tags: vec!["latest".into(), "stable".into()],
+            })
+        );
+        let date = chrono::DateTime::parse_from_rfc3339("2026-12-02T06:07:08Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let name = d.disk_name.as_deref().unwrap();
+        assert_eq!(render_disk_name(name, 3, date), "web-2026-12-02T06-07-08Z");
+        assert_eq!(
+            render_disk_name("v{{ imagebuilder:buildVersion }}", 3, date),
+            "v3"
+        );
+
+        let e = recipe(&format!(
+            "{base}distributions:\n  - region: eu\n    containerDistributionConfiguration:\n      containerTags: [\"-bad\"]\n      targetRepository: {{repositoryName: Web}}\n    amiDistributionConfiguration:\n      name: \"x-{{{{ imagebuilder:nope }}}}\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("a container tag is"), "{e}");
+        assert!(e.contains("a repository name is"), "{e}");
+        assert!(e.contains("imagebuilder:nope"), "{e}");
+    }
+
+    #[test]
     fn parents() {
         let b = Path::new("/r");
         assert_eq!(
@@ -1722,7 +1924,9 @@ tags:
             r.distributions,
             vec![Distribution {
                 region: "lab".into(),
-                path: Some("/srv/lab".into())
+                path: Some("/srv/lab".into()),
+                container: None,
+                disk_name: None,
             }]
         );
         assert_eq!(r.infrastructure.limits.memory_bytes, Some(2 << 30));

@@ -60,6 +60,9 @@ pub enum StoreError {
     /// The state store (resources and build records) failed.
     #[error(transparent)]
     State(#[from] kiln_store::StoreError),
+    /// Cutting a disk into chunks or packing them failed.
+    #[error(transparent)]
+    Chunks(#[from] kiln_chunk::ChunkError),
 }
 
 pub(crate) fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -80,6 +83,16 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError
         path: path.to_path_buf(),
         why: e.to_string(),
     })?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io("writing", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("writing", path))
+}
+
+/// Writes bytes through a temporary file and a rename: readers see the old or the new file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
     }

@@ -15,12 +15,21 @@ pub enum OutputKind {
     OciRegistry,
     /// A disk file in one format (`disk-qcow2`, `disk-raw`, ...).
     Disk(DiskFormat),
+    /// An image in an OCI image layout in a bucket (`oci-bucket`).
+    OciBucket,
+    /// A disk as an OCI artifact of chunks, in a registry or a bucket (`disk-chunks`).
+    DiskChunks,
+    /// A disk as a KubeVirt containerDisk image in a registry (`containerdisk`).
+    ContainerDisk,
 }
 
 impl OutputKind {
     /// True for the kinds that hold a container image.
     pub fn is_image(self) -> bool {
-        matches!(self, OutputKind::OciLayout | OutputKind::OciRegistry)
+        matches!(
+            self,
+            OutputKind::OciLayout | OutputKind::OciRegistry | OutputKind::OciBucket
+        )
     }
 }
 
@@ -30,6 +39,9 @@ impl fmt::Display for OutputKind {
             OutputKind::OciLayout => f.write_str("oci-layout"),
             OutputKind::OciRegistry => f.write_str("oci-registry"),
             OutputKind::Disk(d) => write!(f, "disk-{}", d.extension()),
+            OutputKind::OciBucket => f.write_str("oci-bucket"),
+            OutputKind::DiskChunks => f.write_str("disk-chunks"),
+            OutputKind::ContainerDisk => f.write_str("containerdisk"),
         }
     }
 }
@@ -41,6 +53,9 @@ impl FromStr for OutputKind {
             // `oci` is how records of kiln 0.1 named a layout they were about to write.
             "oci-layout" | "oci" => Ok(OutputKind::OciLayout),
             "oci-registry" => Ok(OutputKind::OciRegistry),
+            "oci-bucket" => Ok(OutputKind::OciBucket),
+            "disk-chunks" => Ok(OutputKind::DiskChunks),
+            "containerdisk" => Ok(OutputKind::ContainerDisk),
             other => other
                 .strip_prefix("disk-")
                 .and_then(DiskFormat::parse)
@@ -76,6 +91,9 @@ mod tests {
             (OutputKind::Disk(DiskFormat::Raw), "disk-raw"),
             (OutputKind::Disk(DiskFormat::Vmdk), "disk-vmdk"),
             (OutputKind::Disk(DiskFormat::Vhd), "disk-vhd"),
+            (OutputKind::OciBucket, "oci-bucket"),
+            (OutputKind::DiskChunks, "disk-chunks"),
+            (OutputKind::ContainerDisk, "containerdisk"),
         ] {
             assert_eq!(kind.to_string(), name);
             assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{name}\""));

@@ -74,6 +74,8 @@ impl LayoutTarget {
                 location: placed.path.display().to_string(),
                 tag: a.build.build_tag(),
                 manifest_digest: placed.digest,
+                tags: Vec::new(),
+                sent: None,
             });
         }
         Ok(out)
@@ -260,6 +262,7 @@ impl Target for LayoutTarget {
                 kind: OutputKind::OciLayout,
                 location: self.dir.display().to_string(),
                 tags: vec![a.build.build_tag(), a.build.version_tag()],
+                digest: None,
             });
         }
         for format in a.disk.iter().flat_map(|d| d.files.iter().map(|f| f.format)) {
@@ -268,6 +271,7 @@ impl Target for LayoutTarget {
                 kind: OutputKind::Disk(format),
                 location: self.disk_file(&a.build, format).display().to_string(),
                 tags: Vec::new(),
+                digest: None,
             });
         }
         plan
@@ -306,6 +310,8 @@ impl Target for LayoutTarget {
                     location: self.dir.display().to_string(),
                     tag: a.build.build_tag(),
                     manifest_digest: written.manifest_digest,
+                    tags: Vec::new(),
+                    sent: None,
                 },
             );
         }
@@ -341,6 +347,8 @@ impl Target for LayoutTarget {
                 location: self.dir.display().to_string(),
                 tag: a.build.version_tag(),
                 manifest_digest: digest,
+                tags: Vec::new(),
+                sent: None,
             });
         }
         for format in a.disk.iter().flat_map(|d| d.files.iter().map(|f| f.format)) {
@@ -361,7 +369,7 @@ impl Target for LayoutTarget {
             let done = match p.kind {
                 OutputKind::OciLayout => self.take_back_tags(build, previous),
                 OutputKind::Disk(_) => take_back_disk(build, previous, Path::new(&p.location)),
-                OutputKind::OciRegistry => None,
+                _ => None,
             };
             undone.extend(done);
         }
@@ -384,7 +392,7 @@ impl Target for LayoutTarget {
                     let (build, file) = (build.clone(), o.path().to_path_buf());
                     blocking(move || retire_disk(&build, previous, &file)).await
                 }
-                OutputKind::OciRegistry => Err("not a layout output".to_string()),
+                _ => Err("not a layout output".to_string()),
             };
             match result {
                 Ok(removed) => done
@@ -436,6 +444,7 @@ mod tests {
             disk: None,
             previous: None,
             scratch: scratch.to_path_buf(),
+            pieces: Vec::new(),
         }
     }
 

@@ -26,17 +26,25 @@ use kiln_image::disk::DiskFormat;
 use kiln_image::{ImageSettings, LayerBlob};
 use serde::{Deserialize, Serialize};
 
+pub mod chunked;
 pub mod disk;
 mod kind;
 pub mod layout;
 pub mod logs;
+pub mod pieces;
 pub mod registry;
+pub mod remote;
+pub mod repo;
 pub mod retire;
+pub mod s3;
 
 pub use kind::OutputKind;
 pub use layout::LayoutTarget;
-pub use registry::{RegistryAccess, RegistryTarget};
+pub use registry::{RegistryAccess, RegistryPlace};
+pub use remote::{Naming, Place, RemoteTarget};
+pub use repo::{Moved, Repo, RepoError};
 pub use retire::{retire, Retired};
+pub use s3::BucketPlace;
 
 /// One build of an image version, by name: what targets name their tags and files after.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +130,9 @@ pub struct Artifact {
     pub previous: Option<u32>,
     /// A scratch folder targets may use (a registry push reads from a layout written there).
     pub scratch: PathBuf,
+    /// What registry and bucket regions receive, prepared once for all of them
+    /// ([`pieces`]); empty when every region is a folder.
+    pub pieces: Vec<pieces::Piece>,
 }
 
 /// One thing a distribution wrote, as an image's record keeps it.
@@ -138,12 +149,32 @@ pub struct Output {
     pub tag: String,
     /// The manifest digest (for a disk: `sha256:` of the file).
     pub manifest_digest: String,
+    /// Every tag the output has in a registry or bucket (`VERSION-BUILD`, `VERSION`, the
+    /// distribution's own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Bytes sent to the region for it (registries and buckets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<u64>,
 }
 
 impl Output {
     /// The location as a path (layout folders and disk files).
     pub fn path(&self) -> &Path {
         Path::new(&self.location)
+    }
+
+    /// What a user types to get it: `docker://HOST/REPO:TAG`, `s3://BUCKET/KEY:TAG`, or the
+    /// folder or file (`oci:DIR:TAG` for a layout).
+    pub fn reference(&self) -> String {
+        match self.kind {
+            OutputKind::OciLayout => format!("oci:{}:{}", self.location, self.tag),
+            OutputKind::Disk(_) => self.location.clone(),
+            OutputKind::OciRegistry if !self.location.contains("://") => {
+                format!("docker://{}:{}", self.location, self.tag)
+            }
+            _ => format!("{}:{}", self.location, self.tag),
+        }
     }
 }
 
@@ -161,6 +192,9 @@ pub struct Planned {
     /// The tags the build writes there (images).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// The manifest it sends (registries and buckets): what to delete when it is taken back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// How records of older kilns wrote a planned output: a disk's kind was `disk`, its format only
@@ -173,6 +207,8 @@ struct PlannedWire {
     location: String,
     #[serde(default)]
     tags: Vec<String>,
+    #[serde(default)]
+    digest: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for Planned {
@@ -194,6 +230,7 @@ impl<'de> Deserialize<'de> for Planned {
             kind,
             location: w.location,
             tags: w.tags,
+            digest: w.digest,
         })
     }
 }
@@ -224,6 +261,16 @@ pub enum DistError {
         region: String,
         /// What the registry said.
         source: Box<kiln_image::RegistryError>,
+    },
+    /// A registry or bucket region refused or failed.
+    #[error("region {region}: {location}: {source}")]
+    Remote {
+        /// The region.
+        region: String,
+        /// The repository (`docker://HOST/REPO`, `s3://BUCKET/PREFIX`).
+        location: String,
+        /// What went wrong.
+        source: Box<RepoError>,
     },
     /// Shipping logs failed.
     #[error("{0}")]
@@ -382,7 +429,7 @@ pub async fn take_back(
     planned: &[Planned],
     build: &BuildId,
     previous: Option<u32>,
-    registries: &RegistryAccess,
+    access: &RegistryAccess,
 ) -> Vec<String> {
     let mut undone = Vec::new();
     for p in planned {
@@ -395,15 +442,16 @@ pub async fn take_back(
                 };
                 Arc::new(LayoutTarget::new(&p.region, dir.to_path_buf()))
             }
-            OutputKind::OciRegistry => {
-                match RegistryTarget::for_repository(&p.region, &p.location, registries) {
-                    Ok(t) => Arc::new(t),
-                    Err(e) => {
-                        tracing::warn!("cannot take back {}: {e}", p.location);
-                        continue;
-                    }
+            OutputKind::OciRegistry
+            | OutputKind::OciBucket
+            | OutputKind::DiskChunks
+            | OutputKind::ContainerDisk => match remote_for(&p.region, &p.location, access) {
+                Ok(t) => Arc::new(t),
+                Err(e) => {
+                    tracing::warn!("cannot take back {}: {e}", p.location);
+                    continue;
                 }
-            }
+            },
         };
         for what in target
             .take_back(std::slice::from_ref(p), build, previous)
@@ -413,4 +461,41 @@ pub async fn take_back(
         }
     }
     undone
+}
+
+/// The target that wrote a registry or bucket location a plan or record names
+/// (`docker://HOST/REPO`, `s3://BUCKET/KEY`; a bare `HOST/REPO` from older records).
+pub fn remote_for(
+    region: &str,
+    location: &str,
+    access: &RegistryAccess,
+) -> Result<RemoteTarget, DistError> {
+    let place: Box<dyn Place> = if location.starts_with("s3://") {
+        let (bucket, _) = kiln_s3::parse_url(location).map_err(|e| DistError::Remote {
+            region: region.to_string(),
+            location: location.to_string(),
+            source: Box::new(e.into()),
+        })?;
+        Box::new(BucketPlace::new(access.s3_client(), &bucket, ""))
+    } else {
+        let rest = location.strip_prefix("docker://").unwrap_or(location);
+        let host = rest.split('/').next().unwrap_or_default();
+        if host.is_empty() || !rest.contains('/') {
+            return Err(DistError::Unsupported {
+                region: region.to_string(),
+                what: format!("`{location}` is not a registry repository (HOST/REPO)"),
+            });
+        }
+        Box::new(RegistryPlace::new(host, None, access.options_for(host)))
+    };
+    Ok(RemoteTarget::new(
+        region,
+        place,
+        vec![
+            OutputKind::OciRegistry,
+            OutputKind::DiskChunks,
+            OutputKind::ContainerDisk,
+        ],
+        Naming::default(),
+    ))
 }

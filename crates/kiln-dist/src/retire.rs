@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::{BuildId, LayoutTarget, Output, OutputKind, RegistryAccess, RegistryTarget, Target};
+use crate::{BuildId, LayoutTarget, Output, OutputKind, RegistryAccess, Target};
 
 /// What retiring a build did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,8 +83,11 @@ pub async fn retire(
                 };
                 Arc::new(LayoutTarget::new(&region, dir.to_path_buf()))
             }
-            OutputKind::OciRegistry => {
-                match RegistryTarget::for_repository(&region, &location, registries) {
+            OutputKind::OciRegistry
+            | OutputKind::OciBucket
+            | OutputKind::DiskChunks
+            | OutputKind::ContainerDisk => {
+                match crate::remote_for(&region, &location, registries) {
                     Ok(t) => Arc::new(t),
                     Err(e) => {
                         done.extend(Retired::all_failed(&group, &e.to_string()));

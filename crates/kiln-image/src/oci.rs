@@ -824,8 +824,8 @@ pub fn list_tags(layout: &Path) -> Result<Vec<String>, OciError> {
     Ok(tags)
 }
 
-/// The file of a blob, with the digest's grammar checked (it becomes a path).
-pub(crate) fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, OciError> {
+/// Where the blob `digest` is in `layout` (`blobs/sha256/HEX`), the digest checked.
+pub fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, OciError> {
     match digest::split(digest) {
         Some((algorithm, encoded)) => Ok(layout.join("blobs").join(algorithm).join(encoded)),
         None => Err(layout_err(

@@ -8,6 +8,8 @@ use std::path::Path;
 use chrono::Utc;
 use tokio::io::AsyncWriteExt;
 
+mod objects;
+
 /// SigV4 signing, which lives in `kiln-sigv4` (the API server verifies with the same crate).
 pub use kiln_sigv4::sign as sigv4;
 
@@ -162,7 +164,7 @@ impl S3Client {
         }
     }
 
-    fn request(
+    pub(crate) fn request(
         &self,
         method: reqwest::Method,
         bucket: &str,
@@ -220,7 +222,7 @@ impl S3Client {
         (builder, url)
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         builder: reqwest::RequestBuilder,
         url: &str,

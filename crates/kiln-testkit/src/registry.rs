@@ -57,20 +57,23 @@ impl Registry {
         }
         let config_path = dir.path().join("config.yml");
         fs::write(&config_path, config).unwrap();
-        let log = fs::File::create(dir.path().join("log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = serve(dir.path());
         let mut registry = Registry { child, port, dir };
         registry.wait_ready();
         registry
+    }
+
+    /// Kills the registry (as a crash would: no shutdown); its storage stays for [`Self::restart`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Serves the same storage on the same port again after [`Self::kill`].
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = serve(self.dir.path());
+        self.wait_ready();
     }
 
     /// Waits until it answers `/v2/` (or says why it did not).
@@ -174,6 +177,25 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `docker-registry serve` of the config in `dir`, logging (appending) to `dir/log`.
+fn serve(dir: &std::path::Path) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))
+        .unwrap();
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 /// A free TCP port on the loopback interface.

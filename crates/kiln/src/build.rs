@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use kiln_core::build::{BuildEvent, BuildObserver, BuildOptions, Builder, Origin};
-use kiln_core::record::{BootBreakdown, CacheUse, ImageRecord, OutputKind, OutputRecord, State};
+use kiln_core::record::{BootBreakdown, CacheUse, ImageRecord, OutputRecord, State};
 use kiln_core::store::Home;
 use kiln_dist::logs::LogDestination;
 use kiln_instance::LocalLauncher;
@@ -191,6 +191,7 @@ pub async fn execute(
         cache_max_bytes: cfg.cache_max_bytes,
         registries: cfg.registries.clone(),
         s3: cfg.s3.clone(),
+        regions: cfg.regions.clone(),
     };
     let launcher = Arc::new(LocalLauncher::current_exe(agent_path()));
     let observer = Arc::new(BuildTerminal {
@@ -387,11 +388,7 @@ pub fn boot_phases(b: &BootBreakdown) -> String {
 /// How a user names an output to other tools: `oci:DIR:TAG` (skopeo, umoci),
 /// `docker://HOST/REPO:TAG`, or a disk's path.
 pub fn where_is(o: &OutputRecord) -> String {
-    match o.kind {
-        OutputKind::OciLayout => format!("oci:{}:{}", o.location, o.tag),
-        OutputKind::OciRegistry => format!("docker://{}:{}", o.location, o.tag),
-        OutputKind::Disk(_) => o.location.clone(),
-    }
+    o.reference()
 }
 
 /// Sizes for humans (shared with other commands).

@@ -36,6 +36,8 @@ pub struct Config {
     pub registries: Vec<kiln_core::parent::RegistryCredentials>,
     /// `kiln serve`'s settings (`serve:`).
     pub serve: ServeConfig,
+    /// Region names that are registries or buckets (`regions:`).
+    pub regions: kiln_core::regions::RegionMap,
 }
 
 /// `serve: {listen, region, concurrency, requestsPerSecond, burst, scheduleEverySeconds,
@@ -79,6 +81,7 @@ impl Default for Config {
             cache_max_bytes: DEFAULT_CACHE_MAX,
             registries: Vec::new(),
             serve: ServeConfig::default(),
+            regions: Default::default(),
         }
     }
 }
@@ -144,6 +147,18 @@ pub fn load() -> Result<Config> {
                 bail!("{text}");
             }
         }
+        if let Some(regions) = root.as_map().and_then(|m| m.get("regions")) {
+            let mut r = kiln_yaml::Reader::new();
+            config.regions = crate::config_regions::parse(&mut r, regions, &mut config.registries);
+            if r.has_errors() {
+                let text: String = r
+                    .diagnostics
+                    .iter()
+                    .map(|d| d.render(&file, &src).to_string())
+                    .collect();
+                bail!("{text}");
+            }
+        }
         if let Some(serve) = root.as_map().and_then(|m| m.get("serve")) {
             config.serve = serve_config(serve, &file, &src)?;
         }
@@ -192,6 +207,7 @@ pub fn load() -> Result<Config> {
             });
         }
     }
+    crate::config_regions::docker_credentials(&mut config.registries);
     let env = S3Config::from_env();
     config.s3 = match config.s3.take() {
         None if env.endpoint.is_some() || env.credentials.is_some() => Some(env),

@@ -126,9 +126,8 @@ pub async fn records() -> Result<Records> {
 
 /// How recovery reaches the configured registries to take a dead build's pushes back.
 pub(crate) fn registry_access() -> Result<kiln_dist::RegistryAccess> {
-    Ok(kiln_core::parent::registry_access(
-        &config::load()?.registries,
-    ))
+    let cfg = config::load()?;
+    Ok(kiln_core::parent::registry_access(&cfg.registries).with_s3(cfg.s3))
 }
 
 /// Marks builds of kiln processes that died FAILED, taking back what they half-distributed.
@@ -434,11 +433,22 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
     for o in &r.outputs {
         writeln!(
             out,
-            "  output     {}: {} {}",
+            "  output     {}: {} {} {}",
             o.region,
+            o.kind,
             crate::build::where_is(o),
             o.manifest_digest
         )?;
+        if o.tags.len() > 1 || o.sent.is_some() {
+            writeln!(
+                out,
+                "             tags {}{}",
+                o.tags.join(", "),
+                o.sent
+                    .map(|n| format!("; {} sent", crate::build::bytes(n)))
+                    .unwrap_or_default()
+            )?;
+        }
     }
     if let Some(f) = &r.failure {
         writeln!(

@@ -3,6 +3,8 @@
 mod account;
 mod build;
 mod config;
+mod config_regions;
+mod disk;
 mod image;
 mod instance;
 mod lifecycle;
@@ -40,6 +42,9 @@ enum Command {
     /// The step cache and layer store.
     #[command(subcommand)]
     Cache(image::CacheCommand),
+    /// Disks in registry and bucket regions: pull one back.
+    #[command(subcommand)]
+    Disk(disk::DiskCommand),
     /// Component documents (AWSTOE-compatible): validate and run them.
     #[command(subcommand)]
     Toe(toe::ToeCommand),
@@ -120,6 +125,7 @@ fn main() -> ExitCode {
             Command::Build(args) => build::run(args).await,
             Command::Image(cmd) => image::run(cmd).await,
             Command::Cache(cmd) => image::cache(cmd).await,
+            Command::Disk(cmd) => disk::run(cmd).await,
             Command::Toe(cmd) => toe::run(cmd).await,
             Command::Instance(cmd) => instance::run(cmd).await,
             Command::Component(c) => resource::run(resource::Which::Component(c)).await,

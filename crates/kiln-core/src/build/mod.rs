@@ -63,8 +63,10 @@ pub struct BuildOptions {
     pub cache_max_bytes: u64,
     /// Credentials for registries parent images come from and images go to.
     pub registries: Vec<RegistryCredentials>,
-    /// kiln's S3 settings, for logs shipped to a bucket.
+    /// kiln's S3 settings, for logs shipped to a bucket and bucket regions.
     pub s3: Option<kiln_s3::S3Config>,
+    /// What the configured region names are (registries, buckets); other names are folders.
+    pub regions: crate::regions::RegionMap,
 }
 
 /// Errors that stop a build before it gets a number (bad input, a host that cannot build).
@@ -250,7 +252,8 @@ impl Builder {
             None => crate::state::Store::open(&self.home).await?,
         };
         let records = Records::new(store);
-        let access = crate::parent::registry_access(&self.options.registries);
+        let access = crate::parent::registry_access(&self.options.registries)
+            .with_s3(self.options.s3.clone());
         for b in records
             .recover_interrupted_telling(&LocalRuns, &access, self.notices.as_deref())
             .await?

@@ -7,6 +7,7 @@
 //! ([`assemble`]), so an assembled disk is kept in the [`cache`] under what made it.
 
 pub mod cache;
+pub mod chunks;
 
 use std::path::{Path, PathBuf};
 

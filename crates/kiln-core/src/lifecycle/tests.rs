@@ -89,6 +89,7 @@ impl World {
                 }],
             }),
             previous: self.records.previous_available(&rec).await,
+            pieces: Vec::new(),
             scratch: self.dir.path().join("scratch"),
         };
         rec.outputs = kiln_dist::distribute(&self.regions, &artifact, &|_| {})

@@ -4,7 +4,13 @@
 
 use std::sync::atomic::Ordering;
 
-use kiln_dist::{Artifact, DiskFile, DiskImage, OciImage, Region};
+use std::sync::Arc;
+
+use kiln_dist::pieces::Piece;
+use kiln_dist::{
+    Artifact, BucketPlace, DiskFile, DiskImage, Naming, OciImage, OutputKind, Region,
+    RegistryPlace, RemoteTarget,
+};
 use kiln_image::disk::DiskFormat;
 
 use crate::build::event::BuildEvent;
@@ -12,18 +18,100 @@ use crate::build::failure::StageFailure;
 use crate::build::image_config::image_settings;
 use crate::build::run::BuildRun;
 use crate::disk::cache::DiskCache;
+use crate::recipe::{render_disk_name, Distribution};
 use crate::record::State;
+use crate::regions::RegionPlace;
 use crate::store::{Home, StoredLayer};
 
-/// The regions of a recipe: each a local image layout folder (its `path`, or
+/// The regions of a recipe. A name kiln's configuration maps (`regions:`) is a registry or a
+/// bucket; any other is a local image layout folder (its `path`, or
 /// `$KILN_HOME/regions/REGION` for the local account and
 /// `$KILN_HOME/regions/ACCOUNT/REGION/NAME` for the others: a layout's tags are versions, so
 /// two accounts', or two images', `1.0.0` never share one).
-pub(crate) fn regions(home: &Home, recipe: &crate::recipe::Recipe, account: &str) -> Vec<Region> {
-    region_dirs(home, recipe, account)
-        .into_iter()
-        .map(|(name, dir)| Region::local(&name, dir))
+pub(crate) fn regions(run: &BuildRun<'_>) -> Vec<Region> {
+    let (home, recipe, options) = (run.home, run.recipe, run.options);
+    let access = crate::parent::registry_access(&options.registries).with_s3(options.s3.clone());
+    let dirs = region_dirs(home, recipe, &run.rec.account);
+    recipe
+        .distributions
+        .iter()
+        .zip(dirs)
+        .map(|(d, (name, dir))| match options.regions.get(&d.region) {
+            None => Region::local(&name, dir),
+            Some(place) => Region {
+                name: name.clone(),
+                targets: vec![Arc::new(remote_target(run, d, place, &access))],
+            },
+        })
         .collect()
+}
+
+/// The target of a configured region for this build.
+fn remote_target(
+    run: &BuildRun<'_>,
+    d: &Distribution,
+    place: &RegionPlace,
+    access: &kiln_dist::RegistryAccess,
+) -> RemoteTarget {
+    let recipe = run.recipe;
+    let mut kinds = Vec::new();
+    if recipe.wants_oci() {
+        kinds.push(OutputKind::OciRegistry);
+    }
+    if run.disk.is_some() {
+        kinds.push(OutputKind::DiskChunks);
+        if matches!(
+            place,
+            RegionPlace::Registry {
+                container_disk: true,
+                ..
+            }
+        ) {
+            kinds.push(OutputKind::ContainerDisk);
+        }
+    }
+    let naming = Naming {
+        repository: d.container.as_ref().and_then(|c| c.repository.clone()),
+        container_tags: d
+            .container
+            .as_ref()
+            .map(|c| c.tags.clone())
+            .unwrap_or_default(),
+        disk_tags: d
+            .disk_name
+            .iter()
+            .map(|t| render_disk_name(t, run.rec.build, run.rec.created))
+            .filter(|t| !t.is_empty())
+            .collect(),
+    };
+    match place {
+        RegionPlace::Registry {
+            host, namespace, ..
+        } => {
+            // The same image's repositories in the other regions of this registry lend blobs.
+            let siblings = recipe
+                .distributions
+                .iter()
+                .filter(|o| o.region != d.region)
+                .filter_map(|o| match run.options.regions.get(&o.region) {
+                    Some(RegionPlace::Registry {
+                        host: h,
+                        namespace: n,
+                        ..
+                    }) if h == host => Some(n.clone().unwrap_or_default()),
+                    _ => None,
+                })
+                .collect();
+            let place = RegistryPlace::new(host, namespace.as_deref(), access.options_for(host));
+            RemoteTarget::new(&d.region, Box::new(place), kinds, naming).with_siblings(siblings)
+        }
+        RegionPlace::Bucket { bucket, prefix } => RemoteTarget::new(
+            &d.region,
+            Box::new(BucketPlace::new(access.s3_client(), bucket, prefix)),
+            kinds,
+            naming,
+        ),
+    }
 }
 
 /// Each region's name and layout folder.
@@ -56,10 +144,35 @@ fn region_dirs(
 pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
     // From here on a cancel request waits: a region is never left half-written.
     run.distributing.store(true, Ordering::SeqCst);
-    let regions = regions(run.home, run.recipe, &run.rec.account);
-    let files = disk_files(run).await?;
-    let artifact = artifact(run, files).await;
-    // What each region holds of the image and lacks of it, read before it is written.
+    let regions = regions(run);
+    let remote: Vec<&str> = run
+        .recipe
+        .distributions
+        .iter()
+        .filter(|d| run.options.regions.get(&d.region).is_some())
+        .map(|d| d.region.as_str())
+        .collect();
+    let container_disk = run.recipe.distributions.iter().any(|d| {
+        matches!(
+            run.options.regions.get(&d.region),
+            Some(RegionPlace::Registry {
+                container_disk: true,
+                ..
+            })
+        )
+    });
+    let mut files = disk_files(run, container_disk).await?;
+    let qcow2 = files
+        .iter()
+        .find(|f| f.format == DiskFormat::Qcow2)
+        .filter(|_| container_disk)
+        .map(|f| f.path.clone());
+    files.retain(|f| run.recipe.disk.formats.contains(&f.format));
+    let mut artifact = artifact(run, files).await;
+    if !remote.is_empty() {
+        artifact.pieces = pieces(run, &artifact, qcow2).await?;
+    }
+    // What each local region holds of the image and lacks of it, read before it is written.
     let blobs: Vec<(String, u64)> = artifact
         .image
         .iter()
@@ -75,8 +188,9 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
             })
         })
         .collect();
-    let usage: Vec<_> = region_dirs(run.home, run.recipe, &run.rec.account)
+    let mut usage: Vec<_> = region_dirs(run.home, run.recipe, &run.rec.account)
         .iter()
+        .filter(|(name, _)| !remote.contains(&name.as_str()))
         .map(|(name, dir)| crate::usage::region(name, dir, &blobs, &disk_files))
         .collect();
     run.rec.distributing = kiln_dist::plan(&regions, &artifact);
@@ -90,19 +204,103 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
     let outputs = kiln_dist::distribute(&regions, &artifact, &progress)
         .await
         .map_err(|e| StageFailure::new(State::Distributing, e.to_string()))?;
+    for name in &remote {
+        let mine = outputs.iter().filter(|o| o.region == *name);
+        let stored = artifact.pieces.iter().map(|p| p.total_bytes()).sum();
+        usage.push(crate::usage::RegionUsage {
+            region: name.to_string(),
+            bytes_stored: stored,
+            bytes_sent: mine.filter_map(|o| o.sent).sum(),
+        });
+    }
     run.rec.outputs = outputs;
     run.rec.usage.get_or_insert_with(Default::default).regions = usage;
     Ok(())
 }
 
+/// What registry and bucket regions receive: the container image (from a layout written in
+/// scratch), the disk as chunks, and the disk as a containerDisk when a region wants it.
+async fn pieces(
+    run: &BuildRun<'_>,
+    artifact: &Artifact,
+    container_disk: Option<std::path::PathBuf>,
+) -> Result<Vec<Piece>, StageFailure> {
+    let fail = |e: String| StageFailure::new(State::Distributing, e);
+    let mut pieces = Vec::new();
+    let a = artifact.clone();
+    let image = tokio::task::spawn_blocking(move || kiln_dist::pieces::image(&a))
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(e.to_string()))?;
+    pieces.extend(image);
+    let Some(d) = &run.disk else {
+        return Ok(pieces);
+    };
+    run.observer.event(&BuildEvent::Progress {
+        message: "cutting the disk into chunks".into(),
+    });
+    let t0 = std::time::Instant::now();
+    let (home, account, name, raw) = (
+        run.home.clone(),
+        run.rec.account.clone(),
+        run.recipe.name.clone(),
+        d.assembled.raw.clone(),
+    );
+    let chunked = tokio::task::spawn_blocking(move || {
+        crate::disk::chunks::pack(&home, &account, &name, &raw)
+    })
+    .await
+    .map_err(|e| fail(e.to_string()))?
+    .map_err(|e| fail(e.to_string()))?;
+    run.observer.event(&BuildEvent::Progress {
+        message: format!(
+            "the disk in chunks: {} of {} chunks new ({} compressed) in {:.1} s",
+            chunked.new_chunks,
+            chunked.chunks,
+            kiln_dist::remote::human(chunked.new_bytes),
+            t0.elapsed().as_secs_f64()
+        ),
+    });
+    let stem = artifact.build.version_stem();
+    pieces.push(kiln_dist::pieces::chunked_disk(
+        &chunked,
+        &format!("{stem}.raw"),
+    ));
+    if let Some(qcow2) = container_disk {
+        let scratch = artifact.scratch.join("containerdisk");
+        let settings = kiln_image::ImageSettings {
+            created: run.rec.created,
+            ..Default::default()
+        };
+        let file = format!("{}.qcow2", run.recipe.name.to_ascii_lowercase());
+        let piece = tokio::task::spawn_blocking(move || {
+            kiln_dist::pieces::container_disk(&qcow2, &file, &scratch, &settings)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(fail)?;
+        pieces.push(piece);
+    }
+    Ok(pieces)
+}
+
 /// The disk in every format the recipe asks for: kept conversions of the disk in the disk
 /// cache, made now for the formats it does not have yet.
-async fn disk_files(run: &mut BuildRun<'_>) -> Result<Vec<DiskFile>, StageFailure> {
+async fn disk_files(
+    run: &mut BuildRun<'_>,
+    container_disk: bool,
+) -> Result<Vec<DiskFile>, StageFailure> {
     let Some(d) = run.disk.as_mut() else {
         return Ok(Vec::new());
     };
     let mut files = Vec::new();
-    for &format in &run.recipe.disk.formats {
+    let mut formats = run.recipe.disk.formats.clone();
+    // A containerDisk holds the qcow2 file, whatever formats the folders get.
+    if container_disk && !formats.contains(&DiskFormat::Qcow2) {
+        formats.push(DiskFormat::Qcow2);
+    }
+    for &format in &formats {
         let compression = run.recipe.disk.compression;
         let have = d.entry.formats.iter().any(|f| {
             f.format == format && (format != DiskFormat::Qcow2 || f.compression == compression)
@@ -161,5 +359,6 @@ async fn artifact(run: &BuildRun<'_>, files: Vec<DiskFile>) -> Artifact {
         disk,
         previous: run.records.previous_available(&run.rec).await,
         scratch: run.run_dir.join("dist"),
+        pieces: Vec::new(),
     }
 }
