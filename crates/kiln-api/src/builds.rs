@@ -85,6 +85,12 @@ impl Builds {
     }
 
     /// How to reach the registries builds push to (to delete what they pushed).
+    /// The data directory and how builds run (DistributeImage distributes with them).
+    pub fn settings(&self) -> (&kiln_core::store::Home, &BuildOptions) {
+        (&self.settings.home, &self.settings.options)
+    }
+
+    /// How take-backs and retirements reach registries and buckets.
     pub fn registry_access(&self) -> kiln_dist::RegistryAccess {
         kiln_core::parent::registry_access(&self.settings.options.registries)
             .with_s3(self.settings.options.s3.clone())

@@ -224,3 +224,101 @@ pub fn chunked_disk(disk: &crate::chunked::ChunkedDisk, title: &str) -> Piece {
         ],
     }
 }
+
+/// A piece as a repository holds it, for distributing a finished build again: the manifest
+/// `digest` names, and its blobs from local files where `local` has them (the layer store,
+/// the pack store), downloaded into `scratch` otherwise.
+pub async fn fetch(
+    repo: &dyn crate::repo::Repo,
+    digest: &str,
+    kind: OutputKind,
+    local: &(dyn Fn(&str) -> Option<PathBuf> + Send + Sync),
+    scratch: &Path,
+) -> Result<Piece, crate::repo::RepoError> {
+    use crate::repo::RepoError;
+    let location = repo.location();
+    let m = repo
+        .manifest(digest)
+        .await?
+        .ok_or_else(|| RepoError::Protocol(format!("{location} no longer has {digest}")))?;
+    let v: serde_json::Value = serde_json::from_slice(&m.bytes)
+        .map_err(|e| RepoError::Protocol(format!("{location}@{digest}: {e}")))?;
+    let mut descriptors: Vec<&serde_json::Value> = v
+        .get("layers")
+        .and_then(|l| l.as_array())
+        .map(|l| l.iter().collect())
+        .unwrap_or_default();
+    descriptors.extend(v.get("config"));
+    std::fs::create_dir_all(scratch)
+        .map_err(|e| RepoError::Local(format!("creating {}: {e}", scratch.display())))?;
+    let (mut blobs, mut small) = (Vec::new(), Vec::new());
+    for d in descriptors {
+        let (Some(bd), Some(size)) = (
+            d.get("digest").and_then(|x| x.as_str()),
+            d.get("size").and_then(|x| x.as_u64()),
+        ) else {
+            return Err(RepoError::Protocol(format!(
+                "{location}@{digest} has a descriptor without digest or size"
+            )));
+        };
+        if size <= 1 << 20 {
+            let bytes = repo.read_range(bd, 0, size).await?;
+            small.push((bd.to_string(), bytes));
+            continue;
+        }
+        let path = match local(bd) {
+            Some(p) => p,
+            None => download(repo, bd, size, scratch).await?,
+        };
+        blobs.push(BlobFile {
+            digest: bd.to_string(),
+            size,
+            path,
+        });
+    }
+    Ok(Piece {
+        kind,
+        suffix: match kind {
+            OutputKind::DiskChunks => Some("disk"),
+            OutputKind::ContainerDisk => Some("containerdisk"),
+            _ => None,
+        },
+        digest: m.digest,
+        manifest: m.bytes,
+        blobs,
+        small,
+    })
+}
+
+/// A blob into a file of `dir`, in pieces (a pack can be hundreds of MiB), checked.
+async fn download(
+    repo: &dyn crate::repo::Repo,
+    digest: &str,
+    size: u64,
+    dir: &Path,
+) -> Result<PathBuf, crate::repo::RepoError> {
+    use crate::repo::RepoError;
+    use sha2::Digest as _;
+    use std::io::Write as _;
+    let path = dir.join(digest.replace(':', "-"));
+    let io = |e: std::io::Error| RepoError::Local(format!("writing {}: {e}", path.display()));
+    let mut file = std::fs::File::create(&path).map_err(io)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut at = 0;
+    while at < size {
+        let n = (size - at).min(8 << 20);
+        let bytes = repo.read_range(digest, at, n).await?;
+        hasher.update(&bytes);
+        file.write_all(&bytes).map_err(io)?;
+        at += n;
+    }
+    let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if got != digest {
+        let _ = std::fs::remove_file(&path);
+        return Err(RepoError::Protocol(format!(
+            "{}: blob {digest} came back as {got}",
+            repo.location()
+        )));
+    }
+    Ok(path)
+}

@@ -116,6 +116,11 @@ impl RemoteTarget {
         tags
     }
 
+    /// The repository of this target at `location` (as an output or plan names it).
+    pub fn repo_at(&self, location: &str) -> Result<Arc<dyn Repo>, RepoError> {
+        self.place.repo(path_of(&self.place.describe(), location))
+    }
+
     fn fail(&self, location: &str, e: RepoError) -> DistError {
         DistError::Remote {
             region: self.region.clone(),
@@ -427,7 +432,7 @@ async fn undo(
     match repo.delete_manifest(&ours).await? {
         Removed::Removed => done
             .removed
-            .push(format!("{location}:{} ({ours})", build.build_tag())),
+            .push(format!("{location}@{ours} (build {})", build.build_tag())),
         Removed::NotFound => {}
         Removed::Unsupported(why) => done.unsupported = Some(why),
     }

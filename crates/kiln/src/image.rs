@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use kiln_core::cache::StepCache;
 use kiln_core::record::{
@@ -25,6 +25,18 @@ pub enum ImageCommand {
     Logs(LogsArgs),
     /// Stop a running build (it ends CANCELLED; nothing is distributed).
     Cancel(CancelArgs),
+    /// Distribute an AVAILABLE image to more registry or bucket regions (nothing is rebuilt).
+    Distribute(DistributeArgs),
+}
+
+/// `kiln image distribute`
+#[derive(Args)]
+pub struct DistributeArgs {
+    /// NAME/VERSION/BUILD, or an image ARN.
+    image: String,
+    /// A region kiln's configuration maps to a registry or bucket (repeat for more).
+    #[arg(long = "region", required = true)]
+    regions: Vec<String>,
 }
 
 /// `kiln image cancel`
@@ -156,6 +168,7 @@ pub async fn run(cmd: ImageCommand) -> Result<u8> {
         ImageCommand::Get(a) => get(&records, a).await,
         ImageCommand::Logs(a) => logs(&records, a).await,
         ImageCommand::Cancel(a) => cancel(&records, a).await,
+        ImageCommand::Distribute(a) => distribute(&records, a).await,
     }
 }
 
@@ -581,6 +594,35 @@ async fn logs(records: &Records, a: LogsArgs) -> Result<u8> {
             writeln!(out, "### {}", file.display())?;
             out.write_all(text.as_bytes())?;
         }
+    }
+    Ok(0)
+}
+
+async fn distribute(records: &Records, a: DistributeArgs) -> Result<u8> {
+    let r = one(records, &a.image).await?;
+    let cfg = config::load()?;
+    let home = Home::new(config::kiln_home());
+    let options = kiln_core::build::BuildOptions {
+        registries: cfg.registries.clone(),
+        s3: cfg.s3.clone(),
+        regions: cfg.regions.clone(),
+        ..Default::default()
+    };
+    let progress = |line: &str| eprintln!("{line}");
+    let version = r.build_version();
+    let rec = kiln_core::build::again::distribute_again(
+        &home, records, &options, r, &a.regions, &progress,
+    )
+    .await
+    .with_context(|| format!("distributing {version}"))?;
+    for o in rec.outputs.iter().filter(|o| a.regions.contains(&o.region)) {
+        println!(
+            "{}\t{}\t{}\t{}",
+            o.region,
+            o.kind,
+            o.reference(),
+            o.manifest_digest
+        );
     }
     Ok(0)
 }

@@ -393,6 +393,49 @@ pub async fn delete(app: &App, principal: &Principal, input: Value) -> Result<Va
     Ok(json!({"imageBuildVersionArn": deletion.record.arn}))
 }
 
+/// DistributeImage: an AVAILABLE image goes to the regions a distribution configuration
+/// names, nothing rebuilt (kiln's regions that are registries or buckets). The request is
+/// checked at once (a client's mistake is a 4xx); the distribution then runs in the server and
+/// GetImage shows the new outputs when it is done. Unlike AWS, no new image resource is made:
+/// the answer names the source build, whose record gains the outputs.
+pub async fn distribute(app: &App, principal: &Principal, input: Value) -> Result<Value, ApiError> {
+    let source = required(&input, "sourceImage")?;
+    let config_arn = required(&input, "distributionConfigurationArn")?;
+    let rec = record(app, principal, source).await?;
+    let config = app
+        .resources
+        .get(principal, config_arn, &[Kind::DistributionConfiguration])
+        .await?;
+    let regions: Vec<String> = config
+        .request
+        .get("distributions")
+        .and_then(Value::as_array)
+        .map(|d| {
+            d.iter()
+                .filter_map(|x| x.get("region")?.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let (home, options) = app.builds.settings();
+    kiln_core::build::again::check(&rec, &regions, options)
+        .map_err(|e| ApiError::new("InvalidRequestException", format!("{e}")))?;
+    let (home, options, records) = (home.clone(), options.clone(), app.records.clone());
+    let arn = rec.arn.clone();
+    tokio::spawn(async move {
+        let quiet = |_: &str| {};
+        let arn = rec.arn.clone();
+        match kiln_core::build::again::distribute_again(
+            &home, &records, &options, rec, &regions, &quiet,
+        )
+        .await
+        {
+            Ok(_) => tracing::info!(image = %arn, ?regions, "distributed again"),
+            Err(e) => tracing::warn!(image = %arn, "distributing again failed: {e}"),
+        }
+    });
+    Ok(json!({"clientToken": text(&input, "clientToken"), "imageBuildVersionArn": arn}))
+}
+
 /// The record of exactly the image build `arn` names (TagResource and its kin).
 pub(crate) async fn record_for_tags(
     app: &App,

@@ -90,6 +90,8 @@ pub enum Op {
     ListImageBuildVersions,
     /// `PUT /CancelImageCreation`.
     CancelImageCreation,
+    /// `PUT /DistributeImage`.
+    DistributeImage,
     /// `DELETE /DeleteImage`.
     DeleteImage,
     /// `POST /tags/{resourceArn}`.
@@ -120,7 +122,7 @@ pub enum Op {
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 48] = [
+    pub const ALL: [Op; 49] = [
         Op::CreateComponent,
         Op::GetComponent,
         Op::ListComponents,
@@ -157,6 +159,7 @@ impl Op {
         Op::ListImageBuildVersions,
         Op::CancelImageCreation,
         Op::DeleteImage,
+        Op::DistributeImage,
         Op::TagResource,
         Op::UntagResource,
         Op::ListTagsForResource,
@@ -210,6 +213,7 @@ impl Op {
             Op::ListImageBuildVersions => "ListImageBuildVersions",
             Op::CancelImageCreation => "CancelImageCreation",
             Op::DeleteImage => "DeleteImage",
+            Op::DistributeImage => "DistributeImage",
             Op::TagResource => "TagResource",
             Op::UntagResource => "UntagResource",
             Op::ListTagsForResource => "ListTagsForResource",
@@ -311,6 +315,7 @@ pub async fn dispatch(
         }
         CancelImageCreation => images::cancel(app, principal, input).await,
         DeleteImage => images::delete(app, principal, input).await,
+        DistributeImage => images::distribute(app, principal, input).await,
         TagResource | UntagResource | ListTagsForResource => {
             tags::run(app, principal, op, input).await
         }

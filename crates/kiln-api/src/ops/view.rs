@@ -180,22 +180,26 @@ fn outputs(r: &ImageRecord) -> Value {
     let mut amis = Vec::new();
     for o in &r.outputs {
         if o.kind.is_image() {
-            let uri = if o.kind == kiln_dist::OutputKind::OciLayout {
-                format!("oci:{}:{}", o.location, o.tag)
+            // A registry or bucket output has every tag it was given; a layout one, one each.
+            let uris: Vec<String> = if o.tags.is_empty() {
+                vec![o.reference()]
             } else {
-                format!("{}:{}", o.location, o.tag)
+                o.tags
+                    .iter()
+                    .map(|t| format!("{}:{t}", o.location))
+                    .collect()
             };
             match containers
                 .iter_mut()
                 .find(|(region, _)| region == &o.region)
             {
-                Some((_, uris)) => uris.push(uri),
-                None => containers.push((o.region.clone(), vec![uri])),
+                Some((_, all)) => all.extend(uris),
+                None => containers.push((o.region.clone(), uris)),
             }
         } else {
             amis.push(json!({
                 "region": o.region,
-                "image": o.location,
+                "image": o.reference(),
                 "name": format!("{} {}", r.name, r.build_version()),
                 "state": {"status": "AVAILABLE"},
                 "accountId": r.account,

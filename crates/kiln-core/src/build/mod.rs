@@ -8,6 +8,7 @@
 //! (`stages`) over a [`run::BuildRun`]; instances come from the [`Launcher`] it was given, so
 //! the stages run the same over real sandboxes and VMs or over a fake in tests.
 
+pub mod again;
 mod boot;
 mod components;
 mod event;

@@ -70,7 +70,25 @@ fn remote_target(
             kinds.push(OutputKind::ContainerDisk);
         }
     }
-    let naming = Naming {
+    let naming = naming(d, run.rec.build, run.rec.created);
+    remote(
+        run.options,
+        &recipe.distributions,
+        d,
+        place,
+        access,
+        kinds,
+        naming,
+    )
+}
+
+/// The names a distribution gives a build in a registry or bucket region.
+pub(crate) fn naming(
+    d: &Distribution,
+    build: u32,
+    created: chrono::DateTime<chrono::Utc>,
+) -> Naming {
+    Naming {
         repository: d.container.as_ref().and_then(|c| c.repository.clone()),
         container_tags: d
             .container
@@ -80,20 +98,31 @@ fn remote_target(
         disk_tags: d
             .disk_name
             .iter()
-            .map(|t| render_disk_name(t, run.rec.build, run.rec.created))
+            .map(|t| render_disk_name(t, build, created))
             .filter(|t| !t.is_empty())
             .collect(),
-    };
+    }
+}
+
+/// A registry or bucket region's target, taking pieces of `kinds`; the other regions of the
+/// same registry among `all` lend it blobs.
+pub(crate) fn remote(
+    options: &crate::build::BuildOptions,
+    all: &[Distribution],
+    d: &Distribution,
+    place: &RegionPlace,
+    access: &kiln_dist::RegistryAccess,
+    kinds: Vec<OutputKind>,
+    naming: Naming,
+) -> RemoteTarget {
     match place {
         RegionPlace::Registry {
             host, namespace, ..
         } => {
-            // The same image's repositories in the other regions of this registry lend blobs.
-            let siblings = recipe
-                .distributions
+            let siblings = all
                 .iter()
                 .filter(|o| o.region != d.region)
-                .filter_map(|o| match run.options.regions.get(&o.region) {
+                .filter_map(|o| match options.regions.get(&o.region) {
                     Some(RegionPlace::Registry {
                         host: h,
                         namespace: n,
