@@ -13,6 +13,7 @@ import os
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -144,10 +145,55 @@ class Server:
             return ""
 
 
+@dataclass
+class OciRegistry:
+    """A docker-registry (CNCF distribution) on a loopback port, and the region of kiln's
+    configuration that names it."""
+
+    host: str
+    region: str
+    process: subprocess.Popen
+
+
 @pytest.fixture(scope="session")
-def server(kiln, tmp_path_factory) -> Server:
+def registry(tmp_path_factory) -> OciRegistry:
+    """A registry the suite's server distributes to: region `kiln-registry` in its
+    configuration (`regions:`), namespace `api`."""
+    exe = shutil.which("docker-registry")
+    if exe is None:
+        pytest.fail("docker-registry is not installed: run `scripts/setup --test`", pytrace=False)
+    d = tmp_path_factory.mktemp("registry")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (d / "config.yml").write_text(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {d / 'data'}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n")
+    proc = subprocess.Popen([exe, "serve", str(d / "config.yml")], stdout=subprocess.DEVNULL,
+                            stderr=open(d / "log", "wb"), stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"docker-registry did not listen: {(d / 'log').read_text()}", pytrace=False)
+            time.sleep(0.1)
+    yield OciRegistry(f"127.0.0.1:{port}", "kiln-registry", proc)
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(kiln, registry, tmp_path_factory) -> Server:
     """`kiln serve --listen 127.0.0.1:0`, ready (it said `listening on URL`); stopped with
-    SIGTERM at the end of the session, which it must answer by exiting 0."""
+    SIGTERM at the end of the session, which it must answer by exiting 0. Its configuration
+    maps region `kiln-registry` to the suite's registry."""
+    (kiln.home / "config.yaml").write_text(
+        f"regions:\n  {registry.region}: {{registry: \"{registry.host}\", namespace: api}}\n")
     if not kiln.has("serve"):
         pytest.skip(f"{kiln.bin} has no `serve` command yet: nothing to test the API against")
     log = tmp_path_factory.mktemp("serve") / "kiln-serve.log"

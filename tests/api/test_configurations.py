@@ -55,6 +55,15 @@ def test_distribution_configuration(client_a, account_a):
     cdc = got["distributions"][0]["containerDistributionConfiguration"]
     assert cdc["targetRepository"] == {"service": "ECR", "repositoryName": name}
     assert cdc["containerTags"] == ["latest"]
+    # Tags and disk names are checked when stored, naming the field.
+    with raises("InvalidParameterValueException", 400, mentions=("containerTags", "a container tag")):
+        client_a.create_distribution_configuration(
+            name=unique("dist"), distributions=[{"region": REGION, "containerDistributionConfiguration": {
+                "containerTags": ["-bad"], "targetRepository": {"service": "ECR", "repositoryName": name}}}])
+    with raises("InvalidParameterValueException", 400, mentions="imagebuilder:nope"):
+        client_a.create_distribution_configuration(
+            name=unique("dist"), distributions=[{"region": REGION, "amiDistributionConfiguration": {
+                "name": "x-{{ imagebuilder:nope }}"}}])
     # timeoutMinutes is the one required member of DistributionConfiguration (the model checker
     # insists on it); AWS's default is 360.
     assert 30 <= got["timeoutMinutes"] <= 720

@@ -1,6 +1,9 @@
 """Images: container pipelines started through the API and built for real (marked `build`),
 CreateImage, GetImage, ListImages, ListImageBuildVersions, CancelImageCreation, DeleteImage."""
 
+import subprocess
+import time
+
 import pytest
 
 from helpers import (REGION, arn, assert_forward, create_component, create_container_recipe,
@@ -35,7 +38,7 @@ def _region_tags(kiln, account, name):
             for m in _json.loads(index.read_text()).get("manifests", [])]
 
 
-def test_container_pipeline_started_through_the_api(client_a, account_a, aws, kiln):
+def test_container_pipeline_started_through_the_api(client_a, account_a, aws, kiln, registry):
     # A document of this run only, so that no step cache of an earlier run makes the build instant.
     word = unique("built")
     comp = create_component(client_a, data=document(
@@ -78,6 +81,31 @@ def test_container_pipeline_started_through_the_api(client_a, account_a, aws, ki
 
     got = aws("imagebuilder", "get-image", "--image-build-version-arn", image_arn).json
     assert got["image"]["state"]["status"] == "AVAILABLE"
+
+    # DistributeImage: the AVAILABLE image to a registry region, nothing rebuilt.
+    far = client_a.create_distribution_configuration(
+        name=unique("far"), distributions=[{"region": registry.region}])["distributionConfigurationArn"]
+    with raises("InvalidRequestException", 400, mentions="not a registry or bucket"):
+        client_a.distribute_image(sourceImage=image_arn, distributionConfigurationArn=dist,
+                                  executionRole="kiln", clientToken=unique("t"))
+    answer = client_a.distribute_image(sourceImage=image_arn, distributionConfigurationArn=far,
+                                       executionRole="kiln", clientToken=unique("t"))
+    assert answer["imageBuildVersionArn"] == image_arn
+    deadline = time.monotonic() + 120
+    while True:
+        outputs = client_a.get_image(imageBuildVersionArn=image_arn)["image"]["outputResources"]
+        uris = [u for c in outputs.get("containers", []) if c["region"] == registry.region
+                for u in c["imageUris"]]
+        if uris or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert f"docker://{registry.host}/api/{name}:1.0.0" in uris, outputs
+    inspect = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw",
+                              f"docker://{registry.host}/api/{name}:1.0.0"], capture_output=True, text=True)
+    assert inspect.returncode == 0, inspect.stderr
+    with raises("InvalidRequestException", 400, mentions="already"):
+        client_a.distribute_image(sourceImage=image_arn, distributionConfigurationArn=far,
+                                  executionRole="kiln", clientToken=unique("t"))
 
     # A second run of the pipeline is build 2 of the same version.
     again = client_a.start_image_pipeline_execution(imagePipelineArn=pipe)["imageBuildVersionArn"]
@@ -142,6 +170,9 @@ def test_missing_images(client_a, account_a):
         client_a.delete_image(imageBuildVersionArn=missing)
     with raises("ResourceNotFoundException", 404):
         client_a.cancel_image_creation(imageBuildVersionArn=missing)
+    with raises("ResourceNotFoundException", 404):
+        client_a.distribute_image(sourceImage=missing, executionRole="kiln", clientToken=unique("t"),
+                                  distributionConfigurationArn=create_distribution(client_a))
     assert client_a.list_image_build_versions(
         imageVersionArn=arn(account_a, "image", unique("no"), "1.0.0")).get("imageSummaryList", []) == []
     client_a.list_images()

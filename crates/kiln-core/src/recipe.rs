@@ -1327,7 +1327,7 @@ fn distributions(r: &mut Reader, m: &Map, base: &Path) -> Vec<Distribution> {
 }
 
 /// `containerDistributionConfiguration`'s repository and tags (its other keys are AWS's).
-fn container_naming(r: &mut Reader, node: &Node) -> Option<ContainerNaming> {
+pub(crate) fn container_naming(r: &mut Reader, node: &Node) -> Option<ContainerNaming> {
     let m = r.map(node, "`containerDistributionConfiguration`")?;
     let mut naming = ContainerNaming::default();
     if let Some(tags) = m.get("containerTags") {
@@ -1362,7 +1362,7 @@ fn container_naming(r: &mut Reader, node: &Node) -> Option<ContainerNaming> {
 }
 
 /// `amiDistributionConfiguration.name`, checked for the variables kiln renders.
-fn disk_name(r: &mut Reader, node: &Node) -> Option<String> {
+pub(crate) fn disk_name(r: &mut Reader, node: &Node) -> Option<String> {
     let m = r.map(node, "`amiDistributionConfiguration`")?;
     let n = m.get("name")?;
     let text = n.as_text()?.to_string();

@@ -275,6 +275,22 @@ pub enum DistError {
     /// Shipping logs failed.
     #[error("{0}")]
     Logs(String),
+    /// A distribution failed and was taken back in every region.
+    #[error("{source}; {}", taken_back_text(taken_back))]
+    TakenBack {
+        /// What failed.
+        source: Box<DistError>,
+        /// What was taken back, as `REGION: WHAT`.
+        taken_back: Vec<String>,
+    },
+}
+
+fn taken_back_text(undone: &[String]) -> String {
+    if undone.is_empty() {
+        "no region had anything of this build to take back".to_string()
+    } else {
+        format!("taken back: {}", undone.join(", "))
+    }
 }
 
 /// Something that reports progress lines ("region local: /var/lib/kiln/... (850 MiB)").
@@ -375,20 +391,14 @@ pub async fn distribute(
     for (i, t) in targets.iter().enumerate() {
         match t.stage(artifact, progress).await {
             Ok(o) => staged.push(o),
-            Err(e) => {
-                undo(&targets[..=i], artifact).await;
-                return Err(e);
-            }
+            Err(e) => return Err(undo(&targets[..=i], artifact, e).await),
         }
     }
     let mut promoted: Vec<Vec<Output>> = Vec::new();
     for t in &targets {
         match t.promote(artifact, progress).await {
             Ok(o) => promoted.push(o),
-            Err(e) => {
-                undo(&targets, artifact).await;
-                return Err(e);
-            }
+            Err(e) => return Err(undo(&targets, artifact, e).await),
         }
     }
     let mut images = Vec::new();
@@ -407,7 +417,9 @@ pub async fn distribute(
     Ok(images)
 }
 
-async fn undo(targets: &[&Arc<dyn Target>], artifact: &Artifact) {
+/// Takes every target back after `e`; the error says what was taken back.
+async fn undo(targets: &[&Arc<dyn Target>], artifact: &Artifact, e: DistError) -> DistError {
+    let mut all = Vec::new();
     for t in targets {
         let planned = t.plan(artifact);
         let undone = t
@@ -420,6 +432,11 @@ async fn undo(targets: &[&Arc<dyn Target>], artifact: &Artifact) {
                 "took back a failed distribution"
             );
         }
+        all.extend(undone.into_iter().map(|u| format!("{}: {u}", t.region())));
+    }
+    DistError::TakenBack {
+        source: Box::new(e),
+        taken_back: all,
     }
 }
 

@@ -422,6 +422,7 @@ async fn a_registry_killed_mid_push_leaves_no_new_tag_in_any_region() {
     let two = artifact(d.path(), 2, "two");
     let e = distribute(&regions, &two, &progress).await.unwrap_err();
     assert!(e.to_string().starts_with("region b: "), "{e}");
+    assert!(e.to_string().contains("taken back: a: docker://"), "{e}");
     // Nothing of build 2 in region a: no tag, and its manifest deleted.
     assert_eq!(digest(&first, "golden/web", "1.0.0-2").await, None);
     assert_eq!(

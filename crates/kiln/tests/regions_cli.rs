@@ -353,6 +353,7 @@ fn an_image_and_its_disk_go_to_registries_and_a_bucket_all_or_none() {
         .unwrap_or_default()
         .to_string();
     assert!(reason.contains("region secure"), "{reason}");
+    assert!(reason.contains("taken back: east: "), "{reason}");
     p.secure.restart();
     assert_no_version(&p, &name, "1.0.2");
     assert!(skopeo_inspect(&format!("docker://{one}/east/{name}:1.0.1"), None).is_some());

@@ -236,6 +236,7 @@ impl Op {
             || n.starts_with("Update")
             || n.starts_with("Start")
             || n.starts_with("Cancel")
+            || self == Op::DistributeImage
         {
             Method::PUT
         } else if n.starts_with("Get") || self == Op::ListTagsForResource {

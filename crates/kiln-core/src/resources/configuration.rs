@@ -9,10 +9,14 @@ use super::{ResourceError, Resources};
 use crate::principal::Principal;
 use crate::recipe::is_name;
 
-/// Keys of a distribution that are AWS settings kiln has no use for.
-const AWS_DISTRIBUTION_KEYS: [&str; 7] = [
+/// Keys of a distribution kiln reads for registry and bucket regions (names and tags).
+const NAMING_KEYS: [&str; 2] = [
     "amiDistributionConfiguration",
     "containerDistributionConfiguration",
+];
+
+/// Keys of a distribution that are AWS settings kiln has no use for.
+const AWS_DISTRIBUTION_KEYS: [&str; 5] = [
     "licenseConfigurationArns",
     "launchTemplateConfigurations",
     "s3ExportConfiguration",
@@ -167,7 +171,15 @@ fn distributions(c: &mut Checker, d: &Node) {
             continue;
         };
         let mut keys = vec!["region", "path"];
+        keys.extend(NAMING_KEYS);
         keys.extend(AWS_DISTRIBUTION_KEYS);
+        // The same checks as a recipe's distributions: a wrong tag or template is a 400 here.
+        if let Some(n) = dm.get("containerDistributionConfiguration") {
+            let _ = crate::recipe::container_naming(&mut c.reader, n);
+        }
+        if let Some(n) = dm.get("amiDistributionConfiguration") {
+            let _ = crate::recipe::disk_name(&mut c.reader, n);
+        }
         c.reader.known_keys(dm, &keys, "a distribution");
         for k in AWS_DISTRIBUTION_KEYS {
             if let Some(n) = dm.get(k) {
