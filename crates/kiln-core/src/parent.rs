@@ -380,13 +380,28 @@ async fn built_by_kiln(
             config,
         });
     }
-    let out = image_output.ok_or_else(|| {
+    if let Some(out) = image_output {
+        let mut p = from_layout(&store, out.path(), Some(&out.tag), reference).await?;
+        p.record.resolved = rec.build_version();
+        return Ok(p);
+    }
+    // No folder region has it: read it back from a registry region, by digest (the build's own
+    // manifest, whatever its tags name now).
+    let registry_output = rec
+        .outputs
+        .iter()
+        .find(|o| o.kind == OutputKind::OciRegistry);
+    let out = registry_output.ok_or_else(|| {
         unavailable(format!(
-            "{} has no output to read its layers from",
+            "{} has no output in a folder or registry region to read its layers from",
             rec.build_version()
         ))
     })?;
-    let mut p = from_layout(&store, out.path(), Some(&out.tag), reference).await?;
+    let repo = out
+        .location
+        .strip_prefix("docker://")
+        .unwrap_or(&out.location);
+    let mut p = pulled(cx, &format!("{repo}@{}", out.manifest_digest), reference).await?;
     p.record.resolved = rec.build_version();
     Ok(p)
 }

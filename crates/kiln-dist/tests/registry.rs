@@ -236,6 +236,65 @@ fn sha256(p: &Path) -> String {
     )
 }
 
+/// Three regions in one registry (the second and third mount from the first), one in a
+/// registry that wants a password, one in a bucket: each takes disks as chunks.
+fn disk_regions(
+    host: String,
+    auth_host: String,
+    opts: RegistryOptions,
+    client: kiln_s3::S3Client,
+) -> Vec<Region> {
+    let kinds = vec![OutputKind::DiskChunks];
+    let mut regions: Vec<Region> = ["east", "west", "north"]
+        .iter()
+        .map(|ns| {
+            let others: Vec<String> = ["east", "west", "north"]
+                .iter()
+                .filter(|o| *o != ns)
+                .map(|o| o.to_string())
+                .collect();
+            Region {
+                name: ns.to_string(),
+                targets: vec![Arc::new(
+                    RemoteTarget::new(
+                        ns,
+                        Box::new(RegistryPlace::new(
+                            &host,
+                            Some(ns),
+                            RegistryOptions::default(),
+                        )),
+                        kinds.clone(),
+                        Naming::default(),
+                    )
+                    .with_siblings(others),
+                )],
+            }
+        })
+        .collect();
+    regions.push(Region {
+        name: "secure".into(),
+        targets: vec![Arc::new(RemoteTarget::new(
+            "secure",
+            Box::new(RegistryPlace::new(&auth_host, Some("golden"), opts)),
+            kinds.clone(),
+            Naming::default(),
+        ))],
+    });
+    regions.push(Region {
+        name: "archive".into(),
+        targets: vec![Arc::new(RemoteTarget::new(
+            "archive",
+            Box::new(BucketPlace::new(client, "images", "prod")),
+            kinds.clone(),
+            Naming {
+                disk_tags: vec!["web-nightly".into()],
+                ..Naming::default()
+            },
+        ))],
+    });
+    regions
+}
+
 #[tokio::test]
 async fn disks_go_as_chunks_mounted_within_a_registry_and_pulled_back_bit_for_bit() {
     let one = Registry::start();
@@ -251,65 +310,7 @@ async fn disks_go_as_chunks_mounted_within_a_registry_and_pulled_back_bit_for_bi
         insecure_http: false,
     };
     let client = kiln_s3::S3Client::new(s3.config());
-    let kinds = vec![OutputKind::DiskChunks];
-    let regions = |()| {
-        // Three regions in one registry (the second and third mount from the first), one in a
-        // registry that wants a password, one in a bucket.
-        let host = one.host();
-        let mut regions: Vec<Region> = ["east", "west", "north"]
-            .iter()
-            .map(|ns| {
-                let others: Vec<String> = ["east", "west", "north"]
-                    .iter()
-                    .filter(|o| *o != ns)
-                    .map(|o| o.to_string())
-                    .collect();
-                Region {
-                    name: ns.to_string(),
-                    targets: vec![Arc::new(
-                        RemoteTarget::new(
-                            ns,
-                            Box::new(RegistryPlace::new(
-                                &host,
-                                Some(ns),
-                                RegistryOptions::default(),
-                            )),
-                            kinds.clone(),
-                            Naming::default(),
-                        )
-                        .with_siblings(others),
-                    )],
-                }
-            })
-            .collect();
-        regions.push(Region {
-            name: "secure".into(),
-            targets: vec![Arc::new(RemoteTarget::new(
-                "secure",
-                Box::new(RegistryPlace::new(
-                    &auth.host(),
-                    Some("golden"),
-                    opts.clone(),
-                )),
-                kinds.clone(),
-                Naming::default(),
-            ))],
-        });
-        regions.push(Region {
-            name: "archive".into(),
-            targets: vec![Arc::new(RemoteTarget::new(
-                "archive",
-                Box::new(BucketPlace::new(client.clone(), "images", "prod")),
-                kinds.clone(),
-                Naming {
-                    disk_tags: vec!["web-nightly".into()],
-                    ..Naming::default()
-                },
-            ))],
-        });
-        regions
-    };
-
+    let regions = |()| disk_regions(one.host(), auth.host(), opts.clone(), client.clone());
     let (p1, c1, i1, raw1) = disk_piece(d.path(), "1.0.0", b"", None);
     let out1 = distribute(&regions(()), &disk_artifact(d.path(), "1.0.0", p1), &quiet)
         .await

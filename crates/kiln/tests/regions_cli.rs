@@ -193,11 +193,19 @@ fn an_image_and_its_disk_go_to_registries_and_a_bucket_all_or_none() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = places(dir.path());
     let name = format!("regions-{}", std::process::id());
-    let (one, secure, kube) = (p.one.host(), p.secure.host(), p.kube.host());
+    let east_disk = first_version(&p, dir.path(), &name);
+    let rec1 = update_and_distribute_again(&p, dir.path(), &name, east_disk);
+    a_kiln_parent_from_a_registry(&p, dir.path(), &name, &rec1);
+    failures_take_back_everywhere(&mut p, dir.path(), &name);
+}
 
+/// 1.0.0 everywhere, read by skopeo and pulled back; returns the bytes the first disk push
+/// sent to region east.
+fn first_version(p: &Places, dir: &Path, name: &str) -> u64 {
+    let (one, secure, kube) = (p.one.host(), p.secure.host(), p.kube.host());
     // 1.0.0: everything everywhere.
-    let r = recipe(dir.path(), &name, "1.0.0", "one");
-    let o = build(&p, &r);
+    let r = recipe(dir, name, "1.0.0", "one");
+    let o = build(p, &r);
     assert_eq!(
         o.status.code(),
         Some(0),
@@ -205,7 +213,7 @@ fn an_image_and_its_disk_go_to_registries_and_a_bucket_all_or_none() {
         text(&o.stdout),
         text(&o.stderr)
     );
-    let rec = get(&p, &format!("{name}/1.0.0/1"));
+    let rec = get(p, &format!("{name}/1.0.0/1"));
     let img = output(&rec, "east", "oci-registry");
     assert_eq!(
         img["location"],
@@ -255,7 +263,7 @@ fn an_image_and_its_disk_go_to_registries_and_a_bucket_all_or_none() {
         cd.contains("application/vnd.oci.image.layer.v1.tar"),
         "{cd}"
     );
-    let copied = dir.path().join("copied");
+    let copied = dir.join("copied");
     let st = Command::new("skopeo")
         .args([
             "copy",
@@ -271,16 +279,16 @@ fn an_image_and_its_disk_go_to_registries_and_a_bucket_all_or_none() {
 
     // The disk back, bit for bit, from a registry and from the bucket.
     let disk_digest = rec["disk"]["digest"].as_str().unwrap().to_string();
-    let f = dir.path().join("east.raw");
-    let (d, _) = pull(&p, &format!("docker://{one}/east/{name}/disk:1.0.0"), &f);
+    let f = dir.join("east.raw");
+    let (d, _) = pull(p, &format!("docker://{one}/east/{name}/disk:1.0.0"), &f);
     assert_eq!(d, disk_digest);
     let (d, _) = pull(
-        &p,
+        p,
         &format!("s3://images/prod/{name}/disk:{name}-1"),
-        &dir.path().join("s3.raw"),
+        &dir.join("s3.raw"),
     );
     assert_eq!(d, disk_digest);
-    let q = dir.path().join("east.qcow2");
+    let q = dir.join("east.qcow2");
     let mut c = kiln_cmd(&[
         "disk",
         "pull",
@@ -289,7 +297,7 @@ fn an_image_and_its_disk_go_to_registries_and_a_bucket_all_or_none() {
         "--format",
         "qcow2",
     ]);
-    with_config(&mut c, &p);
+    with_config(&mut c, p);
     assert!(c.output().unwrap().status.success());
     let info = Command::new("qemu-img")
         .args(["info", "--output=json"])
@@ -302,17 +310,29 @@ fn an_image_and_its_disk_go_to_registries_and_a_bucket_all_or_none() {
         text(&info.stdout)
     );
 
+    east_disk
+}
+
+/// 1.0.1, a small change, and it distributed again to one more region; returns its record.
+fn update_and_distribute_again(
+    p: &Places,
+    dir: &Path,
+    name: &str,
+    east_disk: u64,
+) -> serde_json::Value {
+    let one = p.one.host();
+    let f = dir.join("east.raw");
     // 1.0.1: one file changed, a small share sent; pulled over 1.0.0, little fetched.
-    let r = recipe(dir.path(), &name, "1.0.1", "two");
-    let o = build(&p, &r);
+    let r = recipe(dir, name, "1.0.1", "two");
+    let o = build(p, &r);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    let rec1 = get(&p, &format!("{name}/1.0.1/1"));
+    let rec1 = get(p, &format!("{name}/1.0.1/1"));
     let update = sent(&rec1, "east", "disk-chunks");
     assert!(
         update * 10 < east_disk,
         "the update sent {update} of {east_disk}"
     );
-    let (d, log) = pull(&p, &format!("docker://{one}/east/{name}/disk:1.0.1"), &f);
+    let (d, log) = pull(p, &format!("docker://{one}/east/{name}/disk:1.0.1"), &f);
     assert_eq!(d, rec1["disk"]["digest"].as_str().unwrap());
     assert!(log.contains("reused"), "{log}");
 
@@ -324,10 +344,10 @@ fn an_image_and_its_disk_go_to_registries_and_a_bucket_all_or_none() {
         "--region",
         "late",
     ]);
-    with_config(&mut c, &p);
+    with_config(&mut c, p);
     let o = c.output().unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let again = get(&p, &format!("{name}/1.0.1/1"));
+    let again = get(p, &format!("{name}/1.0.1/1"));
     assert!(
         sent(&again, "late", "disk-chunks") * 20 < east_disk,
         "{}",
@@ -335,18 +355,53 @@ fn an_image_and_its_disk_go_to_registries_and_a_bucket_all_or_none() {
     );
     assert!(skopeo_inspect(&format!("docker://{one}/late/{name}:1.0.1"), None).is_some());
     let (d, _) = pull(
-        &p,
+        p,
         &format!("docker://{one}/late/{name}/disk:1.0.1"),
-        &dir.path().join("late.raw"),
+        &dir.join("late.raw"),
     );
     assert_eq!(d, rec1["disk"]["digest"].as_str().unwrap());
 
+    rec1
+}
+
+fn a_kiln_parent_from_a_registry(p: &Places, dir: &Path, name: &str, rec1: &serde_json::Value) {
+    // A kiln: parent whose layers this store no longer has and that no folder region holds is
+    // read back from its registry region.
+    let own_layer = rec1["components"][0]["layer"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    std::fs::remove_dir_all(home().join("layers").join(&own_layer)).unwrap();
+    let child = dir.join("child");
+    std::fs::create_dir_all(&child).unwrap();
+    write(&child, "c.yaml", "name: c\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: C\n        action: CreateFile\n        inputs:\n          - path: /etc/kiln-child\n            content: child\n");
+    let cr = write(
+        &child,
+        "recipe.yml",
+        &format!("name: {name}-child\nsemanticVersion: 1.0.0\nparentImage: kiln:{name}/1.0.1\ncomponents:\n  - path: c.yaml\noutputs: [oci]\nimageTestsConfiguration:\n  imageTestsEnabled: false\ndistributions:\n  - region: east\n"),
+    );
+    let o = build(p, &cr);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let crec = get(p, &format!("{name}-child/1.0.0/1"));
+    assert_eq!(
+        crec["parent"]["resolved"],
+        format!("{name}/1.0.1/1"),
+        "{}",
+        crec["parent"]
+    );
+    assert_eq!(crec["parent"]["cached"], false, "{}", crec["parent"]);
+}
+
+/// 1.0.2 with a registry killed mid-push, 1.0.3 with kiln killed mid-distribution.
+fn failures_take_back_everywhere(p: &mut Places, dir: &Path, name: &str) {
+    let one = p.one.host();
     // 1.0.2: the password registry dies while the first region is pushed: the build fails in
     // DISTRIBUTING naming it, and no region has 1.0.2.
-    let r = recipe(dir.path(), &name, "1.0.2", "three");
+    let r = recipe(dir, name, "1.0.2", "three");
     let code = build_until(&p.config.clone(), &r, "region east: ", Some(&mut p.secure));
     assert_ne!(code, Some(0));
-    let failed = get(&p, &format!("{name}/1.0.2/1"));
+    let failed = get(p, &format!("{name}/1.0.2/1"));
     assert_eq!(failed["state"], "FAILED", "{failed}");
     let reason = failed["failure"]["reason"]
         .as_str()
@@ -355,16 +410,16 @@ fn an_image_and_its_disk_go_to_registries_and_a_bucket_all_or_none() {
     assert!(reason.contains("region secure"), "{reason}");
     assert!(reason.contains("taken back: east: "), "{reason}");
     p.secure.restart();
-    assert_no_version(&p, &name, "1.0.2");
+    assert_no_version(p, name, "1.0.2");
     assert!(skopeo_inspect(&format!("docker://{one}/east/{name}:1.0.1"), None).is_some());
 
     // 1.0.3: kiln itself is killed once two regions have content; the next kiln command finds
     // the dead build, takes its staged content back, and no region has 1.0.3.
-    let r = recipe(dir.path(), &name, "1.0.3", "four");
+    let r = recipe(dir, name, "1.0.3", "four");
     build_until(&p.config, &r, "region west: ", None);
-    let dead = get(&p, &format!("{name}/1.0.3/1"));
+    let dead = get(p, &format!("{name}/1.0.3/1"));
     assert_eq!(dead["state"], "FAILED", "{dead}");
-    assert_no_version(&p, &name, "1.0.3");
+    assert_no_version(p, name, "1.0.3");
     let staged: Vec<String> = dead["distributing"]
         .as_array()
         .map(|a| {
