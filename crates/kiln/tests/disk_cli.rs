@@ -11,35 +11,7 @@ use common::*;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-/// A Debian base with a kernel, built once: `kiln:disk-base/1.0.0`. Its bootstrap is the one
-/// golden-nginx with a disk output uses (the same packages), so it is made once.
-fn disk_base() -> &'static str {
-    static BASE: OnceLock<()> = OnceLock::new();
-    BASE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        write(
-            dir.path(),
-            "noop.yaml",
-            "name: noop\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Mark\n        action: CreateFile\n        inputs:\n          - path: /etc/kiln-disk-base\n            content: base\n",
-        );
-        let r = write(
-            dir.path(),
-            "recipe.yml",
-            "name: disk-base\nsemanticVersion: 1.0.0\nparentImage: bootstrap:debian/bookworm\nbootstrap:\n  packages: [ca-certificates]\ncomponents:\n  - path: noop.yaml\noutputs: [oci, disk]\nimageTestsConfiguration:\n  imageTestsEnabled: false\n",
-        );
-        let o = kiln(&["build", r.to_str().unwrap()]);
-        assert!(
-            o.status.success(),
-            "disk base: {}\n{}",
-            text(&o.stdout),
-            text(&o.stderr)
-        );
-    });
-    "kiln:disk-base/1.0.0"
-}
 
 fn qemu_processes_of(run_id: &str) -> Vec<i32> {
     processes_with(&format!("kiln-{run_id}"))

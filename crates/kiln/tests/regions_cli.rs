@@ -18,27 +18,6 @@ use std::process::{Command, Stdio};
 
 use kiln_testkit::registry::Registry;
 
-/// The disk base of disk_cli.rs (the same recipe, so the same cached layers and disk).
-fn disk_base() -> &'static str {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "noop.yaml",
-        "name: noop\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Mark\n        action: CreateFile\n        inputs:\n          - path: /etc/kiln-disk-base\n            content: base\n",
-    );
-    let r = write(
-        dir.path(),
-        "recipe.yml",
-        "name: disk-base\nsemanticVersion: 1.0.0\nparentImage: bootstrap:debian/bookworm\nbootstrap:\n  packages: [ca-certificates]\ncomponents:\n  - path: noop.yaml\noutputs: [oci, disk]\nimageTestsConfiguration:\n  imageTestsEnabled: false\n",
-    );
-    let o = kiln(&["image", "get", "disk-base/1.0.0"]);
-    if !o.status.success() {
-        let o = kiln(&["build", r.to_str().unwrap()]);
-        assert!(o.status.success(), "disk base: {}", text(&o.stderr));
-    }
-    "kiln:disk-base/1.0.0"
-}
-
 struct Places {
     one: Registry,
     secure: Registry,

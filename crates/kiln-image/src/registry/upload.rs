@@ -59,6 +59,23 @@ enum Status {
 }
 
 impl Repository {
+    /// A request that did not get an answer: the error and why, to retry with when the cause
+    /// is transient (a reset, a refused connection, a timeout); the error itself otherwise.
+    fn transport_failure(
+        &self,
+        e: reqwest::Error,
+        action: Action<'_>,
+    ) -> Result<(RegistryError, String), RegistryError> {
+        let reason = error_chain(&e);
+        let transient = transient_error(&e);
+        let err = self.remote.error(e.into(), action);
+        if transient {
+            Ok((err, reason))
+        } else {
+            Err(err)
+        }
+    }
+
     /// Puts the blob `digest` of `size` bytes, read from the file `source`, into the
     /// repository: nothing when it is there already; else mounted from the first repository
     /// of `mount_from` (`REPO` paths in the same registry) that has it; else uploaded, in the
@@ -277,15 +294,7 @@ impl Repository {
                     }
                     (err, format!("it answered {status}"))
                 }
-                Err(e) => {
-                    let reason = error_chain(&e);
-                    let transient = transient_error(&e);
-                    let err = self.remote.error(e.into(), action);
-                    if !transient {
-                        return Err(err);
-                    }
-                    (err, reason)
-                }
+                Err(e) => self.transport_failure(e, action)?,
             };
             failures += 1;
             if !self.retry.again(failures) {
@@ -381,15 +390,7 @@ impl Repository {
                     }
                     (err, format!("it answered {status}"))
                 }
-                Err(e) => {
-                    let reason = error_chain(&e);
-                    let transient = transient_error(&e);
-                    let err = self.remote.error(e.into(), action);
-                    if !transient {
-                        return Err(err);
-                    }
-                    (err, reason)
-                }
+                Err(e) => self.transport_failure(e, action)?,
             };
             failures += 1;
             if !self.retry.again(failures) {

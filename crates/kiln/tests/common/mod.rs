@@ -71,6 +71,33 @@ pub fn base() -> &'static str {
     "kiln:test-base/1.0.0"
 }
 
+/// A Debian base with a kernel, built once: `kiln:disk-base/1.0.0`. Its bootstrap is the one
+/// golden-nginx with a disk output uses (the same packages), so it is made once.
+pub fn disk_base() -> &'static str {
+    static BASE: OnceLock<()> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "noop.yaml",
+            "name: noop\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Mark\n        action: CreateFile\n        inputs:\n          - path: /etc/kiln-disk-base\n            content: base\n",
+        );
+        let r = write(
+            dir.path(),
+            "recipe.yml",
+            "name: disk-base\nsemanticVersion: 1.0.0\nparentImage: bootstrap:debian/bookworm\nbootstrap:\n  packages: [ca-certificates]\ncomponents:\n  - path: noop.yaml\noutputs: [oci, disk]\nimageTestsConfiguration:\n  imageTestsEnabled: false\n",
+        );
+        let o = kiln(&["build", r.to_str().unwrap()]);
+        assert!(
+            o.status.success(),
+            "disk base: {}\n{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+    });
+    "kiln:disk-base/1.0.0"
+}
+
 pub fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, body).unwrap();
