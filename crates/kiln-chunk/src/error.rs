@@ -96,8 +96,8 @@ pub enum ChunkError {
 }
 
 impl ChunkError {
-    /// An [`ChunkError::Io`] builder for `map_err`.
-    pub(crate) fn io(
+    /// A [`ChunkError::Io`] builder for `map_err` (what was being done, and where).
+    pub fn io(
         doing: &'static str,
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> ChunkError {

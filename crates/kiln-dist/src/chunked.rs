@@ -14,6 +14,8 @@ pub struct ChunkedDisk {
     pub index: Vec<u8>,
     /// Its digest.
     pub index_digest: String,
+    /// The same bytes in a file (what is sent, so that a registry can mount it).
+    pub index_file: BlobFile,
     /// Every pack the index uses (earlier versions' and the new one), in the index's order.
     pub packs: Vec<BlobFile>,
     /// `sha256:` of the raw disk.
@@ -40,6 +42,19 @@ pub fn pack(
     let known: Vec<kiln_chunk::ChunkIndex> = known.into_iter().cloned().collect();
     let packed = kiln_chunk::pack(raw, &chunked, &known, packs_dir)?;
     let index = packed.index.encode()?;
+    // The index is a blob like the packs: kept beside them under its digest, so that regions
+    // of one registry mount it and distributing again finds it.
+    let index_digest = crate::repo::digest_of(&index);
+    let index_file = packs_dir.join(index_digest.replace(':', "-"));
+    if !index_file.is_file() {
+        let tmp = packs_dir.join(format!(".index-{}", std::process::id()));
+        std::fs::write(&tmp, &index)
+            .and_then(|()| std::fs::rename(&tmp, &index_file))
+            .map_err(kiln_chunk::ChunkError::io(
+                "writing the chunk index",
+                index_file.clone(),
+            ))?;
+    }
     let packs = packed
         .index
         .packs
@@ -51,7 +66,12 @@ pub fn pack(
         })
         .collect();
     let disk = ChunkedDisk {
-        index_digest: crate::repo::digest_of(&index),
+        index_file: BlobFile {
+            digest: index_digest.clone(),
+            size: index.len() as u64,
+            path: index_file,
+        },
+        index_digest,
         index,
         packs,
         disk_digest: packed.index.digest.to_string(),

@@ -217,11 +217,10 @@ pub fn chunked_disk(disk: &crate::chunked::ChunkedDisk, title: &str) -> Piece {
         suffix: Some("disk"),
         digest: digest_of(&bytes),
         manifest: bytes,
-        blobs: disk.packs.clone(),
-        small: vec![
-            (config_digest, EMPTY_CONFIG.to_vec()),
-            (disk.index_digest.clone(), disk.index.clone()),
-        ],
+        blobs: std::iter::once(disk.index_file.clone())
+            .chain(disk.packs.iter().cloned())
+            .collect(),
+        small: vec![(config_digest, EMPTY_CONFIG.to_vec())],
     }
 }
 
