@@ -325,7 +325,13 @@ mod tests {
         entries.extend(std::iter::repeat_n(zero, zeros));
         ChunkIndex {
             version: FORMAT_VERSION,
-            params: Params::DEFAULT,
+            // Chunk lengths up to 128 KiB, as 8/32/128 KiB parameters make (any parameters an
+            // index names are read back).
+            params: Params {
+                min: 8 * 1024,
+                avg: 32 * 1024,
+                max: 128 * 1024,
+            },
             size: entries.iter().map(|e| u64::from(e.length)).sum(),
             digest: Digest::of(b"disk"),
             packs: vec![

@@ -6,7 +6,7 @@
 //! pack of only the chunks that no earlier pack the destination has contains; a package update
 //! changes a few percent of the chunks.
 //!
-//! - [`chunk_file`] cuts a file with FastCDC (2020) by [`Params`] (8/32/128 KiB by default),
+//! - [`chunk_file`] cuts a file with FastCDC (2020) by [`Params`] (4/16/64 KiB by default),
 //!   streamed: [`Chunked`] is the size, the sha256 and the [`Chunk`]s.
 //! - [`pack`] writes the new pack (or none, when nothing is new) against the indexes the
 //!   destination already has, and gives the version's [`ChunkIndex`]: its `packs` are exactly
@@ -26,10 +26,10 @@
 //!
 //! An entry is a 32-byte digest and four varints, about 43 bytes before compression (`index`
 //! module docs); random digests do not compress, so a data chunk costs that. With the default
-//! parameters a GiB of data is 26,000-32,000 chunks (chunks average 32-40 KiB), so its entries
-//! are about **1.1-1.4 MiB per GiB of data**. A GiB of zeros is 8,192 entries of one 128 KiB
-//! zero chunk, which zstd reduces to about 0.35 bytes each: **about 3 KiB per GiB of zeros**.
-//! A 2 GiB disk holding 600 MiB of data has an index of about 0.8 MiB. (The test
+//! parameters a GiB of data is 52,000-64,000 chunks (chunks average 16-20 KiB), so its entries
+//! are about **2.2-2.8 MiB per GiB of data**. A GiB of zeros is 16,384 entries of one 64 KiB
+//! zero chunk, which zstd reduces to about 0.35 bytes each: **about 6 KiB per GiB of zeros**.
+//! A 2 GiB disk holding 600 MiB of data has an index of about 1.6 MiB. (The test
 //! `disk_versions` measures 39 bytes a chunk on a 64 MiB disk, 3/4 data.)
 //!
 //! # What changing the chunker would cost

@@ -306,7 +306,7 @@ mod tests {
             format!("sha256-{}", pa.digest.hex())
         );
         assert_eq!(bytes.len() as u64, pa.size);
-        // 3 MiB of zeros is many 128 KiB chunks of one digest, stored once.
+        // 3 MiB of zeros is many 64 KiB chunks of one digest, stored once.
         assert!(a.stats.chunks_repeated >= 20, "{:?}", a.stats);
         assert!(a.stats.new_raw_bytes < (3 << 20) + 400_000, "{:?}", a.stats);
         assert_eq!(
