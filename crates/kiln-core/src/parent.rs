@@ -69,7 +69,7 @@ pub fn which(program: &str) -> Option<PathBuf> {
 }
 
 /// Credentials and transport for one registry host.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct RegistryCredentials {
     /// `HOST[:PORT]` as in image references.
     pub host: String,
@@ -79,6 +79,18 @@ pub struct RegistryCredentials {
     pub password: String,
     /// Speak plain HTTP even though the host is not loopback.
     pub insecure_http: bool,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    /// Keeps the password out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("host", &self.host)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("insecure_http", &self.insecure_http)
+            .finish()
+    }
 }
 
 /// What resolving a parent needs besides the recipe.

@@ -6,9 +6,10 @@ use std::path::Path;
 use crate::{S3Client, S3Error};
 
 impl S3Error {
-    /// True when S3 said the key does not exist (404, `NoSuchKey`).
+    /// True when S3 said the key does not exist (404, `NoSuchKey`, or a HEAD's bodiless 404);
+    /// a missing bucket is an error, not an absent key.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, S3Error::Service { status: 404, .. })
+        matches!(self, S3Error::Service { status: 404, code, .. } if code != "NoSuchBucket")
     }
 }
 

@@ -233,6 +233,17 @@ mod tests {
         );
     }
 
+    #[test]
+    fn credentials_keep_the_password_out_of_debug_output() {
+        let (_, creds, errors) = parsed("r: {registry: h, username: u, password: hunter2}\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        let shown = format!("{:?}", creds[0]);
+        assert!(
+            shown.contains("\"u\"") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
+
     fn parsed(src: &str) -> (RegionMap, Vec<RegistryCredentials>, Vec<String>) {
         let doc = kiln_yaml::parse(src).unwrap();
         let mut r = Reader::new();
