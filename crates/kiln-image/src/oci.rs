@@ -216,17 +216,22 @@ fn layout_err(layout: &Path, message: impl Into<String>) -> OciError {
     }
 }
 
-/// Checks a tag against what Docker and skopeo accept (`oci:DIR:TAG` splits at the last `:`,
-/// so a tag cannot hold one).
-pub(crate) fn check_tag(tag: &str) -> Result<(), OciError> {
+/// Whether `tag` is a tag as the OCI distribution spec allows it:
+/// `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+pub fn is_tag(tag: &str) -> bool {
     let bytes = tag.as_bytes();
-    let ok = !bytes.is_empty()
+    !bytes.is_empty()
         && bytes.len() <= 128
         && (bytes[0].is_ascii_alphanumeric() || bytes[0] == b'_')
         && bytes
             .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Checks a tag against what Docker and skopeo accept (`oci:DIR:TAG` splits at the last `:`,
+/// so a tag cannot hold one).
+pub(crate) fn check_tag(tag: &str) -> Result<(), OciError> {
+    if is_tag(tag) {
         Ok(())
     } else {
         Err(OciError::InvalidTag(tag.to_string()))

@@ -59,6 +59,23 @@ enum Status {
 }
 
 impl Repository {
+    /// Counts one more transient failure and waits before the next attempt, or gives up with
+    /// `err` when the retry policy has no attempt left.
+    async fn back_off(
+        &self,
+        failures: &mut u32,
+        action: Action<'_>,
+        reason: &str,
+        err: RegistryError,
+    ) -> Result<(), RegistryError> {
+        *failures += 1;
+        if !self.retry.again(*failures) {
+            return Err(err);
+        }
+        self.pause(*failures, action, reason).await;
+        Ok(())
+    }
+
     /// A request that did not get an answer: the error and why, to retry with when the cause
     /// is transient (a reset, a refused connection, a timeout); the error itself otherwise.
     fn transport_failure(
@@ -296,11 +313,7 @@ impl Repository {
                 }
                 Err(e) => self.transport_failure(e, action)?,
             };
-            failures += 1;
-            if !self.retry.again(failures) {
-                return Err(err);
-            }
-            self.pause(failures, action, &reason).await;
+            self.back_off(&mut failures, action, &reason, err).await?;
         }
     }
 
@@ -345,15 +358,12 @@ impl Repository {
                         (offset, location) = (0, self.start_session(digest).await?);
                     }
                     None => {
-                        failures += 1;
-                        if !self.retry.again(failures) {
-                            return Err(self.remote.protocol(
-                                &Action::UploadStatus(digest).doing(),
-                                "the registry kept failing; try again later".into(),
-                            ));
-                        }
-                        self.pause(failures, action, "upload status unavailable")
-                            .await;
+                        let err = self.remote.protocol(
+                            &Action::UploadStatus(digest).doing(),
+                            "the registry kept failing; try again later".into(),
+                        );
+                        self.back_off(&mut failures, action, "upload status unavailable", err)
+                            .await?;
                         continue;
                     }
                 }
@@ -392,11 +402,7 @@ impl Repository {
                 }
                 Err(e) => self.transport_failure(e, action)?,
             };
-            failures += 1;
-            if !self.retry.again(failures) {
-                return Err(err);
-            }
-            self.pause(failures, action, &reason).await;
+            self.back_off(&mut failures, action, &reason, err).await?;
             lost_track = true;
         }
         self.finish(digest, &location).await?;
