@@ -92,8 +92,7 @@ impl Builds {
 
     /// How take-backs and retirements reach registries and buckets.
     pub fn registry_access(&self) -> kiln_dist::RegistryAccess {
-        kiln_core::parent::registry_access(&self.settings.options.registries)
-            .with_s3(self.settings.options.s3.clone())
+        self.settings.options.access()
     }
 
     /// Starts a pipeline's build; returns its image ARN once it is numbered (PENDING).

@@ -427,6 +427,18 @@ pub struct Distribution {
     pub disk_name: Option<String>,
 }
 
+impl Distribution {
+    /// Region `region` with nothing else said: its default folder, the image's own names.
+    pub fn in_region(region: &str) -> Distribution {
+        Distribution {
+            region: region.to_string(),
+            path: None,
+            container: None,
+            disk_name: None,
+        }
+    }
+}
+
 /// `containerDistributionConfiguration`: where the container image goes in a region.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -441,29 +453,49 @@ pub struct ContainerNaming {
 /// The names `amiDistributionConfiguration.name` may use, rendered for a build.
 pub const DISK_NAME_VARIABLES: [&str; 2] = ["imagebuilder:buildDate", "imagebuilder:buildVersion"];
 
-/// Renders a disk name template for build `build` made at `date`, as a tag (characters a tag
-/// cannot have become `-`). Unknown variables are refused when the recipe is read.
-pub fn render_disk_name(template: &str, build: u32, date: chrono::DateTime<chrono::Utc>) -> String {
-    let mut out = String::new();
+/// A disk name template's text and `{{ VARIABLE }}`s, in order; `Err` names what is wrong.
+fn disk_name_parts(template: &str) -> Result<Vec<(&str, Option<&str>)>, String> {
+    let mut parts = Vec::new();
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
         let Some(end) = rest[start..].find("}}") else {
-            out.push_str(&rest[start..]);
-            rest = "";
-            break;
+            return Err("`{{` is not closed by `}}`".into());
         };
         let var = rest[start + 2..start + end].trim();
-        match var {
-            "imagebuilder:buildDate" => {
-                out.push_str(&date.format("%Y-%m-%dT%H-%M-%SZ").to_string())
-            }
-            "imagebuilder:buildVersion" => out.push_str(&build.to_string()),
-            _ => {}
+        if !DISK_NAME_VARIABLES.contains(&var) {
+            return Err(format!(
+                "`{{{{ {var} }}}}` is not a variable of a disk's name; use {}",
+                DISK_NAME_VARIABLES
+                    .map(|v| format!("{{{{ {v} }}}}"))
+                    .join(" or ")
+            ));
         }
+        parts.push((&rest[..start], Some(var)));
         rest = &rest[start + end + 2..];
     }
-    out.push_str(rest);
+    parts.push((rest, None));
+    Ok(parts)
+}
+
+/// Renders a disk name template for build `build` made at `date`, as a tag (characters a tag
+/// cannot have become `-`). Templates are checked when the recipe is read; one that is not
+/// right renders as written.
+pub fn render_disk_name(template: &str, build: u32, date: chrono::DateTime<chrono::Utc>) -> String {
+    let out: String = match disk_name_parts(template) {
+        Ok(parts) => parts
+            .into_iter()
+            .map(|(text, var)| {
+                let value = match var {
+                    Some("imagebuilder:buildDate") => date.format("%Y-%m-%dT%H-%M-%SZ").to_string(),
+                    // The only other variable: `imagebuilder:buildVersion`.
+                    Some(_) => build.to_string(),
+                    None => String::new(),
+                };
+                format!("{text}{value}")
+            })
+            .collect(),
+        Err(_) => template.to_string(),
+    };
     let tag: String = out
         .chars()
         .map(|c| {
@@ -1260,12 +1292,7 @@ fn image_config(r: &mut Reader, m: &Map) -> ImageConfigSpec {
 
 fn distributions(r: &mut Reader, m: &Map, base: &Path) -> Vec<Distribution> {
     let Some(node) = m.get("distributions") else {
-        return vec![Distribution {
-            region: "local".into(),
-            path: None,
-            container: None,
-            disk_name: None,
-        }];
+        return vec![Distribution::in_region("local")];
     };
     let Some(items) = r.list(node, "`distributions`") else {
         return Vec::new();
@@ -1333,7 +1360,7 @@ pub(crate) fn container_naming(r: &mut Reader, node: &Node) -> Option<ContainerN
     if let Some(tags) = m.get("containerTags") {
         for t in r.list(tags, "`containerTags`").unwrap_or_default() {
             match t.as_text() {
-                Some(tag) if is_tag(tag) => naming.tags.push(tag.to_string()),
+                Some(tag) if kiln_image::oci::is_tag(tag) => naming.tags.push(tag.to_string()),
                 _ => r.error(
                     t.span,
                     "a container tag is 1-128 letters, digits, `_`, `.` and `-`, not starting \
@@ -1366,42 +1393,17 @@ pub(crate) fn disk_name(r: &mut Reader, node: &Node) -> Option<String> {
     let m = r.map(node, "`amiDistributionConfiguration`")?;
     let n = m.get("name")?;
     let text = n.as_text()?.to_string();
-    let mut rest = text.as_str();
-    while let Some(start) = rest.find("{{") {
-        let Some(end) = rest[start..].find("}}") else {
-            r.error(n.span, "`{{` is not closed by `}}`", None);
-            return None;
-        };
-        let var = rest[start + 2..start + end].trim();
-        if !DISK_NAME_VARIABLES.contains(&var) {
-            r.error(
-                n.span,
-                format!(
-                    "`{{{{ {var} }}}}` is not a variable of a disk's name; use {}",
-                    DISK_NAME_VARIABLES
-                        .map(|v| format!("{{{{ {v} }}}}"))
-                        .join(" or ")
-                ),
-                None,
-            );
-            return None;
+    match disk_name_parts(&text) {
+        Ok(_) => Some(text),
+        Err(why) => {
+            r.error(n.span, why, None);
+            None
         }
-        rest = &rest[start + end + 2..];
     }
-    Some(text)
-}
-
-/// A tag as OCI distribution allows it.
-fn is_tag(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && !s.starts_with(['.', '-'])
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
 /// A repository path as OCI distribution allows it (lowercase components between slashes).
-fn is_repository(s: &str) -> bool {
+pub fn is_repository(s: &str) -> bool {
     !s.is_empty()
         && s.split('/').all(|c| {
             !c.is_empty()

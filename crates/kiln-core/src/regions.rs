@@ -34,6 +34,17 @@ pub enum RegionPlace {
 }
 
 impl RegionPlace {
+    /// True for a registry that also takes disks as KubeVirt containerDisks.
+    pub fn takes_container_disks(&self) -> bool {
+        matches!(
+            self,
+            RegionPlace::Registry {
+                container_disk: true,
+                ..
+            }
+        )
+    }
+
     /// How a user names it: `docker://HOST/NAMESPACE` or `s3://BUCKET/PREFIX`.
     pub fn describe(&self) -> String {
         match self {

@@ -12,8 +12,6 @@ use crate::pieces::BlobFile;
 pub struct ChunkedDisk {
     /// The encoded chunk index.
     pub index: Vec<u8>,
-    /// Its digest.
-    pub index_digest: String,
     /// The same bytes in a file (what is sent, so that a registry can mount it).
     pub index_file: BlobFile,
     /// Every pack the index uses (earlier versions' and the new one), in the index's order.
@@ -45,7 +43,7 @@ pub fn pack(
     // The index is a blob like the packs: kept beside them under its digest, so that regions
     // of one registry mount it and distributing again finds it.
     let index_digest = crate::repo::digest_of(&index);
-    let index_file = packs_dir.join(index_digest.replace(':', "-"));
+    let index_file = blob_file(packs_dir, &index_digest);
     if !index_file.is_file() {
         let tmp = packs_dir.join(format!(".index-{}", std::process::id()));
         std::fs::write(&tmp, &index)
@@ -62,16 +60,15 @@ pub fn pack(
         .map(|p| BlobFile {
             digest: p.digest.to_string(),
             size: p.size,
-            path: pack_path(packs_dir, &p.digest),
+            path: blob_file(packs_dir, &p.digest.to_string()),
         })
         .collect();
     let disk = ChunkedDisk {
         index_file: BlobFile {
-            digest: index_digest.clone(),
+            digest: index_digest,
             size: index.len() as u64,
             path: index_file,
         },
-        index_digest,
         index,
         packs,
         disk_digest: packed.index.digest.to_string(),
@@ -83,9 +80,10 @@ pub fn pack(
     Ok((disk, packed.index))
 }
 
-/// The file of a pack in a packs folder.
-pub fn pack_path(packs_dir: &Path, digest: &kiln_chunk::Digest) -> std::path::PathBuf {
-    packs_dir.join(format!("sha256-{}", digest.hex()))
+/// The file of a blob (a pack or an index, `sha256:HEX`) in a packs folder: `sha256-HEX`, the
+/// name kiln_chunk gives the packs it writes.
+pub fn blob_file(packs_dir: &Path, digest: &str) -> std::path::PathBuf {
+    packs_dir.join(digest.replace(':', "-"))
 }
 
 /// What [`pull`] did.

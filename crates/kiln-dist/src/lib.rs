@@ -450,25 +450,12 @@ pub async fn take_back(
 ) -> Vec<String> {
     let mut undone = Vec::new();
     for p in planned {
-        let target: Arc<dyn Target> = match p.kind {
-            OutputKind::OciLayout => Arc::new(LayoutTarget::new(&p.region, p.location.clone())),
-            OutputKind::Disk(_) => {
-                // A disk lives in `REGION_DIR/disks/FILE`.
-                let Some(dir) = Path::new(&p.location).parent().and_then(Path::parent) else {
-                    continue;
-                };
-                Arc::new(LayoutTarget::new(&p.region, dir.to_path_buf()))
+        let target = match target_for(&p.region, p.kind, &p.location, access) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("cannot take back {}: {e}", p.location);
+                continue;
             }
-            OutputKind::OciRegistry
-            | OutputKind::OciBucket
-            | OutputKind::DiskChunks
-            | OutputKind::ContainerDisk => match remote_for(&p.region, &p.location, access) {
-                Ok(t) => Arc::new(t),
-                Err(e) => {
-                    tracing::warn!("cannot take back {}: {e}", p.location);
-                    continue;
-                }
-            },
         };
         for what in target
             .take_back(std::slice::from_ref(p), build, previous)
@@ -478,6 +465,33 @@ pub async fn take_back(
         }
     }
     undone
+}
+
+/// The target that wrote `location` (of output kind `kind`), as a plan or record names it:
+/// what takes a dead build back and retires a finished one.
+pub(crate) fn target_for(
+    region: &str,
+    kind: OutputKind,
+    location: &str,
+    access: &RegistryAccess,
+) -> Result<Arc<dyn Target>, String> {
+    Ok(match kind {
+        OutputKind::OciLayout => Arc::new(LayoutTarget::new(region, location.to_string())),
+        OutputKind::Disk(_) => {
+            // A disk lives in `REGION_DIR/disks/FILE`.
+            let dir = Path::new(location)
+                .parent()
+                .and_then(Path::parent)
+                .ok_or_else(|| "the disk is not in a region folder".to_string())?;
+            Arc::new(LayoutTarget::new(region, dir.to_path_buf()))
+        }
+        OutputKind::OciRegistry
+        | OutputKind::OciBucket
+        | OutputKind::DiskChunks
+        | OutputKind::ContainerDisk => {
+            Arc::new(remote_for(region, location, access).map_err(|e| e.to_string())?)
+        }
+    })
 }
 
 /// The target that wrote a registry or bucket location a plan or record names

@@ -187,7 +187,7 @@ pub fn chunked_disk(disk: &crate::chunked::ChunkedDisk, title: &str) -> Piece {
     let config_digest = digest_of(EMPTY_CONFIG);
     let mut layers = vec![json!({
         "mediaType": kiln_chunk::INDEX_MEDIA_TYPE,
-        "digest": disk.index_digest,
+        "digest": disk.index_file.digest,
         "size": disk.index.len(),
         "annotations": {"org.opencontainers.image.title": format!("{title}.index")},
     })];
@@ -299,7 +299,7 @@ async fn download(
     use crate::repo::RepoError;
     use sha2::Digest as _;
     use std::io::Write as _;
-    let path = dir.join(digest.replace(':', "-"));
+    let path = crate::chunked::blob_file(dir, digest);
     let io = |e: std::io::Error| RepoError::Local(format!("writing {}: {e}", path.display()));
     let mut file = std::fs::File::create(&path).map_err(io)?;
     let mut hasher = sha2::Sha256::new();

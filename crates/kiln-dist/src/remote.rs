@@ -296,10 +296,7 @@ impl Target for RemoteTarget {
     ) -> Vec<String> {
         let mut undone = Vec::new();
         for p in planned {
-            let Ok(repo) = self
-                .place
-                .repo(path_of(&self.place.describe(), &p.location))
-            else {
+            let Ok(repo) = self.repo_at(&p.location) else {
                 continue;
             };
             match undo(repo.as_ref(), p.digest.as_deref(), &p.tags, build, previous).await {
@@ -313,10 +310,7 @@ impl Target for RemoteTarget {
     async fn retire(&self, outputs: &[Output], build: &BuildId, previous: Option<u32>) -> Retired {
         let mut done = Retired::default();
         for o in outputs {
-            let repo = match self
-                .place
-                .repo(path_of(&self.place.describe(), &o.location))
-            {
+            let repo = match self.repo_at(&o.location) {
                 Ok(r) => r,
                 Err(e) => {
                     done.failed

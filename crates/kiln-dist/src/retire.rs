@@ -5,10 +5,7 @@
 //! it cannot undo, retiring says exactly what it removed, what it left on purpose and what it
 //! failed to remove, so that the image's record can say which artifacts are still there.
 
-use std::path::Path;
-use std::sync::Arc;
-
-use crate::{BuildId, LayoutTarget, Output, OutputKind, RegistryAccess, Target};
+use crate::{BuildId, Output, OutputKind, RegistryAccess};
 
 /// What retiring a build did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -70,30 +67,11 @@ pub async fn retire(
         }
     }
     for (kind, region, location, group) in places {
-        let target: Arc<dyn Target> = match kind {
-            OutputKind::OciLayout => Arc::new(LayoutTarget::new(&region, location.clone())),
-            OutputKind::Disk(_) => {
-                // A disk lives in `REGION_DIR/disks/FILE`.
-                let Some(dir) = Path::new(&location).parent().and_then(Path::parent) else {
-                    done.extend(Retired::all_failed(
-                        &group,
-                        "the disk is not in a region folder",
-                    ));
-                    continue;
-                };
-                Arc::new(LayoutTarget::new(&region, dir.to_path_buf()))
-            }
-            OutputKind::OciRegistry
-            | OutputKind::OciBucket
-            | OutputKind::DiskChunks
-            | OutputKind::ContainerDisk => {
-                match crate::remote_for(&region, &location, registries) {
-                    Ok(t) => Arc::new(t),
-                    Err(e) => {
-                        done.extend(Retired::all_failed(&group, &e.to_string()));
-                        continue;
-                    }
-                }
+        let target = match crate::target_for(&region, kind, &location, registries) {
+            Ok(t) => t,
+            Err(e) => {
+                done.extend(Retired::all_failed(&group, &e));
+                continue;
             }
         };
         done.extend(target.retire(&group, build, previous).await);

@@ -74,6 +74,14 @@ impl Default for ServeConfig {
     }
 }
 
+impl Config {
+    /// How kiln reaches the configured registries and buckets (distribution, take-backs,
+    /// `kiln disk pull`).
+    pub fn access(&self) -> kiln_dist::RegistryAccess {
+        kiln_core::parent::registry_access(&self.registries).with_s3(self.s3.clone())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {

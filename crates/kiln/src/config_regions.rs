@@ -111,12 +111,7 @@ fn registry(
         .map(|s| s.trim_matches('/').to_string())
         .filter(|s| !s.is_empty());
     if let (Some(ns), Some(node)) = (&namespace, rm.get("namespace")) {
-        let ok = ns.split('/').all(|c| {
-            !c.is_empty()
-                && c.chars()
-                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
-        });
-        if !ok {
+        if !kiln_core::recipe::is_repository(ns) {
             r.error(
                 node.span,
                 "a namespace is lowercase letters, digits and `._-` between slashes",

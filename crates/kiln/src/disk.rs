@@ -61,7 +61,7 @@ async fn pull(a: PullArgs) -> Result<u8> {
         .with_context(|| format!("--format {}: give raw, qcow2, vmdk or vhd", a.format))?;
     let (location, tag) = split_reference(&a.reference)?;
     let cfg = config::load()?;
-    let access = kiln_core::parent::registry_access(&cfg.registries).with_s3(cfg.s3.clone());
+    let access = cfg.access();
     let repo = repo_at(&location, &access)?;
     let raw_out = if format == kiln_image::disk::DiskFormat::Raw {
         a.file.clone()
@@ -90,9 +90,9 @@ async fn pull(a: PullArgs) -> Result<u8> {
         a.file.display(),
         pulled.digest,
         pulled.size,
-        kiln_dist::remote::human(pulled.fetched),
+        crate::build::bytes(pulled.fetched),
         pulled.requests,
-        kiln_dist::remote::human(pulled.reused),
+        crate::build::bytes(pulled.reused),
         base.as_deref()
             .map_or("nothing".to_string(), |b| b.display().to_string()),
         t0.elapsed().as_secs_f64()

@@ -138,8 +138,7 @@ pub async fn records() -> Result<Records> {
 
 /// How recovery reaches the configured registries to take a dead build's pushes back.
 pub(crate) fn registry_access() -> Result<kiln_dist::RegistryAccess> {
-    let cfg = config::load()?;
-    Ok(kiln_core::parent::registry_access(&cfg.registries).with_s3(cfg.s3))
+    Ok(config::load()?.access())
 }
 
 /// Marks builds of kiln processes that died FAILED, taking back what they half-distributed.

@@ -85,7 +85,7 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
     }
     let store = kiln_core::state::Store::open(&home).await?;
     let records = Records::new(store.clone());
-    let access = kiln_core::parent::registry_access(&cfg.registries).with_s3(cfg.s3.clone());
+    let access = cfg.access();
     let notices = kiln_api::notices::ImageNotices::new(store.clone());
     for b in records
         .recover_interrupted_telling(&LocalRuns, &access, Some(&notices))

@@ -47,7 +47,7 @@ pub async fn distribute_again(
         .iter()
         .filter_map(|r| Some((r.clone(), options.regions.get(r)?.clone())))
         .collect();
-    let access = crate::parent::registry_access(&options.registries).with_s3(options.s3.clone());
+    let access = options.access();
     let scratch = Scratch(home.run().join(format!(
         "distribute-{}-{}",
         rec.build_id().build_stem(),
@@ -62,25 +62,12 @@ pub async fn distribute_again(
             rec.build_version()
         )));
     }
-    let dists: Vec<Distribution> = regions
-        .iter()
-        .map(|r| Distribution {
-            region: r.clone(),
-            path: None,
-            container: None,
-            disk_name: None,
-        })
-        .collect();
+    let dists: Vec<Distribution> = regions.iter().map(|r| Distribution::in_region(r)).collect();
     // The regions the build is in already lend blobs to new ones in the same registry.
     let mut lenders = dists.clone();
     for o in &rec.outputs {
         if !lenders.iter().any(|d| d.region == o.region) {
-            lenders.push(Distribution {
-                region: o.region.clone(),
-                path: None,
-                container: None,
-                disk_name: None,
-            });
+            lenders.push(Distribution::in_region(&o.region));
         }
     }
     let kinds: Vec<OutputKind> = pieces.iter().map(|p| p.kind).collect();
@@ -89,13 +76,7 @@ pub async fn distribute_again(
         .zip(&places)
         .map(|(d, (name, place))| {
             let mut kinds = kinds.clone();
-            if !matches!(
-                place,
-                crate::regions::RegionPlace::Registry {
-                    container_disk: true,
-                    ..
-                }
-            ) {
+            if !place.takes_container_disks() {
                 kinds.retain(|k| *k != OutputKind::ContainerDisk);
             }
             let naming = naming(d, rec.build, rec.created);
@@ -192,7 +173,7 @@ async fn sources(
         if blob.is_file() {
             return Some(blob);
         }
-        let pack = packs.join(digest.replace(':', "-"));
+        let pack = kiln_dist::chunked::blob_file(&packs, digest);
         pack.is_file().then_some(pack)
     };
     let mut pieces: Vec<Piece> = Vec::new();

@@ -70,6 +70,14 @@ pub struct BuildOptions {
     pub regions: crate::regions::RegionMap,
 }
 
+impl BuildOptions {
+    /// How distribution, take-backs and retirements reach the configured registries and
+    /// buckets.
+    pub fn access(&self) -> kiln_dist::RegistryAccess {
+        crate::parent::registry_access(&self.registries).with_s3(self.s3.clone())
+    }
+}
+
 /// Errors that stop a build before it gets a number (bad input, a host that cannot build).
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -253,8 +261,7 @@ impl Builder {
             None => crate::state::Store::open(&self.home).await?,
         };
         let records = Records::new(store);
-        let access = crate::parent::registry_access(&self.options.registries)
-            .with_s3(self.options.s3.clone());
+        let access = self.options.access();
         for b in records
             .recover_interrupted_telling(&LocalRuns, &access, self.notices.as_deref())
             .await?

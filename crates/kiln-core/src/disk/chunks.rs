@@ -34,7 +34,7 @@ fn known(home: &Home, account: &str, name: &str) -> Option<ChunkIndex> {
     index
         .packs
         .iter()
-        .all(|p| kiln_dist::chunked::pack_path(&dir, &p.digest).is_file())
+        .all(|p| kiln_dist::chunked::blob_file(&dir, &p.digest.to_string()).is_file())
         .then_some(index)
 }
 

@@ -30,7 +30,7 @@ use crate::store::{Home, StoredLayer};
 /// two accounts', or two images', `1.0.0` never share one).
 pub(crate) fn regions(run: &BuildRun<'_>) -> Vec<Region> {
     let (home, recipe, options) = (run.home, run.recipe, run.options);
-    let access = crate::parent::registry_access(&options.registries).with_s3(options.s3.clone());
+    let access = options.access();
     let dirs = region_dirs(home, recipe, &run.rec.account);
     recipe
         .distributions
@@ -60,13 +60,7 @@ fn remote_target(
     }
     if run.disk.is_some() {
         kinds.push(OutputKind::DiskChunks);
-        if matches!(
-            place,
-            RegionPlace::Registry {
-                container_disk: true,
-                ..
-            }
-        ) {
+        if place.takes_container_disks() {
             kinds.push(OutputKind::ContainerDisk);
         }
     }
@@ -182,13 +176,10 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
         .map(|d| d.region.as_str())
         .collect();
     let container_disk = run.recipe.distributions.iter().any(|d| {
-        matches!(
-            run.options.regions.get(&d.region),
-            Some(RegionPlace::Registry {
-                container_disk: true,
-                ..
-            })
-        )
+        run.options
+            .regions
+            .get(&d.region)
+            .is_some_and(RegionPlace::takes_container_disks)
     });
     let mut files = disk_files(run, container_disk).await?;
     let qcow2 = files
