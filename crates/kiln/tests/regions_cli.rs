@@ -389,8 +389,7 @@ fn failures_take_back_everywhere(p: &mut Places, dir: &Path, name: &str) {
     assert!(reason.contains("region secure"), "{reason}");
     assert!(reason.contains("taken back: east: "), "{reason}");
     p.secure.restart();
-    assert_no_version(p, name, "1.0.2");
-    assert!(skopeo_inspect(&format!("docker://{one}/east/{name}:1.0.1"), None).is_some());
+    assert_no_version(p, name, "1.0.2", dir);
 
     // 1.0.3: kiln itself is killed once two regions have content; the next kiln command finds
     // the dead build, takes its staged content back, and no region has 1.0.3.
@@ -398,7 +397,7 @@ fn failures_take_back_everywhere(p: &mut Places, dir: &Path, name: &str) {
     build_until(&p.config, &r, "region west: ", None);
     let dead = get(p, &format!("{name}/1.0.3/1"));
     assert_eq!(dead["state"], "FAILED", "{dead}");
-    assert_no_version(p, name, "1.0.3");
+    assert_no_version(p, name, "1.0.3", dir);
     let staged: Vec<String> = dead["distributing"]
         .as_array()
         .map(|a| {
@@ -423,28 +422,75 @@ fn failures_take_back_everywhere(p: &mut Places, dir: &Path, name: &str) {
     assert!(skopeo_inspect(&format!("docker://{one}/west/{name}/disk:1.0.1"), None).is_some());
 }
 
-/// No region shows `version` (or its build 1).
-fn assert_no_version(p: &Places, name: &str, version: &str) {
+/// Every registry repository of the test's regions, with the credentials it wants.
+fn repositories(p: &Places, name: &str) -> Vec<(String, Option<&'static str>)> {
     let (one, secure, kube) = (p.one.host(), p.secure.host(), p.kube.host());
+    let mut all = Vec::new();
+    for base in [
+        format!("{one}/east"),
+        format!("{one}/west"),
+        format!("{kube}/kv"),
+    ] {
+        all.push((format!("docker://{base}/{name}"), None));
+        all.push((format!("docker://{base}/{name}/disk"), None));
+    }
+    all.push((format!("docker://{kube}/kv/{name}/containerdisk"), None));
+    for repo in [name.to_string(), format!("{name}/disk")] {
+        all.push((
+            format!("docker://{secure}/golden/{repo}"),
+            Some("kiln:s3cret"),
+        ));
+    }
+    all
+}
+
+/// What `kiln disk pull` says of `s3://images/prod/REPO:TAG`: the bucket region's probe
+/// (an image that is not a disk is refused as such; a missing tag as missing).
+fn bucket_has(p: &Places, repo: &str, tag: &str, dir: &Path) -> bool {
+    let mut c = kiln_cmd(&[
+        "disk",
+        "pull",
+        &format!("s3://images/prod/{repo}:{tag}"),
+        dir.join("probe.raw").to_str().unwrap(),
+    ]);
+    with_config(&mut c, p);
+    let o = c.output().unwrap();
+    let err = text(&o.stderr);
+    assert!(
+        o.status.success() || err.contains("has no") || err.contains("is not a kiln disk"),
+        "{err}"
+    );
+    !err.contains("has no")
+}
+
+/// No region shows `version` (or its build 1), and every region still serves 1.0.1.
+fn assert_no_version(p: &Places, name: &str, version: &str, dir: &Path) {
     for tag in [version.to_string(), format!("{version}-1")] {
-        for (reference, creds) in [
-            (format!("docker://{one}/east/{name}:{tag}"), None),
-            (format!("docker://{one}/east/{name}/disk:{tag}"), None),
-            (format!("docker://{one}/west/{name}:{tag}"), None),
-            (format!("docker://{one}/west/{name}/disk:{tag}"), None),
-            (
-                format!("docker://{secure}/golden/{name}:{tag}"),
-                Some("kiln:s3cret"),
-            ),
-            (
-                format!("docker://{kube}/kv/{name}/containerdisk:{tag}"),
-                None,
-            ),
-        ] {
+        for (repo, creds) in repositories(p, name) {
+            let reference = format!("{repo}:{tag}");
             assert!(
                 skopeo_inspect(&reference, creds).is_none(),
                 "{reference} exists after a failed distribution"
             );
         }
+        for repo in [name.to_string(), format!("{name}/disk")] {
+            assert!(
+                !bucket_has(p, &repo, &tag, dir),
+                "s3://images/prod/{repo}:{tag} exists after a failed distribution"
+            );
+        }
+    }
+    for (repo, creds) in repositories(p, name) {
+        let reference = format!("{repo}:1.0.1");
+        assert!(
+            skopeo_inspect(&reference, creds).is_some(),
+            "{reference} is no longer served"
+        );
+    }
+    for repo in [name.to_string(), format!("{name}/disk")] {
+        assert!(
+            bucket_has(p, &repo, "1.0.1", dir),
+            "s3://images/prod/{repo}:1.0.1 is gone"
+        );
     }
 }
