@@ -72,7 +72,7 @@ fn alive(pid: i32) -> bool {
 async fn isolation_and_the_writable_layer() {
     let d = dirs();
     let sb = start(spec(&d, "iso")).await;
-    let (st, out) = run(&sb, "echo $$; hostname; pwd; readlink /proc/1/exe").await;
+    let (st, out) = run(&sb, "echo $$; hostname; pwd").await;
     assert!(st.success());
     let lines: Vec<&str> = out.lines().collect();
     assert!(

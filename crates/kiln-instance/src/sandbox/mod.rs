@@ -7,9 +7,13 @@
 //! and vanishes with it; what remains on disk (the writable layer) belongs to the caller, who
 //! captures and removes it. [`sweep`] removes what a killed kiln left behind.
 
+pub mod confine;
 pub mod init;
 pub mod keep;
+pub mod net;
+pub mod root;
 pub mod syscalls;
+pub mod userns;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -36,11 +40,40 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
-    /// The host's network (package managers work).
+    /// Its own network namespace with outbound connections through pasta; the host's own
+    /// addresses (its loopback included) are out of reach (see [`net`]).
     #[default]
+    Private,
+    /// The host's network, its loopback and every service on it included: an explicit opt-in.
     Host,
     /// Only a loopback interface.
     None,
+}
+
+impl Network {
+    /// The name recipes and records use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::Private => "private",
+            Network::Host => "host",
+            Network::None => "none",
+        }
+    }
+}
+
+/// How much a sandbox takes away from what it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Confinement {
+    /// Docker's default confinement and more: a user namespace, capabilities cut to Docker's
+    /// set, seccomp, masked and read-only `/proc` files, a cgroup namespace, a fresh read-only
+    /// sysfs, `nodev` mounts (see `docs/security.md`).
+    #[default]
+    Confined,
+    /// Namespaces and the overlay only, as kiln's sandbox was before it was confined: root
+    /// inside is root outside. Recipes cannot ask for it; kiln's tests use it to show that
+    /// each hostile probe works where nothing stops it.
+    Unconfined,
 }
 
 /// Resource limits.
@@ -90,11 +123,15 @@ pub struct SandboxSpec {
     pub cgroups: Vec<CgroupDir>,
     /// Resource limits.
     pub limits: Limits,
+    /// Confinement.
+    pub confinement: Confinement,
+    /// The host ids root inside maps to (set by [`Sandbox::start`] for a confined sandbox).
+    pub ids: Option<userns::IdRange>,
 }
 
 impl SandboxSpec {
-    /// A spec with kiln's defaults: host network, `/tmp` as working directory, a standard
-    /// `PATH`, the host's resolv.conf.
+    /// A spec with kiln's defaults: confined, a private network, `/tmp` as working directory,
+    /// a standard `PATH`, the host's resolv.conf.
     pub fn new(
         id: &str,
         lower: Vec<PathBuf>,
@@ -109,12 +146,14 @@ impl SandboxSpec {
             work,
             root,
             hostname: format!("kiln-{id}"),
-            network: Network::Host,
+            network: Network::Private,
             working_dir: "/tmp".into(),
             env: default_env(),
             resolv_conf: Some(PathBuf::from("/etc/resolv.conf")).filter(|p| p.exists()),
             cgroups: Vec::new(),
             limits: Limits::default(),
+            confinement: Confinement::Confined,
+            ids: None,
         }
     }
 }
@@ -202,6 +241,7 @@ pub struct Sandbox {
     helper_args: Vec<String>,
     running: tokio::sync::RwLock<Option<Arc<Running>>>,
     created: Mutex<Vec<String>>,
+    _slot: Option<userns::Slot>,
 }
 
 /// Where kiln's own executable is, to re-run it as the helper.
@@ -236,12 +276,29 @@ impl Sandbox {
                 .map_err(|e| InstanceError::io(format!("creating {}", dir.display()), e))?;
         }
         spec.cgroups = cgroup_plan(Path::new("/sys/fs/cgroup"), &spec.id, &spec.limits);
+        let slot = if spec.confinement == Confinement::Confined || spec.network == Network::Private
+        {
+            let slot = userns::take_slot().map_err(|e| {
+                InstanceError::io(
+                    format!("taking a sandbox id range in {}", userns::SLOT_DIR),
+                    e,
+                )
+            })?;
+            spec.ids = Some(slot.ids);
+            Some(slot)
+        } else {
+            None
+        };
+        if spec.network == Network::Private {
+            net::install_firewall().map_err(InstanceError::Op)?;
+        }
         let sandbox = Sandbox {
             spec,
             helper,
             helper_args,
             running: tokio::sync::RwLock::new(None),
             created: Mutex::new(Vec::new()),
+            _slot: slot,
         };
         sandbox.launch().await?;
         Ok(sandbox)
@@ -289,7 +346,10 @@ impl Sandbox {
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stderr).lines();
             while let Ok(Some(l)) = lines.next_line().await {
-                tracing::debug!(sandbox = %id, "{l}");
+                match l.strip_prefix(init::WARNING_PREFIX) {
+                    Some(w) => tracing::warn!(sandbox = %id, "{w}"),
+                    None => tracing::debug!(sandbox = %id, "{l}"),
+                }
                 if let Ok(mut s) = sink.lock() {
                     s.push(l);
                     let n = s.len();
@@ -324,21 +384,21 @@ impl Sandbox {
             }
             Err(crate::client::ConnectError::Fatal(msg)) => {
                 let _ = child.wait().await;
-                self.remove_cgroups();
+                self.reap();
                 Err(InstanceError::Op(format!(
                     "the sandbox could not start: {msg}"
                 )))
             }
             Err(crate::client::ConnectError::Gone) => {
                 let _ = child.kill().await;
-                self.remove_cgroups();
+                self.reap();
                 Err(InstanceError::Op(
                     "the sandbox helper ended before its agent was ready".into(),
                 ))
             }
             Err(e @ crate::client::ConnectError::Version { .. }) => {
                 let _ = child.kill().await;
-                self.remove_cgroups();
+                self.reap();
                 Err(InstanceError::Op(format!("the sandbox's agent: {e}")))
             }
         }
@@ -351,6 +411,15 @@ impl Sandbox {
             .as_ref()
             .map(|r| r.client.clone())
             .ok_or_else(|| InstanceError::Op("the sandbox is stopped".into()))
+    }
+
+    /// After the helper ended: kills what still runs with the sandbox's ids (its pasta, which
+    /// outlives the namespace it served, and anything that got out), then removes its cgroups.
+    fn reap(&self) {
+        if let Some(ids) = self.spec.ids {
+            userns::kill_range(ids);
+        }
+        self.remove_cgroups();
     }
 
     fn remove_cgroups(&self) {
@@ -379,7 +448,7 @@ impl Sandbox {
             let _ = child.kill().await;
         }
         drop(child);
-        self.remove_cgroups();
+        self.reap();
         Ok(())
     }
 }
