@@ -1601,7 +1601,7 @@ pub(crate) fn infrastructure_settings(r: &mut Reader, im: &Map) -> Infrastructur
     use kiln_instance::sandbox::{Limits, Network};
     let mut infra = Infrastructure {
         builder: BuilderKind::Sandbox,
-        network: Network::Host,
+        network: Network::Private,
         limits: Limits::default(),
         terminate_instance_on_failure: true,
         vm: VmSettings {
@@ -1650,14 +1650,15 @@ pub(crate) fn infrastructure_settings(r: &mut Reader, im: &Map) -> Infrastructur
         }
     }
     match r.string(im, "network").as_deref() {
-        None | Some("host") => {}
+        None | Some("private") => {}
+        Some("host") => infra.network = Network::Host,
         Some("none") => infra.network = Network::None,
         Some(other) => {
             if let Some(n) = im.get("network") {
                 r.error(
                     n.span,
                     format!("unknown network `{other}`"),
-                    Some("use host or none".into()),
+                    Some("use private (the default: outbound connections only, the host itself out of reach), none, or host (the host's own network, its loopback services included)".into()),
                 );
             }
         }
@@ -1797,6 +1798,32 @@ mod tests {
         assert!(parse_parent("golden/1.x.2", b)
             .unwrap_err()
             .contains("once a node is x"));
+    }
+
+    #[test]
+    fn the_network_is_private_unless_the_recipe_says_otherwise() {
+        use kiln_instance::sandbox::Network;
+        let base = "name: n\nsemanticVersion: 1.0.0\nparentImage: oci:images/base:1.0\ncomponents:\n  - componentArn: a\n";
+        assert_eq!(
+            recipe(base).unwrap().infrastructure.network,
+            Network::Private
+        );
+        for (word, n) in [
+            ("private", Network::Private),
+            ("host", Network::Host),
+            ("none", Network::None),
+        ] {
+            let r = recipe(&format!("{base}infrastructure:\n  network: {word}\n")).unwrap();
+            assert_eq!(r.infrastructure.network, n);
+        }
+        let e = recipe(&format!("{base}infrastructure:\n  network: bridge\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("recipe.yml:7:12: error: unknown network `bridge`")
+                && e.contains("use private"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -502,6 +502,11 @@ pub struct ImageRecord {
     /// rebuild conditions held); empty for builds started without reasons, and older records.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<crate::updates::Trigger>,
+    /// The network its builder and test instances had: `host` only when the recipe or the
+    /// infrastructure configuration opted in (records of kiln before confinement have none:
+    /// they had the host's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<kiln_instance::sandbox::Network>,
 }
 
 /// What started a build (Image Builder's `buildType`).
@@ -1064,6 +1069,7 @@ pub(crate) mod tests {
             usage: None,
             build_type: BuildType::UserInitiated,
             triggers: vec![],
+            network: None,
         }
     }
 

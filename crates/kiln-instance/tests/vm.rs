@@ -157,12 +157,49 @@ fn qemu_running(name: &str) -> bool {
     })
 }
 
+/// A host address that is neither the loopback nor the one passt copies into the guest: on a
+/// veth pair (this kernel has no dummy interfaces), removed when dropped.
+struct HostAddress(&'static str);
+
+impl HostAddress {
+    fn add(name: &'static str, addr: &str) -> HostAddress {
+        let _ = Command::new("ip").args(["link", "del", name]).status();
+        let peer = format!("{name}p");
+        for args in [
+            vec!["link", "add", name, "type", "veth", "peer", "name", &peer],
+            vec!["addr", "add", addr, "dev", name],
+            vec!["link", "set", name, "up"],
+            vec!["link", "set", &peer, "up"],
+        ] {
+            assert!(Command::new("ip").args(&args).status().unwrap().success());
+        }
+        HostAddress(name)
+    }
+}
+
+impl Drop for HostAddress {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", self.0]).status();
+    }
+}
+
+/// Whether the guest can open a TCP connection to `addr:port` (bash's /dev/tcp: minbase has no
+/// client), trying for up to `tries` seconds while its network comes up.
+async fn guest_connects(vm: &Vm, addr: &str, port: u16, tries: u32) -> bool {
+    let script = format!(
+        "for i in $(seq {tries}); do timeout 3 bash -c 'exec 3<>/dev/tcp/{addr}/{port}' 2>/dev/null && echo OPEN && exit 0; sleep 1; done; echo CLOSED"
+    );
+    run(vm, &script).await.1.trim() == "OPEN"
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn boots_runs_reboots_and_powers_off_without_touching_the_image() {
     let disk = disk();
     let before = std::fs::metadata(&disk).unwrap().modified().unwrap();
     let t = std::time::Instant::now();
-    let vm = Vm::start(spec("life", &disk), helper()).await.unwrap();
+    let mut s = spec("life", &disk);
+    s.network = Network::Private;
+    let vm = Vm::start(s, helper()).await.unwrap();
     eprintln!("started in {:?} (boot {:?})", t.elapsed(), vm.boot_times());
     assert_eq!(vm.boot_times().len(), 1);
 
@@ -179,6 +216,28 @@ async fn boots_runs_reboots_and_powers_off_without_touching_the_image() {
     assert!(lines.contains(&(Stream::Stdout, "Linux".into())));
     // It is a VM with its own kernel: PID 1 is systemd, not anything of the host.
     assert_eq!(run(&vm, "cat /proc/1/comm").await.1.trim(), "systemd");
+
+    // Its private network (passt) goes out (to the package mirror, the one destination off
+    // this host that kiln's tests use) but never to the host itself, whatever its address.
+    let mirror = std::net::ToSocketAddrs::to_socket_addrs(&("deb.debian.org", 80))
+        .unwrap()
+        .find(|a| a.is_ipv4())
+        .unwrap()
+        .ip()
+        .to_string();
+    assert!(
+        guest_connects(&vm, &mirror, 80, 90).await,
+        "no way out to {mirror}"
+    );
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _host = HostAddress::add("kt-vmnet0", "10.213.0.1/32");
+    for addr in ["10.213.0.1"] {
+        assert!(
+            !guest_connects(&vm, addr, port, 1).await,
+            "the guest reached the host's port {port} at {addr}"
+        );
+    }
 
     // Files in and out.
     let tmp = tempfile::tempdir().unwrap();

@@ -1,5 +1,6 @@
 //! `kiln image ...` and `kiln cache ...`: reading build records and managing the step cache.
 
+use kiln_instance::sandbox::Network;
 use std::io::Write;
 
 use anyhow::{bail, Context as _, Result};
@@ -206,6 +207,16 @@ fn write_origin(out: &mut impl Write, r: &ImageRecord) -> std::io::Result<()> {
     writeln!(out, "  started    {}", r.build_type)?;
     for t in &r.triggers {
         writeln!(out, "  because    {t}")?;
+    }
+    if let Some(n) = r.network {
+        let what = match n {
+            Network::Private => "private (outbound only; the host itself out of reach)",
+            Network::None => "none (loopback only)",
+            Network::Host => {
+                "host (the recipe's opt-in: the host's network, its loopback services included)"
+            }
+        };
+        writeln!(out, "  network    {what}")?;
     }
     Ok(())
 }

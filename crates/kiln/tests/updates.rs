@@ -187,7 +187,8 @@ async fn package_updates_come_from_the_images_own_apt_sources() {
     let recipe = write(
         dir.path(),
         "recipe.yml",
-        &format!("name: {name}\nsemanticVersion: 1.0.0\nparentImage: {parent}\ncomponents:\n  - path: probe.yaml\n"),
+        // The apt repository listens on the host's loopback, which only `network: host` reaches.
+        &format!("name: {name}\nsemanticVersion: 1.0.0\nparentImage: {parent}\ninfrastructure:\n  network: host\ncomponents:\n  - path: probe.yaml\n"),
     );
     build(&recipe);
     let rec = image(&format!("{name}/1.0.0/1"));
@@ -369,7 +370,11 @@ async fn a_scheduled_run_rebuilds_once_the_images_packages_have_updates() {
             serde_json::json!({"name": n, "semanticVersion": "1.0.0", "containerType": "DOCKER",
             "parentImage": parent, "components": [{"componentArn": arn("component", &format!("{n}/x.x.x"))}]}),
         ),
-        ("infrastructure", serde_json::json!({"name": n})),
+        // The apt repository listens on the host's loopback: only `network: host` reaches it.
+        (
+            "infrastructure",
+            serde_json::json!({"name": n, "network": "host"}),
+        ),
         (
             "pipeline",
             serde_json::json!({"name": n,

@@ -376,6 +376,7 @@ impl Builder {
             usage: None,
             build_type: self.origin.build_type,
             triggers: self.origin.triggers.clone(),
+            network: Some(recipe.infrastructure.network),
         };
         rec.set_state(State::Pending, None);
         rec

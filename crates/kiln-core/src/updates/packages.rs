@@ -58,7 +58,8 @@ fn in_layers(chain: &[StoredLayer], path: &str) -> bool {
 }
 
 /// Runs the image's package manager's update check in a throwaway sandbox over the last
-/// image's layers, started by `launcher` (the one builds use), with the host's network:
+/// image's layers, started by `launcher` (the one builds use), with the network its build had
+/// (`private` unless the recipe opted into the host's):
 /// `apt-get update` then a simulated `apt-get dist-upgrade`, or `dnf check-update`. Returns
 /// what would be upgraded, sorted by name; empty when nothing would.
 ///
@@ -91,7 +92,8 @@ pub async fn package_updates(
         dir.join("work"),
         dir.join("root"),
     );
-    spec.network = Network::Host;
+    // The image's own package sources and scripts run here: the network the build had.
+    spec.network = last.network.unwrap_or(Network::Private);
     let result = match launcher.launch(LaunchSpec::Sandbox(spec)).await {
         Ok(sandbox) => {
             let result = check(pm, sandbox.as_ref())

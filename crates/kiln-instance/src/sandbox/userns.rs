@@ -53,11 +53,22 @@ pub struct Slot {
     _lock: File,
     /// Its ids.
     pub ids: IdRange,
+    kill: bool,
+}
+
+impl Slot {
+    /// Releases the slot without killing what runs with its ids (a kept VM's passt); the next
+    /// sandbox that takes the slot kills it.
+    pub fn leave_running(mut self) {
+        self.kill = false;
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        kill_range(self.ids);
+        if self.kill {
+            kill_range(self.ids);
+        }
     }
 }
 
@@ -116,7 +127,11 @@ pub fn take_slot() -> std::io::Result<Slot> {
                 count: IDS_PER_SANDBOX,
             };
             kill_range(ids);
-            return Ok(Slot { _lock: f, ids });
+            return Ok(Slot {
+                _lock: f,
+                ids,
+                kill: true,
+            });
         }
     }
     Err(std::io::Error::other(format!(

@@ -10,6 +10,7 @@
 mod boot;
 pub mod guest;
 pub mod keeper;
+pub mod passt;
 pub mod qmp;
 
 use std::path::{Path, PathBuf};
@@ -77,7 +78,8 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// vCPUs.
     pub cpus: u32,
-    /// Network: user-mode NAT (`Host`) or none.
+    /// Network: `Private` (passt: outbound only, the host itself out of reach), `Host` (QEMU's
+    /// user-mode NAT, through which the host's loopback is 10.0.2.2) or none.
     pub network: Network,
     /// How long a boot may take to reach the guest agent.
     pub boot_timeout: Duration,
@@ -128,6 +130,8 @@ pub struct Vm {
     /// The agent connection the event watcher aborts when the guest goes down under it (a
     /// virtio port gives the host no end-of-file when the guest side closes).
     current: Arc<Mutex<Option<Arc<AgentClient>>>>,
+    /// The private network's passt, started with the first boot.
+    passt: Mutex<Option<passt::Passt>>,
     /// `kiln-agent`, plain and compressed, once read.
     agent_cache: Mutex<AgentCache>,
 }
@@ -281,6 +285,7 @@ impl Vm {
             boots: Mutex::new(Vec::new()),
             events: tokio::sync::broadcast::channel(64).0,
             current: Arc::new(Mutex::new(None)),
+            passt: Mutex::new(None),
             agent_cache: Mutex::new((None, None)),
         };
         if let Err(e) = vm.boot().await {
@@ -336,7 +341,12 @@ impl Vm {
             return None;
         };
         match r.keeper.detach(Duration::from_secs(10)).await {
-            Ok(pid) => Some(pid),
+            Ok(pid) => {
+                if let Some(p) = self.passt.lock().ok().and_then(|mut p| p.take()) {
+                    p.leave_running();
+                }
+                Some(pid)
+            }
             Err(e) => {
                 tracing::warn!("VM {} cannot be kept (it was stopped): {e}", self.spec.id);
                 None
@@ -401,13 +411,27 @@ impl Vm {
             "-device".into(),
             "virtio-rng-pci".into(),
         ];
-        if s.network == Network::Host {
-            a.extend([
+        match s.network {
+            Network::Host => a.extend([
                 "-netdev".into(),
                 "user,id=net0".into(),
                 "-device".into(),
                 "virtio-net-pci,netdev=net0".into(),
-            ]);
+            ]),
+            Network::Private => {
+                let mut p = self
+                    .passt
+                    .lock()
+                    .map_err(|_| InstanceError::Op("the VM's passt lock".into()))?;
+                // passt serves one QEMU at a time, and waits for the next after a reboot.
+                if p.as_ref().is_none_or(|p| !p.socket.exists()) {
+                    *p = Some(passt::Passt::start(&self.sockets.join("passt"))?);
+                }
+                if let Some(p) = p.as_ref() {
+                    a.extend(p.qemu_args());
+                }
+            }
+            Network::None => {}
         }
         Ok(a)
     }
