@@ -199,6 +199,14 @@ async fn package_updates_come_from_the_images_own_apt_sources() {
         "{:?}",
         rec.packages
     );
+    // The opt-in is on the record, and `kiln image get` says so.
+    assert_eq!(rec.network, Some(kiln_instance::sandbox::Network::Host));
+    let shown = kiln(&["image", "get", &format!("{name}/1.0.0/1")]);
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("network    host (the recipe's opt-in"),
+        "{}",
+        String::from_utf8_lossy(&shown.stdout)
+    );
     let home = Home::new(home());
     let launcher = launcher();
     let before = layer_state(&home, &rec);

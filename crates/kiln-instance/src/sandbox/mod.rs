@@ -278,7 +278,12 @@ impl Sandbox {
         spec.cgroups = cgroup_plan(Path::new("/sys/fs/cgroup"), &spec.id, &spec.limits);
         let slot = if spec.confinement == Confinement::Confined || spec.network == Network::Private
         {
-            let slot = userns::take_slot().map_err(|e| {
+            let kind = if spec.network == Network::Host {
+                userns::SlotKind::HostNetwork
+            } else {
+                userns::SlotKind::Private
+            };
+            let slot = userns::take_slot(kind).map_err(|e| {
                 InstanceError::io(
                     format!("taking a sandbox id range in {}", userns::SLOT_DIR),
                     e,

@@ -17,8 +17,14 @@ use serde::{Deserialize, Serialize};
 /// Where the slot lock files live (a tmpfs: slots of a rebooted host are free).
 pub const SLOT_DIR: &str = "/run/kiln-sandbox-ids";
 
-/// The first host id of slot 0; slots follow each other, 65536 ids apiece.
+/// The first host id of slot 0; slots follow each other, 65536 ids apiece. The nftables rule
+/// of the private network covers every slot from here on ([`IdRange::all_slots`]).
 pub const FIRST_HOST_ID: u32 = 0x7000_0000;
+
+/// The first host id of the slots of sandboxes on the host's network (`network: host`): below
+/// [`FIRST_HOST_ID`], out of the firewall rule's reach, so they reach the host's loopback as
+/// the recipe asked.
+pub const FIRST_HOST_NETWORK_ID: u32 = 0x6000_0000;
 
 /// Ids per sandbox.
 pub const IDS_PER_SANDBOX: u32 = 65536;
@@ -110,20 +116,34 @@ pub fn kill_range(ids: IdRange) {
     }
 }
 
-/// Takes the first free slot (killing what a sandbox of a killed kiln left running with its
-/// ids).
-pub fn take_slot() -> std::io::Result<Slot> {
+/// Which ids a slot gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotKind {
+    /// Ids the private network's firewall rule covers (every sandbox and VM but those on the
+    /// host's network).
+    Private,
+    /// Ids of sandboxes on the host's network.
+    HostNetwork,
+}
+
+/// Takes the first free slot of a kind (killing what a sandbox of a killed kiln left running
+/// with its ids).
+pub fn take_slot(kind: SlotKind) -> std::io::Result<Slot> {
     std::fs::create_dir_all(SLOT_DIR)?;
+    let (first, prefix) = match kind {
+        SlotKind::Private => (FIRST_HOST_ID, ""),
+        SlotKind::HostNetwork => (FIRST_HOST_NETWORK_ID, "host-"),
+    };
     for n in 0..SLOTS {
         let f = File::options()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(Path::new(SLOT_DIR).join(format!("{n}.lock")))?;
+            .open(Path::new(SLOT_DIR).join(format!("{prefix}{n}.lock")))?;
         // SAFETY: flock on a file descriptor this function owns.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             let ids = IdRange {
-                host_base: FIRST_HOST_ID + n * IDS_PER_SANDBOX,
+                host_base: first + n * IDS_PER_SANDBOX,
                 count: IDS_PER_SANDBOX,
             };
             kill_range(ids);

@@ -22,7 +22,7 @@ impl Passt {
     /// Starts passt with its socket in `dir` (created, owned by the range's root).
     pub fn start(dir: &Path) -> Result<Passt, InstanceError> {
         net::install_firewall().map_err(InstanceError::Op)?;
-        let slot = userns::take_slot().map_err(|e| {
+        let slot = userns::take_slot(userns::SlotKind::Private).map_err(|e| {
             InstanceError::io(format!("taking an id range in {}", userns::SLOT_DIR), e)
         })?;
         let id = slot.ids.host_base;
