@@ -8,8 +8,8 @@
 //!   forwards no port in either direction (`-t none -u none -T none -U none`);
 //! - an nftables rule refuses every connection that sandbox ids (pasta included) make to an
 //!   address of the host: such packets leave through the loopback interface, whatever the
-//!   address (127.0.0.1, the host's LAN address, a bridge's). DNS to a resolver on the host's
-//!   loopback (systemd-resolved's 127.0.0.53) stays allowed, port 53 only.
+//!   address (127.0.0.1, the host's LAN address, a bridge's). DNS to a resolver of the host's
+//!   resolv.conf on its loopback (systemd-resolved's 127.0.0.53) stays allowed, port 53 only.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -19,21 +19,45 @@ use super::userns::IdRange;
 /// The nftables table kiln owns (replaced whole each time, so it never piles up).
 pub const TABLE: &str = "kiln-sandbox";
 
-/// The rules: sandbox ids may not reach the host's own addresses, but for DNS.
-pub fn ruleset() -> String {
+/// The rules: sandbox ids may not reach the host's own addresses, but for DNS to the host's
+/// own resolvers (`resolvers`: the nameservers of its resolv.conf that are local, such as
+/// systemd-resolved's 127.0.0.53). TCP is refused with a reset, so a connection fails at once
+/// instead of waiting for its timeout.
+pub fn ruleset(resolvers: &[std::net::IpAddr]) -> String {
     let (lo, hi) = IdRange::all_slots();
+    let who = format!("meta skuid {lo}-{hi} oifname \"lo\"");
+    let mut dns = String::new();
+    for r in resolvers {
+        let family = if r.is_ipv4() { "ip" } else { "ip6" };
+        for proto in ["udp", "tcp"] {
+            dns.push_str(&format!(
+                "\t\t{who} {family} daddr {r} {proto} dport 53 accept\n"
+            ));
+        }
+    }
     format!(
         "table inet {TABLE}\n\
          delete table inet {TABLE}\n\
          table inet {TABLE} {{\n\
          \tchain output {{\n\
          \t\ttype filter hook output priority 0; policy accept;\n\
-         \t\tmeta skuid {lo}-{hi} oifname \"lo\" udp dport 53 accept\n\
-         \t\tmeta skuid {lo}-{hi} oifname \"lo\" tcp dport 53 accept\n\
-         \t\tmeta skuid {lo}-{hi} oifname \"lo\" counter reject\n\
+         {dns}\
+         \t\t{who} meta l4proto tcp counter reject with tcp reset\n\
+         \t\t{who} counter reject\n\
          \t}}\n\
          }}\n"
     )
+}
+
+/// The host's resolvers that listen on one of its own addresses (loopback ones: a resolver
+/// elsewhere is reached like any other address).
+pub fn local_resolvers(resolv_conf: &str) -> Vec<std::net::IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .filter(|a| a.is_loopback())
+        .collect()
 }
 
 /// Loads [`ruleset`] (atomically: `nft -f` applies a file in one transaction).
@@ -51,7 +75,12 @@ pub fn install_firewall() -> Result<(), String> {
         })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(ruleset().as_bytes())
+            .write_all(
+                ruleset(&local_resolvers(
+                    &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                ))
+                .as_bytes(),
+            )
             .map_err(|e| format!("writing nft's rules: {e}"))?;
     }
     let out = child
@@ -163,13 +192,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_rules_name_every_slot_and_keep_dns() {
-        let r = ruleset();
+    fn the_rules_name_every_slot_and_keep_only_the_local_resolvers() {
+        let resolvers = local_resolvers(
+            "# systemd-resolved\nnameserver 127.0.0.53\nnameserver 10.255.255.53\nnameserver ::1\n",
+        );
+        assert_eq!(resolvers.len(), 2, "{resolvers:?}");
+        let r = ruleset(&resolvers);
         let (lo, hi) = IdRange::all_slots();
         assert!(r.contains(&format!(
-            "meta skuid {lo}-{hi} oifname \"lo\" counter reject"
+            "meta skuid {lo}-{hi} oifname \"lo\" counter reject\n"
         )));
+        assert!(r.contains("ip daddr 127.0.0.53 udp dport 53 accept"));
+        assert!(r.contains("ip6 daddr ::1 tcp dport 53 accept"));
+        assert!(!r.contains("10.255.255.53"));
         assert!(r.find("dport 53 accept") < r.find("reject"));
+        assert!(r.contains("reject with tcp reset"));
+        assert!(!ruleset(&[]).contains("dport 53"));
     }
 
     #[test]
