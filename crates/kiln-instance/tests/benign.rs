@@ -10,6 +10,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{dirs, Dirs};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -138,17 +141,6 @@ echo "BENIGN-OK apt-get update and apt-get install $PACKAGE from the network"
 "#;
 
 // ---------------------------------------------------------------------------------------------
-
-struct Dirs {
-    _tmp: tempfile::TempDir,
-    base: PathBuf,
-}
-
-fn dirs() -> Dirs {
-    let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().to_path_buf();
-    Dirs { _tmp: tmp, base }
-}
 
 async fn start(d: &Dirs, id: &str) -> Sandbox {
     let spec = SandboxSpec::new(

@@ -15,6 +15,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{dirs, Dirs};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -457,17 +460,6 @@ echo "started a daemon named $PROBE_MARKER"
 "#;
 
 // ---------------------------------------------------------------------------------------------
-
-struct Dirs {
-    _tmp: tempfile::TempDir,
-    base: PathBuf,
-}
-
-fn dirs() -> Dirs {
-    let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().to_path_buf();
-    Dirs { _tmp: tmp, base }
-}
 
 async fn start(d: &Dirs, id: &str, confinement: Confinement) -> Sandbox {
     let b = d.base.join(id);

@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{dirs, Dirs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -10,17 +13,6 @@ use kiln_instance::fileops::{FileOp, FileOpOutput};
 use kiln_instance::runlock::RunLock;
 use kiln_instance::sandbox::{Limits, Network, Sandbox, SandboxSpec, HELPER_ARG};
 use kiln_instance::{Discard, ExecRequest, ExitStatus, Instance, Stream};
-
-struct Dirs {
-    _tmp: tempfile::TempDir,
-    base: PathBuf,
-}
-
-fn dirs() -> Dirs {
-    let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().to_path_buf();
-    Dirs { _tmp: tmp, base }
-}
 
 fn spec(d: &Dirs, id: &str) -> SandboxSpec {
     SandboxSpec::new(

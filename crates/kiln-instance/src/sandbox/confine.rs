@@ -251,6 +251,17 @@ pub fn drop_capabilities() -> std::io::Result<()> {
             0,
         );
     }
+    change_capabilities(|i, d| {
+        let k = (keep >> (32 * i)) as u32;
+        d.effective &= k;
+        d.permitted &= k;
+        d.inheritable = 0;
+    })
+}
+
+/// Reads the calling thread's capability sets, lets `change` edit each 32-bit half, and sets
+/// them.
+fn change_capabilities(change: impl Fn(usize, &mut CapData)) -> std::io::Result<()> {
     let mut header = CapHeader {
         version: CAP_V3,
         pid: 0,
@@ -261,10 +272,7 @@ pub fn drop_capabilities() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     for (i, d) in data.iter_mut().enumerate() {
-        let k = (keep >> (32 * i)) as u32;
-        d.effective &= k;
-        d.permitted &= k;
-        d.inheritable = 0;
+        change(i, d);
     }
     // SAFETY: as above.
     if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
@@ -275,23 +283,7 @@ pub fn drop_capabilities() -> std::io::Result<()> {
 
 /// Makes every permitted capability effective again.
 pub fn raise_permitted() -> std::io::Result<()> {
-    let mut header = CapHeader {
-        version: CAP_V3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: the header and two data structs are what version 3 of capget expects.
-    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    for d in data.iter_mut() {
-        d.effective = d.permitted;
-    }
-    // SAFETY: as above.
-    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    change_capabilities(|_, d| d.effective = d.permitted)
 }
 
 /// Installs the seccomp programs (which sets `no_new_privs` first: a set-user-ID program then
