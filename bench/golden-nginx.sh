@@ -4,7 +4,8 @@
 #   no-change rebuild     (nothing changed)
 #   last-component change (the last component / the last RUN changed)
 # plus, for kiln, a build from nothing (bootstrapping Debian with mmdebstrap, no caches at all).
-# Usage: bench/golden-nginx.sh [RUNS]   (default 3; medians are reported)
+# Usage: bench/golden-nginx.sh [RUNS]   (default 3; medians are reported; KILN_BENCH_SCRATCH=0
+# leaves out the build from nothing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-3}"
@@ -83,10 +84,13 @@ for i in $(seq 1 "$runs"); do
   t[buildah_last]+=" $(elapsed "$s" "$e")"
 done
 
-# kiln from nothing: no base image, no caches: bootstrap included.
-home="$work/kiln-home-scratch"; rm -rf "$home"
-s=$(now); KILN_HOME="$home" "$kiln" build examples/golden-nginx/recipe.yml -q >/dev/null 2>&1; e=$(now)
-scratch=$(elapsed "$s" "$e")
+# kiln from nothing: no base image, no caches: bootstrap included (KILN_BENCH_SCRATCH=0 skips it).
+scratch=-
+if [ "${KILN_BENCH_SCRATCH:-1}" != 0 ]; then
+  home="$work/kiln-home-scratch"; rm -rf "$home"
+  s=$(now); KILN_HOME="$home" "$kiln" build examples/golden-nginx/recipe.yml -q >/dev/null 2>&1; e=$(now)
+  scratch=$(elapsed "$s" "$e")
+fi
 
 drop_store "$work/buildah-store"
 echo
