@@ -502,6 +502,10 @@ pub struct ImageRecord {
     /// rebuild conditions held); empty for builds started without reasons, and older records.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<crate::updates::Trigger>,
+    /// The builder the components ran on, and why (trust: who owns them); none in older
+    /// records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder: Option<crate::trust::BuilderChoice>,
 }
 
 /// What started a build (Image Builder's `buildType`).
@@ -1064,6 +1068,7 @@ pub(crate) mod tests {
             usage: None,
             build_type: BuildType::UserInitiated,
             triggers: vec![],
+            builder: None,
         }
     }
 

@@ -93,6 +93,7 @@ pub fn image_record(i: usize, account: &str) -> ImageRecord {
         usage: None,
         build_type: crate::record::BuildType::UserInitiated,
         triggers: vec![],
+        builder: None,
     };
     for s in [
         State::Pending,
