@@ -192,6 +192,7 @@ pub async fn execute(
         registries: cfg.registries.clone(),
         s3: cfg.s3.clone(),
         regions: cfg.regions.clone(),
+        trust: cfg.trust.clone(),
     };
     let launcher = Arc::new(LocalLauncher::current_exe(agent_path()));
     let observer = Arc::new(BuildTerminal {
