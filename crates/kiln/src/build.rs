@@ -91,6 +91,7 @@ impl BuildObserver for BuildTerminal {
                 r.logs.display()
             )),
             BuildEvent::Stage { state } => self.term.line(&format!("== {state}")),
+            BuildEvent::Builder { choice } => self.term.line(&format!("builder: {choice}")),
             BuildEvent::Progress { message } => self.term.progress(message),
             BuildEvent::ComponentStarted {
                 index,

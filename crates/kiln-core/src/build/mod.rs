@@ -511,8 +511,8 @@ impl Builder {
 
 /// Says in the build's log which builder runs the components, and why.
 fn tell_choice(observer: &dyn BuildObserver, choice: &crate::trust::BuilderChoice) {
-    observer.event(&BuildEvent::Progress {
-        message: format!("builder: {choice}"),
+    observer.event(&BuildEvent::Builder {
+        choice: choice.clone(),
     });
     if let Some(ignored) = choice.ignored_setting {
         observer.event(&BuildEvent::Warning {
