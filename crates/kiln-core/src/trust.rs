@@ -24,13 +24,14 @@ pub const UNTRUSTED_COMPONENTS_TAG: &str = "kiln:untrustedComponents";
 /// The field of kiln's infrastructure settings that says where untrusted components run.
 pub const UNTRUSTED_COMPONENTS_FIELD: &str = "untrustedComponents";
 
-/// The [`UNTRUSTED_COMPONENTS_TAG`] of a stored infrastructure configuration, as written.
+/// The [`UNTRUSTED_COMPONENTS_TAG`] of a stored infrastructure configuration.
 pub fn tag_of(infrastructure: &crate::resources::Resource) -> Option<&str> {
     infrastructure
         .request
         .get("tags")?
         .get(UNTRUSTED_COMPONENTS_TAG)?
         .as_str()
+        .map(str::trim)
 }
 
 /// The operator's trust settings: `trust: {operatorAccounts, untrustedComponents}`.
