@@ -191,9 +191,13 @@ def registry(tmp_path_factory) -> OciRegistry:
 def server(kiln, registry, tmp_path_factory) -> Server:
     """`kiln serve --listen 127.0.0.1:0`, ready (it said `listening on URL`); stopped with
     SIGTERM at the end of the session, which it must answer by exiting 0. Its configuration
-    maps region `kiln-registry` to the suite's registry."""
+    maps region `kiln-registry` to the suite's registry, and lets components of the suite's
+    accounts (none of them an operator account) run in sandboxes, as the suite's container
+    builds need: a test that wants them in VMs raises it with the infrastructure configuration's
+    tag `kiln:untrustedComponents: vm`."""
     (kiln.home / "config.yaml").write_text(
-        f"regions:\n  {registry.region}: {{registry: \"{registry.host}\", namespace: api}}\n")
+        f"regions:\n  {registry.region}: {{registry: \"{registry.host}\", namespace: api}}\n"
+        "trust:\n  untrustedComponents: sandbox\n")
     if not kiln.has("serve"):
         pytest.skip(f"{kiln.bin} has no `serve` command yet: nothing to test the API against")
     log = tmp_path_factory.mktemp("serve") / "kiln-serve.log"

@@ -113,3 +113,34 @@ def test_through_the_aws_cli(aws, account_a):
     got = aws("imagebuilder", "get-infrastructure-configuration", "--infrastructure-configuration-arn", infra).json
     assert got["infrastructureConfiguration"]["name"] == name
     aws("imagebuilder", "delete-infrastructure-configuration", "--infrastructure-configuration-arn", infra)
+
+
+def test_untrusted_components_through_the_api(client_a, account_a):
+    """kiln's `untrustedComponents` is the tag `kiln:untrustedComponents` through the API (the
+    model has no member for it). The suite's server lets untrusted components run in sandboxes
+    (`trust.untrustedComponents: sandbox`); a configuration may raise that to `vm`."""
+    from helpers import create_component, create_container_recipe
+
+    tag = "kiln:untrustedComponents"
+    infra = create_infrastructure(client_a, tags={tag: "vm"})
+    got = client_a.get_infrastructure_configuration(infrastructureConfigurationArn=infra)["infrastructureConfiguration"]
+    assert got["tags"] == {tag: "vm"}
+    with raises("InvalidParameterValueException", 400, mentions=(tag, "chroot")):
+        create_infrastructure(client_a, tags={tag: "chroot"})
+    with raises("InvalidParameterValueException", 400, mentions=(tag, "chroot")):
+        client_a.tag_resource(resourceArn=infra, tags={tag: "chroot"})
+    lax = create_infrastructure(client_a, tags={tag: "sandbox"})
+
+    # The account is no operator account: its component must run in a VM, which cannot make
+    # the container recipe's image. Refused before a build is numbered, saying why.
+    comp = create_component(client_a)
+    recipe = create_container_recipe(client_a, [comp])
+    with raises("InvalidRequestException", 400,
+                mentions=("builder: vm", comp, f"owned by account {account_a.account_id}",
+                          "the infrastructure's setting", "disk images only")):
+        client_a.create_image(containerRecipeArn=recipe, infrastructureConfigurationArn=infra,
+                              imageTestsConfiguration={"imageTestsEnabled": False, "timeoutMinutes": 60})
+    assert client_a.list_image_build_versions(
+        imageVersionArn=recipe.replace(":container-recipe/", ":image/")).get("imageSummaryList", []) == []
+    for i in (infra, lax):
+        client_a.delete_infrastructure_configuration(infrastructureConfigurationArn=i)

@@ -255,8 +255,40 @@ def test_the_build_log_streams_live_and_resumes_without_loss(client_a, account_a
     text = "\n".join(d for _, d in events)
     for i in range(1, 6):
         assert f"{word}-{i}" in text, text
+    # The suite's server lets components no operator account owns run in sandboxes; the log
+    # says so.
+    assert "builder: sandbox (component " in text and "lets it run in a sandbox" in text, text
     # Resumed after an event id: exactly the lines after it.
     half = len(events) // 2
     rest, end2 = _sse(server, account_a, image_arn, last_id=half)
     assert rest == events[half + 1:], (rest[:3], events[half + 1:half + 4])
     assert end2 == "AVAILABLE"
+
+
+@pytest.mark.build
+def test_an_untrusted_component_builds_in_a_vm_and_the_record_says_why(client_a, account_a, server, kiln):
+    """The configuration raises the suite server's `sandbox` to `vm`: an image recipe of the
+    account's own component (no operator account's) builds on the VM builder, recorded with
+    the reason from the start. Cancelled at once: the choice is made before the parent is."""
+    from helpers import PARENT
+
+    comp = create_component(client_a, data=document("vm-only", build=f"echo {unique('vm')}"))
+    name = unique("vmimg")
+    recipe = client_a.create_image_recipe(
+        name=name, semanticVersion="1.0.0", parentImage=PARENT,
+        components=[{"componentArn": comp}])["imageRecipeArn"]
+    infra = create_infrastructure(client_a, tags={"kiln:untrustedComponents": "vm"})
+    image_arn = client_a.create_image(
+        imageRecipeArn=recipe, infrastructureConfigurationArn=infra,
+        imageTestsConfiguration={"imageTestsEnabled": False, "timeoutMinutes": 60})["imageBuildVersionArn"]
+    client_a.cancel_image_creation(imageBuildVersionArn=image_arn)
+    events, end = _sse(server, account_a, image_arn, timeout=300)
+    assert end == "CANCELLED", (end, events[-5:])
+    text = "\n".join(d for _, d in events)
+    reason = (f"builder: vm (component {comp} is owned by account {account_a.account_id}, "
+              "not an operator account; untrustedComponents: vm, the infrastructure's setting)")
+    assert reason in text, text
+    rec = kiln.json("image", "get", image_arn, "-o", "json")
+    assert rec["builder"]["kind"] == "vm" and rec["builder"]["requested"] == "sandbox", rec["builder"]
+    assert rec["builder"]["boundarySource"] == "infrastructure", rec["builder"]
+    assert rec["builder"]["untrusted"] == [{"component": comp, "account": account_a.account_id}]

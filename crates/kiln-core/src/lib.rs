@@ -24,6 +24,7 @@ pub mod sample;
 pub mod scheduler;
 pub mod state;
 pub mod store;
+pub mod trust;
 pub mod updates;
 pub mod usage;
 pub mod version;

@@ -244,6 +244,14 @@ fn recipe_document(
             infra.insert(k.to_string(), v.clone());
         }
     }
+    // Through the API the setting is a tag (the model has no member for it); the field wins.
+    let field = crate::trust::UNTRUSTED_COMPONENTS_FIELD;
+    if let (false, Some(v)) = (
+        infra.contains_key(field),
+        crate::trust::tag_of(infrastructure),
+    ) {
+        infra.insert(field.to_string(), Value::String(v.to_string()));
+    }
     o.insert("infrastructure".into(), Value::Object(infra));
     let regions: Vec<Value> = match distribution {
         Some(d) => d

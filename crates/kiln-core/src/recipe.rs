@@ -540,6 +540,10 @@ pub struct Infrastructure {
     pub terminate_instance_on_failure: bool,
     /// Virtual machines.
     pub vm: VmSettings,
+    /// Where components no operator account owns run (`untrustedComponents`): `vm` raises
+    /// the server's floor ([`crate::trust::TrustPolicy`]); none leaves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untrusted_components: Option<BuilderKind>,
 }
 
 /// A parsed, valid recipe.
@@ -1583,6 +1587,7 @@ pub(crate) const INFRA_KEYS: &[&str] = &[
     "terminateInstanceOnFailure",
     "bootTimeoutSeconds",
     "accelerator",
+    crate::trust::UNTRUSTED_COMPONENTS_FIELD,
 ];
 
 fn infrastructure(r: &mut Reader, m: &Map) -> Infrastructure {
@@ -1610,7 +1615,9 @@ pub(crate) fn infrastructure_settings(r: &mut Reader, im: &Map) -> Infrastructur
             boot_timeout_secs: 600,
             accel: kiln_instance::vm::Accel::Auto,
         },
+        untrusted_components: None,
     };
+    infra.untrusted_components = untrusted_components(r, im);
     match r.string(im, "builder").as_deref() {
         None | Some("sandbox") => {}
         Some("vm") => infra.builder = BuilderKind::Vm,
@@ -1702,6 +1709,28 @@ pub(crate) fn infrastructure_settings(r: &mut Reader, im: &Map) -> Infrastructur
         infra.terminate_instance_on_failure = t;
     }
     infra
+}
+
+/// `untrustedComponents: vm | sandbox`.
+fn untrusted_components(r: &mut Reader, im: &Map) -> Option<BuilderKind> {
+    let key = crate::trust::UNTRUSTED_COMPONENTS_FIELD;
+    let word = r.string(im, key)?;
+    match word.parse::<BuilderKind>() {
+        Ok(kind) => Some(kind),
+        Err(_) => {
+            if let Some(n) = im.get(key) {
+                r.error(
+                    n.span,
+                    format!("unknown builder `{word}` for `{key}`"),
+                    Some(
+                        "use `vm` (components no operator account owns run in VMs) or `sandbox`"
+                            .into(),
+                    ),
+                );
+            }
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -2028,6 +2057,26 @@ tags:
         .to_string();
         assert!(
             e.contains("recipe.yml:7:3") && e.contains("sandbox builder"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn untrusted_components_names_a_builder() {
+        let r = recipe(HEAD).unwrap();
+        assert_eq!(r.infrastructure.untrusted_components, None);
+        let r = recipe(&format!(
+            "{HEAD}infrastructure:\n  untrustedComponents: vm\n"
+        ))
+        .unwrap();
+        assert_eq!(r.infrastructure.untrusted_components, Some(BuilderKind::Vm));
+        let e = recipe(&format!(
+            "{HEAD}infrastructure:\n  untrustedComponents: qemu\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("recipe.yml:7:24") && e.contains("unknown builder `qemu`"),
             "{e}"
         );
     }

@@ -507,6 +507,10 @@ pub struct ImageRecord {
     /// they had the host's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<kiln_instance::sandbox::Network>,
+    /// The builder the components ran on, and why (trust: who owns them); none in older
+    /// records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder: Option<crate::trust::BuilderChoice>,
 }
 
 /// What started a build (Image Builder's `buildType`).
@@ -1070,6 +1074,7 @@ pub(crate) mod tests {
             build_type: BuildType::UserInitiated,
             triggers: vec![],
             network: None,
+            builder: None,
         }
     }
 

@@ -94,6 +94,7 @@ pub fn image_record(i: usize, account: &str) -> ImageRecord {
         build_type: crate::record::BuildType::UserInitiated,
         triggers: vec![],
         network: None,
+        builder: None,
     };
     for s in [
         State::Pending,

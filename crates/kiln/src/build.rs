@@ -91,6 +91,7 @@ impl BuildObserver for BuildTerminal {
                 r.logs.display()
             )),
             BuildEvent::Stage { state } => self.term.line(&format!("== {state}")),
+            BuildEvent::Builder { choice } => self.term.line(&format!("builder: {choice}")),
             BuildEvent::Progress { message } => self.term.progress(message),
             BuildEvent::ComponentStarted {
                 index,
@@ -192,6 +193,7 @@ pub async fn execute(
         registries: cfg.registries.clone(),
         s3: cfg.s3.clone(),
         regions: cfg.regions.clone(),
+        trust: cfg.trust.clone(),
     };
     let launcher = Arc::new(LocalLauncher::current_exe(agent_path()));
     let observer = Arc::new(BuildTerminal {

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use kiln_core::trust::TrustPolicy;
 use kiln_s3::{Credentials, S3Config};
 use kiln_yaml::Node;
 
@@ -38,6 +39,8 @@ pub struct Config {
     pub serve: ServeConfig,
     /// Region names that are registries or buckets (`regions:`).
     pub regions: kiln_core::regions::RegionMap,
+    /// Whose components are trusted, and where the others run (`trust:`).
+    pub trust: TrustPolicy,
 }
 
 /// `serve: {listen, region, concurrency, requestsPerSecond, burst, scheduleEverySeconds,
@@ -90,6 +93,7 @@ impl Default for Config {
             registries: Vec::new(),
             serve: ServeConfig::default(),
             regions: Default::default(),
+            trust: TrustPolicy::default(),
         }
     }
 }
@@ -169,6 +173,9 @@ pub fn load() -> Result<Config> {
         }
         if let Some(serve) = root.as_map().and_then(|m| m.get("serve")) {
             config.serve = serve_config(serve, &file, &src)?;
+        }
+        if let Some(trust) = root.as_map().and_then(|m| m.get("trust")) {
+            config.trust = trust_config(trust, &file, &src)?;
         }
         if let Some(cache) = root.as_map().and_then(|m| m.get("cache")) {
             let size = cache
@@ -294,4 +301,108 @@ fn serve_config(node: &Node, file: &str, src: &str) -> Result<ServeConfig> {
         bail!("{text}");
     }
     Ok(c)
+}
+
+/// `trust: {operatorAccounts: [ACCOUNT_ID, ...], untrustedComponents: vm | sandbox}`. A list of
+/// operator accounts replaces the default one (the local account, which the CLI acts as).
+fn trust_config(node: &Node, file: &str, src: &str) -> Result<TrustPolicy> {
+    let mut t = TrustPolicy::default();
+    let mut r = kiln_yaml::Reader::new();
+    if let Some(m) = r.map(node, "`trust`") {
+        r.known_keys(m, &["operatorAccounts", "untrustedComponents"], "`trust`");
+        if let Some(list) = m.get("operatorAccounts") {
+            let items = r.list(list, "`operatorAccounts`").unwrap_or_default();
+            t.operator_accounts.clear();
+            for item in items {
+                match item.as_text() {
+                    Some(id) if id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit()) => {
+                        if !t.operator_accounts.iter().any(|a| a == id) {
+                            t.operator_accounts.push(id.to_string());
+                        }
+                    }
+                    _ => r.error(
+                        item.span,
+                        "items of `operatorAccounts` are account ids: 12 digits",
+                        Some(format!(
+                            "`kiln account list` shows them; the local account (the CLI's) is {}",
+                            kiln_core::principal::LOCAL_ACCOUNT
+                        )),
+                    ),
+                }
+            }
+        }
+        if let Some(word) = r.string(m, "untrustedComponents") {
+            match word.parse() {
+                Ok(kind) => t.untrusted_components = kind,
+                Err(_) => {
+                    if let Some(n) = m.get("untrustedComponents") {
+                        r.error(
+                            n.span,
+                            format!("unknown builder `{word}` for `untrustedComponents`"),
+                            Some("use `vm` (the default: components no operator account owns run in VMs) or `sandbox`".into()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if r.has_errors() {
+        let text: String = r
+            .diagnostics
+            .iter()
+            .map(|d| d.render(file, src).to_string())
+            .collect();
+        bail!("{text}");
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_core::recipe::BuilderKind;
+
+    fn trust(text: &str) -> Result<TrustPolicy> {
+        let parsed = kiln_yaml::parse(text).map_err(|d| anyhow::anyhow!("{d}"))?;
+        let node = parsed
+            .root
+            .as_map()
+            .and_then(|m| m.get("trust"))
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no trust"))?;
+        trust_config(&node, "config.yaml", text)
+    }
+
+    #[test]
+    fn trust_names_operator_accounts_and_where_the_rest_run() {
+        assert_eq!(Config::default().trust, TrustPolicy::default());
+        let t = trust("trust:\n  operatorAccounts: [000000000000, \"123456789012\"]\n  untrustedComponents: sandbox\n").unwrap();
+        assert_eq!(t.operator_accounts, ["000000000000", "123456789012"]);
+        assert_eq!(t.untrusted_components, BuilderKind::Sandbox);
+        // A list replaces the default: the local account is then untrusted too.
+        let t = trust("trust:\n  operatorAccounts: [\"123456789012\"]\n").unwrap();
+        assert!(!t.is_operator(kiln_core::principal::LOCAL_ACCOUNT));
+        assert_eq!(t.untrusted_components, BuilderKind::Vm);
+    }
+
+    #[test]
+    fn trust_errors_point_at_the_file_line_and_column() {
+        let e = trust(
+            "trust:\n  operatorAccounts: [12345]\n  untrustedComponents: chroot\n  operators: []\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("config.yaml:2:22") && e.contains("12 digits"),
+            "{e}"
+        );
+        assert!(
+            e.contains("config.yaml:3:24") && e.contains("`chroot`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("config.yaml:4:3") && e.contains("operators"),
+            "{e}"
+        );
+    }
 }

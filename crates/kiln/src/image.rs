@@ -353,6 +353,9 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
     for c in &r.configurations {
         writeln!(out, "  uses       {c}")?;
     }
+    if let Some(b) = &r.builder {
+        writeln!(out, "  builder    {b}")?;
+    }
     if let Some(p) = &r.parent {
         writeln!(
             out,

@@ -164,7 +164,8 @@ pub enum Which {
 
 async fn resources() -> Result<Resources> {
     let home = Home::new(config::kiln_home());
-    Ok(Resources::new(kiln_core::state::Store::open(&home).await?))
+    let trust = config::load()?.trust;
+    Ok(Resources::new(kiln_core::state::Store::open(&home).await?).with_trust(trust))
 }
 
 /// Runs a resource command.

@@ -109,6 +109,7 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
         registries: cfg.registries.clone(),
         s3: cfg.s3.clone(),
         regions: cfg.regions.clone(),
+        trust: cfg.trust.clone(),
         ..BuildOptions::default()
     };
     let launcher: Arc<dyn kiln_instance::Launcher> =
@@ -125,7 +126,7 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
         concurrency: args.concurrency.unwrap_or(cfg.serve.concurrency).max(1) as usize,
     };
     let app = Arc::new(App {
-        resources: Resources::new(store.clone()),
+        resources: Resources::new(store.clone()).with_trust(cfg.trust.clone()),
         records,
         builds: Builds::new(settings, store),
         auth: Arc::new(SigV4::new(keys, &cfg.serve.region)),

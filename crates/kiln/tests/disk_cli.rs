@@ -372,6 +372,61 @@ phases:
     assert!(all.contains("built by the VM builder"), "{all}");
 }
 
+/// With a configuration whose operator accounts leave out the local one, the CLI's own
+/// component is untrusted: a recipe that names no builder builds on the VM builder, and the
+/// record and the log say why. One VM boot (the tests are off).
+#[test]
+fn a_component_no_operator_account_owns_builds_in_a_vm() {
+    let parent = disk_base();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "config.yaml",
+        "trust:\n  operatorAccounts: [\"111111111111\"]\n",
+    );
+    write(
+        dir.path(),
+        "mark.yaml",
+        "name: mark\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Kernel\n        action: ExecuteBash\n        inputs:\n          commands: ['test -d /run/systemd/system && echo \"booted: $(uname -r)\"']\n",
+    );
+    let name = format!("untrusted-{}", std::process::id());
+    let recipe = write(
+        dir.path(),
+        "recipe.yml",
+        &format!(
+            "name: {name}\nsemanticVersion: 1.0.0\nparentImage: {parent}\ncomponents:\n  - path: mark.yaml\noutputs: [disk]\nimageTestsConfiguration:\n  imageTestsEnabled: false\ndistributions:\n  - region: r\n    path: {}\n",
+            dir.path().join("region").display()
+        ),
+    );
+    let o = kiln_cmd(&["build", recipe.to_str().unwrap()])
+        .env("KILN_CONFIG", &config)
+        .output()
+        .unwrap();
+    let out = format!("{}{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    // It ran in a booted VM, not a sandbox.
+    assert!(out.contains("booted: "), "{out}");
+    let reason = format!(
+        "builder: vm (component {} is owned by account 000000000000, not an operator account; untrustedComponents: vm, the server's setting)",
+        dir.path().join("mark.yaml").display()
+    );
+    assert!(out.contains(&reason), "{out}");
+    let rec = record(&format!("{name}/1.0.0/1"));
+    assert_eq!(rec["builder"]["kind"], "vm");
+    assert_eq!(rec["builder"]["requested"], "sandbox");
+    assert_eq!(rec["builder"]["untrusted"][0]["account"], "000000000000");
+    assert_eq!(rec["components"][0]["cache"], "in-vm");
+    let shown = kiln(&["image", "get", &format!("{name}/1.0.0/1")]);
+    assert!(
+        text(&shown.stdout).contains(&format!(
+            "  builder    vm (component {}",
+            dir.path().join("mark.yaml").display()
+        )),
+        "{}",
+        text(&shown.stdout)
+    );
+}
+
 #[test]
 fn a_kernel_that_cannot_boot_fails_in_testing_with_the_console_and_is_not_distributed() {
     let parent = disk_base();

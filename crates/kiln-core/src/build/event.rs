@@ -21,6 +21,12 @@ pub enum BuildEvent {
         /// BUILDING, TESTING, DISTRIBUTING.
         state: State,
     },
+    /// The builder the components run on, and why (who owns them): told once, after
+    /// [`BuildEvent::Started`].
+    Builder {
+        /// The choice, as the record keeps it.
+        choice: crate::trust::BuilderChoice,
+    },
     /// A line about what is happening (bootstrap output, capture, distribution).
     Progress {
         /// The line.

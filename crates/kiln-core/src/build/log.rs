@@ -55,6 +55,7 @@ pub fn render(e: &BuildEvent) -> Option<String> {
     let text = match e {
         BuildEvent::Started { record } => format!("{} {}", record.arn, record.state),
         BuildEvent::Stage { state } => format!("== {state}"),
+        BuildEvent::Builder { choice } => format!("builder: {choice}"),
         BuildEvent::Progress { message } => message.clone(),
         BuildEvent::ComponentStarted {
             index,

@@ -68,6 +68,9 @@ pub struct BuildOptions {
     pub s3: Option<kiln_s3::S3Config>,
     /// What the configured region names are (registries, buckets); other names are folders.
     pub regions: crate::regions::RegionMap,
+    /// Which components are trusted, and where the others run (kiln's configuration,
+    /// `trust:`).
+    pub trust: crate::trust::TrustPolicy,
 }
 
 impl BuildOptions {
@@ -94,6 +97,10 @@ pub enum BuildError {
     /// kiln cannot build here.
     #[error("{0}")]
     Environment(String),
+    /// A component no operator account owns must run in a VM, and the VM builder cannot make
+    /// what the recipe asks for.
+    #[error(transparent)]
+    Trust(#[from] crate::trust::VmRefusal),
     /// The data directory failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
@@ -208,6 +215,28 @@ impl Builder {
         self
     }
 
+    /// The builder the components run on: the recipe's, or the VM builder when one of them
+    /// is untrusted and the trust policy (or the infrastructure) says so.
+    fn choose_builder(
+        &self,
+        recipe: &Recipe,
+        components: &[Component],
+    ) -> crate::trust::BuilderChoice {
+        let account = &self.origin.principal.account;
+        let owned: Vec<crate::trust::OwnedComponent> = components
+            .iter()
+            .map(|c| crate::trust::OwnedComponent {
+                component: c.arn.clone().unwrap_or_else(|| c.source.clone()),
+                owner: crate::trust::Owner::of(c.arn.as_deref(), account),
+            })
+            .collect();
+        self.options.trust.decide(
+            recipe.infrastructure.builder,
+            recipe.infrastructure.untrusted_components,
+            &owned,
+        )
+    }
+
     /// Checks that this host can build the recipe, before anything is numbered or run.
     fn preflight(&self, recipe: &Recipe) -> Result<(), BuildError> {
         let env = |e: kiln_instance::InstanceError| BuildError::Environment(e.to_string());
@@ -238,6 +267,14 @@ impl Builder {
             .preflight(BuilderKind::Sandbox)
             .map_err(|e| BuildError::Environment(e.to_string()))?;
         let components = components::load(&self.loader, recipe).await?;
+        let choice = self.choose_builder(recipe, &components);
+        let on_vm;
+        let recipe = if choice.raised() {
+            on_vm = crate::trust::on_vm_builder(recipe, &choice)?;
+            &on_vm
+        } else {
+            recipe
+        };
         self.preflight(recipe)?;
         let started = Instant::now();
         let now = Utc::now();
@@ -271,6 +308,7 @@ impl Builder {
             });
         }
         let mut rec = self.new_record(recipe, &components, run_dir.clone());
+        rec.builder = Some(choice.clone());
         records.create(&mut rec).await?;
         let logs = rec.logs.clone();
         std::fs::create_dir_all(&logs).map_err(store::io("creating", &logs))?;
@@ -278,6 +316,7 @@ impl Builder {
         observer.event(&BuildEvent::Started {
             record: Box::new(rec.clone()),
         });
+        tell_choice(observer.as_ref(), &choice);
 
         let mut run = BuildRun {
             home: &self.home,
@@ -377,6 +416,7 @@ impl Builder {
             build_type: self.origin.build_type,
             triggers: self.origin.triggers.clone(),
             network: Some(recipe.infrastructure.network),
+            builder: None,
         };
         rec.set_state(State::Pending, None);
         rec
@@ -467,6 +507,21 @@ impl Builder {
                 }),
             }
         }
+    }
+}
+
+/// Says in the build's log which builder runs the components, and why.
+fn tell_choice(observer: &dyn BuildObserver, choice: &crate::trust::BuilderChoice) {
+    observer.event(&BuildEvent::Builder {
+        choice: choice.clone(),
+    });
+    if let Some(ignored) = choice.ignored_setting {
+        observer.event(&BuildEvent::Warning {
+            message: format!(
+                "the infrastructure's `untrustedComponents: {ignored}` asks for less than this server's `trust.untrustedComponents: {}`: it is ignored",
+                choice.boundary
+            ),
+        });
     }
 }
 

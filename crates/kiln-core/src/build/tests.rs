@@ -542,3 +542,116 @@ async fn a_build_keeps_its_triggers_and_its_parent_tags_digest() {
         None
     );
 }
+
+#[tokio::test]
+async fn a_component_no_operator_account_owns_runs_in_the_vm_builder_and_the_record_says_why() {
+    let f = Fixture::new().await;
+    let dir = disk_parent(&f);
+    let tenant = Principal::new("222222222222", "bob");
+    let options = BuildOptions {
+        epoch: Some(0),
+        cache_max_bytes: u64::MAX,
+        ..BuildOptions::default()
+    };
+    let builder = |who: &Principal, launcher: Arc<FakeLauncher>| {
+        Builder::new(
+            f.home.clone(),
+            options.clone(),
+            Origin::of(who.clone()),
+            launcher,
+        )
+        .with_store(f.store.clone())
+    };
+
+    // The local account is the operator's by default: its component runs in a sandbox.
+    let launcher = greeting_launcher();
+    let rec = builder(&Principal::local("tester"), launcher.clone())
+        .build(&disk_recipe(&dir, 600), Arc::new(Unobserved))
+        .await
+        .unwrap();
+    assert_eq!(rec.state, State::Available, "{:?}", rec.failure);
+    let choice = rec.builder.clone().unwrap();
+    assert_eq!(
+        (choice.kind, choice.raised()),
+        (BuilderKind::Sandbox, false)
+    );
+    assert_ne!(rec.components[0].cache, CacheUse::InVm);
+
+    let ran_in = |launcher: &FakeLauncher| -> Vec<BuilderKind> {
+        launcher
+            .execs()
+            .into_iter()
+            .filter(|e| {
+                e.script
+                    .as_deref()
+                    .is_some_and(|s| s.contains("echo hello"))
+            })
+            .map(|e| e.kind)
+            .collect()
+    };
+    assert_eq!(ran_in(&launcher), [BuilderKind::Sandbox]);
+
+    // Another account's component (a file it gave is its own) runs in the builder VM. (The
+    // fake VM's disk is no qcow2 overlay, so the build then fails flattening it.)
+    let launcher = greeting_launcher();
+    let rec = builder(&tenant, launcher.clone())
+        .build(&disk_recipe(&dir, 600), Arc::new(Unobserved))
+        .await
+        .unwrap();
+    assert_eq!(ran_in(&launcher), [BuilderKind::Vm]);
+    let choice = rec.builder.clone().unwrap();
+    assert_eq!(choice.kind, BuilderKind::Vm);
+    assert_eq!(choice.requested, BuilderKind::Sandbox);
+    assert_eq!(choice.untrusted.len(), 1);
+    assert_eq!(choice.untrusted[0].account, "222222222222");
+    let stored = Records::new(f.store.clone()).get(&rec.arn).await.unwrap();
+    assert_eq!(stored.unwrap().builder, Some(choice));
+    let log = std::fs::read_to_string(rec.logs.join("build.log")).unwrap();
+    assert!(
+        log.contains("builder: vm (component ")
+            && log.contains("is owned by account 222222222222, not an operator account"),
+        "{log}"
+    );
+
+    // A container image cannot come out of a VM: refused before a number is taken.
+    let launcher = greeting_launcher();
+    let e = builder(&tenant, launcher.clone())
+        .build(&f.recipe(""), Arc::new(Unobserved))
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, BuildError::Trust(_)), "{text}");
+    assert!(
+        text.contains("builder: vm (component ")
+            && text.contains("makes disk images only")
+            && text.contains("trust.operatorAccounts"),
+        "{text}"
+    );
+    assert!(launcher.launches().is_empty());
+
+    // An operator that lets untrusted components run in sandboxes gets the sandbox, said so.
+    let lax = BuildOptions {
+        trust: crate::trust::TrustPolicy {
+            untrusted_components: BuilderKind::Sandbox,
+            ..Default::default()
+        },
+        ..options.clone()
+    };
+    let rec = Builder::new(
+        f.home.clone(),
+        lax,
+        Origin::of(tenant.clone()),
+        greeting_launcher(),
+    )
+    .with_store(f.store.clone())
+    .build(&f.recipe(""), Arc::new(Unobserved))
+    .await
+    .unwrap();
+    assert_eq!(rec.state, State::Available, "{:?}", rec.failure);
+    let choice = rec.builder.unwrap();
+    assert_eq!(choice.kind, BuilderKind::Sandbox);
+    assert!(
+        choice.reason().contains("lets it run in a sandbox"),
+        "{choice}"
+    );
+}

@@ -7,7 +7,8 @@ use serde_json::Value;
 use super::draft::{common, resolve_path, unreported, Checker, Draft};
 use super::{ResourceError, Resources};
 use crate::principal::Principal;
-use crate::recipe::is_name;
+use crate::recipe::{is_name, BuilderKind};
+use crate::trust::{UNTRUSTED_COMPONENTS_FIELD, UNTRUSTED_COMPONENTS_TAG};
 
 /// Keys of a distribution kiln reads for registry and bucket regions (names and tags).
 const NAMING_KEYS: [&str; 2] = [
@@ -36,7 +37,8 @@ impl Resources {
         own.push("snsTopicArn");
         let topic = self.sns_topic(principal, c, m).await?;
         let (name, description, token) = common(c, m, Kind::InfrastructureConfiguration, &own);
-        let _ = crate::recipe::infrastructure_settings(&mut c.reader, m);
+        let infra = crate::recipe::infrastructure_settings(&mut c.reader, m);
+        self.check_untrusted(c, m, infra.untrusted_components);
         if let Some(l) = m.get("logging") {
             if let Some(lm) = c.reader.map(l, "`logging`") {
                 c.reader
@@ -77,6 +79,47 @@ impl Resources {
         // cannot be deleted while this configuration names it.
         d.uses.extend(topic);
         Ok(d)
+    }
+
+    /// `untrustedComponents` (or its tag) against the server's trust policy: a setting below
+    /// its floor is refused, naming the field.
+    fn check_untrusted(&self, c: &mut Checker<'_>, m: &Map, field: Option<BuilderKind>) {
+        let hint = || {
+            Some(format!(
+                "leave it out (components no operator account owns then run in the {} builder), or raise it to `vm`",
+                self.trust().untrusted_components
+            ))
+        };
+        if let (Some(kind), Some(node)) = (field, m.get(UNTRUSTED_COMPONENTS_FIELD)) {
+            if let Err(e) = self.trust().check_setting(kind) {
+                c.error_at(node, e, hint());
+            }
+        }
+        let tag = UNTRUSTED_COMPONENTS_TAG;
+        if let Some(v) = m
+            .get("tags")
+            .and_then(|t| t.as_map())
+            .and_then(|t| t.get(tag))
+        {
+            match v.as_text() {
+                Some(text) => {
+                    if let Err(e) = self.untrusted_tag(text) {
+                        c.error_at(v, format!("tag `{tag}`: {e}"), hint());
+                    }
+                }
+                None => c.error_at(v, format!("tag `{tag}` must be text"), hint()),
+            }
+        }
+    }
+
+    /// The value of the tag [`UNTRUSTED_COMPONENTS_TAG`], checked against the trust policy.
+    pub(super) fn untrusted_tag(&self, text: &str) -> Result<BuilderKind, String> {
+        let kind = text
+            .trim()
+            .parse::<BuilderKind>()
+            .map_err(|_| format!("unknown builder `{text}`: use `vm` or `sandbox`"))?;
+        self.trust().check_setting(kind)?;
+        Ok(kind)
     }
 
     /// The kiln topic `snsTopicArn` names, which must exist in the principal's account.

@@ -264,12 +264,29 @@ pub struct ListOptions {
 #[derive(Debug, Clone)]
 pub struct Resources {
     store: Store,
+    trust: crate::trust::TrustPolicy,
 }
 
 impl Resources {
-    /// The resources of a store.
+    /// The resources of a store, under the default trust policy (untrusted components in
+    /// VMs).
     pub fn new(store: Store) -> Self {
-        Resources { store }
+        Resources {
+            store,
+            trust: crate::trust::TrustPolicy::default(),
+        }
+    }
+
+    /// Checks infrastructure configurations against the operator's trust policy: one whose
+    /// `untrustedComponents` asks for less than the policy's floor is refused.
+    pub fn with_trust(mut self, trust: crate::trust::TrustPolicy) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    /// The trust policy configurations are checked against.
+    pub fn trust(&self) -> &crate::trust::TrustPolicy {
+        &self.trust
     }
 
     /// The store.
@@ -419,6 +436,22 @@ impl Resources {
             .cloned()
             .unwrap_or_default();
         change(&mut tags);
+        if found.kind == Kind::InfrastructureConfiguration {
+            let tag = crate::trust::UNTRUSTED_COMPONENTS_TAG;
+            if let Some(v) = tags.get(tag) {
+                let checked = v
+                    .as_str()
+                    .ok_or_else(|| "it must be text".to_string())
+                    .and_then(|t| self.untrusted_tag(t));
+                if let Err(e) = checked {
+                    return Err(Invalid::message(
+                        ErrorCode::InvalidParameterValue,
+                        format!("tag `{tag}`: {e}"),
+                    )
+                    .into());
+                }
+            }
+        }
         if found.kind == Kind::ImagePipeline {
             let tag = crate::scheduler::spec::REBUILD_WHEN_TAG;
             if let Some(v) = tags.get(tag) {

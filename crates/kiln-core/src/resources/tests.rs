@@ -629,3 +629,128 @@ async fn schedules_are_checked_field_by_field_when_a_pipeline_is_stored() {
         assert!(e.to_string().contains(words), "{schedule}: {e}");
     }
 }
+
+#[tokio::test]
+async fn untrusted_components_may_raise_the_servers_floor_but_not_lower_it() {
+    use crate::recipe::BuilderKind;
+    use crate::trust::{TrustPolicy, UNTRUSTED_COMPONENTS_TAG};
+    let (_dir, res) = resources().await;
+    let infra = |name: &str, extra: serde_json::Value| {
+        let mut body = serde_json::json!({ "name": name });
+        if let (Some(o), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        api(Operation::CreateInfrastructureConfiguration, body)
+    };
+    // The default floor is `vm`: `sandbox` is refused, naming the field or the tag.
+    let e = fails(
+        &res,
+        &alice(),
+        infra("low", serde_json::json!({"untrustedComponents": "sandbox"})),
+    )
+    .await;
+    assert_eq!(e.code(), ErrorCode::InvalidParameterValue, "{e}");
+    assert_eq!(fields(&e), [Some("untrustedComponents")], "{e}");
+    assert!(
+        e.to_string()
+            .contains("asks for less than this server allows"),
+        "{e}"
+    );
+    let e = fails(
+        &res,
+        &alice(),
+        infra(
+            "low",
+            serde_json::json!({"tags": {UNTRUSTED_COMPONENTS_TAG: "sandbox"}}),
+        ),
+    )
+    .await;
+    assert_eq!(e.code(), ErrorCode::InvalidParameterValue, "{e}");
+    assert_eq!(
+        fields(&e),
+        [Some(format!("tags.{UNTRUSTED_COMPONENTS_TAG}").as_str())],
+        "{e}"
+    );
+    let e = fails(
+        &res,
+        &alice(),
+        infra("odd", serde_json::json!({"untrustedComponents": "chroot"})),
+    )
+    .await;
+    assert!(e.to_string().contains("unknown builder `chroot`"), "{e}");
+    // `vm` is always taken, as the field or the tag.
+    create(
+        &res,
+        &alice(),
+        infra("high", serde_json::json!({"untrustedComponents": "vm"})),
+    )
+    .await;
+    let tagged = create(
+        &res,
+        &alice(),
+        infra(
+            "tagged",
+            serde_json::json!({"tags": {UNTRUSTED_COMPONENTS_TAG: "vm"}}),
+        ),
+    )
+    .await;
+    // TagResource is checked the same way.
+    let e = res
+        .set_tags(&alice(), &tagged.arn, |t| {
+            t.insert(UNTRUSTED_COMPONENTS_TAG.into(), "sandbox".into());
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidParameterValue, "{e}");
+    assert!(e.to_string().contains(UNTRUSTED_COMPONENTS_TAG), "{e}");
+
+    // A server whose floor is `sandbox` takes `sandbox`.
+    let lax = res.clone().with_trust(TrustPolicy {
+        untrusted_components: BuilderKind::Sandbox,
+        ..TrustPolicy::default()
+    });
+    create(
+        &lax,
+        &alice(),
+        infra("low", serde_json::json!({"untrustedComponents": "sandbox"})),
+    )
+    .await;
+    lax.set_tags(&alice(), &tagged.arn, |t| {
+        t.insert(UNTRUSTED_COMPONENTS_TAG.into(), "sandbox".into());
+    })
+    .await
+    .unwrap();
+
+    // A pipeline's build carries the tag into its recipe's infrastructure.
+    let c = create(&lax, &alice(), component("c", serde_json::json!({}))).await;
+    let recipe = create(
+        &lax,
+        &alice(),
+        api(
+            Operation::CreateImageRecipe,
+            serde_json::json!({"name": "r", "parentImage": "bootstrap:debian/bookworm", "components": [{"componentArn": c.arn}]}),
+        ),
+    )
+    .await;
+    lax.set_tags(&alice(), &tagged.arn, |t| {
+        t.insert(UNTRUSTED_COMPONENTS_TAG.into(), "vm".into());
+    })
+    .await
+    .unwrap();
+    let pipeline = create(
+        &lax,
+        &alice(),
+        api(
+            Operation::CreateImagePipeline,
+            serde_json::json!({"name": "p", "imageRecipeArn": recipe.arn, "infrastructureConfigurationArn": tagged.arn}),
+        ),
+    )
+    .await;
+    let plan = crate::pipeline::plan(&lax, &alice(), &pipeline.arn)
+        .await
+        .unwrap();
+    assert_eq!(
+        plan.build_recipe.infrastructure.untrusted_components,
+        Some(BuilderKind::Vm)
+    );
+}
