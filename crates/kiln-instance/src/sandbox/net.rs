@@ -60,8 +60,21 @@ pub fn local_resolvers(resolv_conf: &str) -> Vec<std::net::IpAddr> {
         .collect()
 }
 
-/// Loads [`ruleset`] (atomically: `nft -f` applies a file in one transaction).
+/// Loads [`ruleset`] once per process (atomically: `nft -f` applies a file in one
+/// transaction); later sandboxes of the same kiln find it in place.
 pub fn install_firewall() -> Result<(), String> {
+    static LOADED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut loaded = LOADED
+        .lock()
+        .map_err(|_| "the firewall's lock".to_string())?;
+    if !*loaded {
+        load_firewall()?;
+        *loaded = true;
+    }
+    Ok(())
+}
+
+fn load_firewall() -> Result<(), String> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
