@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use kiln_image::{write_layer, Compression};
-use kiln_instance::sandbox::{Sandbox, SandboxSpec, HELPER_ARG};
+use kiln_instance::sandbox::{Sandbox, SandboxSpec};
 use kiln_instance::{Discard, ExecRequest, Instance};
 
 /// The first host id of the sandboxes' ranges: nothing on disk may carry one.
@@ -150,13 +150,7 @@ async fn start(d: &Dirs, id: &str) -> Sandbox {
         d.base.join("work"),
         d.base.join("root"),
     );
-    Sandbox::start(
-        spec,
-        PathBuf::from(env!("CARGO_BIN_EXE_kiln-sandbox-helper")),
-        vec![HELPER_ARG.to_string()],
-    )
-    .await
-    .unwrap()
+    common::start(spec).await
 }
 
 /// Runs the checks in order; panics naming each one that did not print `BENIGN-OK`.

@@ -25,7 +25,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use kiln_instance::host::HostInstance;
-use kiln_instance::sandbox::{Confinement, Network, Sandbox, SandboxSpec, HELPER_ARG};
+use kiln_instance::sandbox::{Confinement, Network, Sandbox, SandboxSpec};
 use kiln_instance::{Discard, ExecRequest, Instance};
 
 /// Where a probe is shown to work.
@@ -474,13 +474,7 @@ async fn start(d: &Dirs, id: &str, confinement: Confinement) -> Sandbox {
         spec.confinement = Confinement::Unconfined;
         spec.network = Network::Host;
     }
-    Sandbox::start(
-        spec,
-        PathBuf::from(env!("CARGO_BIN_EXE_kiln-sandbox-helper")),
-        vec![HELPER_ARG.to_string()],
-    )
-    .await
-    .unwrap()
+    common::start(spec).await
 }
 
 /// A confined sandbox and the controls.

@@ -24,15 +24,7 @@ fn spec(d: &Dirs, id: &str) -> SandboxSpec {
     )
 }
 
-async fn start(spec: SandboxSpec) -> Sandbox {
-    Sandbox::start(
-        spec,
-        PathBuf::from(env!("CARGO_BIN_EXE_kiln-sandbox-helper")),
-        vec![HELPER_ARG.to_string()],
-    )
-    .await
-    .unwrap()
-}
+use common::start;
 
 fn sh(script: &str) -> ExecRequest {
     ExecRequest {
