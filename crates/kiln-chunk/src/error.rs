@@ -93,6 +93,14 @@ pub enum ChunkError {
         /// The runtime's reason.
         why: String,
     },
+    /// A frame could not be sealed (an encrypted disk).
+    #[error("{doing}: {why}")]
+    Seal {
+        /// What kiln was doing.
+        doing: &'static str,
+        /// Why.
+        why: String,
+    },
 }
 
 impl ChunkError {

@@ -44,6 +44,7 @@ mod error;
 pub mod index;
 mod pack;
 mod rebuild;
+mod seal;
 #[cfg(test)]
 mod test_util;
 
@@ -51,8 +52,9 @@ pub use chunker::{chunk_file, Chunk, Chunked, Params};
 pub use digest::{BadDigest, Digest};
 pub use error::ChunkError;
 pub use index::{ChunkIndex, IndexEntry, PackRef, FORMAT_VERSION};
-pub use pack::{pack, PackFile, PackStats, Packed};
-pub use rebuild::{rebuild, PackSource, RebuildStats, MAX_GAP, MAX_READ};
+pub use pack::{pack, pack_sealed, PackFile, PackStats, Packed};
+pub use rebuild::{rebuild, rebuild_sealed, PackSource, RebuildStats, MAX_GAP, MAX_READ};
+pub use seal::FrameSeal;
 
 /// The media type of an encoded [`ChunkIndex`] blob.
 pub const INDEX_MEDIA_TYPE: &str = "application/vnd.kiln.disk.index.v1+zstd";

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use crate::index::ZSTD_LEVEL;
+use crate::seal::FrameSeal;
 use crate::{ChunkError, ChunkIndex, Chunked, Digest, IndexEntry, PackRef, FORMAT_VERSION};
 
 /// A pack blob written by [`pack`].
@@ -74,6 +75,18 @@ pub fn pack(
     known: &[ChunkIndex],
     out_dir: &Path,
 ) -> Result<Packed, ChunkError> {
+    pack_sealed(source, chunked, known, out_dir, None)
+}
+
+/// [`pack`], each new frame sealed by `seal` (an encrypted disk). `known` must be indexes
+/// of packs sealed the same way: their frames are referenced as they are.
+pub fn pack_sealed(
+    source: &Path,
+    chunked: &Chunked,
+    known: &[ChunkIndex],
+    out_dir: &Path,
+    seal: Option<&dyn FrameSeal>,
+) -> Result<Packed, ChunkError> {
     chunked.params.check()?;
     let mut known_places = HashMap::new();
     for index in known {
@@ -92,7 +105,8 @@ pub fn pack(
         .prefix(".kiln-pack-")
         .tempfile_in(out_dir)
         .map_err(ChunkError::io("creating a pack in", out_dir))?;
-    let (places, stats, pack_digest) = write_new_chunks(source, chunked, &known_places, &temp)?;
+    let (places, stats, pack_digest) =
+        write_new_chunks(source, chunked, &known_places, &temp, seal)?;
     let new_pack = if stats.chunks_new > 0 {
         let path = out_dir.join(format!("sha256-{}", pack_digest.hex()));
         temp.as_file()
@@ -129,6 +143,7 @@ fn write_new_chunks(
     chunked: &Chunked,
     known: &HashMap<Digest, Place>,
     temp: &tempfile::NamedTempFile,
+    seal: Option<&dyn FrameSeal>,
 ) -> Result<(Vec<Place>, PackStats, Digest), ChunkError> {
     let changed = |what: String| ChunkError::SourceChanged {
         path: source.to_path_buf(),
@@ -186,6 +201,13 @@ fn write_new_chunks(
                 doing: "compressing a chunk",
                 source,
             })?;
+        let frame = match seal {
+            Some(seal) => seal.seal(&frame).map_err(|why| ChunkError::Seal {
+                doing: "encrypting a chunk",
+                why,
+            })?,
+            None => frame,
+        };
         let place = Place::New {
             offset: stats.new_stored_bytes,
             // A frame is at most a little more than its chunk (<= 16 MiB).

@@ -12,6 +12,7 @@ use sha2::{Digest as _, Sha256};
 use tempfile::NamedTempFile;
 
 use crate::chunker::stream_chunks;
+use crate::seal::FrameSeal;
 use crate::{ChunkError, ChunkIndex, Digest};
 
 /// Neighbouring chunk frames closer than this are read in one request, the gap read and thrown
@@ -84,6 +85,17 @@ pub async fn rebuild(
     base: Option<&Path>,
     source: &dyn PackSource,
 ) -> Result<RebuildStats, ChunkError> {
+    rebuild_sealed(index, out, base, source, None).await
+}
+
+/// [`rebuild`] of a disk whose packs were sealed by `seal` ([`crate::pack_sealed`]).
+pub async fn rebuild_sealed(
+    index: &ChunkIndex,
+    out: &Path,
+    base: Option<&Path>,
+    source: &dyn PackSource,
+    seal: Option<&dyn FrameSeal>,
+) -> Result<RebuildStats, ChunkError> {
     index.check()?;
     let mut stats = RebuildStats::default();
     let (mut needs, zero_chunks) = needs_of(index);
@@ -126,6 +138,7 @@ pub async fn rebuild(
             temp.path(),
             source,
             &mut stats,
+            seal,
         )
         .await?;
     }
@@ -270,6 +283,7 @@ async fn fetch_range(
     out_path: &Path,
     source: &dyn PackSource,
     stats: &mut RebuildStats,
+    seal: Option<&dyn FrameSeal>,
 ) -> Result<(), ChunkError> {
     // plan() only names packs of the index.
     let pack = index.packs[fetch.pack as usize].digest;
@@ -308,7 +322,17 @@ async fn fetch_range(
             why,
         };
         let from = (offset - fetch.start) as usize;
-        let frame = &bytes[from..from + stored as usize];
+        let stored_frame = &bytes[from..from + stored as usize];
+        let opened;
+        let frame = match seal {
+            Some(seal) => {
+                opened = seal
+                    .open(stored_frame)
+                    .map_err(|why| bad(format!("it does not decrypt: {why}")))?;
+                &opened[..]
+            }
+            None => stored_frame,
+        };
         let chunk = decompressor
             .decompress(frame, need.length as usize)
             .map_err(|e| bad(format!("not a zstd frame of {} bytes: {e}", need.length)))?;

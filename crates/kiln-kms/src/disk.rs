@@ -77,6 +77,15 @@ impl DataKey {
     }
 }
 
+impl kiln_chunk::FrameSeal for DataKey {
+    fn seal(&self, frame: &[u8]) -> Result<Vec<u8>, String> {
+        DataKey::seal(self, frame).map_err(|e| e.to_string())
+    }
+    fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        DataKey::open(self, sealed).map_err(|e| e.to_string())
+    }
+}
+
 /// A data key wrapped by a KMS key: what a disk artifact carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
