@@ -7,6 +7,7 @@ mod config_regions;
 mod disk;
 mod image;
 mod instance;
+mod key;
 mod lifecycle;
 mod principal;
 mod resource;
@@ -75,6 +76,9 @@ enum Command {
     /// Topics: webhooks that hear of images AVAILABLE or FAILED (`snsTopicArn` names one).
     #[command(subcommand)]
     Topic(topic::TopicCommand),
+    /// KMS keys (a local KMS): create, list, disable, enable, grant, revoke, decryption-key.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Serve the EC2 Image Builder API (for the AWS CLI, boto3, Terraform) and run its builds.
     Serve(serve::ServeArgs),
     /// What builds used: instances' vCPU- and GiB-seconds, regions' bytes stored and sent.
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
             Command::Pipeline(c) => resource::run(resource::Which::Pipeline(c)).await,
             Command::Lifecycle(c) => lifecycle::run(c).await,
             Command::Account(c) => account::run(c).await,
+            Command::Key(c) => key::run(c),
             Command::Serve(args) => serve::run(args).await,
             Command::Topic(c) => topic::run(c).await,
             Command::Usage(args) => usage::run(args).await,
