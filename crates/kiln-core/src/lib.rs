@@ -7,6 +7,7 @@ pub mod cache;
 pub mod disk;
 pub mod instances;
 pub mod inventory;
+pub mod kms;
 pub mod lifecycle;
 pub mod managed;
 pub mod notify;

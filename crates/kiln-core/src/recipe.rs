@@ -585,6 +585,9 @@ pub struct Recipe {
     /// Warnings found while reading it (shown then; not sent along).
     #[serde(skip)]
     pub warnings: Vec<Diagnostic>,
+    /// The KMS keys it names (`kmsKeyId`, `blockDeviceMappings[].ebs.kmsKeyId`).
+    #[serde(default, skip_serializing_if = "crate::kms::RecipeKeys::is_empty")]
+    pub keys: crate::kms::RecipeKeys,
 }
 
 impl Recipe {
@@ -649,6 +652,7 @@ const TOP_KEYS: &[&str] = &[
     "disk",
     "blockDeviceMappings",
     "additionalInstanceConfiguration",
+    "kmsKeyId",
 ];
 
 /// Reads a recipe file.
@@ -691,7 +695,6 @@ pub enum Flavor {
 /// Keys of Image Builder's requests that kiln reads but does not use, with why.
 const AWS_ONLY: &[(&str, &str)] = &[
     ("amiTags", "kiln makes no AMIs"),
-    ("kmsKeyId", "kiln does not encrypt images with KMS"),
     ("platformOverride", "kiln builds Linux images"),
     ("imageOsVersionOverride", "kiln reads the OS from the image"),
     (
@@ -948,6 +951,7 @@ fn build(
         }
     }
 
+    let keys = crate::kms::read(r, m);
     Some(Recipe {
         name: name?,
         semantic_version: semantic_version?,
@@ -966,6 +970,7 @@ fn build(
         infrastructure,
         source: source.clone(),
         warnings: Vec::new(),
+        keys,
     })
 }
 

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod chunked;
 pub mod disk;
+pub mod encrypt;
 mod kind;
 pub mod layout;
 pub mod logs;

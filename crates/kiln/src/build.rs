@@ -194,6 +194,9 @@ pub async fn execute(
         s3: cfg.s3.clone(),
         regions: cfg.regions.clone(),
         trust: cfg.trust.clone(),
+        kms: kiln_core::kms::KmsSettings {
+            master_key: cfg.kms_master_key.clone(),
+        },
     };
     let launcher = Arc::new(LocalLauncher::current_exe(agent_path()));
     let observer = Arc::new(BuildTerminal {

@@ -71,6 +71,8 @@ pub struct BuildOptions {
     /// Which components are trusted, and where the others run (kiln's configuration,
     /// `trust:`).
     pub trust: crate::trust::TrustPolicy,
+    /// Where the KMS master key is (kiln's configuration, `kms:`).
+    pub kms: crate::kms::KmsSettings,
 }
 
 impl BuildOptions {
@@ -101,6 +103,9 @@ pub enum BuildError {
     /// what the recipe asks for.
     #[error(transparent)]
     Trust(#[from] crate::trust::VmRefusal),
+    /// A KMS key the recipe names cannot be used (unknown, disabled, not the account's).
+    #[error("{0}")]
+    Kms(String),
     /// The data directory failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
@@ -276,6 +281,13 @@ impl Builder {
             recipe
         };
         self.preflight(recipe)?;
+        crate::kms::check(
+            recipe,
+            &self.home,
+            &self.options.kms,
+            &self.origin.principal.account,
+        )
+        .map_err(BuildError::Kms)?;
         let started = Instant::now();
         let now = Utc::now();
         let epoch = self.options.epoch.unwrap_or(now.timestamp());

@@ -252,6 +252,10 @@ async fn pieces(
         .await
         .map_err(|e| fail(e.to_string()))?
         .map_err(|e| fail(e.to_string()))?;
+    let image = match image {
+        Some(p) => Some(super::encrypt::image_piece(run, artifact, p).await?),
+        None => None,
+    };
     pieces.extend(image);
     let Some(d) = &run.disk else {
         return Ok(pieces);

@@ -8,6 +8,7 @@
 
 pub(crate) mod disk;
 pub(crate) mod distribute;
+pub(crate) mod encrypt;
 pub(crate) mod parent;
 pub(crate) mod sandbox;
 pub(crate) mod test;
