@@ -136,9 +136,8 @@ pub async fn rebuild_sealed(
             &mut needs,
             temp.as_file(),
             temp.path(),
-            source,
+            Packs { source, seal },
             &mut stats,
-            seal,
         )
         .await?;
     }
@@ -274,6 +273,13 @@ fn plan(index: &ChunkIndex, needs: &HashMap<Digest, Need>) -> Vec<Fetch> {
     fetches
 }
 
+/// Where frames come from and how they open.
+#[derive(Clone, Copy)]
+struct Packs<'a> {
+    source: &'a dyn PackSource,
+    seal: Option<&'a dyn FrameSeal>,
+}
+
 /// Makes one range request and writes every chunk in it, each decompressed and checked.
 async fn fetch_range(
     index: &ChunkIndex,
@@ -281,10 +287,10 @@ async fn fetch_range(
     needs: &mut HashMap<Digest, Need>,
     out: &File,
     out_path: &Path,
-    source: &dyn PackSource,
+    packs: Packs<'_>,
     stats: &mut RebuildStats,
-    seal: Option<&dyn FrameSeal>,
 ) -> Result<(), ChunkError> {
+    let Packs { source, seal } = packs;
     // plan() only names packs of the index.
     let pack = index.packs[fetch.pack as usize].digest;
     let length = fetch.end - fetch.start;

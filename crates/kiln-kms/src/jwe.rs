@@ -167,11 +167,8 @@ mod tests {
 
         let mut v: serde_json::Value = serde_json::from_slice(&a).unwrap();
         let ct = v["ciphertext"].as_str().unwrap().to_string();
-        let flipped = if ct.starts_with('A') {
-            format!("B{}", &ct[1..])
-        } else {
-            format!("A{}", &ct[1..])
-        };
+        let first = if ct.starts_with('A') { 'B' } else { 'A' };
+        let flipped: String = std::iter::once(first).chain(ct.chars().skip(1)).collect();
         v["ciphertext"] = flipped.into();
         let tampered = serde_json::to_vec(&v).unwrap();
         assert!(matches!(

@@ -3,6 +3,8 @@
 //! packed plain and packed sealed under a per-image data key. The encrypted update must send
 //! at most twice the plain update's bytes (new pack + index); it is rebuilt from a local v1
 //! with the key, and not at all with another.
+// The helpers outside #[test] functions unwrap too: a failure is the test's.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -1,6 +1,8 @@
 //! The real reader: an OCI layout whose layer kiln-kms encrypted is copied by skopeo. Without
 //! the key the layer stays ciphertext (tar cannot read it, umoci refuses it); with `skopeo copy
 //! --decryption-key` the plain layer comes back and its file is there.
+// The helpers outside #[test] functions unwrap too: a failure is the test's.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::process::Command;
