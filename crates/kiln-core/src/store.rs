@@ -63,6 +63,9 @@ pub enum StoreError {
     /// Cutting a disk into chunks or packing them failed.
     #[error(transparent)]
     Chunks(#[from] kiln_chunk::ChunkError),
+    /// A KMS key or data key could not be used.
+    #[error(transparent)]
+    Kms(#[from] kiln_kms::KmsError),
 }
 
 pub(crate) fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {

@@ -26,6 +26,9 @@ pub struct ChunkedDisk {
     pub new_chunks: usize,
     /// Compressed bytes of the new chunks: the new pack's size.
     pub new_bytes: u64,
+    /// For an encrypted disk, its data key wrapped by the KMS key (carried in the artifact's
+    /// annotations); the packs and the index are sealed under it.
+    pub wrapped_key: Option<kiln_kms::WrappedDataKey>,
 }
 
 /// Cuts the raw disk at `raw` into chunks and packs those `known` (the newest earlier
@@ -36,10 +39,31 @@ pub fn pack(
     known: Option<&kiln_chunk::ChunkIndex>,
     packs_dir: &Path,
 ) -> Result<(ChunkedDisk, kiln_chunk::ChunkIndex), kiln_chunk::ChunkError> {
+    pack_keyed(raw, known, packs_dir, None)
+}
+
+/// [`pack`], encrypted when `key` is given: every new frame and the index sealed under the
+/// data key (`known` must be an index packed under the same data key).
+pub fn pack_keyed(
+    raw: &Path,
+    known: Option<&kiln_chunk::ChunkIndex>,
+    packs_dir: &Path,
+    key: Option<(&kiln_kms::DataKey, &kiln_kms::WrappedDataKey)>,
+) -> Result<(ChunkedDisk, kiln_chunk::ChunkIndex), kiln_chunk::ChunkError> {
     let chunked = kiln_chunk::chunk_file(raw, &kiln_chunk::Params::DEFAULT)?;
     let known: Vec<kiln_chunk::ChunkIndex> = known.into_iter().cloned().collect();
-    let packed = kiln_chunk::pack(raw, &chunked, &known, packs_dir)?;
+    let seal = key.map(|(k, _)| k as &dyn kiln_chunk::FrameSeal);
+    let packed = kiln_chunk::pack_sealed(raw, &chunked, &known, packs_dir, seal)?;
     let index = packed.index.encode()?;
+    // The index names chunks by their plain digests: sealed too, or it would tell a reader
+    // without the key which known blocks the disk holds.
+    let index = match key {
+        Some((k, _)) => k.seal(&index).map_err(|e| kiln_chunk::ChunkError::Seal {
+            doing: "encrypting the chunk index",
+            why: e.to_string(),
+        })?,
+        None => index,
+    };
     // The index is a blob like the packs: kept beside them under its digest, so that regions
     // of one registry mount it and distributing again finds it.
     let index_digest = crate::repo::digest_of(&index);
@@ -76,6 +100,7 @@ pub fn pack(
         chunks: packed.index.entries.len(),
         new_chunks: packed.stats.chunks_new,
         new_bytes: packed.stats.new_stored_bytes,
+        wrapped_key: key.map(|(_, w)| w.clone()),
     };
     Ok((disk, packed.index))
 }
@@ -113,6 +138,9 @@ pub enum PullError {
     /// Rebuilding failed.
     #[error(transparent)]
     Chunks(#[from] kiln_chunk::ChunkError),
+    /// The disk is encrypted and its key cannot be used.
+    #[error("{0}")]
+    Key(String),
 }
 
 struct Source<'a> {
@@ -146,6 +174,31 @@ pub async fn pull(
     reference: &str,
     out: &Path,
     base: Option<&Path>,
+) -> Result<Pulled, PullError> {
+    pull_keyed(
+        repo,
+        reference,
+        out,
+        base,
+        &|w: &kiln_kms::WrappedDataKey| {
+            Err(format!(
+                "the disk is encrypted with the KMS key {}: pull it with `kiln disk pull` as an \
+             account allowed to use that key",
+                w.key_arn
+            ))
+        },
+    )
+    .await
+}
+
+/// [`pull`] of a disk that may be encrypted: `unwrap` gives the data key of the wrapped key
+/// the artifact carries, or says why not (the key is not the account's, or is disabled).
+pub async fn pull_keyed(
+    repo: &dyn crate::repo::Repo,
+    reference: &str,
+    out: &Path,
+    base: Option<&Path>,
+    unwrap: &(dyn Fn(&kiln_kms::WrappedDataKey) -> Result<kiln_kms::DataKey, String> + Sync),
 ) -> Result<Pulled, PullError> {
     let location = repo.location();
     let manifest = repo.manifest(reference).await?.ok_or_else(|| {
@@ -186,12 +239,32 @@ pub async fn pull(
             "{location}: the chunk index {digest} does not have that digest"
         )));
     }
+    let data_key = match value
+        .get("annotations")
+        .and_then(|a| a.get(crate::encrypt::DISK_KEY_ANNOTATION))
+        .and_then(|k| k.as_str())
+    {
+        Some(text) => {
+            let wrapped: kiln_kms::WrappedDataKey = serde_json::from_str(text).map_err(|e| {
+                PullError::NotADisk(format!("{location}:{reference}: its wrapped data key: {e}"))
+            })?;
+            Some(unwrap(&wrapped).map_err(PullError::Key)?)
+        }
+        None => None,
+    };
+    let bytes = match &data_key {
+        Some(k) => k
+            .open(&bytes)
+            .map_err(|e| PullError::Key(format!("{location}:{reference}: the chunk index: {e}")))?,
+        None => bytes,
+    };
     let index = kiln_chunk::ChunkIndex::decode(&bytes)?;
     let source = Source {
         repo,
         fetched: std::sync::atomic::AtomicU64::new(size),
     };
-    let stats = kiln_chunk::rebuild(&index, out, base, &source).await?;
+    let seal = data_key.as_ref().map(|k| k as &dyn kiln_chunk::FrameSeal);
+    let stats = kiln_chunk::rebuild_sealed(&index, out, base, &source, seal).await?;
     Ok(Pulled {
         digest: index.digest.to_string(),
         size: index.size,

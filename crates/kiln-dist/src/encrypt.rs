@@ -102,3 +102,22 @@ pub fn image_piece(
         ..piece
     })
 }
+
+/// The manifest annotation of an encrypted disk artifact: its data key, wrapped by the KMS
+/// key (JSON of [`kiln_kms::WrappedDataKey`]: the key's ARN and the wrapped bytes).
+pub const DISK_KEY_ANNOTATION: &str = "dev.kiln.disk.key";
+
+/// Adds an encrypted disk's wrapped data key to its artifact manifest.
+pub fn annotate_disk(manifest: &mut serde_json::Value, disk: &crate::chunked::ChunkedDisk) {
+    let Some(w) = &disk.wrapped_key else {
+        return;
+    };
+    if let (Some(a), Ok(text)) = (
+        manifest
+            .get_mut("annotations")
+            .and_then(|a| a.as_object_mut()),
+        serde_json::to_string(w),
+    ) {
+        a.insert(DISK_KEY_ANNOTATION.into(), text.into());
+    }
+}

@@ -210,6 +210,8 @@ pub fn chunked_disk(disk: &crate::chunked::ChunkedDisk, title: &str) -> Piece {
             "dev.kiln.disk.size": disk.disk_size.to_string(),
         },
     });
+    let mut manifest = manifest;
+    crate::encrypt::annotate_disk(&mut manifest, disk);
     // serde_json's maps are sorted: the same disk gives the same bytes, and digest.
     let bytes = serde_json::to_vec(&manifest).unwrap_or_default();
     Piece {

@@ -29,6 +29,10 @@ pub struct PullArgs {
     /// An earlier version of the disk (raw) to take unchanged chunks from.
     #[arg(long)]
     pub base: Option<PathBuf>,
+    /// The account to act as for an encrypted disk's KMS key (name or 12-digit id); the local
+    /// account if unset.
+    #[arg(long, env = "KILN_ACCOUNT")]
+    pub account: Option<String>,
 }
 
 /// Runs `kiln disk ...`.
@@ -79,9 +83,20 @@ async fn pull(a: PullArgs) -> Result<u8> {
     }
     eprintln!("pulling {} into {}", a.reference, a.file.display());
     let t0 = std::time::Instant::now();
-    let pulled = kiln_dist::chunked::pull(repo.as_ref(), &tag, &raw_out, base.as_deref())
-        .await
-        .with_context(|| format!("pulling {}", a.reference))?;
+    let (store, account) = (
+        crate::key::key_store()?,
+        crate::key::account_id(a.account.as_deref())?,
+    );
+    let unwrap = |w: &kiln_kms::WrappedDataKey| {
+        store
+            .open(&w.key_arn.to_string(), &account)
+            .and_then(|k| k.unwrap_data_key(w))
+            .map_err(|e| e.to_string())
+    };
+    let pulled =
+        kiln_dist::chunked::pull_keyed(repo.as_ref(), &tag, &raw_out, base.as_deref(), &unwrap)
+            .await
+            .with_context(|| format!("pulling {}", a.reference))?;
     if format != kiln_image::disk::DiskFormat::Raw {
         convert(&raw_out, &a.file, format)?;
     }

@@ -128,7 +128,7 @@ pub fn master_key_config(node: &kiln_yaml::Node, file: &str, src: &str) -> Resul
 }
 
 /// An account name or id as its id.
-fn account_id(name: Option<&str>) -> Result<String> {
+pub fn account_id(name: Option<&str>) -> Result<String> {
     let Some(name) = name.filter(|n| !n.is_empty()) else {
         return Ok(kiln_core::principal::LOCAL_ACCOUNT.to_string());
     };

@@ -25,10 +25,28 @@ fn index_path(home: &Home, account: &str, name: &str) -> PathBuf {
         .join(name.to_ascii_lowercase())
 }
 
+/// An encrypted disk's versions are packed against each other only (`NAME.key-KEYID`): a
+/// plain index's frames are not sealed, and another key's cannot be opened by readers.
+fn keyed_index_path(
+    home: &Home,
+    account: &str,
+    name: &str,
+    key: Option<&kiln_kms::OpenKey>,
+) -> PathBuf {
+    match key {
+        None => index_path(home, account, name),
+        Some(k) => index_path(
+            home,
+            account,
+            &format!("{name}.key-{}", k.info().arn.key_id),
+        ),
+    }
+}
+
 /// The newest version's index of `name`, when every pack it uses is still here (an index
 /// whose packs are gone cannot be packed against: regions lacking them could not get them).
-fn known(home: &Home, account: &str, name: &str) -> Option<ChunkIndex> {
-    let bytes = std::fs::read(index_path(home, account, name)).ok()?;
+fn known(path: &Path, home: &Home) -> Option<ChunkIndex> {
+    let bytes = std::fs::read(path).ok()?;
     let index = ChunkIndex::decode(&bytes).ok()?;
     let dir = packs_dir(home);
     index
@@ -41,10 +59,38 @@ fn known(home: &Home, account: &str, name: &str) -> Option<ChunkIndex> {
 /// Cuts the raw disk at `raw` into chunks and packs the new ones; the index becomes the
 /// image's newest.
 pub fn pack(home: &Home, account: &str, name: &str, raw: &Path) -> Result<ChunkedDisk, StoreError> {
+    pack_keyed(home, account, name, raw, None)
+}
+
+/// [`pack`], encrypted under the image's data key for `key` when given (made on first use,
+/// kept wrapped in `$KILN_HOME/kms/datakeys`, so that versions share chunks).
+pub fn pack_keyed(
+    home: &Home,
+    account: &str,
+    name: &str,
+    raw: &Path,
+    key: Option<&kiln_kms::OpenKey>,
+) -> Result<ChunkedDisk, StoreError> {
     let dir = packs_dir(home);
     std::fs::create_dir_all(&dir).map_err(crate::store::io("creating", &dir))?;
-    let known = known(home, account, name);
-    let (disk, _) = kiln_dist::chunked::pack(raw, known.as_ref(), &dir)?;
-    crate::store::write_atomic(&index_path(home, account, name), &disk.index)?;
+    let index_path = keyed_index_path(home, account, name, key);
+    let known = known(&index_path, home);
+    let data_key = match key {
+        Some(k) => Some(kiln_kms::DataKeys::new(&home.root).for_image(
+            k,
+            account,
+            &name.to_ascii_lowercase(),
+        )?),
+        None => None,
+    };
+    let (disk, index) = kiln_dist::chunked::pack_keyed(
+        raw,
+        known.as_ref(),
+        &dir,
+        data_key.as_ref().map(|(d, w)| (d, w)),
+    )?;
+    // The index kept here is the plain one (the local store is not encrypted).
+    let plain = index.encode()?;
+    crate::store::write_atomic(&index_path, &plain)?;
     Ok(disk)
 }

@@ -270,8 +270,9 @@ async fn pieces(
         run.recipe.name.clone(),
         d.assembled.raw.clone(),
     );
+    let key = super::encrypt::disk_key(run)?;
     let chunked = tokio::task::spawn_blocking(move || {
-        crate::disk::chunks::pack(&home, &account, &name, &raw)
+        crate::disk::chunks::pack_keyed(&home, &account, &name, &raw, key.as_ref())
     })
     .await
     .map_err(|e| fail(e.to_string()))?

@@ -26,3 +26,26 @@ pub(crate) async fn image_piece(
         .map_err(|e| fail(e.to_string()))?
         .map_err(|e| fail(e.to_string()))
 }
+
+/// The KMS key the disk's chunks are encrypted with in registry and bucket regions
+/// (`blockDeviceMappings[].ebs.kmsKeyId`), opened for the build's account; `None` when the
+/// recipe names none.
+pub(crate) fn disk_key(
+    run: &crate::build::run::BuildRun<'_>,
+) -> Result<Option<kiln_kms::OpenKey>, crate::build::failure::StageFailure> {
+    let Some(k) = &run.recipe.keys.disk else {
+        return Ok(None);
+    };
+    let key = crate::kms::key_store(run.home, &run.options.kms)
+        .open(&k.key, &run.rec.account)
+        .map_err(|e| {
+            crate::build::failure::StageFailure::new(
+                crate::record::State::Distributing,
+                format!("`{}`: {e}", k.field),
+            )
+        })?;
+    run.observer.event(&crate::build::BuildEvent::Progress {
+        message: format!("encrypting the disk's chunks with {}", key.info().arn),
+    });
+    Ok(Some(key))
+}
