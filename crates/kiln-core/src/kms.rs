@@ -125,3 +125,21 @@ pub fn check(
         Err(text)
     }
 }
+
+/// The keys of `recipe` that `account` may not use now, as diagnostics at their fields: what a
+/// CreateContainerRecipe or CreateImageRecipe request is refused with
+/// (InvalidParameterValueException). The material is not opened (the request path does not
+/// know a configured master key); the build opens it before it is numbered.
+pub fn unusable(recipe: &Recipe, home: &Home, account: &str) -> Vec<Diagnostic> {
+    let store = kiln_kms::KeyStore::new(&home.root, None);
+    [&recipe.keys.image, &recipe.keys.disk]
+        .into_iter()
+        .flatten()
+        .filter_map(|k| {
+            store
+                .check_usable(&k.key, account)
+                .err()
+                .map(|e| Diagnostic::error(k.span, format!("`{}`: {e}", k.field)))
+        })
+        .collect()
+}

@@ -222,7 +222,6 @@ fn recipe_document(
     };
     for k in [
         "amiTags",
-        "kmsKeyId",
         "platformOverride",
         "imageOsVersionOverride",
         "instanceConfiguration",

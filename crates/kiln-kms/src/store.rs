@@ -205,22 +205,22 @@ impl KeyStore {
         })
     }
 
+    /// Whether `account` may use the key now (it exists, is the account's or granted, and is
+    /// enabled), without opening its material: what a request naming the key is checked with.
+    pub fn check_usable(&self, reference: &str, account: &str) -> Result<KeyInfo, KmsError> {
+        let file = self.load()?;
+        let entry = find(&file, reference, account)?;
+        usable(&entry.info, account)?;
+        Ok(entry.info.clone())
+    }
+
     /// The key with its material, for `account` to encrypt or decrypt with: refused when the
     /// key is not the account's to use or is disabled.
     pub fn open(&self, reference: &str, account: &str) -> Result<OpenKey, KmsError> {
         let file = self.load()?;
         let entry = find(&file, reference, account)?;
         let info = &entry.info;
-        if !info.permits(account) {
-            return Err(KmsError::NotPermitted {
-                key: info.arn.to_string(),
-                account: account.to_string(),
-                owner: info.arn.account.clone(),
-            });
-        }
-        if info.state == KeyState::Disabled {
-            return Err(KmsError::Disabled(info.arn.to_string()));
-        }
+        usable(info, account)?;
         let master = self.master_key(true)?;
         let sealed = base64::engine::general_purpose::STANDARD
             .decode(&entry.sealed)
@@ -338,6 +338,20 @@ impl KeyStore {
         bytes.push(b'\n');
         files::write_private(&self.path, &bytes)
     }
+}
+
+fn usable(info: &KeyInfo, account: &str) -> Result<(), KmsError> {
+    if !info.permits(account) {
+        return Err(KmsError::NotPermitted {
+            key: info.arn.to_string(),
+            account: account.to_string(),
+            owner: info.arn.account.clone(),
+        });
+    }
+    if info.state == KeyState::Disabled {
+        return Err(KmsError::Disabled(info.arn.to_string()));
+    }
+    Ok(())
 }
 
 fn seal_aad(arn: &KeyArn) -> Vec<u8> {

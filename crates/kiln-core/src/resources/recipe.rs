@@ -46,6 +46,10 @@ impl Resources {
                 return Err(c.invalid(None, all));
             }
         };
+        let unusable = crate::kms::unusable(&recipe, self.store().home(), &principal.account);
+        if !unusable.is_empty() {
+            return Err(c.invalid(None, unusable));
+        }
         let mut warnings = c.render(&recipe.warnings);
         let version = m
             .get("semanticVersion")
