@@ -270,7 +270,7 @@ async fn pieces(
         run.recipe.name.clone(),
         d.assembled.raw.clone(),
     );
-    let key = super::encrypt::disk_key(run)?;
+    let key = super::encrypt::disk_key(run).map_err(fail)?;
     let chunked = tokio::task::spawn_blocking(move || {
         crate::disk::chunks::pack_keyed(&home, &account, &name, &raw, key.as_ref())
     })

@@ -32,18 +32,13 @@ pub(crate) async fn image_piece(
 /// recipe names none.
 pub(crate) fn disk_key(
     run: &crate::build::run::BuildRun<'_>,
-) -> Result<Option<kiln_kms::OpenKey>, crate::build::failure::StageFailure> {
+) -> Result<Option<kiln_kms::OpenKey>, String> {
     let Some(k) = &run.recipe.keys.disk else {
         return Ok(None);
     };
     let key = crate::kms::key_store(run.home, &run.options.kms)
         .open(&k.key, &run.rec.account)
-        .map_err(|e| {
-            crate::build::failure::StageFailure::new(
-                crate::record::State::Distributing,
-                format!("`{}`: {e}", k.field),
-            )
-        })?;
+        .map_err(|e| format!("`{}`: {e}", k.field))?;
     run.observer.event(&crate::build::BuildEvent::Progress {
         message: format!("encrypting the disk's chunks with {}", key.info().arn),
     });
