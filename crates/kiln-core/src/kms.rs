@@ -100,10 +100,33 @@ pub fn check(
     recipe: &Recipe,
     home: &Home,
     settings: &KmsSettings,
+    regions: &crate::regions::RegionMap,
     account: &str,
 ) -> Result<(), String> {
     let store = key_store(home, settings);
     let mut text = String::new();
+    let file = recipe.source.path.display().to_string();
+    // A KubeVirt containerDisk is a whole qcow2 that KubeVirt reads as it is: it cannot be
+    // encrypted, and sending it plain would undo the disk's key.
+    if let Some(k) = &recipe.keys.disk {
+        for d in &recipe.distributions {
+            let takes = regions
+                .get(&d.region)
+                .is_some_and(crate::regions::RegionPlace::takes_container_disks);
+            if takes {
+                let diag = Diagnostic::error(
+                    k.span,
+                    format!(
+                        "`{}`: region `{}` takes KubeVirt containerDisks, which cannot be \
+                         encrypted; send the encrypted disk to regions without \
+                         `containerDisk: true`",
+                        k.field, d.region
+                    ),
+                );
+                text.push_str(&diag.render(&file, &recipe.source.text).to_string());
+            }
+        }
+    }
     for k in [&recipe.keys.image, &recipe.keys.disk]
         .into_iter()
         .flatten()
@@ -142,4 +165,98 @@ pub fn unusable(recipe: &Recipe, home: &Home, account: &str) -> Vec<Diagnostic> 
                 .map(|e| Diagnostic::error(k.span, format!("`{}`: {e}", k.field)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::{parse, RecipeSource};
+    use crate::regions::{RegionMap, RegionPlace};
+
+    fn recipe(extra: &str) -> Result<Recipe, crate::recipe::RecipeErrors> {
+        static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+        let dir = DIR.get_or_init(|| {
+            let d = tempfile::tempdir().unwrap();
+            std::fs::write(
+                d.path().join("c.yaml"),
+                "name: c\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: S\n        action: CreateFile\n        inputs:\n          - path: /x\n            content: x\n",
+            )
+            .unwrap();
+            d
+        });
+        parse(RecipeSource {
+            path: dir.path().join("r.yml"),
+            text: format!(
+                "name: r\nsemanticVersion: 1.0.0\nparentImage: bootstrap:debian/bookworm\ncomponents:\n  - path: c.yaml\n{extra}"
+            ),
+        })
+    }
+
+    #[test]
+    fn keys_are_read_where_image_builder_puts_them() {
+        let r = recipe(
+            "kmsKeyId: 0f8e2c1a-6a55-4f5b-9d3e-1b2c3d4e5f60\nblockDeviceMappings:\n  - ebs: {encrypted: true, kmsKeyId: arn:kiln:kms:local:000000000000:key/0f8e2c1a-6a55-4f5b-9d3e-1b2c3d4e5f61}\n",
+        )
+        .unwrap();
+        assert_eq!(r.keys.image.as_ref().unwrap().field, "kmsKeyId");
+        assert_eq!(
+            r.keys.disk.as_ref().unwrap().key,
+            "arn:kiln:kms:local:000000000000:key/0f8e2c1a-6a55-4f5b-9d3e-1b2c3d4e5f61"
+        );
+        let e = recipe("kmsKeyId: alias/golden\n").unwrap_err().to_string();
+        assert!(
+            e.contains("r.yml:6:11") && e.contains("not a KMS key reference"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unusable_keys_and_container_disk_regions_are_refused_at_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let store = key_store(&home, &KmsSettings::default());
+        let mine = store.create("000000000000", "").unwrap();
+        let theirs = store.create("111111111111", "").unwrap();
+        let ok = recipe(&format!("kmsKeyId: {}\n", mine.arn)).unwrap();
+        let regions = RegionMap::default();
+        check(
+            &ok,
+            &home,
+            &KmsSettings::default(),
+            &regions,
+            "000000000000",
+        )
+        .unwrap();
+        assert!(unusable(&ok, &home, "000000000000").is_empty());
+
+        let other = recipe(&format!("kmsKeyId: {}\n", theirs.arn)).unwrap();
+        let e = check(
+            &other,
+            &home,
+            &KmsSettings::default(),
+            &regions,
+            "000000000000",
+        )
+        .unwrap_err();
+        assert!(e.contains("r.yml:6:11") && e.contains("may not use"), "{e}");
+        assert_eq!(unusable(&other, &home, "000000000000").len(), 1);
+
+        let disk = recipe(&format!(
+            "blockDeviceMappings:\n  - ebs: {{kmsKeyId: {}}}\ndistributions:\n  - region: kube\n",
+            mine.arn
+        ))
+        .unwrap();
+        let kube = RegionMap {
+            regions: vec![(
+                "kube".into(),
+                RegionPlace::Registry {
+                    host: "127.0.0.1:5000".into(),
+                    namespace: None,
+                    container_disk: true,
+                },
+            )],
+        };
+        let e = check(&disk, &home, &KmsSettings::default(), &kube, "000000000000").unwrap_err();
+        assert!(e.contains("containerDisks") && e.contains("`kube`"), "{e}");
+    }
 }

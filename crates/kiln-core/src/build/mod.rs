@@ -285,6 +285,7 @@ impl Builder {
             recipe,
             &self.home,
             &self.options.kms,
+            &self.options.regions,
             &self.origin.principal.account,
         )
         .map_err(BuildError::Kms)?;
