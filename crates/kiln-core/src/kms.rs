@@ -78,6 +78,35 @@ pub fn read(r: &mut kiln_yaml::Reader, m: &Map) -> RecipeKeys {
         .and_then(|bm| bm.get("ebs"))
         .and_then(|e| e.as_map())
         .and_then(|em| key_at(r, em, "blockDeviceMappings[0].ebs.kmsKeyId"));
+    // A distribution's `amiDistributionConfiguration.kmsKeyId` names the disk's key too. One
+    // disk is packed for every region, so every such key must be the same one.
+    let mut disk = disk;
+    let items = m
+        .get("distributions")
+        .and_then(|n| n.as_seq())
+        .unwrap_or_default();
+    for (i, item) in items.iter().enumerate() {
+        let Some(ami) = item
+            .as_map()
+            .and_then(|d| d.get("amiDistributionConfiguration"))
+            .and_then(|a| a.as_map())
+        else {
+            continue;
+        };
+        let field = format!("distributions[{i}].amiDistributionConfiguration.kmsKeyId");
+        let Some(k) = key_at(r, ami, &field) else {
+            continue;
+        };
+        match &disk {
+            None => disk = Some(k),
+            Some(first) if first.key == k.key => {}
+            Some(first) => r.error(
+                k.span.unwrap_or_default(),
+                format!("`{field}` names another key than `{}`", first.field),
+                Some("the disk is packed once for every region: name one KMS key".into()),
+            ),
+        }
+    }
     RecipeKeys { image, disk }
 }
 
@@ -203,6 +232,18 @@ mod tests {
             r.keys.disk.as_ref().unwrap().key,
             "arn:kiln:kms:local:000000000000:key/0f8e2c1a-6a55-4f5b-9d3e-1b2c3d4e5f61"
         );
+        let k = "arn:kiln:kms:local:000000000000:key/0f8e2c1a-6a55-4f5b-9d3e-1b2c3d4e5f62";
+        let r = recipe(&format!(
+            "distributions:\n  - region: a\n    amiDistributionConfiguration: {{kmsKeyId: {k}}}\n  - region: b\n    amiDistributionConfiguration: {{kmsKeyId: {k}}}\n"
+        ))
+        .unwrap();
+        assert_eq!(r.keys.disk.as_ref().unwrap().key, k);
+        let e = recipe(&format!(
+            "blockDeviceMappings:\n  - ebs: {{kmsKeyId: 0f8e2c1a-6a55-4f5b-9d3e-1b2c3d4e5f60}}\ndistributions:\n  - region: a\n    amiDistributionConfiguration: {{kmsKeyId: {k}}}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("names another key") && e.contains(":10:"), "{e}");
         let e = recipe("kmsKeyId: alias/golden\n").unwrap_err().to_string();
         assert!(
             e.contains("r.yml:6:11") && e.contains("not a KMS key reference"),
