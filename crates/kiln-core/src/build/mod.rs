@@ -104,7 +104,7 @@ pub enum BuildError {
     #[error(transparent)]
     Trust(#[from] crate::trust::VmRefusal),
     /// A KMS key the recipe names cannot be used (unknown, disabled, not the account's).
-    #[error("{0}")]
+    #[error("the recipe's KMS keys:\n{0}")]
     Kms(String),
     /// The data directory failed.
     #[error(transparent)]
