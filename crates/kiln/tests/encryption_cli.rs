@@ -273,3 +273,108 @@ fn an_encrypted_image_is_read_only_with_its_key() {
         "the second version uploaded {new_uploads} blobs"
     );
 }
+
+/// A disk of 8 MiB of noise and 4 MiB of zeros.
+fn noise_disk(path: &Path) {
+    let mut bytes = Vec::with_capacity(12 << 20);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..(8 << 20) / 8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    bytes.extend(std::iter::repeat_n(0u8, 4 << 20));
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// `kiln disk pull` of an encrypted disk artifact (packed and distributed as a build's
+/// distribution does, under a key made with `kiln key create`): the owner gets the disk, whose
+/// digest is the artifact's; another account is refused and no file is made.
+#[tokio::test]
+async fn kiln_disk_pull_decrypts_for_the_key_s_accounts_only() {
+    use kiln_dist::{
+        chunked, pieces, Artifact, BuildId, Naming, OutputKind, Region, RegistryPlace, RemoteTarget,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start();
+    let config = write(dir.path(), "config.yaml", "{}\n");
+    let o = kiln_with(
+        &config,
+        &["key", "create", "--description", "disks", "-o", "json"],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let arn = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["arn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let store = kiln_kms::KeyStore::new(&home(), None);
+    let key = store.open(&arn, "000000000000").unwrap();
+    let (dk, wrapped) = kiln_kms::DataKeys::new(&home())
+        .for_image(&key, "000000000000", "pulled")
+        .unwrap();
+    let raw = dir.path().join("disk.raw");
+    noise_disk(&raw);
+    let packs = dir.path().join("packs");
+    std::fs::create_dir_all(&packs).unwrap();
+    let (c, _) = chunked::pack_keyed(&raw, None, &packs, Some((&dk, &wrapped))).unwrap();
+    let region = Region {
+        name: "eu".into(),
+        targets: vec![std::sync::Arc::new(RemoteTarget::new(
+            "eu",
+            Box::new(RegistryPlace::new(
+                &registry.host(),
+                Some("golden"),
+                Default::default(),
+            )),
+            vec![OutputKind::DiskChunks],
+            Naming::default(),
+        ))],
+    };
+    let artifact = Artifact {
+        build: BuildId {
+            name: "pulled".into(),
+            version: "1.0.0".into(),
+            build: 1,
+        },
+        image: None,
+        disk: None,
+        previous: None,
+        scratch: dir.path().join("scratch"),
+        pieces: vec![pieces::chunked_disk(&c, "pulled-1.0.0.raw")],
+    };
+    kiln_dist::distribute(&[region], &artifact, &|_: &str| {})
+        .await
+        .unwrap();
+
+    let reference = format!("docker://{}/golden/pulled/disk:1.0.0", registry.host());
+    let refused = dir.path().join("refused.raw");
+    let o = kiln_with(
+        &config,
+        &[
+            "disk",
+            "pull",
+            &reference,
+            refused.to_str().unwrap(),
+            "--account",
+            "999999999999",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("may not use"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!refused.exists());
+
+    let out = dir.path().join("out.raw");
+    let o = kiln_with(
+        &config,
+        &["disk", "pull", &reference, out.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).trim(), c.disk_digest);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&raw).unwrap());
+}
