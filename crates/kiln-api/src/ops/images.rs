@@ -59,6 +59,7 @@ fn one_off(principal: &Principal, input: &Value) -> Resource {
         "infrastructureConfigurationArn",
         "distributionConfigurationArn",
         "imageTestsConfiguration",
+        "imageScanningConfiguration",
     ] {
         if let Some(v) = input.get(k) {
             request.insert(k.into(), v.clone());
@@ -167,6 +168,13 @@ pub(crate) async fn image_object(
     if let Some(t) = &rec.tests {
         image["imageTestsConfiguration"] =
             json!({"imageTestsEnabled": t.status.as_str() != "SKIPPED"});
+    }
+    if let Some(scan) = &rec.scan {
+        let enabled = scan.status != kiln_core::scan::ScanStatus::NotRequested;
+        image["imageScanningConfiguration"] = json!({"imageScanningEnabled": enabled});
+        if let Some(word) = scan.status.api_word() {
+            image["scanState"] = json!({"status": word, "reason": scan.summary()});
+        }
     }
     image
 }
