@@ -194,8 +194,8 @@ pub async fn list(
         opts.name = Some(r.name);
         opts.version = r.version;
     }
-    // The caller's own resources, or kiln's managed components (`Amazon`); nothing is shared
-    // between accounts yet.
+    // The caller's own resources, what other accounts share with it (`Shared`), or kiln's
+    // managed components (`Amazon`).
     let owner = text(&input, "owner").unwrap_or("Self");
     let found: Vec<Resource> = match (owner, kind) {
         ("Self", _) => {
@@ -206,6 +206,9 @@ pub async fn list(
                 }
             }
             out
+        }
+        ("Shared", Kind::Component | Kind::ImageRecipe | Kind::ContainerRecipe) => {
+            app.resources.shared(principal, kind, &opts).await?
         }
         ("Amazon", Kind::Component) => kiln_core::managed::components()
             .into_iter()
