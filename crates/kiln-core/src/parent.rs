@@ -324,9 +324,12 @@ async fn newest_shared(
 ) -> Result<Option<crate::record::ImageRecord>, StoreError> {
     let mut f = crate::record::filter_of(q);
     f.shared_with = Some(viewer.to_string());
-    f.states = [crate::record::State::Available, crate::record::State::Deprecated]
-        .map(|s| s.as_str().to_string())
-        .to_vec();
+    f.states = [
+        crate::record::State::Available,
+        crate::record::State::Deprecated,
+    ]
+    .map(|s| s.as_str().to_string())
+    .to_vec();
     f.limit = Some(1);
     match records.store().db().list(&f).await?.first() {
         None => Ok(None),

@@ -118,7 +118,11 @@ pub(crate) async fn record(
     let q = match query(principal, arn) {
         Err(e) if e.status == 404 => {
             let missing = kiln_core::resources::ResourceError::NotFound(e.message.clone());
-            return Err(app.resources.refuse_write(principal, arn, missing).await?.into());
+            return Err(app
+                .resources
+                .refuse_write(principal, arn, missing)
+                .await?
+                .into());
         }
         other => other?,
     };

@@ -27,7 +27,12 @@ fn kind_of(op: Op) -> (Kind, bool) {
 }
 
 /// One of the eight operations.
-pub async fn run(app: &App, principal: &Principal, op: Op, input: Value) -> Result<Value, ApiError> {
+pub async fn run(
+    app: &App,
+    principal: &Principal,
+    op: Op,
+    input: Value,
+) -> Result<Value, ApiError> {
     let (kind, put) = kind_of(op);
     let member = arn_member(kind);
     let arn = required(&input, member)?;

@@ -35,11 +35,7 @@ pub async fn record(
     };
     let mut f = shared(&q, principal);
     f.limit = Some(1);
-    let rows = app
-        .records
-        .summaries(&f)
-        .await
-        .map_err(ApiError::service)?;
+    let rows = app.records.summaries(&f).await.map_err(ApiError::service)?;
     let found = match rows.first() {
         Some(s) => app.records.get(&s.arn).await.map_err(ApiError::service)?,
         None => None,

@@ -20,6 +20,8 @@ mod recipe;
 mod reference;
 pub mod sharing;
 #[cfg(test)]
+mod sharing_tests;
+#[cfg(test)]
 mod tests;
 mod write;
 

@@ -293,7 +293,9 @@ fn principal(
         if account == target.owner {
             return Err(err(
                 field,
-                format!("{account} owns the resource: its owner needs no grant; name other accounts"),
+                format!(
+                    "{account} owns the resource: its owner needs no grant; name other accounts"
+                ),
             ));
         }
         accounts.insert(account.to_string());
@@ -461,7 +463,11 @@ mod tests {
             ("{", "", "not JSON"),
             ("[]", "", "JSON object"),
             (r#"{"Version": "2012-10-17"}"#, "Statement", "required"),
-            (r#"{"Version": "2020-01-01", "Statement": []}"#, "Version", "2012-10-17"),
+            (
+                r#"{"Version": "2020-01-01", "Statement": []}"#,
+                "Version",
+                "2012-10-17",
+            ),
             (r#"{"Statement": [], "Extra": 1}"#, "Extra", "unknown key"),
             (
                 r#"{"Statement": [{"Effect": "Deny", "Principal": {"AWS": "222222222222"}, "Action": "imagebuilder:GetComponent"}]}"#,

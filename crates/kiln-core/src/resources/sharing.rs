@@ -180,7 +180,8 @@ impl Resources {
         arn: &str,
     ) -> Result<Row, ResourceError> {
         exact(kind, arn)?;
-        let missing = || ResourceError::NotFound(format!("no {} has the ARN `{arn}`", kind_noun(kind)));
+        let missing =
+            || ResourceError::NotFound(format!("no {} has the ARN `{arn}`", kind_noun(kind)));
         if account_of(arn) != Some(principal.account.as_str()) {
             return Err(self.refuse_write(principal, arn, missing()).await?);
         }

@@ -23,7 +23,12 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 pub async fn policies_replace_and_read_back<B2: Backend>(backend: &B2) {
     let fresh = backend.fresh().await;
     let store = &*fresh.store;
-    let row = new_row(store, resource(Kind::Component, "web", Some([1, 0, 0])), &[]).await;
+    let row = new_row(
+        store,
+        resource(Kind::Component, "web", Some([1, 0, 0])),
+        &[],
+    )
+    .await;
     assert_eq!(store.policy(&row.arn).await.must(), None);
     store
         .put_policy(&row.arn, Some(policy(&[C, B, C])))
@@ -52,23 +57,31 @@ pub async fn policies_replace_and_read_back<B2: Backend>(backend: &B2) {
 pub async fn shared_with_selects_granted_rows<B2: Backend>(backend: &B2) {
     let fresh = backend.fresh().await;
     let store = &*fresh.store;
-    let web = new_row(store, resource(Kind::Component, "web", Some([1, 0, 0])), &[]).await;
-    let db = new_row(store, resource(Kind::Component, "db", Some([1, 0, 0])), &[]).await;
+    let web = new_row(
+        store,
+        resource(Kind::Component, "web", Some([1, 0, 0])),
+        &[],
+    )
+    .await;
+    let _db = new_row(store, resource(Kind::Component, "db", Some([1, 0, 0])), &[]).await;
     let img = new_row(store, image("web", [1, 0, 0], 1), &[]).await;
     store.put_policy(&web.arn, Some(policy(&[B]))).await.must();
-    store.put_policy(&img.arn, Some(policy(&[B, C]))).await.must();
+    store
+        .put_policy(&img.arn, Some(policy(&[B, C])))
+        .await
+        .must();
     let shared = |account: &str, kind: Option<Kind>| Filter {
         kind,
         shared_with: Some(account.to_owned()),
         ..Filter::default()
     };
     let f = shared(B, Some(Kind::Component));
-    assert_eq!(arns(&store.list(&f).await.must()), [web.arn.clone()]);
+    assert_eq!(arns(&store.list(&f).await.must()), [web.arn.as_str()]);
     assert_eq!(store.count(&f).await.must(), 1);
     assert_eq!(store.list(&shared(B, None)).await.must().len(), 2);
     assert_eq!(
         arns(&store.list(&shared(C, None)).await.must()),
-        [img.arn.clone()]
+        [img.arn.as_str()]
     );
     assert!(store
         .list(&shared("333333333333", None))
@@ -79,12 +92,14 @@ pub async fn shared_with_selects_granted_rows<B2: Backend>(backend: &B2) {
         name: Some("DB".into()),
         ..shared(B, Some(Kind::Component))
     };
-    assert!(store.list(&named).await.must().is_empty(), "db is not shared");
+    assert!(
+        store.list(&named).await.must().is_empty(),
+        "db is not shared"
+    );
     // Revoking is replacing: the grantee no longer selects it.
     store.put_policy(&web.arn, Some(policy(&[C]))).await.must();
     assert!(store.list(&f).await.must().is_empty());
     assert_eq!(store.count(&f).await.must(), 0);
-    let _ = db;
 }
 
 /// Deleting a row removes its policy and grants: a row stored again under the ARN is shared
