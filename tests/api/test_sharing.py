@@ -155,6 +155,11 @@ def test_recipe_policies_share_recipes(client_a, client_b, account_a, account_b)
         client_b.get_image_recipe_policy(imageRecipeArn=img)
     with raises("ForbiddenException", 403):
         client_b.delete_container_recipe(containerRecipeArn=ctr)
+    # B's pipeline may name the shared recipe (with B's own infrastructure).
+    pipe = client_b.create_image_pipeline(name=unique("pipe"), containerRecipeArn=ctr,
+                                          infrastructureConfigurationArn=create_infrastructure(client_b),
+                                          status="DISABLED")["imagePipelineArn"]
+    assert client_b.get_image_pipeline(imagePipelineArn=pipe)["imagePipeline"]["containerRecipeArn"] == ctr
     # The recipe is shared, not its component: A shares that separately.
     with raises("ResourceNotFoundException", 404):
         client_b.get_component(componentBuildVersionArn=comp)
@@ -185,8 +190,12 @@ def test_the_grantee_builds_with_a_shared_component_until_it_is_revoked(client_a
     assert client_a.get_image(imageBuildVersionArn=image_arn)["image"]["arn"] == image_arn
     shared = client_a.list_images(owner="Shared")["imageVersionList"]
     assert version_of(image_arn) in [i["arn"] for i in shared], shared
+    builds = client_a.list_image_build_versions(imageVersionArn=version_of(image_arn))["imageSummaryList"]
+    assert [b["arn"] for b in builds] == [image_arn]
     with raises("ForbiddenException", 403):
         client_a.delete_image(imageBuildVersionArn=image_arn)
+    with raises("ForbiddenException", 403):
+        client_a.cancel_image_creation(imageBuildVersionArn=image_arn)
     with raises("InvalidParameterException", 400):
         client_a.tag_resource(resourceArn=image_arn, tags={"a": "b"})
     r = client_a.create_container_recipe(
