@@ -50,6 +50,8 @@ def test_a_shared_component_is_listed_and_read_by_the_grantee_only(client_a, cli
     mine = [c for c in listed if c["arn"] == version_of(comp)]
     assert len(mine) == 1, listed
     assert mine[0]["owner"] == account_a.account_id
+    builds = client_b.list_component_build_versions(componentVersionArn=version_of(comp))["componentSummaryList"]
+    assert [c["arn"] for c in builds] == [comp], builds
     got = client_b.get_component(componentBuildVersionArn=comp)["component"]
     assert got["arn"] == comp and got["owner"] == account_a.account_id and "echo hello" in got["data"]
     # Not B's own.
@@ -83,6 +85,8 @@ def test_a_shared_component_is_listed_and_read_by_the_grantee_only(client_a, cli
     with raises("ResourceNotFoundException", 404):
         client_c.tag_resource(resourceArn=comp, tags={"a": "b"})
     assert version_of(comp) not in shared_components(client_c)
+    assert client_c.list_component_build_versions(
+        componentVersionArn=version_of(comp)).get("componentSummaryList", []) == []
 
     # A new policy replaces the old one: revoked, B sees nothing again.
     client_a.put_component_policy(componentArn=comp, policy=nobody())
