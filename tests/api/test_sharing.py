@@ -223,3 +223,5 @@ def test_the_grantee_builds_with_a_shared_component_until_it_is_revoked(client_a
                               imageTestsConfiguration={"imageTestsEnabled": False, "timeoutMinutes": 60})
     builds = client_b.list_image_build_versions(imageVersionArn=version_of(image_arn))["imageSummaryList"]
     assert [b["arn"] for b in builds] == [image_arn], "the refused build was numbered"
+    # B's recipe naming it does not keep A from deleting its component, nor is A told of it.
+    assert client_a.delete_component(componentBuildVersionArn=comp)["componentBuildVersionArn"] == comp
