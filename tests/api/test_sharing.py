@@ -206,7 +206,11 @@ def test_the_grantee_builds_with_a_shared_component_until_it_is_revoked(client_a
         containerType="DOCKER", name=unique("child"), semanticVersion="1.0.0", parentImage=image_arn,
         components=[{"componentArn": create_component(client_a)}],
         targetRepository={"service": "ECR", "repositoryName": unique("child")})
-    assert r["containerRecipeArn"], r
+    child = client_a.create_image(
+        containerRecipeArn=r["containerRecipeArn"], infrastructureConfigurationArn=create_infrastructure(client_a),
+        imageTestsConfiguration={"imageTestsEnabled": False, "timeoutMinutes": 60})["imageBuildVersionArn"]
+    image, states = wait_for_image(client_a, child, timeout=600)
+    assert states[-1] == "AVAILABLE", (states, image.get("state"))
     client_c = client_for(new_account("api-c"))
     with raises("ResourceNotFoundException", 404):
         client_c.get_image(imageBuildVersionArn=image_arn)
