@@ -60,6 +60,10 @@ async fn a_shared_component_is_read_and_used_by_the_grantee_and_written_by_its_o
     assert!(may_use(&store, &bob().account, &wildcard).await.unwrap());
     assert!(!may_use(&store, &carol().account, &c.arn).await.unwrap());
     assert!(!may_use(&store, &bob().account, "not an arn").await.unwrap());
+    let other = format!("{}component/db/x.x.x", alice().arn_prefix());
+    assert!(!may_use(&store, &bob().account, &other).await.unwrap());
+    let all = format!("{}component/web/x.x.x", alice().arn_prefix());
+    assert!(may_use(&store, &bob().account, &all).await.unwrap());
     assert_eq!(
         res.get(&bob(), &wildcard, &[Kind::Component])
             .await
