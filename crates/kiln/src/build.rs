@@ -194,6 +194,7 @@ pub async fn execute(
         s3: cfg.s3.clone(),
         regions: cfg.regions.clone(),
         trust: cfg.trust.clone(),
+        scanning: cfg.scanning.clone(),
         kms: kiln_core::kms::KmsSettings {
             master_key: cfg.kms_master_key.clone(),
         },

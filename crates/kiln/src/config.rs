@@ -41,6 +41,8 @@ pub struct Config {
     pub regions: kiln_core::regions::RegionMap,
     /// Whose components are trusted, and where the others run (`trust:`).
     pub trust: TrustPolicy,
+    /// The scanner images are scanned with when asked (`scanning:`).
+    pub scanning: Option<kiln_core::scan::ScanSettings>,
     /// The KMS master key file (`kms: {masterKey: PATH}`); `$KILN_HOME/master.key` if unset.
     pub kms_master_key: Option<PathBuf>,
 }
@@ -96,6 +98,7 @@ impl Default for Config {
             serve: ServeConfig::default(),
             regions: Default::default(),
             trust: TrustPolicy::default(),
+            scanning: None,
             kms_master_key: None,
         }
     }
@@ -179,6 +182,9 @@ pub fn load() -> Result<Config> {
         }
         if let Some(trust) = root.as_map().and_then(|m| m.get("trust")) {
             config.trust = trust_config(trust, &file, &src)?;
+        }
+        if let Some(scanning) = root.as_map().and_then(|m| m.get("scanning")) {
+            config.scanning = Some(crate::config_scan::parse(scanning, &file, &src)?);
         }
         if let Some(kms) = root.as_map().and_then(|m| m.get("kms")) {
             config.kms_master_key = crate::key::master_key_config(kms, &file, &src)?;

@@ -110,6 +110,7 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
         s3: cfg.s3.clone(),
         regions: cfg.regions.clone(),
         trust: cfg.trust.clone(),
+        scanning: cfg.scanning.clone(),
         kms: kiln_core::kms::KmsSettings {
             master_key: cfg.kms_master_key.clone(),
         },
