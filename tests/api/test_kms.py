@@ -34,3 +34,37 @@ def test_container_recipe_kms_key(kiln, client_a, client_b, account_a, account_b
     with raises("InvalidParameterValueException", 400, mentions="is disabled"):
         create_container_recipe(client_a, [comp], kmsKeyId=key)
     kiln.run("key", "enable", key, "--account", account_a.account_id)
+
+
+def test_key_operations_through_the_server(raw, account_a, account_b, client_b):
+    """kiln's own /kiln/ key operations act as the signed account: A makes a key, B cannot see or
+    change it until A grants it, and a key B was granted is one its recipe may name."""
+    made = raw(None, "PUT", "/kiln/CreateKey", {"description": "through the API"}, account=account_a)
+    assert made.status == 200, made.body
+    key = made.json["key"]
+    assert key["accountId"] == account_a.account_id and key["keyState"] == "Enabled"
+    assert key["keyArn"].startswith(f"arn:kiln:kms:local:{account_a.account_id}:key/")
+    assert "secret" not in made.body.decode().lower()
+
+    listed = raw(None, "POST", "/kiln/ListKeys", {}, account=account_a).json["keys"]
+    assert key["keyArn"] in [k["keyArn"] for k in listed]
+    assert raw(None, "GET", "/kiln/DescribeKey", query={"keyId": key["keyId"]}, account=account_b).status == 404
+    refused = raw(None, "PUT", "/kiln/DisableKey", {"keyId": key["keyArn"]}, account=account_b)
+    assert refused.status == 403 and "only the owner" in refused.json["message"], refused.body
+    assert raw(None, "PUT", "/kiln/CreateGrant", {"keyId": key["keyId"]}, account=account_a).status == 400
+
+    granted = raw(None, "PUT", "/kiln/CreateGrant",
+                  {"keyId": key["keyId"], "granteeAccount": account_b.account_id}, account=account_a)
+    assert granted.json["key"]["grants"] == [account_b.account_id]
+    comp = create_component(client_b)
+    create_container_recipe(client_b, [comp], kmsKeyId=key["keyArn"])
+
+    off = raw(None, "PUT", "/kiln/DisableKey", {"keyId": key["keyId"]}, account=account_a)
+    assert off.json["key"]["keyState"] == "Disabled"
+    with raises("InvalidParameterValueException", 400, mentions="is disabled"):
+        create_container_recipe(client_b, [comp], kmsKeyId=key["keyArn"])
+    raw(None, "PUT", "/kiln/EnableKey", {"keyId": key["keyId"]}, account=account_a)
+    raw(None, "PUT", "/kiln/RevokeGrant",
+        {"keyId": key["keyId"], "granteeAccount": account_b.account_id}, account=account_a)
+    with raises("InvalidParameterValueException", 400, mentions="may not use"):
+        create_container_recipe(client_b, [comp], kmsKeyId=key["keyArn"])

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod builds;
 pub mod error;
+pub mod kms;
 pub mod logs;
 pub mod model;
 pub mod notices;
@@ -59,6 +60,8 @@ pub struct App {
     pub limiter: ratelimit::Limiter,
     /// Client tokens seen, and what they were answered.
     pub tokens: tokens::Tokens,
+    /// The KMS master key file (`kms.masterKey`); `$KILN_HOME/master.key` when `None`.
+    pub kms_master_key: Option<std::path::PathBuf>,
 }
 
 /// The HTTP service: every path goes through [`handle`].
@@ -122,6 +125,10 @@ async fn serve_one(
         return logs::stream(app.clone(), principal, &parts)
             .await
             .map(Answer::Stream);
+    }
+    if let Some(op) = kms::KmsOp::route(&parts.method, path) {
+        let query = parts.uri.query().unwrap_or("");
+        return kms::serve(app, &principal.account, op, query, &body).map(Answer::Json);
     }
     if let Some(op) = topics::TopicOp::route(&parts.method, path) {
         let query = parts.uri.query().unwrap_or("");

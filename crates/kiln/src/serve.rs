@@ -136,6 +136,7 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
         auth: Arc::new(SigV4::new(keys, &cfg.serve.region)),
         limiter: kiln_api::ratelimit::Limiter::new(cfg.serve.requests_per_second, cfg.serve.burst),
         tokens: kiln_api::tokens::Tokens::default(),
+        kms_master_key: cfg.kms_master_key.clone(),
     });
     // Read before anything listens: a bad certificate is told at once.
     let tls = match (&args.tls_cert, &args.tls_key) {
