@@ -511,6 +511,10 @@ pub struct ImageRecord {
     /// records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builder: Option<crate::trust::BuilderChoice>,
+    /// Outputs placed for other accounts (`targetAccountIds`): those accounts own them
+    /// (docs/registry-auth.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub account_copies: Vec<crate::registry_auth::targets::AccountCopy>,
 }
 
 /// What started a build (Image Builder's `buildType`).
@@ -1075,6 +1079,7 @@ pub(crate) mod tests {
             triggers: vec![],
             network: None,
             builder: None,
+            account_copies: Vec::new(),
         }
     }
 

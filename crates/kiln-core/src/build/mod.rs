@@ -417,6 +417,7 @@ impl Builder {
             triggers: self.origin.triggers.clone(),
             network: Some(recipe.infrastructure.network),
             builder: None,
+            account_copies: Vec::new(),
         };
         rec.set_state(State::Pending, None);
         rec

@@ -213,7 +213,15 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
         .filter(|(name, _)| !remote.contains(&name.as_str()))
         .map(|(name, dir)| crate::usage::region(name, dir, &blobs, &disk_files))
         .collect();
-    run.rec.distributing = kiln_dist::plan(&regions, &artifact);
+    let planned = kiln_dist::plan(&regions, &artifact);
+    // Another account's repository is refused before anything is written (registry-auth.md).
+    crate::registry_auth::guard::check(run.records.store(), &run.rec.account, &planned)
+        .await
+        .and_then(|()| {
+            crate::registry_auth::targets::check(&run.recipe.distributions, &run.options.regions)
+        })
+        .map_err(|e| StageFailure::new(State::Distributing, e))?;
+    run.rec.distributing = planned;
     run.enter(State::Distributing).await;
     let observer = run.observer.clone();
     let progress = move |line: &str| {
@@ -233,6 +241,19 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
             bytes_sent: mine.filter_map(|o| o.sent).sum(),
         });
     }
+    // targetAccountIds: copies in other accounts' repositories, by mounts (registry-auth.md).
+    let (copies, owners) = crate::registry_auth::targets::copy(
+        &run.recipe.distributions,
+        &run.options.regions,
+        &run.options.access(),
+        &outputs,
+        &artifact.pieces,
+    )
+    .await
+    .map_err(|e| StageFailure::new(State::Distributing, e))?;
+    let mut outputs = outputs;
+    outputs.extend(copies);
+    run.rec.account_copies = owners;
     run.rec.outputs = outputs;
     run.rec.usage.get_or_insert_with(Default::default).regions = usage;
     Ok(())
