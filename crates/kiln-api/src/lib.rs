@@ -18,6 +18,7 @@ pub mod notices;
 pub mod ops;
 pub(crate) mod query;
 pub mod ratelimit;
+pub mod registry_token;
 pub mod tls;
 pub mod tokens;
 pub mod topics;
@@ -59,6 +60,8 @@ pub struct App {
     pub limiter: ratelimit::Limiter,
     /// Client tokens seen, and what they were answered.
     pub tokens: tokens::Tokens,
+    /// The registries' token service (`/registry/token`), when the server is one.
+    pub registry_tokens: Option<Arc<registry_token::TokenService>>,
 }
 
 /// The HTTP service: every path goes through [`handle`].
@@ -115,6 +118,10 @@ async fn serve_one(
             ))
         }
     };
+    // The registries' token service takes Basic credentials of its own, not SigV4.
+    if let (Some(t), registry_token::PATH) = (&app.registry_tokens, parts.uri.path()) {
+        return Ok(Answer::Stream(t.serve(&parts).await));
+    }
     let principal = app.auth.authenticate(&parts, &body)?;
     app.limiter.check(&principal.account)?;
     let path = parts.uri.path();

@@ -9,6 +9,7 @@ mod image;
 mod instance;
 mod lifecycle;
 mod principal;
+mod registry;
 mod resource;
 mod serve;
 mod toe;
@@ -75,6 +76,9 @@ enum Command {
     /// Topics: webhooks that hear of images AVAILABLE or FAILED (`snsTopicArn` names one).
     #[command(subcommand)]
     Topic(topic::TopicCommand),
+    /// Registries whose token service kiln serve is: the registry's configuration, logins.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
     /// Serve the EC2 Image Builder API (for the AWS CLI, boto3, Terraform) and run its builds.
     Serve(serve::ServeArgs),
     /// What builds used: instances' vCPU- and GiB-seconds, regions' bytes stored and sent.
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
             Command::Lifecycle(c) => lifecycle::run(c).await,
             Command::Account(c) => account::run(c).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::Registry(c) => registry::run(c).await,
             Command::Topic(c) => topic::run(c).await,
             Command::Usage(args) => usage::run(args).await,
         }
