@@ -19,7 +19,10 @@ pub mod guard;
 pub mod jwt;
 pub mod keys;
 pub mod password;
+pub mod stage;
 pub mod targets;
+#[cfg(test)]
+mod tests;
 
 /// The user name of kiln's own credential, the one that pushes: not an account id (those are
 /// 12 digits), so no account can take it.

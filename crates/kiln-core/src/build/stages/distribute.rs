@@ -215,11 +215,16 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
         .collect();
     let planned = kiln_dist::plan(&regions, &artifact);
     // Another account's repository is refused before anything is written (registry-auth.md).
-    crate::registry_auth::guard::check(run.records.store(), &run.rec.account, &planned)
+    let (records, recipe, options) = (run.records, run.recipe, run.options);
+    let auth = crate::registry_auth::stage::Distributing {
+        store: records.store(),
+        account: run.rec.account.clone(),
+        distributions: &recipe.distributions,
+        regions: &options.regions,
+        access: options.access(),
+    };
+    auth.before(&planned)
         .await
-        .and_then(|()| {
-            crate::registry_auth::targets::check(&run.recipe.distributions, &run.options.regions)
-        })
         .map_err(|e| StageFailure::new(State::Distributing, e))?;
     run.rec.distributing = planned;
     run.enter(State::Distributing).await;
@@ -242,17 +247,10 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
         });
     }
     // targetAccountIds: copies in other accounts' repositories, by mounts (registry-auth.md).
-    let (copies, owners) = crate::registry_auth::targets::copy(
-        &run.recipe.distributions,
-        &run.options.regions,
-        &run.options.access(),
-        &outputs,
-        &artifact.pieces,
-    )
-    .await
-    .map_err(|e| StageFailure::new(State::Distributing, e))?;
-    let mut outputs = outputs;
-    outputs.extend(copies);
+    let (outputs, owners) = auth
+        .after(&artifact, &run.rec.distributing, outputs)
+        .await
+        .map_err(|e| StageFailure::new(State::Distributing, e))?;
     run.rec.account_copies = owners;
     run.rec.outputs = outputs;
     run.rec.usage.get_or_insert_with(Default::default).regions = usage;
