@@ -62,7 +62,7 @@ pub async fn grant(
     who: &Requester,
     service: &str,
     scopes: &[Scope],
-) -> Result<Vec<Access>, kiln_store::StoreError> {
+) -> Result<Vec<Access>, crate::store::StoreError> {
     let mut out = Vec::new();
     let mut records: Option<Vec<ImageRecord>> = None;
     for scope in scopes {
@@ -104,7 +104,7 @@ pub async fn grant(
 /// bodies, so each record is read by its ARN.
 pub(super) async fn records_with_outputs(
     store: &Store,
-) -> Result<Vec<ImageRecord>, kiln_store::StoreError> {
+) -> Result<Vec<ImageRecord>, crate::store::StoreError> {
     let rows = store
         .db()
         .list(&Filter {
@@ -143,7 +143,7 @@ async fn may_pull(
     account: &str,
     service: &str,
     repository: &str,
-) -> Result<bool, kiln_store::StoreError> {
+) -> Result<bool, crate::store::StoreError> {
     let location = format!("docker://{service}/{repository}");
     for rec in records {
         let Some(output) = rec.outputs.iter().find(|o| {
@@ -168,11 +168,22 @@ async fn may_pull(
         if launch_permission_names(store, rec, &output.region, account).await? {
             return Ok(true);
         }
-        // SHARING HOOK (issue 16, item 1; helper `sharing`, not on main yet): an image shared
-        // with `account` by PutImagePolicy grants pull too. When kiln-core's "may account X
-        // use ARN Y" lands, call it here: `if crate::<policy>::may_use(store, account,
-        // &rec.arn).await? { return Ok(true); }`.
+        if shared_by_policy(store, account, &rec.arn).await? {
+            return Ok(true);
+        }
     }
+    Ok(false)
+}
+
+/// SHARING HOOK (issue 16, item 1): whether a resource policy (PutImagePolicy) shares the
+/// image build `arn` with `account`. Branch `sharing` adds `crate::resources::may_use(store,
+/// account, arn)` with this very signature; it is not on main yet, so this says no. When it
+/// is merged, this body becomes `crate::resources::may_use(store, account, arn).await`.
+async fn shared_by_policy(
+    _store: &Store,
+    _account: &str,
+    _arn: &str,
+) -> Result<bool, crate::store::StoreError> {
     Ok(false)
 }
 
@@ -184,7 +195,7 @@ async fn launch_permission_names(
     rec: &ImageRecord,
     region: &str,
     account: &str,
-) -> Result<bool, kiln_store::StoreError> {
+) -> Result<bool, crate::store::StoreError> {
     for arn in rec
         .configurations
         .iter()

@@ -50,7 +50,4 @@ pub enum RegistryAuthError {
     /// A password that is not kiln's, is expired or does not verify.
     #[error("{0}")]
     Password(String),
-    /// The state store failed.
-    #[error(transparent)]
-    Store(#[from] kiln_store::StoreError),
 }
