@@ -120,9 +120,6 @@ fn writes(registry: &Registry) -> usize {
 #[test]
 fn accounts_pull_what_distribution_grants_them_and_nothing_moves() {
     let t0 = Instant::now();
-    // A Debian image to start from: the shared home's base, read as an image layout.
-    base();
-    let parent = format!("oci:{}:1.0.0", home().join("regions/local").display());
     let dir = tempfile::tempdir().unwrap();
     let kept = dir.path().to_path_buf();
     let _dir = if std::env::var_os("KILN_TEST_KEEP").is_some() {
@@ -138,6 +135,20 @@ fn accounts_pull_what_distribution_grants_them_and_nothing_moves() {
         config: d.join("config.yaml"),
     };
     std::fs::write(&env.config, "{}\n").unwrap();
+    // The tiniest parent: a root filesystem of one file (the component only writes a file).
+    std::fs::create_dir_all(d.join("root/etc")).unwrap();
+    std::fs::create_dir_all(d.join("root/tmp")).unwrap();
+    std::fs::write(d.join("root/etc/hostname"), "tiny\n").unwrap();
+    let tarred = Command::new("tar")
+        .arg("-C")
+        .arg(d.join("root"))
+        .arg("-cf")
+        .arg(d.join("root.tar"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(tarred.success());
+    let parent = format!("rootfs:{}", d.join("root.tar").display());
 
     // The token service's key and certificate, made on first use; the registry trusts them.
     let sp = free_port();

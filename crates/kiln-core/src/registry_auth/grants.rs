@@ -64,6 +64,7 @@ pub async fn grant(
     scopes: &[Scope],
 ) -> Result<Vec<Access>, crate::store::StoreError> {
     let mut out = Vec::new();
+    // Every record, read only when a scope is not found among the images named like it.
     let mut records: Option<Vec<ImageRecord>> = None;
     for scope in scopes {
         let actions: Vec<String> = match who {
@@ -77,11 +78,18 @@ pub async fn grant(
                 if scope.kind != "repository" || !scope.actions.iter().any(|a| a == "pull") {
                     Vec::new()
                 } else {
-                    if records.is_none() {
-                        records = Some(records_with_outputs(store).await?);
+                    let named = records_with_outputs(store, &names_of(&scope.name)).await?;
+                    let mut granted =
+                        may_pull(store, &named, account, service, &scope.name).await?;
+                    if !granted {
+                        // A repository named otherwise (`targetRepository.repositoryName`).
+                        if records.is_none() {
+                            records = Some(records_with_outputs(store, &[]).await?);
+                        }
+                        let all = records.as_deref().unwrap_or_default();
+                        granted = may_pull(store, all, account, service, &scope.name).await?;
                     }
-                    let all = records.as_deref().unwrap_or_default();
-                    if may_pull(store, all, account, service, &scope.name).await? {
+                    if granted {
                         vec!["pull".to_string()]
                     } else {
                         Vec::new()
@@ -100,28 +108,57 @@ pub async fn grant(
     Ok(out)
 }
 
-/// Every image record whose artifacts are in its regions. A list gives rows without their
-/// bodies, so each record is read by its ARN.
+/// The image names a repository path is likely to hold (`BASE/NAME`, `BASE/NAME/disk`,
+/// `BASE/ACCOUNT/NAME/containerdisk`): its last segment, and the one before a kind suffix.
+fn names_of(repository: &str) -> Vec<String> {
+    let mut parts = repository.rsplit('/');
+    let last = parts.next().unwrap_or_default();
+    let mut names = vec![last.to_string()];
+    if matches!(last, "disk" | "containerdisk") {
+        if let Some(before) = parts.next() {
+            names.push(before.to_string());
+        }
+    }
+    names
+}
+
+/// The image records whose artifacts are in their regions, of the names `names` (every name
+/// when empty). A list gives rows without their bodies, so each record is read by its ARN.
 pub(super) async fn records_with_outputs(
     store: &Store,
+    names: &[String],
 ) -> Result<Vec<ImageRecord>, crate::store::StoreError> {
-    let rows = store
-        .db()
-        .list(&Filter {
+    let states: Vec<String> = [
+        crate::record::State::Available,
+        crate::record::State::Deprecated,
+        crate::record::State::Disabled,
+    ]
+    .iter()
+    .map(|s| s.as_str().to_string())
+    .collect();
+    let filters: Vec<Filter> = if names.is_empty() {
+        vec![Filter {
             kind: Some(Kind::Image),
+            states,
             ..Filter::default()
-        })
-        .await?;
+        }]
+    } else {
+        names
+            .iter()
+            .map(|n| Filter {
+                kind: Some(Kind::Image),
+                name: Some(n.clone()),
+                states: states.clone(),
+                ..Filter::default()
+            })
+            .collect()
+    };
+    let mut rows = Vec::new();
+    for f in &filters {
+        rows.extend(store.db().list(f).await?);
+    }
     let mut out = Vec::new();
     for row in rows {
-        let has = row
-            .state
-            .as_deref()
-            .and_then(crate::record::State::parse)
-            .is_some_and(crate::record::State::has_artifacts);
-        if !has {
-            continue;
-        }
         let Some(full) = store.db().get(&row.arn).await? else {
             continue;
         };
@@ -249,6 +286,16 @@ mod tests {
         );
         assert_eq!(Scope::parse("repository:app"), None);
         assert_eq!(Scope::parse(":x:pull"), None);
+    }
+
+    #[test]
+    fn repositories_name_their_images() {
+        assert_eq!(names_of("golden/web"), ["web"]);
+        assert_eq!(names_of("golden/web/disk"), ["disk", "web"]);
+        assert_eq!(
+            names_of("golden/222233334444/web/containerdisk"),
+            ["containerdisk", "web"]
+        );
     }
 
     #[test]

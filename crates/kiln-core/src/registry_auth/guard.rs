@@ -19,7 +19,7 @@ pub async fn check(
     if remote.is_empty() {
         return Ok(());
     }
-    let records = super::grants::records_with_outputs(store)
+    let records = super::grants::records_with_outputs(store, &[])
         .await
         .map_err(|e| e.to_string())?;
     for rec in records {
