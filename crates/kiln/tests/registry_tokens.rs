@@ -94,17 +94,19 @@ fn inspect(auth: &Path, reference: &str) -> Result<String, String> {
 
 /// A token request to kiln's token service: the HTTP status.
 fn token_status(realm: &str, service: &str, user_password: Option<(&str, &str)>) -> u16 {
+    token_status_of(
+        &format!("{realm}?service={service}&scope=repository:x/y:pull"),
+        user_password,
+    )
+}
+
+fn token_status_of(url: &str, user_password: Option<(&str, &str)>) -> u16 {
     let mut c = Command::new("curl");
     c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]);
     if let Some((u, p)) = user_password {
         c.args(["-u", &format!("{u}:{p}")]);
     }
-    let o = c
-        .arg(format!(
-            "{realm}?service={service}&scope=repository:x/y:pull"
-        ))
-        .output()
-        .unwrap();
+    let o = c.arg(url).output().unwrap();
     text(&o.stdout).trim().parse().unwrap_or(0)
 }
 
@@ -319,6 +321,11 @@ fn accounts_pull_what_distribution_grants_them_and_nothing_moves() {
         .unwrap();
     assert!(login.status.success(), "{}", text(&login.stderr));
     let password = text(&login.stdout).trim().to_string();
+    // A good password with a request that names no service, or a malformed scope: 400.
+    assert_eq!(token_status_of(&realm, Some(("AWS", &password))), 400);
+    let bad_scope = format!("{realm}?service={host}&scope=pull");
+    assert_eq!(token_status_of(&bad_scope, Some(("AWS", &password))), 400);
+    assert_eq!(token_status(&realm, &host, Some(("AWS", &password))), 200);
     let secret = b["secretAccessKey"].as_str().unwrap();
     assert!(
         !password.contains(secret),
