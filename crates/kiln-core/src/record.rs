@@ -511,6 +511,10 @@ pub struct ImageRecord {
     /// records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builder: Option<crate::trust::BuilderChoice>,
+    /// The image scan: its findings, or why the image was not scanned; none in older records
+    /// and in builds that ended before the scan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<crate::scan::ScanRecord>,
     /// Outputs placed for other accounts (`targetAccountIds`): those accounts own them
     /// (docs/registry-auth.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -1079,6 +1083,7 @@ pub(crate) mod tests {
             triggers: vec![],
             network: None,
             builder: None,
+            scan: None,
             account_copies: Vec::new(),
         }
     }

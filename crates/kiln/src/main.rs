@@ -4,6 +4,7 @@ mod account;
 mod build;
 mod config;
 mod config_regions;
+mod config_scan;
 mod disk;
 mod image;
 mod instance;

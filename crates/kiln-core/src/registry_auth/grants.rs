@@ -3,7 +3,8 @@
 //! is now, names the account in the region's `amiDistributionConfiguration.launchPermission
 //! .userIds` (for every kind of output the image has in that region: container image, disk
 //! chunks, containerDisk). Nothing is copied to grant or revoke: the next token (at most one
-//! token lifetime later) says the new answer. Accounts never push or delete; kiln's own
+//! token lifetime later) says the new answer. An image build shared by PutImagePolicy
+//! ([`crate::resources::may_use`]) grants pull the same way. Accounts never push or delete; kiln's own
 //! service credential ([`super::SERVICE_USER`]) does both, for its distribution.
 
 use kiln_store::{Filter, Kind};
@@ -212,16 +213,14 @@ async fn may_pull(
     Ok(false)
 }
 
-/// SHARING HOOK (issue 16, item 1): whether a resource policy (PutImagePolicy) shares the
-/// image build `arn` with `account`. Branch `sharing` adds `crate::resources::may_use(store,
-/// account, arn)` with this very signature; it is not on main yet, so this says no. When it
-/// is merged, this body becomes `crate::resources::may_use(store, account, arn).await`.
+/// Whether a resource policy (PutImagePolicy) shares the image build `arn` with `account`:
+/// the sharing part's one question, [`crate::resources::may_use`].
 async fn shared_by_policy(
-    _store: &Store,
-    _account: &str,
-    _arn: &str,
+    store: &Store,
+    account: &str,
+    arn: &str,
 ) -> Result<bool, crate::store::StoreError> {
-    Ok(false)
+    crate::resources::may_use(store, account, arn).await
 }
 
 /// Whether the distribution configuration `rec` was built with names `account` now in the

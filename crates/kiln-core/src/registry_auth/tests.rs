@@ -126,3 +126,41 @@ async fn a_build_cannot_write_into_another_accounts_repository() {
         .await
         .is_ok());
 }
+
+#[tokio::test]
+async fn an_image_shared_by_policy_is_pulled_by_its_grantee_until_revoked() {
+    let d = tempfile::tempdir().unwrap();
+    let store = store_with_images(d.path()).await;
+    let carol = || Requester::Account("333333333333".into());
+    let scope = "repository:ns/app:pull";
+    assert!(actions(&store, carol(), scope).await.is_empty());
+    let res = crate::resources::Resources::new(store.clone());
+    let owner = crate::principal::Principal::new(A, "alice");
+    let arn = crate::record::image_arn(A, "app", &"1.0.0".parse().unwrap(), 1);
+    let policy = |who: &str| {
+        format!(
+            r#"{{"Statement": [{{"Effect": "Allow", "Principal": {{"AWS": "{who}"}}, "Action": "imagebuilder:GetImage"}}]}}"#
+        )
+    };
+    res.put_policy(
+        &owner,
+        kiln_store::Kind::Image,
+        &arn,
+        &policy("333333333333"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(actions(&store, carol(), scope).await, ["pull"]);
+    // Pull only, and only where the image is.
+    assert!(actions(&store, carol(), "repository:ns/app:push")
+        .await
+        .is_empty());
+    assert!(actions(&store, carol(), "repository:ns/gone:pull")
+        .await
+        .is_empty());
+    // Revoked by a policy naming someone else.
+    res.put_policy(&owner, kiln_store::Kind::Image, &arn, &policy(B))
+        .await
+        .unwrap();
+    assert!(actions(&store, carol(), scope).await.is_empty());
+}
