@@ -19,6 +19,7 @@ pub mod notices;
 pub mod ops;
 pub(crate) mod query;
 pub mod ratelimit;
+pub mod registry_token;
 pub mod tls;
 pub mod tokens;
 pub mod topics;
@@ -62,6 +63,8 @@ pub struct App {
     pub tokens: tokens::Tokens,
     /// The KMS master key file (`kms.masterKey`); `$KILN_HOME/master.key` when `None`.
     pub kms_master_key: Option<std::path::PathBuf>,
+    /// The registries' token service (`/registry/token`), when the server is one.
+    pub registry_tokens: Option<Arc<registry_token::TokenService>>,
 }
 
 /// The HTTP service: every path goes through [`handle`].
@@ -118,6 +121,10 @@ async fn serve_one(
             ))
         }
     };
+    // The registries' token service takes Basic credentials of its own, not SigV4.
+    if let (Some(t), registry_token::PATH) = (&app.registry_tokens, parts.uri.path()) {
+        return Ok(Answer::Stream(t.serve(&parts).await));
+    }
     let principal = app.auth.authenticate(&parts, &body)?;
     app.limiter.check(&principal.account)?;
     let path = parts.uri.path();

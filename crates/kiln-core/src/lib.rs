@@ -17,6 +17,7 @@ pub mod principal;
 pub mod recipe;
 pub mod record;
 pub mod regions;
+pub mod registry_auth;
 pub mod request;
 pub mod resources;
 pub mod retire;

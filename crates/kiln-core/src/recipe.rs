@@ -456,6 +456,10 @@ pub struct Distribution {
     /// the disk in registry and bucket regions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_name: Option<String>,
+    /// `amiDistributionConfiguration.targetAccountIds`: accounts that get a copy of the image
+    /// in their own repository of a registry region (`BASE/ACCOUNT/NAME`), by mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_accounts: Vec<String>,
 }
 
 impl Distribution {
@@ -466,6 +470,7 @@ impl Distribution {
             path: None,
             container: None,
             disk_name: None,
+            target_accounts: Vec::new(),
         }
     }
 }
@@ -1399,11 +1404,16 @@ fn distributions(r: &mut Reader, m: &Map, base: &Path) -> Vec<Distribution> {
         let disk_name = dm
             .get("amiDistributionConfiguration")
             .and_then(|n| disk_name(r, n));
+        let target_accounts = dm
+            .get("amiDistributionConfiguration")
+            .map(|n| crate::registry_auth::targets::target_accounts(r, n))
+            .unwrap_or_default();
         out.push(Distribution {
             region,
             path,
             container,
             disk_name,
+            target_accounts,
         });
     }
     out
@@ -2037,6 +2047,7 @@ tags:
                 path: Some("/srv/lab".into()),
                 container: None,
                 disk_name: None,
+                target_accounts: Vec::new(),
             }]
         );
         assert_eq!(r.infrastructure.limits.memory_bytes, Some(2 << 30));

@@ -515,6 +515,10 @@ pub struct ImageRecord {
     /// and in builds that ended before the scan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scan: Option<crate::scan::ScanRecord>,
+    /// Outputs placed for other accounts (`targetAccountIds`): those accounts own them
+    /// (docs/registry-auth.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub account_copies: Vec<crate::registry_auth::targets::AccountCopy>,
 }
 
 /// What started a build (Image Builder's `buildType`).
@@ -1080,6 +1084,7 @@ pub(crate) mod tests {
             network: None,
             builder: None,
             scan: None,
+            account_copies: Vec::new(),
         }
     }
 

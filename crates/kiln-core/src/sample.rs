@@ -96,6 +96,7 @@ pub fn image_record(i: usize, account: &str) -> ImageRecord {
         network: None,
         builder: None,
         scan: None,
+        account_copies: Vec::new(),
     };
     for s in [
         State::Pending,

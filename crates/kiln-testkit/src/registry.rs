@@ -34,11 +34,31 @@ impl Registry {
         Registry::spawn(None, false, "")
     }
 
+    /// A registry that wants bearer tokens from the token service at `realm` (docker-registry's
+    /// `auth: token`), signed by a key of the certificates in `rootcertbundle` for `issuer`;
+    /// its `service` is its own `127.0.0.1:PORT`.
+    pub fn start_token_auth(
+        realm: &str,
+        issuer: &str,
+        rootcertbundle: &std::path::Path,
+    ) -> Registry {
+        let port = free_port();
+        let auth = format!(
+            "auth:\n  token:\n    realm: {realm}\n    service: 127.0.0.1:{port}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+            rootcertbundle.display()
+        );
+        Registry::spawn_on(port, None, true, &auth)
+    }
+
     /// `extra` is appended to the config (an `auth:` section, say).
     pub fn spawn(user: Option<(&str, &str)>, delete: bool, extra: &str) -> Registry {
+        Registry::spawn_on(free_port(), user, delete, extra)
+    }
+
+    /// [`Registry::spawn`] on a port chosen by the caller.
+    pub fn spawn_on(port: u16, user: Option<(&str, &str)>, delete: bool, extra: &str) -> Registry {
         require_tool("docker-registry");
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mut config = format!(
             "version: 0.1\n\
              log:\n  level: info\n  formatter: text\n\

@@ -5,7 +5,7 @@ use kiln_core::parent::RegistryCredentials;
 use kiln_core::regions::{RegionMap, RegionPlace};
 use kiln_yaml::{Node, Reader};
 
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 8] = [
     "registry",
     "namespace",
     "insecure",
@@ -13,6 +13,7 @@ const KEYS: [&str; 7] = [
     "password",
     "containerDisk",
     "s3",
+    "tokenService",
 ];
 
 /// Reads `regions: {NAME: {registry: HOST, namespace: NS, insecure: BOOL, username, password,
@@ -122,7 +123,25 @@ fn registry(
     let insecure = r.boolean(rm, "insecure").unwrap_or(false);
     let username = r.string(rm, "username").unwrap_or_default();
     let password = r.string(rm, "password").unwrap_or_default();
-    if !registries.iter().any(|c| c.host == host) && (insecure || !username.is_empty()) {
+    // The registry asks this kiln for tokens: kiln pushes with its own service credential.
+    if r.boolean(rm, "tokenService").unwrap_or(false) {
+        let home = kiln_core::store::Home::new(crate::config::kiln_home());
+        match kiln_core::registry_auth::keys::TokenKey::load_or_create(&home) {
+            Ok(key) => {
+                registries.retain(|c| c.host != host);
+                registries.push(RegistryCredentials {
+                    host: host.clone(),
+                    username: kiln_core::registry_auth::SERVICE_USER.to_string(),
+                    password: key.service_password(),
+                    insecure_http: insecure,
+                });
+            }
+            Err(e) => {
+                let at = rm.get("tokenService").map(|n| n.span).unwrap_or(n.span);
+                r.error(at, format!("{what}: `tokenService`: {e}"), None);
+            }
+        }
+    } else if !registries.iter().any(|c| c.host == host) && (insecure || !username.is_empty()) {
         registries.push(RegistryCredentials {
             host: host.clone(),
             username,

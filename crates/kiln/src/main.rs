@@ -11,6 +11,7 @@ mod instance;
 mod key;
 mod lifecycle;
 mod principal;
+mod registry;
 mod resource;
 mod serve;
 mod toe;
@@ -80,6 +81,9 @@ enum Command {
     /// KMS keys (a local KMS): create, list, disable, enable, grant, revoke, decryption-key.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Registries whose token service kiln serve is: the registry's configuration, logins.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
     /// Serve the EC2 Image Builder API (for the AWS CLI, boto3, Terraform) and run its builds.
     Serve(serve::ServeArgs),
     /// What builds used: instances' vCPU- and GiB-seconds, regions' bytes stored and sent.
@@ -142,6 +146,7 @@ fn main() -> ExitCode {
             Command::Account(c) => account::run(c).await,
             Command::Key(c) => key::run(c),
             Command::Serve(args) => serve::run(args).await,
+            Command::Registry(c) => registry::run(c).await,
             Command::Topic(c) => topic::run(c).await,
             Command::Usage(args) => usage::run(args).await,
         }

@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// How long the registry tokens of `/registry/token` live, in seconds: a grant or revoke
+    /// takes effect within it (docs/registry-auth.md).
+    #[arg(long, value_name = "SECONDS", default_value_t = kiln_api::registry_token::DEFAULT_LIFETIME_SECONDS)]
+    registry_token_seconds: u64,
 }
 
 /// The accounts file, read again whenever it changes (one `stat` per request otherwise).
@@ -104,6 +108,15 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
         accounts,
         snapshot: RwLock::new(snapshot),
     });
+    let token_key = kiln_core::registry_auth::keys::TokenKey::load_or_create(&home)
+        .context("the registry token service's key")?;
+    let registry_tokens = Arc::new(kiln_api::registry_token::TokenService::new(
+        token_key,
+        crate::registry::ISSUER,
+        args.registry_token_seconds,
+        keys.clone(),
+        store.clone(),
+    ));
     let options = BuildOptions {
         cache_max_bytes: cfg.cache_max_bytes,
         registries: cfg.registries.clone(),
@@ -137,6 +150,7 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
         limiter: kiln_api::ratelimit::Limiter::new(cfg.serve.requests_per_second, cfg.serve.burst),
         tokens: kiln_api::tokens::Tokens::default(),
         kms_master_key: cfg.kms_master_key.clone(),
+        registry_tokens: Some(registry_tokens),
     });
     // Read before anything listens: a bad certificate is told at once.
     let tls = match (&args.tls_cert, &args.tls_key) {

@@ -96,6 +96,11 @@ pub async fn distribute_again(
         scratch: scratch.0.clone(),
         pieces,
     };
+    // Another account's repository is refused before anything is written (registry-auth.md).
+    let planned = kiln_dist::plan(&targets, &artifact);
+    crate::registry_auth::guard::check(records.store(), &rec.account, &planned)
+        .await
+        .map_err(AgainError::Invalid)?;
     let outputs = kiln_dist::distribute(&targets, &artifact, progress)
         .await
         .map_err(|e| AgainError::Failed(e.to_string()))?;

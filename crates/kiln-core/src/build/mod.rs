@@ -434,6 +434,7 @@ impl Builder {
             network: Some(recipe.infrastructure.network),
             builder: None,
             scan: None,
+            account_copies: Vec::new(),
         };
         rec.set_state(State::Pending, None);
         rec

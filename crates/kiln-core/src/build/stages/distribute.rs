@@ -213,7 +213,20 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
         .filter(|(name, _)| !remote.contains(&name.as_str()))
         .map(|(name, dir)| crate::usage::region(name, dir, &blobs, &disk_files))
         .collect();
-    run.rec.distributing = kiln_dist::plan(&regions, &artifact);
+    let planned = kiln_dist::plan(&regions, &artifact);
+    // Another account's repository is refused before anything is written (registry-auth.md).
+    let (records, recipe, options) = (run.records, run.recipe, run.options);
+    let auth = crate::registry_auth::stage::Distributing {
+        store: records.store(),
+        account: run.rec.account.clone(),
+        distributions: &recipe.distributions,
+        regions: &options.regions,
+        access: options.access(),
+    };
+    auth.before(&planned)
+        .await
+        .map_err(|e| StageFailure::new(State::Distributing, e))?;
+    run.rec.distributing = planned;
     run.enter(State::Distributing).await;
     let observer = run.observer.clone();
     let progress = move |line: &str| {
@@ -233,6 +246,12 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
             bytes_sent: mine.filter_map(|o| o.sent).sum(),
         });
     }
+    // targetAccountIds: copies in other accounts' repositories, by mounts (registry-auth.md).
+    let (outputs, owners) = auth
+        .after(&artifact, &run.rec.distributing, outputs)
+        .await
+        .map_err(|e| StageFailure::new(State::Distributing, e))?;
+    run.rec.account_copies = owners;
     run.rec.outputs = outputs;
     run.rec.usage.get_or_insert_with(Default::default).regions = usage;
     Ok(())
