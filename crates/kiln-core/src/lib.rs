@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 pub mod accounts;
+pub mod attest;
 pub mod build;
 pub mod cache;
 pub mod disk;
@@ -22,6 +23,7 @@ pub mod retire;
 #[cfg(feature = "sample")]
 pub mod sample;
 pub mod scheduler;
+pub mod signing;
 pub mod state;
 pub mod store;
 pub mod trust;

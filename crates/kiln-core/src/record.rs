@@ -511,6 +511,10 @@ pub struct ImageRecord {
     /// records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builder: Option<crate::trust::BuilderChoice>,
+    /// Its SBOMs and provenance, where they are kept, and the signatures and referrers
+    /// registry regions got; none before distribution, and in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supply_chain: Option<crate::attest::SupplyChainRecord>,
 }
 
 /// What started a build (Image Builder's `buildType`).
@@ -1075,6 +1079,7 @@ pub(crate) mod tests {
             triggers: vec![],
             network: None,
             builder: None,
+            supply_chain: None,
         }
     }
 

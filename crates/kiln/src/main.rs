@@ -1,6 +1,7 @@
 //! `kiln`: the command-line interface of the kiln image factory.
 
 mod account;
+mod attest;
 mod build;
 mod config;
 mod config_regions;
@@ -72,6 +73,9 @@ enum Command {
     /// Accounts and access keys for the API server (root only: the keys are secret).
     #[command(subcommand)]
     Account(account::AccountCommand),
+    /// Image signing keys: the public key images in registries are signed with.
+    #[command(subcommand)]
+    SigningKey(attest::SigningKeyCommand),
     /// Topics: webhooks that hear of images AVAILABLE or FAILED (`snsTopicArn` names one).
     #[command(subcommand)]
     Topic(topic::TopicCommand),
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
             Command::Pipeline(c) => resource::run(resource::Which::Pipeline(c)).await,
             Command::Lifecycle(c) => lifecycle::run(c).await,
             Command::Account(c) => account::run(c).await,
+            Command::SigningKey(c) => attest::signing_key(c).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Topic(c) => topic::run(c).await,
             Command::Usage(args) => usage::run(args).await,

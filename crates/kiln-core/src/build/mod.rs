@@ -417,6 +417,7 @@ impl Builder {
             triggers: self.origin.triggers.clone(),
             network: Some(recipe.infrastructure.network),
             builder: None,
+            supply_chain: None,
         };
         rec.set_state(State::Pending, None);
         rec

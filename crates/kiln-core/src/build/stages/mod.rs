@@ -10,6 +10,7 @@ pub(crate) mod disk;
 pub(crate) mod distribute;
 pub(crate) mod parent;
 pub(crate) mod sandbox;
+pub(crate) mod supply_chain;
 pub(crate) mod test;
 pub(crate) mod vm;
 
