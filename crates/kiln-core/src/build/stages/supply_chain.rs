@@ -15,6 +15,19 @@ use crate::build::failure::StageFailure;
 use crate::build::run::BuildRun;
 use crate::record::State;
 
+/// The account's signing key could not be had: the distribution fails before it writes.
+#[derive(Debug)]
+pub(crate) struct SignFailure(crate::signing::SigningError);
+
+impl From<SignFailure> for StageFailure {
+    fn from(e: SignFailure) -> Self {
+        StageFailure::new(
+            State::Distributing,
+            format!("cannot sign the image: {}", e.0),
+        )
+    }
+}
+
 /// What registry targets share: the attachments and the log of what they attached.
 pub(crate) struct Attaching {
     pub(crate) attachments: Attachments,
@@ -40,14 +53,12 @@ fn piece_subjects(name: &str, pieces: &[Piece]) -> Vec<Subject> {
 
 /// Prepares the documents and the signer for the registry pieces. A key that cannot be had
 /// fails the distribution before anything is written.
-pub(crate) fn prepare(run: &BuildRun<'_>, pieces: &[Piece]) -> Result<Attaching, StageFailure> {
+pub(crate) fn prepare(run: &BuildRun<'_>, pieces: &[Piece]) -> Result<Attaching, SignFailure> {
     let subjects = piece_subjects(&run.recipe.name, pieces);
     let documents = crate::attest::documents(&run.rec, run.recipe, &subjects, chrono::Utc::now());
     let key = crate::signing::KeyStore::new(run.home)
         .key(&run.rec.account)
-        .map_err(|e| {
-            StageFailure::new(State::Distributing, format!("cannot sign the image: {e}"))
-        })?;
+        .map_err(SignFailure)?;
     let fingerprint = key.fingerprint();
     let attachments = Attachments {
         signer: Arc::new(key),
