@@ -129,7 +129,9 @@ fn signed_attested_verified_and_refused_when_unsigned() {
     let config = write(
         dir.path(),
         "config.yaml",
-        &format!("regions:\n  east: {{registry: \"{host}\", namespace: sc}}\n"),
+        &format!(
+            "regions:\n  east: {{registry: \"{host}\", namespace: sc}}\n  west: {{registry: \"{host}\", namespace: sc-west}}\n"
+        ),
     );
     let here = dir.path().join("here");
     let r = recipe(dir.path(), "1.0.0", &here);
@@ -281,6 +283,14 @@ fn signed_attested_verified_and_refused_when_unsigned() {
         text(&o.stdout),
         text(&o.stderr)
     );
+    // Distributed again to another region: signed and attached there too.
+    let mut c = kiln_cmd(&["image", "distribute", "sc-web/1.0.0", "--region", "west"]);
+    c.env("KILN_CONFIG", &config);
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = verify(&config, &[&format!("docker://{host}/sc-west/sc-web:1.0.0")]);
+    assert!(o.status.success(), "{}\n{}", text(&o.stdout), text(&o.stderr));
+    assert!(text(&o.stdout).contains("CycloneDX 1.6 SBOM"), "{}", text(&o.stdout));
     // Another account's key does not verify it; an unsigned copy does not verify.
     let o = verify(&config, &[&reference, "--key", other.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));

@@ -19,12 +19,15 @@ use crate::record::State;
 #[derive(Debug)]
 pub(crate) struct SignFailure(crate::signing::SigningError);
 
+impl std::fmt::Display for SignFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot sign the image: {}", self.0)
+    }
+}
+
 impl From<SignFailure> for StageFailure {
     fn from(e: SignFailure) -> Self {
-        StageFailure::new(
-            State::Distributing,
-            format!("cannot sign the image: {}", e.0),
-        )
+        StageFailure::new(State::Distributing, e.to_string())
     }
 }
 
@@ -59,27 +62,7 @@ pub(crate) fn prepare(run: &BuildRun<'_>, pieces: &[Piece]) -> Result<Attaching,
     let key = crate::signing::KeyStore::new(run.home)
         .key(&run.rec.account)
         .map_err(SignFailure)?;
-    let fingerprint = key.fingerprint();
-    let attachments = Attachments {
-        signer: Arc::new(key),
-        documents: documents
-            .docs
-            .iter()
-            .map(|(k, b)| Document {
-                artifact_type: k.artifact_type().to_string(),
-                bytes: b.clone(),
-            })
-            .collect(),
-        created: crate::attest::time(run.rec.created),
-        creator: format!("kiln {}", crate::attest::KILN_VERSION),
-    };
-    Ok(Attaching {
-        attachments,
-        log: Arc::default(),
-        subjects,
-        documents,
-        fingerprint,
-    })
+    Ok(attaching(key, &run.rec, subjects, documents))
 }
 
 /// The subjects of folder regions' outputs (a layout's manifest, a disk file's digest), for a
@@ -180,4 +163,75 @@ pub(crate) fn record(run: &mut BuildRun<'_>, attaching: Option<Attaching>) {
         documents: files,
         attached,
     });
+}
+
+/// For a finished build distributed again: its account's key, and the documents its first
+/// distribution kept in its log folder (made then, about its pieces, which are the same
+/// manifests now). A build from before kiln kept documents is signed only.
+pub(crate) fn again(
+    home: &crate::store::Home,
+    rec: &crate::record::ImageRecord,
+) -> Result<Attaching, SignFailure> {
+    let key = crate::signing::KeyStore::new(home)
+        .key(&rec.account)
+        .map_err(SignFailure)?;
+    let logs = rec.logs.join("supply-chain");
+    let mut docs = Vec::new();
+    for kind in crate::attest::DocumentKind::ALL {
+        let path = logs.join(format!("{}.{}", rec.build_id().build_stem(), kind.suffix()));
+        match std::fs::read(&path) {
+            Ok(bytes) => docs.push((kind, bytes)),
+            Err(e) => tracing::warn!("{}: {e}; not attached", path.display()),
+        }
+    }
+    let subjects = rec
+        .supply_chain
+        .iter()
+        .flat_map(|s| s.subjects.iter())
+        .map(|s| Subject {
+            name: s.name.clone(),
+            digest: s.digest.clone(),
+        })
+        .collect();
+    let documents = Documents { docs };
+    Ok(attaching(key, rec, subjects, documents))
+}
+
+/// Registry targets' attachments of `documents`, signed with `key`.
+fn attaching(
+    key: crate::signing::AccountKey,
+    rec: &crate::record::ImageRecord,
+    subjects: Vec<Subject>,
+    documents: Documents,
+) -> Attaching {
+    let fingerprint = key.fingerprint();
+    let attachments = Attachments {
+        signer: Arc::new(key),
+        documents: documents
+            .docs
+            .iter()
+            .map(|(k, b)| Document {
+                artifact_type: k.artifact_type().to_string(),
+                bytes: b.clone(),
+            })
+            .collect(),
+        created: crate::attest::time(rec.created),
+        creator: format!("kiln {}", crate::attest::KILN_VERSION),
+    };
+    Attaching {
+        attachments,
+        log: Arc::default(),
+        subjects,
+        documents,
+        fingerprint,
+    }
+}
+
+/// Adds what a distribution again attached to the record.
+pub(crate) fn record_again(rec: &mut crate::record::ImageRecord, attaching: &Attaching) {
+    let attached = attaching.log.lock().map(|l| l.clone()).unwrap_or_default();
+    let sc = rec.supply_chain.get_or_insert_with(Default::default);
+    sc.signing_key
+        .get_or_insert_with(|| attaching.fingerprint.clone());
+    sc.attached.extend(attached);
 }
