@@ -289,8 +289,17 @@ fn signed_attested_verified_and_refused_when_unsigned() {
     let o = c.output().unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
     let o = verify(&config, &[&format!("docker://{host}/sc-west/sc-web:1.0.0")]);
-    assert!(o.status.success(), "{}\n{}", text(&o.stdout), text(&o.stderr));
-    assert!(text(&o.stdout).contains("CycloneDX 1.6 SBOM"), "{}", text(&o.stdout));
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    assert!(
+        text(&o.stdout).contains("CycloneDX 1.6 SBOM"),
+        "{}",
+        text(&o.stdout)
+    );
     // Another account's key does not verify it; an unsigned copy does not verify.
     let o = verify(&config, &[&reference, "--key", other.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
