@@ -125,3 +125,38 @@ pub async fn verify(records: &kiln_core::record::Records, a: VerifyArgs) -> Resu
     }
     Ok(if failed == 0 { 0 } else { 1 })
 }
+
+/// The supply-chain lines of `kiln image get`.
+pub fn write_record(
+    out: &mut impl std::io::Write,
+    sc: &kiln_core::attest::SupplyChainRecord,
+) -> std::io::Result<()> {
+    for a in &sc.attached {
+        writeln!(
+            out,
+            "  signed     {}:{} (key {}); {} referrers{}",
+            a.location,
+            a.signature_tag,
+            sc.signing_key.as_deref().unwrap_or("?"),
+            a.referrers.len(),
+            if a.referrers_api {
+                " (the registry's referrers API)".to_string()
+            } else {
+                format!(
+                    " (index tag {})",
+                    kiln_dist::attach::referrers_tag(&a.subject)
+                )
+            }
+        )?;
+    }
+    let mut dirs: Vec<&std::path::Path> = Vec::new();
+    for d in &sc.documents {
+        if let Some(dir) = d.path.parent().filter(|p| !dirs.contains(p)) {
+            dirs.push(dir);
+        }
+    }
+    for dir in dirs {
+        writeln!(out, "  sbom/slsa  {}", dir.display())?;
+    }
+    Ok(())
+}

@@ -542,6 +542,9 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
             )?;
         }
     }
+    if let Some(sc) = &r.supply_chain {
+        crate::attest::write_record(&mut out, sc)?;
+    }
     writeln!(out, "  logs       {}", r.logs.display())?;
     Ok(0)
 }
