@@ -128,6 +128,28 @@ pub struct SupplyChainRecord {
     pub attached: Vec<kiln_dist::attach::Attached>,
 }
 
+/// Removes a deleted image's documents from its folder regions (`REGION/supply-chain/`); the
+/// copies in its log folder stay with its logs.
+pub fn remove_from_regions(rec: &mut crate::record::ImageRecord) {
+    let Some(sc) = rec.supply_chain.as_mut() else {
+        return;
+    };
+    let logs = rec.logs.clone();
+    sc.documents.retain(|d| {
+        if d.path.starts_with(&logs) {
+            return true;
+        }
+        match std::fs::remove_file(&d.path) {
+            Ok(()) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                tracing::warn!("cannot remove {}: {e}", d.path.display());
+                true
+            }
+        }
+    });
+}
+
 /// A subject as the record keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SubjectRecord {
@@ -217,6 +239,34 @@ mod tests {
             .map(|(_, b)| b.clone())
             .unwrap_or_default();
         serde_json::from_slice(&bytes).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_deleted_image_leaves_its_documents_in_its_logs_only() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (mut rec, _) = sample();
+        rec.logs = tmp.path().join("logs");
+        let in_logs = rec.logs.join("supply-chain/web.spdx.json");
+        let beside = tmp.path().join("region/supply-chain/web.spdx.json");
+        let mut documents = Vec::new();
+        for p in [&in_logs, &beside] {
+            std::fs::create_dir_all(p.parent().unwrap_or(tmp.path()))
+                .unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(p, "{}").unwrap_or_else(|e| panic!("{e}"));
+            documents.push(DocumentFile {
+                kind: DocumentKind::Spdx,
+                path: p.clone(),
+                digest: String::new(),
+            });
+        }
+        rec.supply_chain = Some(SupplyChainRecord {
+            documents,
+            ..Default::default()
+        });
+        remove_from_regions(&mut rec);
+        assert!(in_logs.is_file() && !beside.exists());
+        let left = rec.supply_chain.map(|s| s.documents.len());
+        assert_eq!(left, Some(1));
     }
 
     #[test]
