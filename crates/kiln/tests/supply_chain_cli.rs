@@ -193,7 +193,7 @@ fn signed_attested_verified_and_refused_when_unsigned() {
         "kiln.yaml",
         &format!("docker:\n  {host}:\n    use-sigstore-attachments: true\n"),
     );
-    let strict_copy = |from: &str, to: &Path| {
+    let strict_copy_with = |policy: &Path, from: &str, to: &Path| {
         skopeo(&[
             "--policy",
             policy.to_str().unwrap(),
@@ -205,6 +205,7 @@ fn signed_attested_verified_and_refused_when_unsigned() {
             &format!("dir:{}", to.display()),
         ])
     };
+    let strict_copy = |from: &str, to: &Path| strict_copy_with(&policy, from, to);
     let reference = format!("docker://{host}/sc/sc-web:1.0.0");
     assert!(openssl_verifies(
         &host,
@@ -229,6 +230,18 @@ fn signed_attested_verified_and_refused_when_unsigned() {
             o.status.success(),
             "skopeo refused kiln's signature: {}",
             text(&o.stderr)
+        );
+        let wrong = write(
+            dir.path(),
+            "wrong.json",
+            &std::fs::read_to_string(&policy)
+                .unwrap()
+                .replace(key.to_str().unwrap(), other.to_str().unwrap()),
+        );
+        let o = strict_copy_with(&wrong, &reference, &dir.path().join("wrong"));
+        assert!(
+            !o.status.success(),
+            "skopeo accepted the signature with another key"
         );
     } else {
         eprintln!(
