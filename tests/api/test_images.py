@@ -13,7 +13,7 @@ from helpers import (REGION, arn, assert_forward, create_component, create_conta
 MARK = "/etc/kiln-api-test"
 
 
-def _pipeline(client, components, *, tests=True):
+def _pipeline(client, components, *, tests=True, **extra):
     name = unique("pipe")
     recipe = create_container_recipe(client, components, name=name)
     infra = create_infrastructure(client)
@@ -21,7 +21,8 @@ def _pipeline(client, components, *, tests=True):
     pipe = client.create_image_pipeline(
         name=name, containerRecipeArn=recipe, infrastructureConfigurationArn=infra,
         distributionConfigurationArn=dist,
-        imageTestsConfiguration={"imageTestsEnabled": tests, "timeoutMinutes": 60})["imagePipelineArn"]
+        imageTestsConfiguration={"imageTestsEnabled": tests, "timeoutMinutes": 60},
+        **extra)["imagePipelineArn"]
     return name, recipe, infra, dist, pipe
 
 
@@ -43,7 +44,11 @@ def test_container_pipeline_started_through_the_api(client_a, account_a, aws, ki
     word = unique("built")
     comp = create_component(client_a, data=document(
         "mark", build=f"echo {word} > {MARK}", test=f"grep -q {word} {MARK}"))
-    name, recipe, infra, dist, pipe = _pipeline(client_a, [comp])
+    # The suite's server names no scanner: the image says it was not scanned, and why.
+    name, recipe, infra, dist, pipe = _pipeline(
+        client_a, [comp], imageScanningConfiguration={"imageScanningEnabled": True})
+    got = client_a.get_image_pipeline(imagePipelineArn=pipe)["imagePipeline"]
+    assert got["imageScanningConfiguration"] == {"imageScanningEnabled": True}, got
 
     started = client_a.start_image_pipeline_execution(imagePipelineArn=pipe)
     image_arn = started["imageBuildVersionArn"]
@@ -58,6 +63,9 @@ def test_container_pipeline_started_through_the_api(client_a, account_a, aws, ki
     assert image["version"] == "1.0.0/1"
     assert image.get("type", "DOCKER") == "DOCKER"
     assert image.get("sourcePipelineArn", pipe) == pipe
+    assert image["imageScanningConfiguration"] == {"imageScanningEnabled": True}
+    assert image["scanState"]["status"] == "ABANDONED", image["scanState"]
+    assert "config.yaml" in image["scanState"]["reason"], image["scanState"]
     assert image["containerRecipe"]["arn"] == recipe
     assert "failureContext" not in image["state"]
     containers = image["outputResources"]["containers"]

@@ -22,6 +22,7 @@ pub mod resources;
 pub mod retire;
 #[cfg(feature = "sample")]
 pub mod sample;
+pub mod scan;
 pub mod scheduler;
 pub mod signing;
 pub mod state;

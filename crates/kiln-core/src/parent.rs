@@ -140,22 +140,17 @@ pub async fn resolve(cx: &ParentContext<'_>, recipe: &Recipe) -> Result<Parent, 
             build,
             account,
         } => {
-            if account.as_deref().is_some_and(|a| a != cx.account) {
-                return Err(ParentError::Unavailable {
-                    reference,
-                    why: format!(
-                        "it names an image of another account than this build's ({})",
-                        cx.account
-                    ),
-                });
-            }
+            // Another account's image is a parent only as far as its owner shares it with
+            // this build's account (PutImagePolicy); of it, this account sees nothing else.
+            let owner = account.as_deref().unwrap_or(cx.account);
             let q = ImageQuery {
-                account: Some(cx.account.to_string()),
+                account: Some(owner.to_string()),
                 name: name.clone(),
                 version: Some(*version),
                 build: *build,
             };
-            built_by_kiln(cx, &q, reference).await
+            let shared = (owner != cx.account).then_some(cx.account);
+            built_by_kiln(cx, &q, reference, shared).await
         }
     }
 }
@@ -321,21 +316,44 @@ async fn pulled(cx: &ParentContext<'_>, r: &str, reference: String) -> Result<Pa
     Ok(p)
 }
 
+/// The newest AVAILABLE build a query names among those shared with `viewer`.
+async fn newest_shared(
+    records: &Records,
+    q: &ImageQuery,
+    viewer: &str,
+) -> Result<Option<crate::record::ImageRecord>, StoreError> {
+    let mut f = crate::record::filter_of(q);
+    f.shared_with = Some(viewer.to_string());
+    f.states = [
+        crate::record::State::Available,
+        crate::record::State::Deprecated,
+    ]
+    .map(|s| s.as_str().to_string())
+    .to_vec();
+    f.limit = Some(1);
+    match records.store().db().list(&f).await?.first() {
+        None => Ok(None),
+        Some(row) => records.get(&row.arn).await,
+    }
+}
+
 /// An earlier build: the newest AVAILABLE one the query names, from the build's own store.
 async fn built_by_kiln(
     cx: &ParentContext<'_>,
     q: &ImageQuery,
     reference: String,
+    shared_with: Option<&str>,
 ) -> Result<Parent, ParentError> {
     let unavailable = |why: String| ParentError::Unavailable {
         reference: reference.clone(),
         why,
     };
     let records = cx.records;
-    let found = records
-        .newest_available(q)
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
+    let found = match shared_with {
+        None => records.newest_available(q).await,
+        Some(viewer) => newest_shared(records, q, viewer).await,
+    }
+    .map_err(|e| unavailable(e.to_string()))?;
     let Some(rec) = found else {
         let name = &q.name;
         let mut any = crate::record::filter_of(&ImageQuery {
@@ -345,6 +363,7 @@ async fn built_by_kiln(
             build: None,
         });
         any.limit = Some(10);
+        any.shared_with = shared_with.map(str::to_string);
         let known: Vec<String> = records
             .summaries(&any)
             .await

@@ -281,6 +281,9 @@ fn recipe_document(
         None => vec![json!({"region": "local"})],
     };
     o.insert("distributions".into(), Value::Array(regions));
+    if let Some(t) = pipeline.request.get("imageScanningConfiguration") {
+        o.insert("imageScanningConfiguration".into(), t.clone());
+    }
     if let Some(t) = pipeline.request.get("imageTestsConfiguration") {
         o.insert("imageTestsConfiguration".into(), t.clone());
     }

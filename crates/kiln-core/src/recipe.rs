@@ -280,6 +280,37 @@ impl Default for TestsConfig {
     }
 }
 
+/// Image scanning (`imageScanningConfiguration`): the scanner itself is kiln's configuration's
+/// (`scanning:`), the recipe or pipeline only asks for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScanningConfig {
+    /// Scan the image during TESTING (`imageScanningEnabled`).
+    pub enabled: bool,
+}
+
+/// Reads `imageScanningConfiguration` (of a recipe file or a pipeline), every problem reported
+/// at its place; `ecrConfiguration` is accepted with a warning (kiln scans where it tests).
+pub(crate) fn scanning_config(r: &mut Reader, sm: &Map) -> ScanningConfig {
+    let mut scanning = ScanningConfig::default();
+    r.known_keys(
+        sm,
+        &["imageScanningEnabled", "ecrConfiguration"],
+        "`imageScanningConfiguration`",
+    );
+    if let Some(e) = r.boolean(sm, "imageScanningEnabled") {
+        scanning.enabled = e;
+    }
+    if let Some(n) = sm.get("ecrConfiguration") {
+        r.warn(
+            n.span,
+            "kiln scans the image's filesystem with the scanner in its configuration (`scanning:`), not in an ECR repository: `ecrConfiguration` is ignored",
+            None,
+        );
+    }
+    scanning
+}
+
 /// The keys of `imageTestsConfiguration`: Image Builder's, then kiln's own.
 const TESTS_KEYS: &[&str] = &["imageTestsEnabled", "timeoutMinutes", "maxBootSeconds"];
 
@@ -568,6 +599,9 @@ pub struct Recipe {
     pub working_directory: String,
     /// Tests.
     pub tests: TestsConfig,
+    /// Whether the tested image is scanned (`imageScanningConfiguration`).
+    #[serde(default)]
+    pub scanning: ScanningConfig,
     /// Outputs.
     pub outputs: Vec<OutputFormat>,
     /// Disk image settings (used when `outputs` has `disk`).
@@ -640,6 +674,7 @@ const TOP_KEYS: &[&str] = &[
     "components",
     "workingDirectory",
     "imageTestsConfiguration",
+    "imageScanningConfiguration",
     "outputs",
     "imageConfig",
     "distributions",
@@ -823,6 +858,13 @@ fn build(
         }
     }
 
+    let mut scanning = ScanningConfig::default();
+    if let Some(s) = m.get("imageScanningConfiguration") {
+        if let Some(sm) = r.map(s, "`imageScanningConfiguration`") {
+            scanning = scanning_config(r, sm);
+        }
+    }
+
     let infrastructure = infrastructure(r, m);
     let mut outputs = if infrastructure.builder == BuilderKind::Vm || flavor == Flavor::ImageRecipe
     {
@@ -958,6 +1000,7 @@ fn build(
         components,
         working_directory,
         tests,
+        scanning,
         outputs,
         disk,
         image_config,
@@ -984,6 +1027,10 @@ fn resource_keys(r: &mut Reader, m: &Map, flavor: Flavor) {
         (
             "imageTestsConfiguration",
             "the pipeline (its imageTestsConfiguration)",
+        ),
+        (
+            "imageScanningConfiguration",
+            "the pipeline (its imageScanningConfiguration)",
         ),
     ];
     let mut allowed: Vec<&str> = TOP_KEYS

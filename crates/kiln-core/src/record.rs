@@ -511,6 +511,10 @@ pub struct ImageRecord {
     /// records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builder: Option<crate::trust::BuilderChoice>,
+    /// The image scan: its findings, or why the image was not scanned; none in older records
+    /// and in builds that ended before the scan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<crate::scan::ScanRecord>,
     /// Its SBOMs and provenance, where they are kept, and the signatures and referrers
     /// registry regions got; none before distribution, and in older records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1079,6 +1083,7 @@ pub(crate) mod tests {
             triggers: vec![],
             network: None,
             builder: None,
+            scan: None,
             supply_chain: None,
         }
     }

@@ -95,6 +95,7 @@ pub fn image_record(i: usize, account: &str) -> ImageRecord {
         triggers: vec![],
         network: None,
         builder: None,
+        scan: None,
         supply_chain: None,
     };
     for s in [

@@ -2,9 +2,10 @@
 //!
 //! A component is *trusted* when one of the operator's accounts owns it, or when it is one of
 //! kiln's own (the managed components under AWS's ARNs, kiln's built-in guest-agent layer).
-//! Every other component (a tenant's own, later a shared or third-party one) is *untrusted*,
-//! and runs behind the boundary the operator chose for them: by default the VM builder, whose
-//! boundary is the hypervisor, rather than the sandbox, whose boundary is the host's kernel.
+//! Every other component (a tenant's own, one another account shares, a third party's) is
+//! *untrusted*, and runs behind the boundary the operator chose for them: by default the VM
+//! builder, whose boundary is the hypervisor, rather than the sandbox, whose boundary is the
+//! host's kernel.
 //!
 //! The operator's choice ([`TrustPolicy`], `trust:` in kiln's configuration) is a floor: an
 //! infrastructure configuration (`untrustedComponents`, or the tag

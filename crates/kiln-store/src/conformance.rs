@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use crate::{Created, Filter, Kind, Order, Row, StateStore, StoreError, Update};
 
+mod grants;
 mod queue;
+pub use grants::*;
 pub use queue::*;
 
 /// A fresh store under test and what keeps it alive.
@@ -108,6 +110,9 @@ macro_rules! conformance_tests {
             update_stores_its_outbox_in_its_transaction,
             retries_and_drops,
             scheduled_runs_are_claimed_once,
+            policies_replace_and_read_back,
+            shared_with_selects_granted_rows,
+            deleting_a_row_drops_its_policy,
         );
         // Two worker threads, so that the callers race in parallel rather than take turns.
         $crate::conformance_tests!(@each $backend; (flavor = "multi_thread", worker_threads = 2);

@@ -15,8 +15,11 @@ use std::path::PathBuf;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod grants;
 mod queue;
 mod sqlite;
+
+pub use grants::Policy;
 
 pub use queue::{Delivery, Message, MessageState, Queued, Run};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
@@ -177,6 +180,9 @@ pub struct Filter {
     pub limit: Option<u32>,
     /// Rows to skip before the first returned one.
     pub offset: u32,
+    /// Only rows whose resource policy grants this account (an account id): what is shared
+    /// with it.
+    pub shared_with: Option<String>,
 }
 
 /// Result of [`StateStore::create`].
@@ -328,6 +334,14 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
 
     /// A pipeline's claimed runs, the latest scheduled instant first, at most `limit`.
     async fn runs(&self, pipeline: &str, limit: u32) -> Result<Vec<Run>, StoreError>;
+
+    /// Replaces the resource policy of row `arn` and its grants, in one transaction: `Some`
+    /// stores the new one (the grants become exactly its `grantees`), `None` removes it.
+    /// `Err(NotFound)` when no row has the ARN. Deleting the row removes its policy.
+    async fn put_policy(&self, arn: &str, policy: Option<Policy>) -> Result<(), StoreError>;
+
+    /// The resource policy of row `arn`, if it has one.
+    async fn policy(&self, arn: &str) -> Result<Option<Policy>, StoreError>;
 
     /// [`StateStore::import_with_refs`] for rows without references.
     async fn import(&self, rows: Vec<Row>) -> Result<u64, StoreError> {

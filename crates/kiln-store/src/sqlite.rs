@@ -19,14 +19,15 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 
 use crate::{
-    Created, Delivery, Filter, Kind, MakeBuild, Message, Order, Queued, Row, Run, StateStore,
-    StoreError, Update,
+    Created, Delivery, Filter, Kind, MakeBuild, Message, Order, Policy, Queued, Row, Run,
+    StateStore, StoreError, Update,
 };
 
+mod grants;
 mod queue;
 
 /// Newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Schema scripts: `MIGRATIONS[n]` takes the database from version n to n + 1.
 const MIGRATIONS: &[&str] = &[
@@ -124,6 +125,21 @@ CREATE TABLE schedule_runs (
     note TEXT NOT NULL,
     PRIMARY KEY (pipeline, at_ms)
 );
+"#,
+    // 4: resource policies (PutComponentPolicy and its kin) and the accounts each grants, so
+    // that what is shared with an account is found from the account.
+    r#"
+CREATE TABLE policies (
+    arn TEXT PRIMARY KEY,
+    document TEXT NOT NULL
+);
+
+CREATE TABLE grants (
+    arn TEXT NOT NULL,
+    account TEXT NOT NULL,
+    PRIMARY KEY (arn, account)
+);
+CREATE INDEX grants_account ON grants (account, arn);
 "#,
 ];
 
@@ -749,6 +765,7 @@ impl SqliteStore {
                 users,
             });
         }
+        self.drop_policy_in(conn, arn).await?;
         for sql in [
             "DELETE FROM refs WHERE from_arn = ?",
             "DELETE FROM client_tokens WHERE arn = ?",
@@ -1044,6 +1061,14 @@ impl StateStore for SqliteStore {
     async fn runs(&self, pipeline: &str, limit: u32) -> Result<Vec<Run>, StoreError> {
         self.pipeline_runs(pipeline, limit).await
     }
+
+    async fn put_policy(&self, arn: &str, policy: Option<Policy>) -> Result<(), StoreError> {
+        self.put_policy_tx(arn, policy).await
+    }
+
+    async fn policy(&self, arn: &str) -> Result<Option<Policy>, StoreError> {
+        self.policy_of(arn).await
+    }
 }
 
 /// Connection settings; `create` only for a new store, so that a database file that vanished
@@ -1268,6 +1293,11 @@ fn push_filter<'a>(
         if let Some(upper) = successor(prefix) {
             qb.push(" AND arn < ").push_bind(upper);
         }
+    }
+    if let Some(account) = &filter.shared_with {
+        qb.push(" AND arn IN (SELECT arn FROM grants WHERE account = ")
+            .push_bind(account.as_str())
+            .push(")");
     }
 }
 

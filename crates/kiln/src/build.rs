@@ -194,6 +194,7 @@ pub async fn execute(
         s3: cfg.s3.clone(),
         regions: cfg.regions.clone(),
         trust: cfg.trust.clone(),
+        scanning: cfg.scanning.clone(),
     };
     let launcher = Arc::new(LocalLauncher::current_exe(agent_path()));
     let observer = Arc::new(BuildTerminal {

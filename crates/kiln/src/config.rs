@@ -41,6 +41,8 @@ pub struct Config {
     pub regions: kiln_core::regions::RegionMap,
     /// Whose components are trusted, and where the others run (`trust:`).
     pub trust: TrustPolicy,
+    /// The scanner images are scanned with when asked (`scanning:`).
+    pub scanning: Option<kiln_core::scan::ScanSettings>,
 }
 
 /// `serve: {listen, region, concurrency, requestsPerSecond, burst, scheduleEverySeconds,
@@ -94,6 +96,7 @@ impl Default for Config {
             serve: ServeConfig::default(),
             regions: Default::default(),
             trust: TrustPolicy::default(),
+            scanning: None,
         }
     }
 }
@@ -176,6 +179,9 @@ pub fn load() -> Result<Config> {
         }
         if let Some(trust) = root.as_map().and_then(|m| m.get("trust")) {
             config.trust = trust_config(trust, &file, &src)?;
+        }
+        if let Some(scanning) = root.as_map().and_then(|m| m.get("scanning")) {
+            config.scanning = Some(crate::config_scan::parse(scanning, &file, &src)?);
         }
         if let Some(cache) = root.as_map().and_then(|m| m.get("cache")) {
             let size = cache

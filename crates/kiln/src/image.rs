@@ -359,6 +359,32 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
     if let Some(b) = &r.builder {
         writeln!(out, "  builder    {b}")?;
     }
+    if let Some(scan) = &r.scan {
+        writeln!(out, "  scan       {}", scan.summary())?;
+        for f in scan.findings.iter().take(10) {
+            let fixed = f
+                .fixed_in
+                .as_deref()
+                .map(|v| format!(", fixed in {v}"))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "             {} {} in {} {}{fixed}",
+                f.severity, f.id, f.package, f.version
+            )?;
+        }
+        if scan.total > 10 {
+            writeln!(
+                out,
+                "             ... {} more in {}",
+                scan.total - 10,
+                scan.output
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            )?;
+        }
+    }
     if let Some(p) = &r.parent {
         writeln!(
             out,

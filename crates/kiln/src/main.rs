@@ -5,6 +5,7 @@ mod attest;
 mod build;
 mod config;
 mod config_regions;
+mod config_scan;
 mod disk;
 mod image;
 mod instance;

@@ -110,6 +110,7 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
         s3: cfg.s3.clone(),
         regions: cfg.regions.clone(),
         trust: cfg.trust.clone(),
+        scanning: cfg.scanning.clone(),
         ..BuildOptions::default()
     };
     let launcher: Arc<dyn kiln_instance::Launcher> =

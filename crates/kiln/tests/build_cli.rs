@@ -720,3 +720,128 @@ fn cache_opt_out_reboots_disabled_tests_logs_and_prune() {
         text(&o.stdout)
     );
 }
+
+/// The scanning hook: the configured scanner sees the image's filesystem read-only, its
+/// findings are recorded, `failOn` fails the tests, and with no scanner the record says so.
+#[test]
+fn the_configured_scanner_sees_the_image_and_its_findings_are_recorded() {
+    let parent = base();
+    let dir = tempfile::tempdir().unwrap();
+    // A scanner of the test's own: it proves it sees the image (a file only the base has, the
+    // bash version in its dpkg database) and that it cannot write to it.
+    let scanner = write(
+        dir.path(),
+        "scanner.sh",
+        "#!/bin/sh\nroot=\"$1\"\n\
+         test -f \"$root/etc/kiln-test-base\" || { echo \"no image at $root\" >&2; exit 3; }\n\
+         test -f \"$root/etc/scanned-component\" || { echo 'the component is missing' >&2; exit 3; }\n\
+         if touch \"$root/etc/written-by-scanner\" 2>/dev/null; then echo 'the image is writable' >&2; exit 4; fi\n\
+         v=$(sed -n '/^Package: bash$/,/^$/s/^Version: //p' \"$root/var/lib/dpkg/status\")\n\
+         printf '{\"findings\":[{\"id\":\"KILN-TEST-2\",\"severity\":\"low\",\"package\":\"zlib1g\",\"version\":\"1\"},{\"id\":\"KILN-TEST-1\",\"severity\":\"High\",\"package\":\"bash\",\"version\":\"%s\",\"fixedIn\":\"99\"}]}' \"$v\"\n",
+    );
+    std::fs::set_permissions(
+        &scanner,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    write(
+        dir.path(),
+        "mark.yaml",
+        "name: mark\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Mark\n        action: CreateFile\n        inputs:\n          - path: /etc/scanned-component\n            content: yes\n",
+    );
+    let config = |extra: &str| {
+        write(
+            dir.path(),
+            "config.yaml",
+            &format!(
+                "scanning:\n  command: [{}, \"{{root}}\"]\n{extra}",
+                scanner.display()
+            ),
+        )
+    };
+    let build = |name: &str, config: Option<&Path>| {
+        let recipe = write(
+            dir.path(),
+            "recipe.yml",
+            &format!(
+                "name: {name}\nsemanticVersion: 1.0.0\nparentImage: {parent}\ncomponents:\n  - path: mark.yaml\nimageScanningConfiguration:\n  imageScanningEnabled: true\ndistributions:\n  - region: r1\n    path: {}\n",
+                dir.path().join(name).display()
+            ),
+        );
+        let mut c = kiln_cmd(&["build", recipe.to_str().unwrap()]);
+        c.env(
+            "KILN_CONFIG",
+            config.map_or_else(|| dir.path().join("none.yaml"), Path::to_path_buf),
+        );
+        c.output().unwrap()
+    };
+    let id = std::process::id();
+
+    let scanned = format!("scanned-{id}");
+    let o = build(&scanned, Some(&config("")));
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let rec = record(&format!("{scanned}/1.0.0/1"));
+    let scan = &rec["scan"];
+    assert_eq!(scan["status"], "COMPLETED", "{scan}");
+    assert_eq!(scan["total"], 2);
+    assert_eq!(scan["counts"]["HIGH"], 1);
+    assert_eq!(
+        scan["findings"][0]["id"], "KILN-TEST-1",
+        "the worst first: {scan}"
+    );
+    let bash = rec["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "bash")
+        .unwrap()["version"]
+        .clone();
+    assert_eq!(
+        scan["findings"][0]["version"], bash,
+        "the scanner read the image's dpkg database"
+    );
+    let output = scan["output"].as_str().unwrap();
+    assert!(std::fs::read_to_string(output)
+        .unwrap()
+        .contains("KILN-TEST-2"));
+    let shown = text(&kiln(&["image", "get", &format!("{scanned}/1.0.0/1")]).stdout);
+    assert!(
+        shown.contains("scanned: 2 findings (1 HIGH, 1 LOW)")
+            && shown.contains("HIGH KILN-TEST-1 in bash"),
+        "{shown}"
+    );
+
+    // failOn: the scan's findings fail the tests, and nothing is distributed.
+    let refused = format!("scan-refused-{id}");
+    let o = build(&refused, Some(&config("  failOn: high\n")));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("in TESTING") && out.contains("KILN-TEST-1 (HIGH, bash"),
+        "{out}"
+    );
+    assert!(
+        !dir.path().join(&refused).exists(),
+        "a refused image was distributed"
+    );
+
+    // Asked for, but kiln has no scanner: built, and the record says it was not scanned.
+    let unscanned = format!("unscanned-{id}");
+    let o = build(&unscanned, None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let rec = record(&format!("{unscanned}/1.0.0/1"));
+    assert_eq!(rec["scan"]["status"], "NOT_SCANNED");
+    assert!(
+        rec["scan"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("config.yaml"),
+        "{}",
+        rec["scan"]
+    );
+}

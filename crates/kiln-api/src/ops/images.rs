@@ -59,6 +59,7 @@ fn one_off(principal: &Principal, input: &Value) -> Resource {
         "infrastructureConfigurationArn",
         "distributionConfigurationArn",
         "imageTestsConfiguration",
+        "imageScanningConfiguration",
     ] {
         if let Some(v) = input.get(k) {
             request.insert(k.into(), v.clone());
@@ -108,13 +109,24 @@ fn query(principal: &Principal, arn: &str) -> Result<ImageQuery, ApiError> {
 }
 
 /// The record an image ARN names in `principal`'s account (the newest build for a version
-/// ARN).
+/// ARN). Another account's image is not the principal's to change: `ForbiddenException` when
+/// it is shared with the principal, not found otherwise.
 pub(crate) async fn record(
     app: &App,
     principal: &Principal,
     arn: &str,
 ) -> Result<ImageRecord, ApiError> {
-    let q = query(principal, arn)?;
+    let q = match query(principal, arn) {
+        Err(e) if e.status == 404 => {
+            let missing = kiln_core::resources::ResourceError::NotFound(e.message.clone());
+            return Err(app
+                .resources
+                .refuse_write(principal, arn, missing)
+                .await?
+                .into());
+        }
+        other => other?,
+    };
     app.records
         .newest(&q, &[])
         .await
@@ -125,7 +137,10 @@ pub(crate) async fn record(
 /// GetImage: the record with the recipe and configurations it was built from.
 pub async fn get(app: &App, principal: &Principal, input: Value) -> Result<Value, ApiError> {
     let arn = required(&input, "imageBuildVersionArn")?;
-    let rec = record(app, principal, arn).await?;
+    let rec = match super::shared_images::record(app, principal, arn).await? {
+        Some(rec) => rec,
+        None => record(app, principal, arn).await?,
+    };
     let image = image_object(&app.resources, principal, &rec).await;
     Ok(json!({ "image": image }))
 }
@@ -168,6 +183,13 @@ pub(crate) async fn image_object(
         image["imageTestsConfiguration"] =
             json!({"imageTestsEnabled": t.status.as_str() != "SKIPPED"});
     }
+    if let Some(scan) = &rec.scan {
+        let enabled = scan.status != kiln_core::scan::ScanStatus::NotRequested;
+        image["imageScanningConfiguration"] = json!({"imageScanningEnabled": enabled});
+        if let Some(word) = scan.status.api_word() {
+            image["scanState"] = json!({"status": word, "reason": scan.summary()});
+        }
+    }
     image
 }
 
@@ -186,15 +208,17 @@ pub async fn list(
     };
     match op {
         Op::ListImageBuildVersions => {
-            // Another account's version lists nothing here, as a version with no builds.
-            let mut q = match query(principal, required(&input, "imageVersionArn")?) {
-                Err(e) if e.status == 404 => {
-                    return Ok(json!({"imageSummaryList": [], "nextToken": null}))
+            // Another account's version lists the builds it shares with this one: none when
+            // it shares none, as a version with no builds.
+            let arn = required(&input, "imageVersionArn")?;
+            f = match query(principal, arn) {
+                Err(e) if e.status == 404 => super::shared_images::builds_filter(principal, arn)?,
+                other => {
+                    let mut q = other?;
+                    q.build = None;
+                    kiln_core::record::filter_of(&q)
                 }
-                other => other?,
             };
-            q.build = None;
-            f = kiln_core::record::filter_of(&q);
         }
         Op::ListImagePipelineImages => {
             let arn = required(&input, "imagePipelineArn")?;
@@ -206,8 +230,12 @@ pub async fn list(
         _ => {}
     }
     let owner = text(&input, "owner").unwrap_or("Self");
+    if owner == "Shared" && op == Op::ListImages {
+        f.arn_prefix = None;
+        f.shared_with = Some(principal.account.clone());
+    }
     if op == Op::ListImages {
-        if owner != "Self" {
+        if owner != "Self" && owner != "Shared" {
             let page = paging::page(
                 Vec::new(),
                 |v: &Value| v["arn"].as_str().unwrap_or(""),
@@ -282,7 +310,7 @@ fn versions_of(
         let arn = if by_name {
             format!(
                 "{}image/{}/x.x.x",
-                principal.arn_prefix(),
+                Principal::new(owner_of(&s.arn, principal), "").arn_prefix(),
                 s.name.to_ascii_lowercase()
             )
         } else {
@@ -296,7 +324,7 @@ fn versions_of(
             "name": s.name,
             "version": if by_name { "x.x.x".to_string() } else { s.version.to_string() },
             "platform": "Linux",
-            "owner": principal.account,
+            "owner": owner_of(&s.arn, principal),
             "dateCreated": view::date(s.created),
             "buildType": s.build_type.as_str(),
             "imageSource": "CUSTOM",
@@ -308,6 +336,11 @@ fn versions_of(
         }
     }
     versions
+}
+
+/// The account of an image ARN (a shared image's owner), or the principal's.
+fn owner_of<'a>(arn: &'a str, principal: &'a Principal) -> &'a str {
+    kiln_core::resources::sharing::account_of(arn).unwrap_or(&principal.account)
 }
 
 /// CancelImageCreation: asks the running build to stop (unless it is distributing, which

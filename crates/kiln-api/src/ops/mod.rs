@@ -4,7 +4,9 @@
 pub(crate) mod images;
 mod lifecycle;
 mod paging;
+mod policies;
 mod resources;
+mod shared_images;
 mod tags;
 pub(crate) mod view;
 
@@ -118,11 +120,27 @@ pub enum Op {
     ListLifecycleExecutionResources,
     /// `PUT /CancelLifecycleExecution`.
     CancelLifecycleExecution,
+    /// `PUT /PutComponentPolicy`.
+    PutComponentPolicy,
+    /// `GET /GetComponentPolicy`.
+    GetComponentPolicy,
+    /// `PUT /PutImageRecipePolicy`.
+    PutImageRecipePolicy,
+    /// `GET /GetImageRecipePolicy`.
+    GetImageRecipePolicy,
+    /// `PUT /PutContainerRecipePolicy`.
+    PutContainerRecipePolicy,
+    /// `GET /GetContainerRecipePolicy`.
+    GetContainerRecipePolicy,
+    /// `PUT /PutImagePolicy`.
+    PutImagePolicy,
+    /// `GET /GetImagePolicy`.
+    GetImagePolicy,
 }
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 49] = [
+    pub const ALL: [Op; 57] = [
         Op::CreateComponent,
         Op::GetComponent,
         Op::ListComponents,
@@ -172,6 +190,14 @@ impl Op {
         Op::GetLifecycleExecution,
         Op::ListLifecycleExecutionResources,
         Op::CancelLifecycleExecution,
+        Op::PutComponentPolicy,
+        Op::GetComponentPolicy,
+        Op::PutImageRecipePolicy,
+        Op::GetImageRecipePolicy,
+        Op::PutContainerRecipePolicy,
+        Op::GetContainerRecipePolicy,
+        Op::PutImagePolicy,
+        Op::GetImagePolicy,
     ];
 
     /// The operation's name in the model.
@@ -226,6 +252,14 @@ impl Op {
             Op::GetLifecycleExecution => "GetLifecycleExecution",
             Op::ListLifecycleExecutionResources => "ListLifecycleExecutionResources",
             Op::CancelLifecycleExecution => "CancelLifecycleExecution",
+            Op::PutComponentPolicy => "PutComponentPolicy",
+            Op::GetComponentPolicy => "GetComponentPolicy",
+            Op::PutImageRecipePolicy => "PutImageRecipePolicy",
+            Op::GetImageRecipePolicy => "GetImageRecipePolicy",
+            Op::PutContainerRecipePolicy => "PutContainerRecipePolicy",
+            Op::GetContainerRecipePolicy => "GetContainerRecipePolicy",
+            Op::PutImagePolicy => "PutImagePolicy",
+            Op::GetImagePolicy => "GetImagePolicy",
         }
     }
 
@@ -236,6 +270,7 @@ impl Op {
             || n.starts_with("Update")
             || n.starts_with("Start")
             || n.starts_with("Cancel")
+            || n.starts_with("Put")
             || self == Op::DistributeImage
         {
             Method::PUT
@@ -326,6 +361,14 @@ pub async fn dispatch(
         | GetLifecycleExecution
         | ListLifecycleExecutionResources
         | CancelLifecycleExecution => lifecycle::executions_op(app, principal, op, input).await,
+        PutComponentPolicy
+        | GetComponentPolicy
+        | PutImageRecipePolicy
+        | GetImageRecipePolicy
+        | PutContainerRecipePolicy
+        | GetContainerRecipePolicy
+        | PutImagePolicy
+        | GetImagePolicy => policies::run(app, principal, op, input).await,
     }
 }
 

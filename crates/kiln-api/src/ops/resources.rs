@@ -188,16 +188,22 @@ pub async fn list(
 ) -> Result<Value, ApiError> {
     let (kind, key) = kind_of(op);
     let mut opts = ListOptions::default();
+    let mut owner = text(&input, "owner").unwrap_or("Self");
+    // The builds of another account's component version: those it shares with the caller.
+    let mut of_account = None;
     if op == Op::ListComponentBuildVersions {
         let arn = required(&input, key)?;
         let r = kiln_core::resources::Reference::parse(arn, &[kind]).map_err(ApiError::invalid)?;
         opts.name = Some(r.name);
         opts.version = r.version;
+        if let Some(a) = r.account.filter(|a| *a != principal.account) {
+            owner = "Shared";
+            of_account = Some(a);
+        }
     }
-    // The caller's own resources, or kiln's managed components (`Amazon`); nothing is shared
-    // between accounts yet.
-    let owner = text(&input, "owner").unwrap_or("Self");
-    let found: Vec<Resource> = match (owner, kind) {
+    // The caller's own resources, what other accounts share with it (`Shared`), or kiln's
+    // managed components (`Amazon`).
+    let mut found: Vec<Resource> = match (owner, kind) {
         ("Self", _) => {
             let mut out = Vec::new();
             for s in app.resources.list(principal, &[kind], &opts).await? {
@@ -206,6 +212,9 @@ pub async fn list(
                 }
             }
             out
+        }
+        ("Shared", Kind::Component | Kind::ImageRecipe | Kind::ContainerRecipe) => {
+            app.resources.shared(principal, kind, &opts).await?
         }
         ("Amazon", Kind::Component) => kiln_core::managed::components()
             .into_iter()
@@ -220,6 +229,9 @@ pub async fn list(
             .collect(),
         _ => Vec::new(),
     };
+    if let Some(a) = &of_account {
+        found.retain(|r| kiln_core::resources::sharing::account_of(&r.arn) == Some(a.as_str()));
+    }
     let mut items = Vec::new();
     for r in found {
         {

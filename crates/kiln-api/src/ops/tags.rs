@@ -15,6 +15,21 @@ pub async fn run(
     op: Op,
     input: Value,
 ) -> Result<Value, ApiError> {
+    // The model gives the tag operations no ForbiddenException: tagging a resource another
+    // account shares is the caller's mistake about that resource, an invalid parameter.
+    tags(app, principal, op, input).await.map_err(|e| {
+        if e.code == "ForbiddenException" {
+            ApiError::new(
+                "InvalidParameterException",
+                format!("resourceArn: {}", e.message),
+            )
+        } else {
+            e
+        }
+    })
+}
+
+async fn tags(app: &App, principal: &Principal, op: Op, input: Value) -> Result<Value, ApiError> {
     let arn = required(&input, "resourceArn")?.to_string();
     let add: Map<String, Value> = input
         .get("tags")

@@ -71,6 +71,9 @@ pub struct BuildOptions {
     /// Which components are trusted, and where the others run (kiln's configuration,
     /// `trust:`).
     pub trust: crate::trust::TrustPolicy,
+    /// The scanner images are scanned with when their recipe asks (kiln's configuration,
+    /// `scanning:`); none: such images are recorded as not scanned.
+    pub scanning: Option<crate::scan::ScanSettings>,
 }
 
 impl BuildOptions {
@@ -417,6 +420,7 @@ impl Builder {
             triggers: self.origin.triggers.clone(),
             network: Some(recipe.infrastructure.network),
             builder: None,
+            scan: None,
             supply_chain: None,
         };
         rec.set_state(State::Pending, None);

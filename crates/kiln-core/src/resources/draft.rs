@@ -121,7 +121,6 @@ fn ignored_keys(kind: Kind) -> &'static [&'static str] {
         ],
         Kind::ImagePipeline => &[
             "enhancedImageMetadataEnabled",
-            "imageScanningConfiguration",
             "workflows",
             "executionRole",
             "loggingConfiguration",

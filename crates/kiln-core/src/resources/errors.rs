@@ -26,13 +26,15 @@ pub enum ErrorCode {
     ResourceDependency,
     /// A client token was used before with another request.
     IdempotentParameterMismatch,
+    /// The caller may read the resource (it is shared with it) but not change it.
+    Forbidden,
     /// kiln failed (its store); retrying may succeed.
     Service,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::InvalidParameterValue,
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidVersionNumber,
@@ -40,6 +42,7 @@ impl ErrorCode {
         ErrorCode::ResourceAlreadyExists,
         ErrorCode::ResourceDependency,
         ErrorCode::IdempotentParameterMismatch,
+        ErrorCode::Forbidden,
         ErrorCode::Service,
     ];
 
@@ -53,6 +56,7 @@ impl ErrorCode {
             ErrorCode::ResourceAlreadyExists => "ResourceAlreadyExistsException",
             ErrorCode::ResourceDependency => "ResourceDependencyException",
             ErrorCode::IdempotentParameterMismatch => "IdempotentParameterMismatchException",
+            ErrorCode::Forbidden => "ForbiddenException",
             ErrorCode::Service => "ServiceException",
         }
     }
@@ -62,6 +66,7 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::ResourceNotFound => 404,
+            ErrorCode::Forbidden => 403,
             ErrorCode::Service => 500,
             _ => 400,
         }
@@ -210,6 +215,9 @@ pub enum ResourceError {
     /// A client token was used before with another request.
     #[error("{0}")]
     TokenMismatch(String),
+    /// The resource is shared with the caller, who may read it but not change it.
+    #[error("{0}")]
+    Forbidden(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -237,6 +245,7 @@ impl ResourceError {
             ResourceError::Exists(_) => ErrorCode::ResourceAlreadyExists,
             ResourceError::InUse(_) => ErrorCode::ResourceDependency,
             ResourceError::TokenMismatch(_) => ErrorCode::IdempotentParameterMismatch,
+            ResourceError::Forbidden(_) => ErrorCode::Forbidden,
             // The store checks tokens, references and keys itself, in its transaction: what
             // it refuses is the caller's doing, not a failure.
             ResourceError::Store(StoreError::State(e)) => match e {

@@ -15,8 +15,12 @@ mod draft;
 mod errors;
 mod lifecycle_request;
 mod pipeline_request;
+pub mod policy;
 mod recipe;
 mod reference;
+pub mod sharing;
+#[cfg(test)]
+mod sharing_tests;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -31,6 +35,7 @@ use serde_json::Value;
 
 pub use errors::{ErrorCode, Invalid, Problem, ResourceError};
 pub use reference::{arn, Reference};
+pub use sharing::may_use;
 
 use crate::principal::Principal;
 use crate::request::Request;
@@ -334,9 +339,8 @@ impl Resources {
         if crate::managed::is_managed(r) {
             return Ok(crate::managed::find(r));
         }
-        if !r.visible_to(principal) {
-            return Ok(None);
-        }
+        // Another account's ARN finds what that account shares with this one (the filter
+        // says so), and nothing else.
         let mut f = r.filter(principal);
         f.limit = Some(1);
         let Some(row) = self.store.db().list(&f).await?.into_iter().next() else {
@@ -425,7 +429,7 @@ impl Resources {
     ) -> Result<Resource, ResourceError> {
         let missing = || ResourceError::NotFound(format!("no resource has the ARN `{arn}`"));
         if !arn.starts_with(&principal.arn_prefix()) {
-            return Err(missing());
+            return Err(self.refuse_write(principal, arn, missing()).await?);
         }
         let row = self.store.db().get(arn).await?.ok_or_else(missing)?;
         let mut found = self.parse(&row)?;
@@ -499,6 +503,10 @@ impl Resources {
         kinds: &[Kind],
     ) -> Result<Resource, ResourceError> {
         let found = self.get(principal, reference, kinds).await?;
+        if !found.arn.starts_with(&principal.arn_prefix()) {
+            let missing = ResourceError::NotFound(format!("no resource has the ARN `{reference}`"));
+            return Err(self.refuse_write(principal, &found.arn, missing).await?);
+        }
         let r = Reference::parse(reference, kinds).map_err(ResourceError::BadReference)?;
         if versioned(found.kind) && (r.version.is_none_or(|v| !v.is_exact())) {
             return Err(ResourceError::BadReference(format!(

@@ -33,6 +33,7 @@ impl Resources {
                 "infrastructureConfigurationArn",
                 "distributionConfigurationArn",
                 "imageTestsConfiguration",
+                "imageScanningConfiguration",
                 "schedule",
                 "status",
                 "rebuildWhen",
@@ -40,6 +41,7 @@ impl Resources {
         );
         let named = self.pipeline_references(principal, c, m).await?;
         tests_configuration(c, m);
+        scanning_configuration(c, m);
         schedule(c, m);
         rebuild_when(c, m);
         let written = c
@@ -169,6 +171,18 @@ fn tests_configuration(c: &mut Checker, m: &Map) {
         return;
     };
     crate::recipe::tests_config(&mut c.reader, tm);
+}
+
+/// `imageScanningConfiguration`: whether the tested image is scanned (the build's recipe gets
+/// it as it is; the scanner is kiln's configuration's).
+fn scanning_configuration(c: &mut Checker, m: &Map) {
+    let Some(s) = m.get("imageScanningConfiguration") else {
+        return;
+    };
+    let Some(sm) = c.reader.map(s, "`imageScanningConfiguration`") else {
+        return;
+    };
+    crate::recipe::scanning_config(&mut c.reader, sm);
 }
 
 /// `schedule`: a cron or rate expression (checked by `kiln-schedule`, which names the field

@@ -66,7 +66,18 @@ impl Resources {
                 version: Some(*version),
                 build: *build,
             };
-            uses.push(r.to_arn(principal));
+            let arn = r.to_arn(principal);
+            // Another account's image is a parent only once its owner shares a build of it.
+            if !r.visible_to(principal) && !self.may_get(&principal.account, &arn).await? {
+                if let Some(node) = m.get("parentImage") {
+                    c.error_at(
+                        node,
+                        super::errors::missing("image", &arn),
+                        Some("an image of another account is a parent once its owner shares a build of it with your account (PutImagePolicy)".into()),
+                    );
+                }
+            }
+            uses.push(arn);
         }
         warnings.push_str(&c.finish()?);
         let mut request = c.root().to_json();

@@ -129,28 +129,33 @@ impl Reference {
         })
     }
 
-    /// Whether `principal` may see what it names: an ARN of another account names nothing
-    /// the principal can see (as Image Builder answers for resources of other accounts).
+    /// Whether it names `principal`'s own account (what the principal may change): an ARN of
+    /// another account names nothing it owns, and at most what is shared with it.
     pub fn visible_to(&self, principal: &Principal) -> bool {
         self.account
             .as_deref()
             .is_none_or(|a| a == principal.account)
     }
 
-    /// The store filter selecting what it names in `principal`'s account, newest first.
+    /// The store filter selecting what it names that `principal` can see, newest first: in
+    /// the principal's account, or, for an ARN of another account, what that account shares
+    /// with the principal's.
     pub fn filter(&self, principal: &Principal) -> Filter {
-        Filter {
-            kind: Some(self.kind),
-            name: Some(self.name.clone()),
-            version: self.version.map(|v| v.nodes()).unwrap_or([None; 3]),
-            build: self.build,
-            arn_prefix: Some(principal.arn_prefix()),
-            ..Filter::default()
+        match self.account.as_deref().filter(|a| *a != principal.account) {
+            Some(owner) => super::sharing::shared_filter(self, owner, &principal.account),
+            None => Filter {
+                kind: Some(self.kind),
+                name: Some(self.name.clone()),
+                version: self.version.map(|v| v.nodes()).unwrap_or([None; 3]),
+                build: self.build,
+                arn_prefix: Some(principal.arn_prefix()),
+                ..Filter::default()
+            },
         }
     }
 
-    /// As an ARN in `principal`'s account, or the managed account's (with `x` where the
-    /// filter has it).
+    /// As an ARN in the account it names (`principal`'s for a plain name), or the managed
+    /// account's (with `x` where the filter has it).
     pub fn to_arn(&self, principal: &Principal) -> String {
         let prefix = if crate::managed::is_managed(self) {
             format!(
@@ -159,7 +164,10 @@ impl Reference {
                 crate::managed::MANAGED_ACCOUNT
             )
         } else {
-            principal.arn_prefix()
+            match &self.account {
+                Some(a) => Principal::new(a.clone(), "").arn_prefix(),
+                None => principal.arn_prefix(),
+            }
         };
         let mut a = format!(
             "{}{}/{}",

@@ -422,6 +422,7 @@ fn codes_are_the_models_exceptions() {
             "IdempotentParameterMismatchException",
             400,
         ),
+        (ErrorCode::Forbidden, "ForbiddenException", 403),
         (ErrorCode::Service, "ServiceException", 500),
     ];
     assert_eq!(table.len(), ErrorCode::ALL.len());

@@ -64,7 +64,7 @@ impl Resources {
         let existing = match self
             .store
             .db()
-            .create(row, d.uses.clone(), d.token.clone())
+            .create(row, own_refs(principal, &d.uses), d.token.clone())
             .await
         {
             Ok(Created::New(_)) => {
@@ -219,7 +219,7 @@ impl Resources {
                     summary: Some(to_json(&old.summary())?),
                     body: Some(to_json(&old)?),
                     digest: Some(old.digest.clone()),
-                    refs: Some(draft.uses),
+                    refs: Some(own_refs(principal, &draft.uses)),
                     ..Update::default()
                 },
             )
@@ -262,6 +262,20 @@ fn new_resource(
         status: d.status,
         uses: d.uses.clone(),
     }
+}
+
+/// The references the store checks deletes against: those in the principal's own account (and
+/// kiln's). What another account shares stays its owner's to delete: a grantee's recipe that
+/// names it must neither keep the owner from deleting it nor be named to the owner; it then
+/// fails to build as after the owner revoked the share.
+fn own_refs(principal: &Principal, uses: &[String]) -> Vec<String> {
+    uses.iter()
+        .filter(|u| {
+            super::sharing::account_of(u)
+                .is_none_or(|a| a == principal.account || a == crate::managed::MANAGED_ACCOUNT)
+        })
+        .cloned()
+        .collect()
 }
 
 /// A client token another account used: refused without naming what it made.

@@ -37,6 +37,8 @@ const BIOS_START: u64 = 2048;
 const BIOS_SECTORS: u64 = 2048;
 /// First LBA of the root partition (2 MiB).
 const ROOT_START: u64 = BIOS_START + BIOS_SECTORS;
+/// Where the root filesystem begins on a kiln disk, in bytes (for read-only loop mounts of it).
+pub const ROOT_OFFSET: u64 = ROOT_START * SECTOR;
 /// Sectors the backup GPT needs at the end.
 const GPT_BACKUP: u64 = 34;
 

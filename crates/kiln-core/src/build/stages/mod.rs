@@ -2,7 +2,7 @@
 //! it reads what the stages before it made and adds its own part.
 //!
 //! ```text
-//! parent -> components (sandbox builder | VM builder) -> disk -> test -> disk, after tests
+//! parent -> components (sandbox builder | VM builder) -> disk -> test -> scan -> disk, after tests
 //!        -> distribute
 //! ```
 
@@ -10,6 +10,7 @@ pub(crate) mod disk;
 pub(crate) mod distribute;
 pub(crate) mod parent;
 pub(crate) mod sandbox;
+pub(crate) mod scan;
 pub(crate) mod supply_chain;
 pub(crate) mod test;
 pub(crate) mod vm;
@@ -31,6 +32,7 @@ pub(crate) async fn run_all(run: &mut BuildRun<'_>) -> Result<(), StageFailure> 
     run.rec.layers = run.chain.iter().map(|l| l.info.diff_id.clone()).collect();
     disk::record_guest_agent(run);
     test::run(run).await?;
+    scan::run(run).await?;
     disk::remove_guest_agent(run).await?;
     distribute::run(run).await
 }
