@@ -300,6 +300,157 @@ mod tests {
         assert_eq!(p["critical"].as_object().map(|o| o.len()), Some(3));
     }
 
+    /// A repository in memory whose registry serves the referrers API (none here does).
+    #[derive(Default)]
+    struct WithApi {
+        blobs: std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>,
+        manifests: std::sync::Mutex<Vec<(Option<String>, crate::repo::Fetched)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Repo for WithApi {
+        fn location(&self) -> String {
+            "docker://registry.example/golden/web".into()
+        }
+        async fn put_blob(
+            &self,
+            _: &str,
+            _: u64,
+            _: &std::path::Path,
+            _: &[String],
+        ) -> Result<crate::Moved, RepoError> {
+            Ok(crate::Moved::Present)
+        }
+        async fn put_blob_bytes(&self, d: &str, b: &[u8]) -> Result<crate::Moved, RepoError> {
+            if let Ok(mut m) = self.blobs.lock() {
+                m.insert(d.to_string(), b.to_vec());
+            }
+            Ok(crate::Moved::Uploaded(b.len() as u64))
+        }
+        async fn read_range(&self, d: &str, _: u64, _: u64) -> Result<Vec<u8>, RepoError> {
+            let m = self
+                .blobs
+                .lock()
+                .map_err(|e| RepoError::Local(e.to_string()))?;
+            m.get(d).cloned().ok_or(RepoError::Local("no blob".into()))
+        }
+        async fn put_manifest(
+            &self,
+            tag: Option<&str>,
+            bytes: &[u8],
+            media_type: &str,
+        ) -> Result<String, RepoError> {
+            let f = crate::repo::Fetched {
+                bytes: bytes.to_vec(),
+                media_type: media_type.into(),
+                digest: digest_of(bytes),
+            };
+            let mut m = self
+                .manifests
+                .lock()
+                .map_err(|e| RepoError::Local(e.to_string()))?;
+            m.retain(|(t, _)| t.is_none() || t.as_deref() != tag);
+            m.push((tag.map(str::to_string), f.clone()));
+            Ok(f.digest)
+        }
+        async fn manifest(&self, r: &str) -> Result<Option<crate::repo::Fetched>, RepoError> {
+            let m = self
+                .manifests
+                .lock()
+                .map_err(|e| RepoError::Local(e.to_string()))?;
+            Ok(m.iter()
+                .find(|(t, f)| t.as_deref() == Some(r) || f.digest == r)
+                .map(|(_, f)| f.clone()))
+        }
+        async fn delete_manifest(&self, d: &str) -> Result<Removed, RepoError> {
+            let mut m = self
+                .manifests
+                .lock()
+                .map_err(|e| RepoError::Local(e.to_string()))?;
+            let before = m.len();
+            m.retain(|(_, f)| f.digest != d);
+            Ok(if m.len() < before {
+                Removed::Removed
+            } else {
+                Removed::NotFound
+            })
+        }
+        async fn referrers(&self, d: &str) -> Result<Option<Vec<u8>>, RepoError> {
+            let m = self
+                .manifests
+                .lock()
+                .map_err(|e| RepoError::Local(e.to_string()))?;
+            let list: Vec<Value> = m
+                .iter()
+                .filter_map(|(_, f)| {
+                    let v: Value = serde_json::from_slice(&f.bytes).ok()?;
+                    (v["subject"]["digest"] == d).then(|| {
+                        json!({"mediaType": MANIFEST_MEDIA_TYPE, "digest": f.digest,
+                               "size": f.bytes.len(), "artifactType": v["artifactType"]})
+                    })
+                })
+                .collect();
+            Ok(Some(
+                serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": list}))
+                    .unwrap_or_default(),
+            ))
+        }
+    }
+
+    struct Der;
+    impl Signer for Der {
+        fn sign(&self, _: &[u8]) -> Result<Vec<u8>, String> {
+            Ok(vec![0x30, 0x00])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registry_with_the_referrers_api_gets_no_index_tag() {
+        let repo = WithApi::default();
+        let image = br#"{"schemaVersion":2}"#;
+        let subject = repo
+            .put_manifest(None, image, MANIFEST_MEDIA_TYPE)
+            .await
+            .unwrap_or_default();
+        let att = Attachments {
+            signer: Arc::new(Der),
+            documents: vec![Document {
+                artifact_type: "application/spdx+json".into(),
+                bytes: b"{}".to_vec(),
+            }],
+            created: "t".into(),
+            creator: "kiln".into(),
+        };
+        let done = attach(&repo, &subject, image, &att)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(done.referrers_api);
+        assert_eq!(done.referrers.len(), 1);
+        let tag = referrers_tag(&subject);
+        assert!(
+            repo.manifest(&tag).await.ok().flatten().is_none(),
+            "no fallback tag"
+        );
+        assert!(repo
+            .manifest(&signature_tag(&subject))
+            .await
+            .ok()
+            .flatten()
+            .is_some());
+        let removed = detach(&repo, &subject).await.unwrap_or_default();
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(repo
+            .referrers(&subject)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|b| {
+                serde_json::from_slice::<Value>(&b).unwrap_or_default()["manifests"]
+                    .as_array()
+                    .is_some_and(Vec::is_empty)
+            }));
+    }
+
     #[test]
     fn referrer_shape() {
         let doc = Document {
