@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 pub mod accounts;
+pub mod attest;
 pub mod build;
 pub mod cache;
 pub mod disk;
@@ -25,6 +26,7 @@ pub mod retire;
 pub mod sample;
 pub mod scan;
 pub mod scheduler;
+pub mod signing;
 pub mod state;
 pub mod store;
 pub mod trust;

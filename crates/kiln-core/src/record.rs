@@ -519,6 +519,10 @@ pub struct ImageRecord {
     /// (docs/registry-auth.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub account_copies: Vec<crate::registry_auth::targets::AccountCopy>,
+    /// Its SBOMs and provenance, where they are kept, and the signatures and referrers
+    /// registry regions got; none before distribution, and in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supply_chain: Option<crate::attest::SupplyChainRecord>,
 }
 
 /// What started a build (Image Builder's `buildType`).
@@ -1085,6 +1089,7 @@ pub(crate) mod tests {
             builder: None,
             scan: None,
             account_copies: Vec::new(),
+            supply_chain: None,
         }
     }
 

@@ -162,6 +162,9 @@ pub async fn delete_image(
             ),
         )
     };
+    if state == State::Deleted {
+        crate::attest::remove_from_regions(&mut rec);
+    }
     rec.state = state;
     rec.history.push(StateChange {
         state,

@@ -97,6 +97,7 @@ pub fn image_record(i: usize, account: &str) -> ImageRecord {
         builder: None,
         scan: None,
         account_copies: Vec::new(),
+        supply_chain: None,
     };
     for s in [
         State::Pending,

@@ -26,6 +26,7 @@ use kiln_image::disk::DiskFormat;
 use kiln_image::{ImageSettings, LayerBlob};
 use serde::{Deserialize, Serialize};
 
+pub mod attach;
 pub mod chunked;
 pub mod disk;
 pub mod encrypt;

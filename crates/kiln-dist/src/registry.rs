@@ -199,6 +199,10 @@ impl Repo for RegistryRepo {
             }))
     }
 
+    async fn referrers(&self, digest: &str) -> Result<Option<Vec<u8>>, RepoError> {
+        self.repository.referrers(digest).await.map_err(boxed)
+    }
+
     async fn delete_manifest(&self, digest: &str) -> Result<Removed, RepoError> {
         match reg::delete_manifest(
             &format!("{}/{}@{digest}", self.host, self.name),

@@ -49,6 +49,10 @@ pub struct RemoteTarget {
     siblings: Vec<String>,
     /// Bytes sent per piece while staging, for the outputs of promotion.
     sent: Mutex<Vec<(OutputKind, u64)>>,
+    /// The signature and documents each registry manifest gets (supply chain).
+    attachments: Option<crate::attach::Attachments>,
+    /// What was attached, for the record.
+    attached: Arc<Mutex<Vec<crate::attach::Attached>>>,
 }
 
 impl RemoteTarget {
@@ -66,7 +70,21 @@ impl RemoteTarget {
             kinds,
             siblings: Vec::new(),
             sent: Mutex::new(Vec::new()),
+            attachments: None,
+            attached: Arc::default(),
         }
+    }
+
+    /// Signs every manifest it stages in a registry and attaches `documents` as referrers
+    /// ([`crate::attach`]); what it attached is pushed to `log`.
+    pub fn with_attachments(
+        mut self,
+        attachments: crate::attach::Attachments,
+        log: Arc<Mutex<Vec<crate::attach::Attached>>>,
+    ) -> Self {
+        self.attachments = Some(attachments);
+        self.attached = log;
+        self
     }
 
     /// Other bases of the same registry (`NAMESPACE` paths) whose repositories may lend blobs.
@@ -242,6 +260,23 @@ impl Target for RemoteTarget {
             let sent = self
                 .send_piece(repo.as_ref(), p, &mount_from, progress)
                 .await?;
+            // Signed after its content is staged, before any tag names it: a failure here
+            // takes the build back like any failed stage.
+            if let (Some(att), true) = (&self.attachments, self.place.is_registry()) {
+                let done = crate::attach::attach(repo.as_ref(), &p.digest, &p.manifest, att)
+                    .await
+                    .map_err(|e| self.fail(&repo.location(), e))?;
+                progress(&format!(
+                    "region {}: {}: signed ({}) and {} documents attached",
+                    self.region,
+                    done.location,
+                    done.signature_tag,
+                    done.referrers.len()
+                ));
+                if let Ok(mut log) = self.attached.lock() {
+                    log.push(done);
+                }
+            }
             if let Ok(mut m) = self.sent.lock() {
                 m.retain(|(k, _)| *k != p.kind);
                 m.push((p.kind, sent));
@@ -428,7 +463,15 @@ async fn undo(
             .removed
             .push(format!("{location}@{ours} (build {})", build.build_tag())),
         Removed::NotFound => {}
-        Removed::Unsupported(why) => done.unsupported = Some(why),
+        Removed::Unsupported(why) => {
+            done.unsupported = Some(why);
+            return Ok(done);
+        }
+    }
+    // Its signatures and referrers go with it (a signature of nothing is noise).
+    match crate::attach::detach(repo, &ours).await {
+        Ok(gone) => done.removed.extend(gone),
+        Err(e) => tracing::warn!("removing the signatures and referrers of {location}@{ours}: {e}"),
     }
     Ok(done)
 }

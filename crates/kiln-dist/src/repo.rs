@@ -135,6 +135,13 @@ pub trait Repo: Send + Sync {
         self.put_manifest(Some(tag), &m.bytes, &m.media_type).await
     }
 
+    /// The referrers API's index of the manifests whose subject is `digest`; `None` when the
+    /// repository has no referrers API (buckets, registries before OCI 1.1).
+    async fn referrers(&self, digest: &str) -> Result<Option<Vec<u8>>, RepoError> {
+        let _ = digest;
+        Ok(None)
+    }
+
     /// The digest `tag` names, `None` when it names nothing.
     async fn tag_digest(&self, tag: &str) -> Result<Option<String>, RepoError> {
         Ok(self.manifest(tag).await?.map(|m| m.digest))

@@ -43,7 +43,7 @@ pub async fn run(cmd: DiskCommand) -> Result<u8> {
 }
 
 /// Splits `LOCATION:TAG` (the tag after the last `/`) or `LOCATION@sha256:...`.
-fn split_reference(reference: &str) -> Result<(String, String)> {
+pub(crate) fn split_reference(reference: &str) -> Result<(String, String)> {
     if let Some((loc, digest)) = reference.rsplit_once('@') {
         return Ok((loc.to_string(), digest.to_string()));
     }

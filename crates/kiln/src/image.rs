@@ -28,6 +28,8 @@ pub enum ImageCommand {
     Cancel(CancelArgs),
     /// Distribute an AVAILABLE image to more registry or bucket regions (nothing is rebuilt).
     Distribute(DistributeArgs),
+    /// Check an image's signature (cosign format), its provenance and its SBOMs in a registry.
+    Verify(crate::attest::VerifyArgs),
 }
 
 /// `kiln image distribute`
@@ -150,7 +152,7 @@ async fn recover(records: &Records, access: &kiln_dist::RegistryAccess) -> Resul
     Ok(())
 }
 
-async fn one(records: &Records, reference: &str) -> Result<ImageRecord> {
+pub(crate) async fn one(records: &Records, reference: &str) -> Result<ImageRecord> {
     let q: ImageQuery = reference.parse().map_err(anyhow::Error::msg)?;
     match records.newest(&q, &[]).await? {
         Some(r) => Ok(r),
@@ -169,6 +171,7 @@ pub async fn run(cmd: ImageCommand) -> Result<u8> {
         ImageCommand::Logs(a) => logs(&records, a).await,
         ImageCommand::Cancel(a) => cancel(&records, a).await,
         ImageCommand::Distribute(a) => distribute(&records, a).await,
+        ImageCommand::Verify(a) => crate::attest::verify(&records, a).await,
     }
 }
 
@@ -564,6 +567,9 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
                 p.name, p.version, p.architecture
             )?;
         }
+    }
+    if let Some(sc) = &r.supply_chain {
+        crate::attest::write_record(&mut out, sc)?;
     }
     writeln!(out, "  logs       {}", r.logs.display())?;
     Ok(0)

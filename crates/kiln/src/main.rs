@@ -1,6 +1,7 @@
 //! `kiln`: the command-line interface of the kiln image factory.
 
 mod account;
+mod attest;
 mod build;
 mod config;
 mod config_regions;
@@ -75,6 +76,9 @@ enum Command {
     /// Accounts and access keys for the API server (root only: the keys are secret).
     #[command(subcommand)]
     Account(account::AccountCommand),
+    /// Image signing keys: the public key images in registries are signed with.
+    #[command(subcommand)]
+    SigningKey(attest::SigningKeyCommand),
     /// Topics: webhooks that hear of images AVAILABLE or FAILED (`snsTopicArn` names one).
     #[command(subcommand)]
     Topic(topic::TopicCommand),
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
             Command::Lifecycle(c) => lifecycle::run(c).await,
             Command::Account(c) => account::run(c).await,
             Command::Key(c) => key::run(c),
+            Command::SigningKey(c) => attest::signing_key(c).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Registry(c) => registry::run(c).await,
             Command::Topic(c) => topic::run(c).await,

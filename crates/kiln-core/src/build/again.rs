@@ -71,6 +71,8 @@ pub async fn distribute_again(
         }
     }
     let kinds: Vec<OutputKind> = pieces.iter().map(|p| p.kind).collect();
+    let attaching = super::stages::supply_chain::again(home, &rec)
+        .map_err(|e| AgainError::Failed(e.to_string()))?;
     let targets: Vec<Region> = dists
         .iter()
         .zip(&places)
@@ -80,11 +82,11 @@ pub async fn distribute_again(
                 kinds.retain(|k| *k != OutputKind::ContainerDisk);
             }
             let naming = naming(d, rec.build, rec.created);
+            let target = remote(options, &lenders, d, place, &access, kinds, naming)
+                .with_attachments(attaching.attachments.clone(), attaching.log.clone());
             Region {
                 name: name.clone(),
-                targets: vec![std::sync::Arc::new(remote(
-                    options, &lenders, d, place, &access, kinds, naming,
-                ))],
+                targets: vec![std::sync::Arc::new(target)],
             }
         })
         .collect();
@@ -117,6 +119,7 @@ pub async fn distribute_again(
         });
     }
     rec.outputs.extend(outputs);
+    super::stages::supply_chain::record_again(&mut rec, &attaching);
     records.save(&rec).await?;
     Ok(rec)
 }

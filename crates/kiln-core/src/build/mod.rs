@@ -435,6 +435,7 @@ impl Builder {
             builder: None,
             scan: None,
             account_copies: Vec::new(),
+            supply_chain: None,
         };
         rec.set_state(State::Pending, None);
         rec

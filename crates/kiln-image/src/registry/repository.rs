@@ -19,6 +19,9 @@ use super::remote::Remote;
 use super::retry::{transient_error, transient_status, RetryPolicy};
 use super::{names_tag_or_digest, parse_reference, Reference, RegistryError, RegistryOptions};
 
+/// The media type of an OCI image index (what the referrers API answers).
+const OCI_INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
 /// Upload piece size: each PATCH of a chunked upload carries this much (the last one less),
 /// and a failed upload is resumed from the registry's count, so at most one piece is sent
 /// again per failure.
@@ -508,6 +511,46 @@ impl Repository {
             }
         }
         Ok(Some((body.to_vec(), media_type, digest)))
+    }
+
+    /// The OCI 1.1 referrers API's index of the manifests whose `subject` is `digest`
+    /// (`GET /v2/REPO/referrers/DIGEST`); `None` when the registry does not serve the API
+    /// (CNCF distribution 2.8 answers 404), so the caller uses the tag-schema fallback.
+    pub async fn referrers(&self, digest: &str) -> Result<Option<Vec<u8>>, RegistryError> {
+        let at = self.at(digest)?;
+        let action = Action::PullManifest;
+        let url = self.url(&format!("referrers/{digest}"));
+        let response = self
+            .send(
+                action,
+                Method::GET,
+                &url,
+                |r| r.header(header::ACCEPT, OCI_INDEX_TYPE),
+                true,
+            )
+            .await?;
+        let status = response.status();
+        let media_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if matches!(
+            status,
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED
+        ) || (status.is_success() && !media_type.starts_with(OCI_INDEX_TYPE))
+        {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(self.fail(&at, action, &url, response).await);
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| at.error(e.into(), action))?;
+        Ok(Some(body.to_vec()))
     }
 
     /// The digest of the manifest `reference` names (a HEAD), `None` when there is none.

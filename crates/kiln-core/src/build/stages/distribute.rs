@@ -28,7 +28,11 @@ use crate::store::{Home, StoredLayer};
 /// `$KILN_HOME/regions/REGION` for the local account and
 /// `$KILN_HOME/regions/ACCOUNT/REGION/NAME` for the others: a layout's tags are versions, so
 /// two accounts', or two images', `1.0.0` never share one).
-pub(crate) fn regions(run: &BuildRun<'_>) -> Vec<Region> {
+/// Registry targets sign and attach with `attaching` when given.
+pub(crate) fn regions(
+    run: &BuildRun<'_>,
+    attaching: Option<&super::supply_chain::Attaching>,
+) -> Vec<Region> {
     let (home, recipe, options) = (run.home, run.recipe, run.options);
     let access = options.access();
     let dirs = region_dirs(home, recipe, &run.rec.account);
@@ -38,10 +42,16 @@ pub(crate) fn regions(run: &BuildRun<'_>) -> Vec<Region> {
         .zip(dirs)
         .map(|(d, (name, dir))| match options.regions.get(&d.region) {
             None => Region::local(&name, dir),
-            Some(place) => Region {
-                name: name.clone(),
-                targets: vec![Arc::new(remote_target(run, d, place, &access))],
-            },
+            Some(place) => {
+                let mut target = remote_target(run, d, place, &access);
+                if let Some(a) = attaching {
+                    target = target.with_attachments(a.attachments.clone(), a.log.clone());
+                }
+                Region {
+                    name: name.clone(),
+                    targets: vec![Arc::new(target)],
+                }
+            }
         })
         .collect()
 }
@@ -167,7 +177,6 @@ fn region_dirs(
 pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
     // From here on a cancel request waits: a region is never left half-written.
     run.distributing.store(true, Ordering::SeqCst);
-    let regions = regions(run);
     let remote: Vec<&str> = run
         .recipe
         .distributions
@@ -189,9 +198,12 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
         .map(|f| f.path.clone());
     files.retain(|f| run.recipe.disk.formats.contains(&f.format));
     let mut artifact = artifact(run, files).await;
+    let mut attaching = None;
     if !remote.is_empty() {
         artifact.pieces = pieces(run, &artifact, qcow2).await?;
+        attaching = Some(super::supply_chain::prepare(run, &artifact.pieces)?);
     }
+    let regions = regions(run, attaching.as_ref());
     // What each local region holds of the image and lacks of it, read before it is written.
     let blobs: Vec<(String, u64)> = artifact
         .image
@@ -254,6 +266,7 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
     run.rec.account_copies = owners;
     run.rec.outputs = outputs;
     run.rec.usage.get_or_insert_with(Default::default).regions = usage;
+    super::supply_chain::record(run, attaching);
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub(crate) mod encrypt;
 pub(crate) mod parent;
 pub(crate) mod sandbox;
 pub(crate) mod scan;
+pub(crate) mod supply_chain;
 pub(crate) mod test;
 pub(crate) mod vm;
 
