@@ -118,6 +118,20 @@ fn text(map: &kiln_yaml::Map, key: &str, file: &str, src: &str) -> Result<Option
     }
 }
 
+/// Fails with every diagnostic a reader of `file` collected, rendered at its place, when one
+/// of them is an error.
+pub fn fail_on_errors(r: &kiln_yaml::Reader, file: &str, src: &str) -> Result<()> {
+    if r.has_errors() {
+        let text: String = r
+            .diagnostics
+            .iter()
+            .map(|d| d.render(file, src).to_string())
+            .collect();
+        bail!("{text}");
+    }
+    Ok(())
+}
+
 /// Loads the configuration file if there is one, then applies the AWS environment variables.
 pub fn load() -> Result<Config> {
     let path = std::env::var_os("KILN_CONFIG")
@@ -156,26 +170,12 @@ pub fn load() -> Result<Config> {
                         });
                 }
             }
-            if r.has_errors() {
-                let text: String = r
-                    .diagnostics
-                    .iter()
-                    .map(|d| d.render(&file, &src).to_string())
-                    .collect();
-                bail!("{text}");
-            }
+            fail_on_errors(&r, &file, &src)?;
         }
         if let Some(regions) = root.as_map().and_then(|m| m.get("regions")) {
             let mut r = kiln_yaml::Reader::new();
             config.regions = crate::config_regions::parse(&mut r, regions, &mut config.registries);
-            if r.has_errors() {
-                let text: String = r
-                    .diagnostics
-                    .iter()
-                    .map(|d| d.render(&file, &src).to_string())
-                    .collect();
-                bail!("{text}");
-            }
+            fail_on_errors(&r, &file, &src)?;
         }
         if let Some(serve) = root.as_map().and_then(|m| m.get("serve")) {
             config.serve = serve_config(serve, &file, &src)?;
@@ -304,14 +304,7 @@ fn serve_config(node: &Node, file: &str, src: &str) -> Result<ServeConfig> {
             }
         }
     }
-    if r.has_errors() {
-        let text: String = r
-            .diagnostics
-            .iter()
-            .map(|d| d.render(file, src).to_string())
-            .collect();
-        bail!("{text}");
-    }
+    fail_on_errors(&r, file, src)?;
     Ok(c)
 }
 
@@ -358,14 +351,7 @@ fn trust_config(node: &Node, file: &str, src: &str) -> Result<TrustPolicy> {
             }
         }
     }
-    if r.has_errors() {
-        let text: String = r
-            .diagnostics
-            .iter()
-            .map(|d| d.render(file, src).to_string())
-            .collect();
-        bail!("{text}");
-    }
+    fail_on_errors(&r, file, src)?;
     Ok(t)
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use kiln_core::scan::{ScanSettings, Severity, ROOT_PLACEHOLDER};
 use kiln_yaml::Node;
 
@@ -85,14 +85,7 @@ pub fn parse(node: &Node, file: &str, src: &str) -> Result<ScanSettings> {
     for d in r.diagnostics.iter().filter(|d| !d.is_error()) {
         tracing::warn!("{}", d.render(file, src));
     }
-    if r.has_errors() {
-        let text: String = r
-            .diagnostics
-            .iter()
-            .map(|d| d.render(file, src).to_string())
-            .collect();
-        bail!("{text}");
-    }
+    crate::config::fail_on_errors(&r, file, src)?;
     Ok(settings)
 }
 

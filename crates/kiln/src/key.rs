@@ -116,14 +116,7 @@ pub fn master_key_config(node: &kiln_yaml::Node, file: &str, src: &str) -> Resul
             .string(m, "masterKey")
             .map(|p| config::kiln_home().join(p));
     }
-    if r.has_errors() {
-        let text: String = r
-            .diagnostics
-            .iter()
-            .map(|d| d.render(file, src).to_string())
-            .collect();
-        bail!("{text}");
-    }
+    crate::config::fail_on_errors(&r, file, src)?;
     Ok(path)
 }
 
