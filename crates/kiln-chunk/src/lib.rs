@@ -47,6 +47,8 @@ mod rebuild;
 mod seal;
 #[cfg(test)]
 mod test_util;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use chunker::{chunk_file, Chunk, Chunked, Params};
 pub use digest::{BadDigest, Digest};

@@ -6,73 +6,9 @@
 // The helpers outside #[test] functions unwrap too: a failure is the test's.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-
-use async_trait::async_trait;
-use kiln_chunk::{
-    chunk_file, pack_sealed, rebuild_sealed, ChunkIndex, Digest, FrameSeal, PackSource, Packed,
-    Params,
-};
+use kiln_chunk::testing::{first_version, push, second_version, Folder, MIB};
+use kiln_chunk::{rebuild_sealed, FrameSeal, Packed};
 use kiln_kms::{DataKeys, KeyStore};
-
-const MIB: usize = 1 << 20;
-
-/// Deterministic noise (xorshift), as disk_versions makes it.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn first_version() -> Vec<u8> {
-    let mut disk = Vec::with_capacity(64 * MIB);
-    for seed in 0..(24 * MIB / 4096) as u64 {
-        disk.extend(noise(seed + 1, 4096));
-    }
-    disk.resize(32 * MIB, 0);
-    for seed in 0..(24 * MIB / 4096) as u64 {
-        disk.extend(noise(seed + 100_000, 4096));
-    }
-    disk.resize(64 * MIB, 0);
-    disk
-}
-
-struct Folder {
-    files: HashMap<Digest, PathBuf>,
-}
-
-#[async_trait]
-impl PackSource for Folder {
-    async fn read(&self, pack: &Digest, offset: u64, length: u64) -> std::io::Result<Vec<u8>> {
-        let path = self.files.get(pack).ok_or(std::io::ErrorKind::NotFound)?;
-        let mut buf = vec![0u8; length as usize];
-        File::open(path)?.read_exact_at(&mut buf, offset)?;
-        Ok(buf)
-    }
-}
-
-fn push(
-    dir: &Path,
-    name: &str,
-    disk: &[u8],
-    known: &[ChunkIndex],
-    seal: Option<&dyn FrameSeal>,
-) -> Packed {
-    let path = dir.join(name);
-    std::fs::write(&path, disk).unwrap();
-    let chunked = chunk_file(&path, &Params::DEFAULT).unwrap();
-    pack_sealed(&path, &chunked, known, dir, seal).unwrap()
-}
 
 /// What a region that has v1 receives for v2: the new pack and the index (sealed too when
 /// the disk is: the index names chunks by their plain digests).
@@ -89,9 +25,7 @@ fn update_bytes(p: &Packed, seal: Option<&dyn FrameSeal>) -> u64 {
 async fn an_encrypted_update_sends_at_most_twice_the_plain_one() {
     let dir = tempfile::tempdir().unwrap();
     let v1 = first_version();
-    let mut v2 = v1.clone();
-    v2[10 * MIB..11 * MIB].copy_from_slice(&noise(7, MIB));
-    v2.splice(40 * MIB..40 * MIB, noise(8, 100));
+    let v2 = second_version(&v1);
 
     let plain_dir = dir.path().join("plain");
     std::fs::create_dir_all(&plain_dir).unwrap();
