@@ -766,11 +766,26 @@ impl SqliteStore {
             });
         }
         self.drop_policy_in(conn, arn).await?;
-        for sql in [
-            "DELETE FROM refs WHERE from_arn = ?",
-            "DELETE FROM client_tokens WHERE arn = ?",
-            "DELETE FROM rows WHERE arn = ?",
-        ] {
+        self.delete_arn_in(
+            conn,
+            arn,
+            &[
+                "DELETE FROM refs WHERE from_arn = ?",
+                "DELETE FROM client_tokens WHERE arn = ?",
+                "DELETE FROM rows WHERE arn = ?",
+            ],
+        )
+        .await
+    }
+
+    /// Runs each statement, its one parameter `arn`, in the caller's transaction.
+    async fn delete_arn_in(
+        &self,
+        conn: &mut SqliteConnection,
+        arn: &str,
+        statements: &[&str],
+    ) -> Result<(), StoreError> {
+        for sql in statements {
             sqlx::query(sql)
                 .bind(arn)
                 .execute(&mut *conn)

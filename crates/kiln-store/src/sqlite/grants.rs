@@ -53,17 +53,15 @@ impl SqliteStore {
         conn: &mut SqliteConnection,
         arn: &str,
     ) -> Result<(), StoreError> {
-        for sql in [
-            "DELETE FROM grants WHERE arn = ?",
-            "DELETE FROM policies WHERE arn = ?",
-        ] {
-            sqlx::query(sql)
-                .bind(arn)
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| self.error(e))?;
-        }
-        Ok(())
+        self.delete_arn_in(
+            conn,
+            arn,
+            &[
+                "DELETE FROM grants WHERE arn = ?",
+                "DELETE FROM policies WHERE arn = ?",
+            ],
+        )
+        .await
     }
 
     pub(super) async fn put_policy_tx(
