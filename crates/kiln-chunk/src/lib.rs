@@ -47,7 +47,7 @@ mod rebuild;
 mod seal;
 #[cfg(test)]
 mod test_util;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use chunker::{chunk_file, Chunk, Chunked, Params};

@@ -3,18 +3,17 @@
 //! with no tag written; a build taken back leaves no signature or referrer behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use kiln_dist::attach::{self, Attached, Attachments, Document, Signer};
-use kiln_dist::pieces;
 use kiln_dist::{
-    distribute, Artifact, BuildId, Naming, OciImage, OutputKind, Place, Region, RegistryPlace,
-    RemoteTarget, Target,
+    distribute, Naming, OutputKind, Place, Region, RegistryPlace, RemoteTarget, Target,
 };
 use kiln_image::registry::RegistryOptions;
-use kiln_image::{Compression, ImageSettings};
 use kiln_testkit::registry::Registry;
+
+mod common;
+use common::artifact;
 
 struct Fixed(Result<Vec<u8>, String>);
 
@@ -22,31 +21,6 @@ impl Signer for Fixed {
     fn sign(&self, _payload: &[u8]) -> Result<Vec<u8>, String> {
         self.0.clone()
     }
-}
-
-fn artifact(scratch: &Path, build: u32) -> Artifact {
-    let tree = scratch.join(format!("tree-{build}"));
-    std::fs::create_dir_all(tree.join("etc")).unwrap();
-    std::fs::write(tree.join("etc/motd"), format!("build {build}")).unwrap();
-    let blob =
-        kiln_image::write_layer(&tree, &[], 0, Compression::Gzip, &scratch.join("blobs")).unwrap();
-    let mut a = Artifact {
-        build: BuildId {
-            name: "web".into(),
-            version: "1.0.0".into(),
-            build,
-        },
-        image: Some(OciImage {
-            blobs: vec![blob],
-            settings: ImageSettings::default(),
-        }),
-        disk: None,
-        previous: None,
-        scratch: scratch.join(format!("scratch-{build}")),
-        pieces: Vec::new(),
-    };
-    a.pieces = pieces::image(&a).unwrap().into_iter().collect();
-    a
 }
 
 fn target(host: &str, signer: Fixed, log: Arc<Mutex<Vec<Attached>>>) -> Arc<RemoteTarget> {
@@ -84,7 +58,7 @@ fn target(host: &str, signer: Fixed, log: Arc<Mutex<Vec<Attached>>>) -> Arc<Remo
 async fn attached_while_staged_and_gone_when_taken_back() {
     let reg = Registry::start();
     let dir = tempfile::tempdir().unwrap();
-    let a = artifact(dir.path(), 1);
+    let a = artifact(dir.path(), 1, "build 1");
     let subject = a.pieces[0].digest.clone();
     let place = RegistryPlace::new(&reg.host(), Some("golden"), RegistryOptions::default());
     let repo = place.repo("web").unwrap();

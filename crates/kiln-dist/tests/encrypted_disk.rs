@@ -17,22 +17,11 @@ use kiln_image::registry::RegistryOptions;
 use kiln_kms::{DataKeys, KeyStore, WrappedDataKey};
 use kiln_testkit::registry::Registry;
 
+mod common;
+use common::disk;
+
 const OWNER: &str = "111111111111";
 const OTHER: &str = "222222222222";
-
-fn disk(path: &Path, change: &[u8]) {
-    let mut bytes = Vec::with_capacity(12 << 20);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for _ in 0..(8 << 20) / 8 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        bytes.extend_from_slice(&x.to_le_bytes());
-    }
-    bytes.extend(std::iter::repeat_n(0u8, 4 << 20));
-    bytes[3 << 20..(3 << 20) + change.len()].copy_from_slice(change);
-    std::fs::write(path, bytes).unwrap();
-}
 
 fn sha256(p: &Path) -> String {
     let out = Command::new("sha256sum").arg(p).output().unwrap();

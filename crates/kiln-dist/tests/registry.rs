@@ -14,39 +14,15 @@ use std::sync::{Arc, Mutex};
 use kiln_dist::chunked::{self, ChunkedDisk};
 use kiln_dist::pieces::{self, Piece};
 use kiln_dist::{
-    distribute, take_back, Artifact, BucketPlace, BuildId, Naming, OciImage, OutputKind, Place,
-    Region, RegistryAccess, RegistryPlace, RemoteTarget,
+    distribute, take_back, Artifact, BucketPlace, BuildId, Naming, OutputKind, Place, Region,
+    RegistryAccess, RegistryPlace, RemoteTarget,
 };
 use kiln_image::registry::{manifest_digest, RegistryOptions};
-use kiln_image::{Compression, ImageSettings};
 use kiln_testkit::registry::{free_port, Registry};
 use kiln_testkit::require_tool as require;
 
-/// Build `build` of web 1.0.0: an image with one layer holding `content`.
-fn artifact(scratch: &Path, build: u32, content: &str) -> Artifact {
-    let tree = scratch.join(format!("tree-{build}-{content}"));
-    std::fs::create_dir_all(tree.join("etc")).unwrap();
-    std::fs::write(tree.join("etc/motd"), content).unwrap();
-    let blob =
-        kiln_image::write_layer(&tree, &[], 0, Compression::Gzip, &scratch.join("blobs")).unwrap();
-    let mut a = Artifact {
-        build: BuildId {
-            name: "web".into(),
-            version: "1.0.0".into(),
-            build,
-        },
-        image: Some(OciImage {
-            blobs: vec![blob],
-            settings: ImageSettings::default(),
-        }),
-        disk: None,
-        previous: (build > 1).then_some(build - 1),
-        scratch: scratch.join(format!("scratch-{build}-{content}")),
-        pieces: Vec::new(),
-    };
-    a.pieces = pieces::image(&a).unwrap().into_iter().collect();
-    a
-}
+mod common;
+use common::{artifact, disk};
 
 fn registry_region(name: &str, host: &str, ns: &str, kinds: Vec<OutputKind>) -> Region {
     Region {
@@ -177,22 +153,6 @@ async fn an_unreachable_region_stops_everything_before_anything_is_written() {
     assert!(kiln_image::list_tags(&layout)
         .unwrap_or_default()
         .is_empty());
-}
-
-/// A disk-like file: random 4 KiB blocks (seeded) with a long run of zeros, `change` bytes
-/// rewritten at 3 MiB.
-fn disk(path: &Path, change: &[u8]) {
-    let mut bytes = Vec::with_capacity(12 << 20);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for _ in 0..(8 << 20) / 8 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        bytes.extend_from_slice(&x.to_le_bytes());
-    }
-    bytes.extend(std::iter::repeat_n(0u8, 4 << 20));
-    bytes[3 << 20..(3 << 20) + change.len()].copy_from_slice(change);
-    std::fs::write(path, bytes).unwrap();
 }
 
 fn disk_piece(
