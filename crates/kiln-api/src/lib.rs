@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod builds;
+pub mod console;
 pub mod error;
 pub mod kms;
 pub mod logs;
@@ -65,6 +66,8 @@ pub struct App {
     pub kms_master_key: Option<std::path::PathBuf>,
     /// The registries' token service (`/registry/token`), when the server is one.
     pub registry_tokens: Option<Arc<registry_token::TokenService>>,
+    /// The web console (`/console/`), when the server has one.
+    pub console: Option<console::Console>,
 }
 
 /// The HTTP service: every path goes through [`handle`].
@@ -124,6 +127,12 @@ async fn serve_one(
     // The registries' token service takes Basic credentials of its own, not SigV4.
     if let (Some(t), registry_token::PATH) = (&app.registry_tokens, parts.uri.path()) {
         return Ok(Answer::Stream(t.serve(&parts).await));
+    }
+    // The console signs people in with a cookie of its own, not SigV4.
+    if console::owns(parts.uri.path()) {
+        return Ok(Answer::Stream(
+            console::serve(app.clone(), parts, body).await,
+        ));
     }
     let principal = app.auth.authenticate(&parts, &body)?;
     app.limiter.check(&principal.account)?;

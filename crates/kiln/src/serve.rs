@@ -142,6 +142,12 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
         launcher,
         concurrency: args.concurrency.unwrap_or(cfg.serve.concurrency).max(1) as usize,
     };
+    let console_key = kiln_api::console::SessionKey::load_or_create(&home.root)
+        .context("the console's session key")?;
+    let console = kiln_api::console::Console {
+        sessions: kiln_api::console::Sessions::new(console_key, keys.clone()),
+        tls: args.tls_cert.is_some(),
+    };
     let app = Arc::new(App {
         resources: Resources::new(store.clone()).with_trust(cfg.trust.clone()),
         records,
@@ -151,6 +157,7 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
         tokens: kiln_api::tokens::Tokens::default(),
         kms_master_key: cfg.kms_master_key.clone(),
         registry_tokens: Some(registry_tokens),
+        console: Some(console),
     });
     // Read before anything listens: a bad certificate is told at once.
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -169,6 +176,9 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
     eprintln!(
         "kiln serve: the EC2 Image Builder API for region {} on {scheme}://{bound} (aws imagebuilder ... --endpoint-url {scheme}://{bound} --region {})",
         cfg.serve.region, cfg.serve.region
+    );
+    eprintln!(
+        "kiln serve: the console on {scheme}://{bound}/console/ (sign in with an access key from `kiln account create`)"
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -6,7 +6,7 @@ mod lifecycle;
 mod paging;
 mod policies;
 mod resources;
-mod shared_images;
+pub(crate) mod shared_images;
 mod tags;
 pub(crate) mod view;
 
