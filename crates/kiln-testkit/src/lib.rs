@@ -1,7 +1,9 @@
 //! Test support shared by kiln's crates: the real servers their tests talk to, started on
 //! loopback ports in temporary folders and stopped when dropped, and checks that the host tools
 //! a test needs are installed (a missing one fails the test with what to run; nothing skips),
-//! and a TCP proxy that breaks connections on purpose ([`proxy::CutProxy`]).
+//! and a TCP proxy that breaks connections on purpose ([`proxy::CutProxy`]). With the `browser`
+//! feature, a headless Chromium driven through chromedriver, with axe-core's accessibility
+//! checks ([`browser::Browser`]).
 //!
 //! Only tests use it (a dev-dependency): failing loudly is its job, so it unwraps.
 #![deny(missing_docs)]
@@ -9,6 +11,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+#[cfg(feature = "browser")]
+pub mod browser;
 pub mod proxy;
 pub mod registry;
 
