@@ -6,6 +6,9 @@
 //! Unlike the rest of this crate, it returns errors instead of panicking: a test decides
 //! whether a missing element is a failure.
 
+/// The WebDriver client the harness drives, for what a test does beyond it (keys, locators).
+pub use fantoccini;
+
 use std::fmt;
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -250,16 +253,22 @@ impl Browser {
     /// is one.
     pub async fn wait_for(&self, css: &str) -> Result<Element, Error> {
         let deadline = Instant::now() + WAIT;
+        let mut failed = None;
         loop {
             match self.client.find(Locator::Css(css)).await {
                 Ok(element) => return Ok(element),
                 Err(e) if e.is_no_such_element() => {}
-                Err(e) => return Err(e.into()),
+                // A page being replaced answers with errors of its own (Chromium's "Node
+                // with given id does not belong to the document"): look again.
+                Err(e) => failed = Some(e.to_string()),
             }
             if Instant::now() >= deadline {
                 return Err(Error::Timeout(format!(
-                    "no element matches `{css}` after {} s",
-                    WAIT.as_secs()
+                    "no element matches `{css}` after {} s{}",
+                    WAIT.as_secs(),
+                    failed
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
                 )));
             }
             tokio::time::sleep(POLL).await;
@@ -269,28 +278,40 @@ impl Browser {
     /// The text of the first element matching `css`, once it contains `needle` (polling for up
     /// to 15 s); the error says what the text was last.
     pub async fn wait_text(&self, css: &str, needle: &str) -> Result<String, Error> {
-        let deadline = Instant::now() + WAIT;
+        self.wait_text_within(css, needle, WAIT).await
+    }
+
+    /// [`Browser::wait_text`], polling for up to `within` (for what takes longer, a build).
+    pub async fn wait_text_within(
+        &self,
+        css: &str,
+        needle: &str,
+        within: Duration,
+    ) -> Result<String, Error> {
+        let deadline = Instant::now() + within;
         let mut last = None;
+        let mut failed = None;
         loop {
             match self.client.find(Locator::Css(css)).await {
                 Ok(element) => match element.text().await {
                     Ok(text) if text.contains(needle) => return Ok(text),
                     Ok(text) => last = Some(text),
                     // Replaced between finding and reading it: look again.
-                    Err(e) if e.is_stale_element_reference() => {}
-                    Err(e) => return Err(e.into()),
+                    Err(e) => failed = Some(e.to_string()),
                 },
                 Err(e) if e.is_no_such_element() => {}
-                Err(e) => return Err(e.into()),
+                // A page being replaced: look again.
+                Err(e) => failed = Some(e.to_string()),
             }
             if Instant::now() >= deadline {
-                let seen = match last {
-                    Some(text) => format!("its text was last {text:?}"),
-                    None => "no element matched".to_string(),
+                let seen = match (last, failed) {
+                    (Some(text), _) => format!("its text was last {text:?}"),
+                    (None, Some(e)) => format!("the last error was {e}"),
+                    (None, None) => "no element matched".to_string(),
                 };
                 return Err(Error::Timeout(format!(
                     "the text of `{css}` did not contain {needle:?} after {} s: {seen}",
-                    WAIT.as_secs()
+                    within.as_secs()
                 )));
             }
             tokio::time::sleep(POLL).await;
