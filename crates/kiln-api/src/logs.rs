@@ -29,20 +29,39 @@ pub async fn stream(
     let arn = get("imageBuildVersionArn")
         .ok_or_else(|| ApiError::bad_request("imageBuildVersionArn: is required"))?;
     let rec = crate::ops::images::record(&app, &principal, &arn).await?;
-    // The first line not seen yet: after the last event id, else `from`, else the start.
-    let from = parts
+    let from = first_line(parts, get("from").as_deref());
+    let events = events(app, &rec.logs, rec.arn.clone(), from, None);
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// The first line a stream sends: the one after `Last-Event-ID` (a reconnecting
+/// EventSource), else `from`, else the start.
+pub(crate) fn first_line(parts: &Parts, from: Option<&str>) -> u64 {
+    parts
         .headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|n| n + 1)
-        .or_else(|| get("from").and_then(|f| f.parse().ok()))
-        .unwrap_or(0);
-    let follower = Follower::new(&rec.logs, from);
-    let arn = rec.arn.clone();
-    let events = futures_util::stream::unfold(
-        (follower, app, principal, arn, false),
-        |(mut f, app, principal, arn, ended)| async move {
+        .or_else(|| from.and_then(|f| f.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// The log in `logs` from line `from` on, one event per line whose id is its number (named
+/// `name`, or the default `message` event), then an `end` event with the image's final state.
+pub(crate) fn events(
+    app: Arc<App>,
+    logs: &std::path::Path,
+    arn: String,
+    from: u64,
+    name: Option<&'static str>,
+) -> impl futures_util::Stream<Item = Result<Event, Infallible>> {
+    let follower = Follower::new(logs, from);
+    futures_util::stream::unfold(
+        (follower, app, arn, false),
+        move |(mut f, app, arn, ended)| async move {
             if ended {
                 return None;
             }
@@ -54,23 +73,25 @@ pub async fn stream(
                     }
                 })
                 .await;
-            let event = match line {
-                Some((n, text)) => Event::default().id(n.to_string()).data(text),
+            match line {
+                Some((n, text)) => {
+                    let mut event = Event::default().id(n.to_string()).data(text);
+                    if let Some(name) = name {
+                        event = event.event(name);
+                    }
+                    Some((Ok(event), (f, app, arn, false)))
+                }
                 None => {
                     let state = match app.records.get(&arn).await {
                         Ok(Some(r)) => r.state.as_str().to_string(),
                         _ => "DELETED".into(),
                     };
-                    return Some((
-                        Ok::<Event, Infallible>(Event::default().event("end").data(state)),
-                        (f, app, principal, arn, true),
-                    ));
+                    Some((
+                        Ok(Event::default().event("end").data(state)),
+                        (f, app, arn, true),
+                    ))
                 }
-            };
-            Some((Ok(event), (f, app, principal, arn, false)))
+            }
         },
-    );
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    )
 }

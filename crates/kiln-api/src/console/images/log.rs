@@ -1,12 +1,10 @@
 //! `GET /console/log?arn=&from=N`: an image's build log as Server-Sent Events for the image's
 //! page, the same stream the API serves at `/kiln/logs` but for a signed-in session.
 
-use std::convert::Infallible;
-
 use axum::http::request::Parts;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::IntoResponse;
-use kiln_core::build::log::{Follower, BUILD_LOG};
+use kiln_core::build::log::BUILD_LOG;
 
 use super::super::{Ctx, Page};
 use crate::error::ApiError;
@@ -43,50 +41,13 @@ pub async fn stream(ctx: &Ctx, parts: &Parts) -> Page {
         .ok_or_else(|| ApiError::bad_request("arn: is required"))?
         .to_string();
     let rec = crate::ops::images::record(&ctx.app, ctx.principal(), &arn).await?;
-    let from = parts
-        .headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|n| n + 1)
-        .or_else(|| ctx.q("from").and_then(|f| f.parse().ok()))
-        .unwrap_or(0);
-    let follower = Follower::new(&rec.logs, from);
-    let app = ctx.app.clone();
-    let arn = rec.arn.clone();
-    let events = futures_util::stream::unfold(
-        (follower, app, arn, false),
-        |(mut f, app, arn, ended)| async move {
-            if ended {
-                return None;
-            }
-            let line = f
-                .next(|| {
-                    let (app, arn) = (app.clone(), arn.clone());
-                    async move {
-                        matches!(app.records.get(&arn).await, Ok(Some(r)) if !r.state.is_final())
-                    }
-                })
-                .await;
-            match line {
-                Some((n, text)) => Some((
-                    Ok::<Event, Infallible>(
-                        Event::default().event("line").id(n.to_string()).data(text),
-                    ),
-                    (f, app, arn, false),
-                )),
-                None => {
-                    let state = match app.records.get(&arn).await {
-                        Ok(Some(r)) => r.state.as_str().to_string(),
-                        _ => "DELETED".into(),
-                    };
-                    Some((
-                        Ok(Event::default().event("end").data(state)),
-                        (f, app, arn, true),
-                    ))
-                }
-            }
-        },
+    let from = crate::logs::first_line(parts, ctx.q("from"));
+    let events = crate::logs::events(
+        ctx.app.clone(),
+        &rec.logs,
+        rec.arn.clone(),
+        from,
+        Some("line"),
     );
     Ok(super::super::harden(
         Sse::new(events)
