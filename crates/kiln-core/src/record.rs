@@ -163,6 +163,21 @@ pub enum CacheUse {
     InVm,
 }
 
+impl CacheUse {
+    /// The record's word for it (`hit`, `not-run`, `in-vm`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheUse::Hit => "hit",
+            CacheUse::Miss => "miss",
+            CacheUse::Disabled => "disabled",
+            CacheUse::Bypassed => "bypassed",
+            CacheUse::NotRun => "not-run",
+            CacheUse::NoLayer => "no-layer",
+            CacheUse::InVm => "in-vm",
+        }
+    }
+}
+
 /// One step of a component, with its timing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -1050,6 +1065,24 @@ pub fn read_record(path: &Path) -> Result<Option<ImageRecord>, StoreError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn cache_words_are_the_records() {
+        for c in [
+            CacheUse::Hit,
+            CacheUse::Miss,
+            CacheUse::Disabled,
+            CacheUse::Bypassed,
+            CacheUse::NotRun,
+            CacheUse::NoLayer,
+            CacheUse::InVm,
+        ] {
+            assert_eq!(
+                serde_json::to_value(c).unwrap(),
+                serde_json::Value::String(c.as_str().into())
+            );
+        }
+    }
 
     /// A record with nothing in it yet (tests of other modules use it too).
     pub(crate) fn record(name: &str, version: &str, state: State) -> ImageRecord {

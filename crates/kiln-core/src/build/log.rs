@@ -125,6 +125,16 @@ fn step(e: &OwnedEvent) -> Option<String> {
     })
 }
 
+/// A line of the build log that is a step's output, read back as [`render`] writes it
+/// (`TIME   | STEP: TEXT`, `!` for stderr): `(STEP, TEXT)`.
+pub fn step_output(line: &str) -> Option<(&str, &str)> {
+    let (_, rest) = line.split_once(' ')?;
+    let rest = rest
+        .strip_prefix("  | ")
+        .or_else(|| rest.strip_prefix("  ! "))?;
+    rest.split_once(": ")
+}
+
 /// Reads a build log from line `from` (0-based) as it grows.
 pub struct Follower {
     path: PathBuf,
@@ -194,6 +204,26 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_output_reads_back_what_render_writes() {
+        let e = BuildEvent::Step {
+            event: OwnedEvent::Output {
+                step: kiln_toe::events::StepId {
+                    depth: 0,
+                    document: "d".into(),
+                    phase: "build".into(),
+                    step: "Fail".into(),
+                    action: kiln_toe::action::Action::ExecuteBash,
+                },
+                stream: Stream::Stderr,
+                line: "the error: disk full".into(),
+            },
+        };
+        let line = render(&e).unwrap();
+        assert_eq!(step_output(&line), Some(("Fail", "the error: disk full")));
+        assert_eq!(step_output("10:00:00.000 phase build"), None);
+    }
 
     #[tokio::test]
     async fn a_follower_sees_each_line_once_and_resumes_where_told() {

@@ -149,13 +149,13 @@ impl Summary {
                 .iter()
                 .map(|c| Component {
                     name: c.name.clone(),
-                    cache: format!("{:?}", c.cache).to_lowercase(),
+                    cache: c.cache.as_str().to_string(),
                     took: seconds(c.duration_ms),
                     steps: steps(&c.steps),
                 })
                 .collect(),
             tests: rec.tests.as_ref().map(|t| Tests {
-                status: format!("{:?}", t.status).to_lowercase(),
+                status: t.status.as_str().to_string(),
                 took: seconds(t.duration_ms),
                 boot: match (t.boot_ms, &t.accelerator) {
                     (Some(ms), Some(a)) => format!("booted in {} ({a:?})", seconds(ms)),
@@ -187,7 +187,7 @@ fn steps(s: &[kiln_core::record::StepTiming]) -> Vec<(String, String, String, St
             (
                 t.step.clone(),
                 t.action.clone(),
-                format!("{:?}", t.status).to_lowercase(),
+                t.status.word().to_string(),
                 seconds(t.duration_ms),
             )
         })
@@ -301,16 +301,11 @@ fn step_output(logs: &std::path::Path, step: &str) -> Vec<String> {
     }
     let text =
         std::fs::read_to_string(logs.join(kiln_core::build::log::BUILD_LOG)).unwrap_or_default();
-    let mark = format!("{step}: ");
     let mut out: Vec<String> = text
         .lines()
-        .filter_map(|l| {
-            let (_, rest) = l.split_once(' ')?;
-            let rest = rest
-                .strip_prefix("  | ")
-                .or_else(|| rest.strip_prefix("  ! "))?;
-            rest.strip_prefix(&mark).map(str::to_string)
-        })
+        .filter_map(kiln_core::build::log::step_output)
+        .filter(|(s, _)| *s == step)
+        .map(|(_, t)| t.to_string())
         .collect();
     let skip = out.len().saturating_sub(FAILURE_LINES);
     out.drain(..skip);
