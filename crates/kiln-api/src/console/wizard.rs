@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::frame::{page, Frame, Nav};
 use super::json::{link, list, s};
-use super::{html, redirect, Ctx, Page, PageError};
+use super::{html, redirect, Ctx, Page};
 use crate::error::ApiError;
 use crate::ops::Op;
 use axum::http::StatusCode;
@@ -155,6 +155,12 @@ impl State {
     /// What is wrong with step `step`, field by field.
     fn check(&self, step: usize) -> Vec<Problem> {
         let mut p = Vec::new();
+        // kiln-core's semantic version, which the create operations parse.
+        let bad_version = self
+            .recipe_version
+            .parse::<kiln_core::version::Version>()
+            .err()
+            .map(|e| format!("The recipe's version: {e}."));
         let mut need = |ok: bool, field: &str, message: &str| {
             if !ok {
                 p.push(Problem {
@@ -173,12 +179,12 @@ impl State {
                 need(
                     name_ok(&self.recipe_name),
                     "recipeName",
-                    "The recipe's name: 1 to 128 letters, digits, spaces, - or _.",
+                    "The recipe's name: 1 to 128 letters, digits, ., - or _, starting with a letter or digit.",
                 );
                 need(
-                    version_ok(&self.recipe_version),
+                    bad_version.is_none(),
                     "recipeVersion",
-                    "The recipe's version is major.minor.patch, such as 1.0.0.",
+                    bad_version.as_deref().unwrap_or(""),
                 );
                 need(
                     !self.parent.is_empty(),
@@ -252,7 +258,7 @@ impl State {
                 need(
                     name_ok(&self.pipeline_name),
                     "pipelineName",
-                    "The pipeline's name: 1 to 128 letters, digits, spaces, - or _.",
+                    "The pipeline's name: 1 to 128 letters, digits, ., - or _, starting with a letter or digit.",
                 );
                 if !self.expression.is_empty() {
                     if let Err(e) = kiln_schedule::Schedule::parse(
@@ -272,19 +278,9 @@ impl State {
     }
 }
 
+/// A resource name the API accepts: kiln-core's rule, which the create operations apply.
 fn name_ok(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 128
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ' '))
-}
-
-fn version_ok(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('.').collect();
-    parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+    kiln_core::recipe::is_name(n)
 }
 
 /// `a=1; b=2` as the API's component parameters; `None` when it is not that.
@@ -438,51 +434,64 @@ pub async fn serve(ctx: &Ctx) -> Page {
             }
         }
         a => {
-            if let Some(n) = a
-                .strip_prefix("goto-")
-                .and_then(|n| n.parse::<usize>().ok())
-            {
+            if let Some(n) = numbered(a, "goto-") {
                 st.step = n.clamp(1, STEPS.len());
-            } else if let Some(i) = a
-                .strip_prefix("remove-")
-                .and_then(|n| n.parse::<usize>().ok())
-            {
+            } else if let Some(i) = numbered(a, "remove-") {
                 if i < st.components.len() {
                     st.components.remove(i);
                 }
                 if st.components.is_empty() {
                     st.components.push(Pick::default());
                 }
-            } else if let Some(i) = a.strip_prefix("up-").and_then(|n| n.parse::<usize>().ok()) {
+            } else if let Some(i) = numbered(a, "up-") {
                 if i > 0 && i < st.components.len() {
                     st.components.swap(i - 1, i);
                 }
             }
         }
     }
-    let components = choices(
-        ctx,
-        Op::ListComponents,
-        json!({"owner": "Self"}),
-        "componentVersionList",
-    )
-    .await;
-    let infras = choices(
-        ctx,
-        Op::ListInfrastructureConfigurations,
-        json!({}),
-        "infrastructureConfigurationSummaryList",
-    )
-    .await;
-    let dists = choices(
-        ctx,
-        Op::ListDistributionConfigurations,
-        json!({}),
-        "distributionConfigurationSummaryList",
-    )
-    .await;
-    let components = latest_builds(ctx, components).await;
-    let review = review(&st, &infras, &dists);
+    // Each list is asked for only on the steps that show it (the review names the chosen
+    // configurations).
+    let step = st.step;
+    let components = if step == 2 {
+        let versions = choices(
+            ctx,
+            Op::ListComponents,
+            json!({"owner": "Self"}),
+            "componentVersionList",
+        )
+        .await;
+        latest_builds(ctx, versions).await
+    } else {
+        Vec::new()
+    };
+    let infras = if step == 3 || step == STEPS.len() {
+        choices(
+            ctx,
+            Op::ListInfrastructureConfigurations,
+            json!({}),
+            "infrastructureConfigurationSummaryList",
+        )
+        .await
+    } else {
+        Vec::new()
+    };
+    let dists = if step == 4 || step == STEPS.len() {
+        choices(
+            ctx,
+            Op::ListDistributionConfigurations,
+            json!({}),
+            "distributionConfigurationSummaryList",
+        )
+        .await
+    } else {
+        Vec::new()
+    };
+    let review = if step == STEPS.len() {
+        review(&st, &infras, &dists)
+    } else {
+        Vec::new()
+    };
     let preview = preview(&st.expression, &st.timezone);
     let status = if problems.is_empty() && refused.is_empty() {
         StatusCode::OK
@@ -508,6 +517,11 @@ pub async fn serve(ctx: &Ctx) -> Page {
     })?;
     *r.status_mut() = status;
     Ok(r)
+}
+
+/// `N` of an action `PREFIXN` (`remove-2`).
+fn numbered(action: &str, prefix: &str) -> Option<usize> {
+    action.strip_prefix(prefix)?.parse().ok()
 }
 
 async fn choices(ctx: &Ctx, op: Op, input: Value, member: &str) -> Vec<Choice> {
@@ -776,12 +790,6 @@ async fn create_in(ctx: &Ctx, st: &State, made: &mut Made) -> Result<String, (us
     Ok(s(&got, "imagePipelineArn"))
 }
 
-impl From<(usize, ApiError)> for PageError {
-    fn from((_, e): (usize, ApiError)) -> Self {
-        PageError::Api(e)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -838,6 +846,19 @@ mod tests {
         let p = st.check(5);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].field, "scheduleExpression");
+    }
+
+    #[test]
+    fn names_and_versions_follow_the_apis_rules() {
+        let mut st = state();
+        // What CreateContainerRecipe refuses, the first step refuses too.
+        st.recipe_name = "my web".into();
+        st.recipe_version = "01.0.0".into();
+        let fields: Vec<String> = st.check(1).into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["recipeName", "recipeVersion"]);
+        st.recipe_name = "web.v2".into();
+        st.recipe_version = "1.10.0".into();
+        assert_eq!(st.check(1), vec![]);
     }
 
     #[test]
