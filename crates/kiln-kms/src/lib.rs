@@ -13,7 +13,7 @@ mod crypto;
 pub mod disk;
 mod ec;
 mod error;
-mod files;
+pub mod files;
 mod jwe;
 pub mod layer;
 pub mod store;

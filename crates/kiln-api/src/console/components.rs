@@ -6,7 +6,7 @@ use askama::Template;
 use serde_json::{json, Value};
 
 use super::frame::{page, Frame, Nav};
-use super::json::{link, list as items, s};
+use super::json::{link, list as items, owner, s};
 use super::{encode, redirect, Ctx, Page, PREFIX};
 use crate::ops::Op;
 
@@ -22,17 +22,12 @@ pub struct Row {
 
 fn row(c: &Value, own: &str) -> Row {
     let arn = s(c, "arn");
-    let account = arn.split(':').nth(4).unwrap_or("").to_string();
     Row {
         href: link(&arn).unwrap_or_default(),
         name: s(c, "name"),
         version: s(c, "version"),
         platform: s(c, "platform"),
-        owner: match account.as_str() {
-            a if a == own => "you".into(),
-            "aws" | "kiln" => "kiln (built in)".into(),
-            a => format!("shared by {a}"),
-        },
+        owner: owner(&arn, own),
         description: s(c, "description"),
     }
 }

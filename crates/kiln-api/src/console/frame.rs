@@ -1,9 +1,10 @@
 //! What every page shares: the frame (navigation, account, theme, sign-out) and the error page.
 
 use askama::Template;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 
+use super::json::escape;
 use super::{html, redirect, Ctx, PageError};
 
 /// The cookie that keeps a browser's theme.
@@ -109,12 +110,8 @@ pub fn error_page(ctx: &Ctx, e: PageError) -> Response {
     if ctx.htmx {
         let body = format!(
             "<p role=\"alert\" class=\"refused\"><strong>{}</strong>: {}</p>",
-            askama::filters::escape(&code, askama::filters::Html)
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
-            askama::filters::escape(&message, askama::filters::Html)
-                .map(|s| s.to_string())
-                .unwrap_or_default()
+            escape(&code),
+            escape(&message)
         );
         return html(status_code, body);
     }
@@ -133,14 +130,12 @@ pub fn error_page(ctx: &Ctx, e: PageError) -> Response {
 /// Keeps the theme a browser chose, and goes back to the page it was chosen on.
 pub fn set_theme(ctx: &Ctx) -> Response {
     let chosen = ctx.f("theme").and_then(theme).unwrap_or("");
-    let mut r = redirect(&super::local(ctx.f("back")));
-    let cookie = format!(
-        "{THEME_COOKIE}={chosen}; Path=/console; Max-Age=31536000; SameSite=Strict; HttpOnly"
-    );
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    r
+    super::set_cookie(
+        redirect(&super::local(ctx.f("back"))),
+        &format!(
+            "{THEME_COOKIE}={chosen}; Path=/console; Max-Age=31536000; SameSite=Strict; HttpOnly"
+        ),
+    )
 }
 
 /// Renders a page template into a 200 answer.

@@ -6,7 +6,7 @@ use kiln_core::record::{ImageRecord, ImageSummary};
 use kiln_store::{Filter, Kind, Order};
 
 use super::frame::{page, Frame, Nav};
-use super::json::link;
+use super::json::{link, owner};
 use super::pipelines::seconds;
 use super::{Ctx, Page};
 use crate::error::ApiError;
@@ -28,8 +28,8 @@ pub struct Row {
     pub owner: String,
 }
 
-fn row(i: &ImageSummary, own: &str) -> Row {
-    let account = i.arn.split(':').nth(4).unwrap_or("");
+/// An image as the lists show it (the images list, a pipeline's history).
+pub fn row(i: &ImageSummary, own: &str) -> Row {
     Row {
         href: link(&i.arn).unwrap_or_default(),
         name: i.name.clone(),
@@ -42,11 +42,7 @@ fn row(i: &ImageSummary, own: &str) -> Row {
             "running".into()
         },
         cache_hits: i.cache_hits,
-        owner: if account == own {
-            "you".into()
-        } else {
-            format!("shared by {account}")
-        },
+        owner: owner(&i.arn, own),
     }
 }
 

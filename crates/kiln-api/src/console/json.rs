@@ -20,6 +20,16 @@ pub fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
         .unwrap_or(&[])
 }
 
+/// Whose a resource or image is, as the lists say it: `you`, `kiln (built in)`, or
+/// `shared by ACCOUNT` (the account in its ARN against the session's `own`).
+pub fn owner(arn: &str, own: &str) -> String {
+    match arn.split(':').nth(4).unwrap_or("") {
+        a if a == own => "you".into(),
+        "aws" | "kiln" => "kiln (built in)".into(),
+        a => format!("shared by {a}"),
+    }
+}
+
 /// Escapes text for HTML.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -232,7 +232,7 @@ async fn route(ctx: &Ctx, method: &Method, rest: &str, parts: &Parts) -> Option<
     let post = method == Method::POST;
     Some(match rest {
         "" | "/" if get => Ok(redirect(&format!("{PREFIX}/pipelines"))),
-        "/signout" if post => Ok(signin::sign_out(ctx)),
+        "/signout" if post => Ok(signin::sign_out()),
         "/theme" if post => Ok(frame::set_theme(ctx)),
         "/pipelines" if get => pipelines::list(ctx).await,
         "/pipeline" if get => pipelines::detail(ctx).await,
@@ -356,6 +356,14 @@ pub(crate) fn redirect(to: &str) -> Response {
         r.headers_mut().insert(header::LOCATION, v);
     }
     harden(r)
+}
+
+/// `r` with a `Set-Cookie` of `cookie` (a cookie line the console made, always a valid header).
+pub(crate) fn set_cookie(mut r: Response, cookie: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
 }
 
 /// A console path that is safe to send a browser back to (no other site).

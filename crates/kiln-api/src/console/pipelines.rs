@@ -91,16 +91,6 @@ pub async fn list(ctx: &Ctx) -> Page {
     })
 }
 
-/// An image of a pipeline's history.
-pub struct Built {
-    pub href: String,
-    pub version: String,
-    pub state: String,
-    pub created: String,
-    pub took: String,
-    pub cache_hits: usize,
-}
-
 #[derive(Template)]
 #[template(path = "console/pipeline.html")]
 struct Detail {
@@ -110,7 +100,7 @@ struct Detail {
     recipe: (String, String),
     infrastructure: (String, String),
     distribution: (String, String),
-    images: Vec<Built>,
+    images: Vec<super::images::Row>,
     notice: String,
 }
 
@@ -143,15 +133,8 @@ pub async fn detail(ctx: &Ctx) -> Page {
         .await
         .map_err(ApiError::service)?;
     let images = history
-        .into_iter()
-        .map(|i| Built {
-            href: link(&i.arn).unwrap_or_default(),
-            version: format!("{}/{}", i.version, i.build),
-            state: i.state.as_str().to_string(),
-            created: i.created.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-            took: seconds(i.duration_ms),
-            cache_hits: i.cache_hits,
-        })
+        .iter()
+        .map(|i| super::images::row(i, &ctx.principal().account))
         .collect();
     page(&Detail {
         frame: ctx.frame(s(p, "name"), Nav::Pipelines),

@@ -51,39 +51,40 @@ const KINDS: [Kind; 4] = [
     },
 ];
 
-/// A detail page: its path, the Get operation, the ARN member, the member holding the answer.
-const DETAILS: [(&str, Op, &str, &str); 6] = [
+/// A detail page: its path, the Get operation (`None`: a topic, which kiln's topics module
+/// answers), the ARN member, the member holding the answer.
+const DETAILS: [(&str, Option<Op>, &str, &str); 6] = [
     (
         "recipe",
-        Op::GetImageRecipe,
+        Some(Op::GetImageRecipe),
         "imageRecipeArn",
         "imageRecipe",
     ),
     (
         "container-recipe",
-        Op::GetContainerRecipe,
+        Some(Op::GetContainerRecipe),
         "containerRecipeArn",
         "containerRecipe",
     ),
     (
         "infrastructure-configuration",
-        Op::GetInfrastructureConfiguration,
+        Some(Op::GetInfrastructureConfiguration),
         "infrastructureConfigurationArn",
         "infrastructureConfiguration",
     ),
     (
         "distribution-configuration",
-        Op::GetDistributionConfiguration,
+        Some(Op::GetDistributionConfiguration),
         "distributionConfigurationArn",
         "distributionConfiguration",
     ),
     (
         "lifecycle-policy",
-        Op::GetLifecyclePolicy,
+        Some(Op::GetLifecyclePolicy),
         "lifecyclePolicyArn",
         "lifecyclePolicy",
     ),
-    ("topic", Op::GetImage, "topicArn", "topic"),
+    ("topic", None, "topicArn", "topic"),
 ];
 
 /// The tabs over the kinds, on every list page.
@@ -174,14 +175,15 @@ async fn list(ctx: &Ctx, k: &Kind) -> Page {
     })
 }
 
-async fn detail(ctx: &Ctx, d: &(&str, Op, &str, &str)) -> Page {
+async fn detail(ctx: &Ctx, d: &(&str, Option<Op>, &str, &str)) -> Page {
     let (kind, op, key, member) = *d;
     let arn = ctx.q("arn").unwrap_or("").to_string();
-    let got = if kind == "topic" {
-        let q = format!("topicArn={}", super::encode(&arn));
-        crate::topics::serve(&ctx.app, ctx.principal(), TopicOp::Get, &q, b"").await?
-    } else {
-        ctx.call(op, json!({ key: arn })).await?
+    let got = match op {
+        Some(op) => ctx.call(op, json!({ key: arn })).await?,
+        None => {
+            let q = format!("{key}={}", super::encode(&arn));
+            crate::topics::serve(&ctx.app, ctx.principal(), TopicOp::Get, &q, b"").await?
+        }
     };
     let v = got
         .get(member)

@@ -53,7 +53,8 @@ impl SessionKey {
         SessionKey(bytes)
     }
 
-    /// `HOME/console.key`, made (mode 0600) with 32 random bytes the first time.
+    /// `HOME/console.key`, made (mode 0600, written whole through a temporary file, as the KMS
+    /// writes its keys) with 32 random bytes the first time.
     pub fn load_or_create(home: &Path) -> Result<SessionKey, KeyError> {
         let path = home.join("console.key");
         let bad = |why: String| KeyError::Bad {
@@ -73,7 +74,7 @@ impl SessionKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut bytes = [0u8; 32];
                 getrandom::fill(&mut bytes).map_err(|e| bad(format!("no randomness: {e}")))?;
-                write_private(&path, &bytes).map_err(|e| bad(e.to_string()))?;
+                kiln_kms::files::write_private(&path, &bytes).map_err(|e| bad(e.to_string()))?;
                 Ok(SessionKey(bytes))
             }
             Err(e) => Err(bad(e.to_string())),
@@ -90,21 +91,6 @@ impl SessionKey {
         }
         m.finalize().into_bytes().into()
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 /// A signed-in session: who, and the token its forms carry.

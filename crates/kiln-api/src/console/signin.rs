@@ -2,11 +2,11 @@
 
 use askama::Template;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
 
 use super::session::{COOKIE, LIFETIME_SECS};
-use super::{first, html, local, redirect, Console, Ctx, PREFIX};
+use super::{first, html, local, redirect, set_cookie, Console, PREFIX};
 
 #[derive(Template)]
 #[template(path = "console/signin.html")]
@@ -61,24 +61,19 @@ pub fn serve(
     };
     tracing::info!(access_key_id = %id, "console sign-in");
     let secure = if console.tls { "; Secure" } else { "" };
-    let mut r = redirect(&next);
-    let set = format!(
-        "{COOKIE}={cookie}; Path={PREFIX}; Max-Age={LIFETIME_SECS}; HttpOnly; SameSite=Strict{secure}"
-    );
-    if let Ok(v) = HeaderValue::from_str(&set) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    r
+    set_cookie(
+        redirect(&next),
+        &format!(
+            "{COOKIE}={cookie}; Path={PREFIX}; Max-Age={LIFETIME_SECS}; HttpOnly; SameSite=Strict{secure}"
+        ),
+    )
 }
 
 /// Ends the browser's session (the cookie is cleared; a copy of it stays valid until it
 /// expires or its access key is deleted, as a signed token does).
-pub fn sign_out(ctx: &Ctx) -> Response {
-    let _ = ctx;
-    let mut r = redirect(&format!("{PREFIX}/signin"));
-    let set = format!("{COOKIE}=; Path={PREFIX}; Max-Age=0; HttpOnly; SameSite=Strict");
-    if let Ok(v) = HeaderValue::from_str(&set) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    r
+pub fn sign_out() -> Response {
+    set_cookie(
+        redirect(&format!("{PREFIX}/signin")),
+        &format!("{COOKIE}=; Path={PREFIX}; Max-Age=0; HttpOnly; SameSite=Strict"),
+    )
 }
