@@ -133,9 +133,19 @@ impl Ui {
         el.send_keys(&Key::Enter).await.unwrap();
     }
 
-    /// axe-core on the page as it is, once per path and theme.
-    async fn accessible(&mut self, theme: &str) {
+    /// axe-core on the page as it is (in the theme it shows), noted per path and theme.
+    async fn accessible(&mut self) {
         let path = self.path().await;
+        let theme = self
+            .b
+            .client()
+            .execute(
+                "return document.documentElement.getAttribute('data-theme') || 'light'",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let theme = theme.as_str().unwrap_or("light").to_string();
         let key = format!("{theme} {}", path.split('?').next().unwrap_or(""));
         let v = self.b.axe().await.unwrap();
         assert!(
@@ -161,6 +171,16 @@ impl Ui {
         }
     }
 
+    /// Switches the theme with the footer's button, by keyboard.
+    async fn toggle_theme(&self, to: &str) {
+        self.tab_to("theme-toggle").await;
+        self.enter().await;
+        self.b
+            .wait_for(&format!("html[data-theme={to}] main"))
+            .await
+            .unwrap();
+    }
+
     /// No page may scroll sideways on a 360 px phone.
     async fn fits(&self, width: u32) {
         let got = self
@@ -182,7 +202,7 @@ impl Ui {
 
     /// Runs the wizard by keyboard; the pipeline's page path.
     async fn wizard(
-        &self,
+        &mut self,
         pipeline: &str,
         component: &str,
         parameters: &str,
@@ -190,6 +210,7 @@ impl Ui {
     ) -> String {
         self.go("/console/wizard").await;
         self.el("#recipeName").await;
+        self.accessible().await;
         self.type_in("recipeName", pipeline).await;
         self.type_in("recipeVersion", "1.0.0").await;
         self.type_in("parentImage", &format!("docker://{host}/base/tiny:1.0.0"))
@@ -197,6 +218,7 @@ impl Ui {
         self.type_in("repository", pipeline).await;
         self.enter().await;
         self.b.wait_text("#step-title", "Components").await.unwrap();
+        self.accessible().await;
         self.type_in("component-1", component).await;
         self.type_in("parameters-1", parameters).await;
         self.enter().await;
@@ -204,6 +226,7 @@ impl Ui {
             .wait_text("#step-title", "Build infrastructure")
             .await
             .unwrap();
+        self.accessible().await;
         self.type_in("infraName", &format!("{pipeline}-builders"))
             .await;
         self.enter().await;
@@ -211,6 +234,7 @@ impl Ui {
             .wait_text("#step-title", "Distribution")
             .await
             .unwrap();
+        self.accessible().await;
         self.type_in("distName", &format!("{pipeline}-dist")).await;
         self.type_in("distRegion", "reg").await;
         self.enter().await;
@@ -218,6 +242,7 @@ impl Ui {
             .wait_text("#step-title", "Pipeline and schedule")
             .await
             .unwrap();
+        self.accessible().await;
         self.type_in("pipelineName", pipeline).await;
         self.type_in("scheduleExpression", "cron(0 6 * * ? *)")
             .await;
@@ -236,6 +261,7 @@ impl Ui {
         self.tab_to("pipelineName").await;
         self.enter().await;
         self.b.wait_text("#step-title", "Review").await.unwrap();
+        self.accessible().await;
         let review = self.b.wait_text("#review", pipeline).await.unwrap();
         assert!(review.contains("at 06:00 every day"), "{review}");
         self.tab_to("create").await;
@@ -333,7 +359,7 @@ async fn a_person_builds_an_image_through_the_console() {
     ui.go("/console/components").await;
     ui.el("#access-key-id").await;
     assert!(ui.path().await.starts_with("/console/signin?next="));
-    ui.accessible("light").await;
+    ui.accessible().await;
     ui.type_in("access-key-id", &key_id).await;
     ui.type_in("secret-access-key", "not-the-secret").await;
     ui.enter().await;
@@ -351,19 +377,19 @@ async fn a_person_builds_an_image_through_the_console() {
     ui.type_in("component-data", &document(true)).await;
     let told = ui.b.wait_text("#diagnostics", "line 12").await.unwrap();
     assert!(told.contains("ExecuteBsh"), "{told}");
-    ui.accessible("light").await;
+    ui.accessible().await;
     ui.shot("component-editor").await;
     ui.type_in("component-data", &document(false)).await;
     ui.b.wait_text("#diagnostics", "valid").await.unwrap();
     ui.tab_to("create-component").await;
     ui.enter().await;
     ui.b.wait_text("h1", "ticks").await.unwrap();
-    ui.accessible("light").await;
+    ui.accessible().await;
     let component = format!("arn:kiln:imagebuilder:local:{account_id}:component/ticks/1.0.0/1");
 
     // A pipeline by the wizard, by keyboard; then Run now, and the log as it is written.
     let pipeline = ui.wizard("web", &component, "", &host).await;
-    ui.accessible("light").await;
+    ui.accessible().await;
     ui.shot("pipeline").await;
     ui.tab_to("run-now").await;
     ui.enter().await;
@@ -377,7 +403,7 @@ async fn a_person_builds_an_image_through_the_console() {
         )
         .await
         .unwrap();
-    ui.accessible("light").await;
+    ui.accessible().await;
     ui.b.wait_text("#log", "tick 2 ").await.unwrap();
     ui.b.client()
         .execute(
@@ -448,10 +474,26 @@ async fn a_person_builds_an_image_through_the_console() {
         outputs.contains("podman run") || outputs.contains("skopeo"),
         "{outputs}"
     );
-    ui.accessible("light").await;
+    ui.accessible().await;
     ui.shot("image").await;
 
-    // A failing image: the step, its exit code and its last lines, on the image's page.
+    // Links the pipeline's page has: its recipe and configurations.
+    ui.go(&pipeline).await;
+    let mut details = Vec::new();
+    for a in
+        ui.b.client()
+            .find_all(Locator::Css("dl.kv a"))
+            .await
+            .unwrap()
+    {
+        let href = a.attr("href").await.unwrap().unwrap();
+        details.push(href.trim_start_matches(&ui.base).to_string());
+    }
+    assert!(details.len() >= 3, "{details:?}");
+
+    // A failing image: the step, its exit code and its last lines, on the image's page; this
+    // wizard and image in the dark theme.
+    ui.toggle_theme("dark").await;
     let failing = ui.wizard("broken", &component, "fail=3", &host).await;
     ui.tab_to("run-now").await;
     ui.enter().await;
@@ -466,18 +508,19 @@ async fn a_person_builds_an_image_through_the_console() {
     );
     let lines = ui.el("#failure-lines").await.text().await.unwrap();
     assert!(lines.contains("finishing with 3"), "{lines}");
-    ui.accessible("light").await;
+    ui.accessible().await;
     ui.shot("image-failed").await;
     let failed_image = ui.path().await;
 
     // Every page, in both themes, and at a phone's width.
-    let pages = [
+    let mut pages = vec![
         "/console/pipelines".to_string(),
         pipeline.clone(),
         failing,
         "/console/images".into(),
         failed_image,
         "/console/components".into(),
+        format!("/console/component?arn={component}"),
         "/console/components/new".into(),
         "/console/wizard".into(),
         "/console/recipes".into(),
@@ -485,24 +528,25 @@ async fn a_person_builds_an_image_through_the_console() {
         "/console/distribution-configurations".into(),
         "/console/lifecycle-policies".into(),
         "/console/topics".into(),
+        // The error page.
+        "/console/no-such-page".into(),
     ];
-    for p in &pages {
-        ui.go(p).await;
-        ui.el("main").await;
-        ui.accessible("light").await;
-    }
-    ui.shot("pipelines").await;
-    // The theme toggle, by keyboard.
-    ui.tab_to("theme-toggle").await;
-    ui.enter().await;
-    ui.b.wait_for("html[data-theme=dark]").await.unwrap();
+    pages.extend(details);
     for p in &pages {
         ui.go(p).await;
         ui.el("html[data-theme=dark] main").await;
-        ui.accessible("dark").await;
+        ui.accessible().await;
     }
     ui.go(&pipeline).await;
     ui.shot("pipeline-dark").await;
+    ui.toggle_theme("light").await;
+    for p in &pages {
+        ui.go(p).await;
+        ui.el("html[data-theme=light] main").await;
+        ui.accessible().await;
+    }
+    ui.go("/console/pipelines").await;
+    ui.shot("pipelines").await;
     ui.b.set_size(360, 800).await.unwrap();
     for p in &pages {
         ui.go(p).await;
@@ -510,6 +554,16 @@ async fn a_person_builds_an_image_through_the_console() {
         ui.fits(360).await;
     }
     ui.shot("pipelines-phone").await;
+    // The sign-in page in the dark theme: signing out lands there.
+    ui.b.set_size(1280, 900).await.unwrap();
+    ui.go("/console/pipelines").await;
+    ui.toggle_theme("dark").await;
+    ui.tab_to("sign-out").await;
+    ui.enter().await;
+    ui.b.wait_for("html[data-theme=dark] #access-key-id")
+        .await
+        .unwrap();
+    ui.accessible().await;
     eprintln!(
         "checked {} pages with axe in {:.0?}",
         ui.checked.len(),
