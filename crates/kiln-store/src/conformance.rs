@@ -13,8 +13,10 @@ use std::sync::Arc;
 use crate::{Created, Filter, Kind, Order, Row, StateStore, StoreError, Update};
 
 mod grants;
+mod jobs;
 mod queue;
 pub use grants::*;
+pub use jobs::*;
 pub use queue::*;
 
 /// A fresh store under test and what keeps it alive.

@@ -16,10 +16,15 @@ use std::path::PathBuf;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod grants;
+mod jobs;
 mod queue;
 mod sqlite;
 
 pub use grants::Policy;
+pub use jobs::{
+    Attempt, AttemptEnd, Capabilities, Job, JobQueue, JobState, Lease, Needs, NewJob, Reclaimed,
+    Worker,
+};
 
 pub use queue::{Delivery, Message, MessageState, Queued, Run};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
@@ -478,6 +483,29 @@ pub enum StoreError {
         arn: String,
         /// The ARNs of the rows that use it, sorted.
         users: Vec<String>,
+    },
+
+    /// A worker's lease on a job lapsed or passed to another worker: what it wanted to write
+    /// was refused.
+    #[error(
+        "{worker} no longer holds the job {job} (its lease lapsed, and the job may run \
+         elsewhere now): nothing was changed; the worker drops the build"
+    )]
+    LeaseLost {
+        /// The job.
+        job: String,
+        /// The worker that asked.
+        worker: String,
+    },
+
+    /// A worker of this name exists with a token that is not revoked.
+    #[error(
+        "a worker named {name} exists: revoke it first (`kiln worker token revoke {name}`) or \
+         choose another name"
+    )]
+    WorkerExists {
+        /// The name.
+        name: String,
     },
 
     /// Anything else the database reported.

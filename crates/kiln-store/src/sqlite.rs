@@ -24,10 +24,11 @@ use crate::{
 };
 
 mod grants;
+mod jobs;
 mod queue;
 
 /// Newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Schema scripts: `MIGRATIONS[n]` takes the database from version n to n + 1.
 const MIGRATIONS: &[&str] = &[
@@ -140,6 +141,43 @@ CREATE TABLE grants (
     PRIMARY KEY (arn, account)
 );
 CREATE INDEX grants_account ON grants (account, arn);
+"#,
+    // 5: the build queue (an image to build is a job, claimed by workers under leases), each
+    // worker's attempts, and the workers with the digests of their tokens.
+    r#"
+CREATE TABLE jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    needs TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    worker TEXT,
+    token TEXT,
+    expires_ms INTEGER
+);
+CREATE INDEX jobs_state ON jobs (state, seq);
+
+CREATE TABLE job_attempts (
+    job TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    number INTEGER NOT NULL,
+    worker TEXT NOT NULL,
+    claimed_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    end_state TEXT NOT NULL,
+    PRIMARY KEY (job, number)
+);
+
+CREATE TABLE workers (
+    name TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL,
+    revoked_ms INTEGER,
+    last_seen_ms INTEGER,
+    capabilities TEXT
+);
 "#,
 ];
 

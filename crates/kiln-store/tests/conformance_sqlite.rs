@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use kiln_store::conformance::{Backend, Fresh};
-use kiln_store::{SqliteStore, StateStore};
+use kiln_store::conformance::{Backend, Fresh, FreshQueue, QueueBackend};
+use kiln_store::{JobQueue, SqliteStore, StateStore};
 use tempfile::TempDir;
 
 /// Stores in temporary directories, each a `kiln.db` of its own.
@@ -36,3 +36,37 @@ impl Backend for Sqlite {
 }
 
 kiln_store::conformance_tests!(Sqlite);
+
+#[async_trait::async_trait(?Send)]
+impl QueueBackend for Sqlite {
+    type Guard = TempDir;
+
+    async fn fresh_queue(&self) -> FreshQueue<TempDir> {
+        let dir = TempDir::new().unwrap();
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("kiln.db"))
+                .await
+                .unwrap(),
+        );
+        FreshQueue {
+            queue: store.clone(),
+            store,
+            guard: dir,
+        }
+    }
+
+    async fn queue_again(&self, dir: &TempDir) -> Arc<dyn JobQueue> {
+        Arc::new(
+            SqliteStore::open(&dir.path().join("kiln.db"))
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+/// The build queue's checks, in a module of their own so that their names cannot clash.
+mod queue {
+    use super::Sqlite;
+
+    kiln_store::job_queue_tests!(Sqlite);
+}
