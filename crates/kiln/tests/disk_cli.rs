@@ -54,6 +54,7 @@ fn golden_nginx_disk_boots_tests_nginx_in_the_vm_and_boots_with_plain_qemu() {
     let ex = work.path().join("golden-nginx");
     copy_dir(&repo().join("examples/golden-nginx"), &ex);
     let name = format!("golden-nginx-disk-{}", std::process::id());
+    let _disks = ForgetDisks(name.clone());
     let region = work.path().join("region");
     let recipe = ex.join("recipe.yml");
     let r = std::fs::read_to_string(&recipe)
@@ -191,6 +192,7 @@ fn the_same_layers_give_the_same_disk_bytes_and_versions_keep_the_filesystem_uui
     let parent = disk_base();
     let dir = tempfile::tempdir().unwrap();
     let name = format!("repro-{}", std::process::id());
+    let _disks = ForgetDisks(name.clone());
     let region = dir.path().join("region");
     let recipe = |version: &str, content: &str| {
         write(
@@ -333,6 +335,7 @@ phases:
 "#,
     );
     let name = format!("vm-builder-{}", std::process::id());
+    let _disks = ForgetDisks(name.clone());
     let region = dir.path().join("region");
     let recipe = write(
         dir.path(),
@@ -390,6 +393,7 @@ fn a_component_no_operator_account_owns_builds_in_a_vm() {
         "name: mark\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Kernel\n        action: ExecuteBash\n        inputs:\n          commands: ['test -d /run/systemd/system && echo \"booted: $(uname -r)\"']\n",
     );
     let name = format!("untrusted-{}", std::process::id());
+    let _disks = ForgetDisks(name.clone());
     let recipe = write(
         dir.path(),
         "recipe.yml",
@@ -437,6 +441,7 @@ fn a_kernel_that_cannot_boot_fails_in_testing_with_the_console_and_is_not_distri
         "name: break-kernel\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Overwrite\n        action: ExecuteBash\n        inputs:\n          commands:\n            - for k in /boot/vmlinuz-*; do echo 'not a kernel' > \"$k\"; done\n",
     );
     let name = format!("bad-kernel-{}", std::process::id());
+    let _disks = ForgetDisks(name.clone());
     let region = dir.path().join("region");
     let recipe = write(
         dir.path(),
@@ -474,6 +479,7 @@ fn a_failed_vm_is_kept_on_request_and_nothing_is_left_when_kiln_is_killed_mid_bo
     );
     // 1. Kept: the VM whose test failed stays up, reachable through `kiln instance shell`.
     let name = format!("keep-vm-{}", std::process::id());
+    let _disks = ForgetDisks(name.clone());
     let recipe = write(
         dir.path(),
         "keep.yml",
@@ -542,6 +548,7 @@ fn a_failed_vm_is_kept_on_request_and_nothing_is_left_when_kiln_is_killed_mid_bo
 
     // 2. By default nothing outlives kiln, even when it is killed while the VM boots.
     let name = format!("killed-boot-{}", std::process::id());
+    let _disks = ForgetDisks(name.clone());
     let recipe = write(
         dir.path(),
         "killed.yml",

@@ -172,6 +172,7 @@ fn an_image_and_its_disk_go_to_registries_and_a_bucket_all_or_none() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = places(dir.path());
     let name = format!("regions-{}", std::process::id());
+    let _disks = ForgetDisks(name.clone());
     let east_disk = first_version(&p, dir.path(), &name);
     let rec1 = update_and_distribute_again(&p, dir.path(), &name, east_disk);
     a_kiln_parent_from_a_registry(&p, dir.path(), &name, &rec1);
