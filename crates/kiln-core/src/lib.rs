@@ -33,3 +33,4 @@ pub mod trust;
 pub mod updates;
 pub mod usage;
 pub mod version;
+pub mod workers;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kiln_store::{Kind, Row, SqliteStore, StateStore};
+use kiln_store::{JobQueue, Kind, Row, SqliteStore, StateStore};
 
 use crate::record::ImageRecord;
 use crate::store::{read_json, Home, StoreError};
@@ -13,6 +13,7 @@ use crate::store::{read_json, Home, StoreError};
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Arc<dyn StateStore>,
+    jobs: Arc<dyn JobQueue>,
     home: Home,
 }
 
@@ -29,20 +30,22 @@ impl Store {
     /// JSON files are imported once; the files stay where they are.
     pub async fn open(home: &Home) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&home.root).map_err(crate::store::io("creating", &home.root))?;
-        let db = SqliteStore::open(&db_path(home)).await?;
+        let db = Arc::new(SqliteStore::open(&db_path(home)).await?);
         keep_private(&db_path(home));
         let store = Store {
-            db: Arc::new(db),
+            db: db.clone(),
+            jobs: db,
             home: home.clone(),
         };
         store.import_json_records().await?;
         Ok(store)
     }
 
-    /// A store over another backend (a PostgreSQL one, or tests).
-    pub fn with_backend(home: &Home, db: Arc<dyn StateStore>) -> Store {
+    /// A store over another backend (a PostgreSQL one, or tests): its rows and its build queue.
+    pub fn with_backend(home: &Home, db: Arc<dyn StateStore>, jobs: Arc<dyn JobQueue>) -> Store {
         Store {
             db,
+            jobs,
             home: home.clone(),
         }
     }
@@ -50,6 +53,11 @@ impl Store {
     /// The backend.
     pub fn db(&self) -> &dyn StateStore {
         self.db.as_ref()
+    }
+
+    /// The build queue and its workers.
+    pub fn jobs(&self) -> &dyn JobQueue {
+        self.jobs.as_ref()
     }
 
     /// Reads a row's summary or body; `what` names it in the error (`the record of ARN`).

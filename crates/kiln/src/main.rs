@@ -19,6 +19,7 @@ mod toe;
 mod topic;
 mod ui;
 mod usage;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -92,6 +93,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// What builds used: instances' vCPU- and GiB-seconds, regions' bytes stored and sent.
     Usage(usage::UsageArgs),
+    /// Build workers: their tokens (create, revoke) and what each is doing.
+    #[command(subcommand)]
+    Worker(worker::WorkerCommand),
 }
 
 /// Exit code for bad input (invalid documents, bad flags): nothing was run.
@@ -154,6 +158,7 @@ fn main() -> ExitCode {
             Command::Registry(c) => registry::run(c).await,
             Command::Topic(c) => topic::run(c).await,
             Command::Usage(args) => usage::run(args).await,
+            Command::Worker(c) => worker::run(c).await,
         }
     });
     match result {

@@ -166,3 +166,48 @@ fn concurrent_commands_keep_every_change() {
     let list = ok_json(home.path(), &["account", "list", "-o", "json"]);
     assert_eq!(list.as_array().unwrap().len(), 8, "{list}");
 }
+
+/// A worker's token is shown once and only its digest kept; a live name is refused, a revoked
+/// one listed as such (and given a new token on request).
+#[test]
+fn worker_tokens_are_shown_once_listed_and_revoked() {
+    if !is_root() {
+        eprintln!("skipped: kiln worker runs as root only");
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let made = ok_json(h, &["worker", "token", "create", "build-1", "-o", "json"]);
+    let token = made["token"].as_str().unwrap();
+    assert!(token.starts_with("kwt_") && token.len() == 68, "{token}");
+    let db = std::fs::read(h.join("kiln.db")).unwrap();
+    let wal = std::fs::read(h.join("kiln.db-wal")).unwrap_or_default();
+    let needle = token.as_bytes();
+    assert!(
+        ![db, wal]
+            .iter()
+            .any(|f| f.windows(needle.len()).any(|w| w == needle)),
+        "the token itself is stored"
+    );
+    let again = kiln(h, &["worker", "token", "create", "build-1"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        text(&again.stderr).contains("revoke it first"),
+        "{}",
+        text(&again.stderr)
+    );
+    let listed = ok_json(h, &["worker", "list", "-o", "json"]);
+    assert_eq!(listed[0]["name"], "build-1");
+    assert!(listed[0]["revoked"].is_null());
+    let o = kiln(h, &["worker", "token", "revoke", "build-1"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let listed = ok_json(h, &["worker", "list", "-o", "json"]);
+    assert!(listed[0]["revoked"].is_string());
+    let table = text(&kiln(h, &["worker", "list"]).stdout);
+    assert!(
+        table.contains("build-1") && table.contains("revoked"),
+        "{table}"
+    );
+    let renewed = ok_json(h, &["worker", "token", "create", "build-1", "-o", "json"]);
+    assert_ne!(renewed["token"], made["token"]);
+}
