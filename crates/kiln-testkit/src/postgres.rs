@@ -179,6 +179,14 @@ impl Cluster {
         );
     }
 
+    /// Gives `path` to the user the server runs as (when it is not this process's), so that
+    /// the server can write there: a tablespace's folder, say.
+    pub fn hand_over(&self, path: &Path) {
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+        }
+    }
+
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir().join("log")).unwrap_or_default()
