@@ -4,7 +4,7 @@
 //! Where SQLite takes the file's one write lock for every write transaction, PostgreSQL lets
 //! writers run side by side (READ COMMITTED), so each write takes the lock its decision needs:
 //! the row it changes (`FOR UPDATE`), or an advisory lock on the (account, kind, name, version)
-//! whose next build number it takes. A transaction that loses a race anyway (a unique key taken
+//! whose builds it numbers or checks. A transaction that loses a race anyway (a unique key taken
 //! meanwhile, a deadlock, a serialization failure) is rolled back and run again from the start,
 //! a few times, so that it decides on what the winner stored. Locks wait at most 30 s
 //! (`lock_timeout`), as SQLite's busy timeout does.
@@ -418,6 +418,9 @@ fn parse_url(url: &str) -> Result<PgConnectOptions, StoreError> {
 fn label(options: &PgConnectOptions) -> String {
     let host = match options.get_socket() {
         Some(socket) => socket.display().to_string(),
+        None if options.get_host().contains(':') && !options.get_host().starts_with('[') => {
+            format!("[{}]", options.get_host())
+        }
         None => options.get_host().to_owned(),
     };
     let database = options
@@ -678,6 +681,8 @@ mod tests {
         assert_eq!(label(&options), "db.example:6543/kilnstate");
         let options = parse_url("postgresql://kiln@localhost").unwrap();
         assert_eq!(label(&options), "localhost:5432/kiln");
+        let options = parse_url("postgres://kiln@[::1]:5433/k").unwrap();
+        assert_eq!(label(&options), "[::1]:5433/k");
         for bad in [
             "mysql://kiln:s3cret@host/db",
             "kiln:s3cret@host/db",

@@ -349,3 +349,35 @@ async fn a_full_disk_stores_nothing_and_loses_nothing() {
     store.close().await;
     drop(own);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creates_of_one_build_without_a_version_store_one() {
+    // The unique index cannot tell these apart (a NULL version is distinct from every other),
+    // so only the lock around create's own look keeps the second out.
+    let url = fresh_database();
+    let (a, b) = (
+        PgStore::connect(&url).await.unwrap(),
+        PgStore::connect(&url).await.unwrap(),
+    );
+    for round in 0..20 {
+        let row = |side: &str| {
+            let mut row = image(&format!("unversioned{round}"), [0, 0, 0], 1);
+            row.version = None;
+            row.arn = format!("{}-{side}", row.arn);
+            row
+        };
+        let (one, two) = (a.clone(), b.clone());
+        let (left, right) = (row("a"), row("b"));
+        let left = tokio::spawn(async move { one.create(left, vec![], None).await });
+        let right = tokio::spawn(async move { two.create(right, vec![], None).await });
+        let outcomes = [left.await.unwrap(), right.await.unwrap()];
+        let stored = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(stored, 1, "round {round}: {outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .any(|o| matches!(o, Err(StoreError::AlreadyExists { .. }))),
+            "{outcomes:?}"
+        );
+    }
+}

@@ -84,6 +84,24 @@ fn push_version_key<'a>(
     }
 }
 
+/// Takes the transaction's advisory lock on the (account, kind, name, version) of `row`, which
+/// every writer that decides on its build numbers holds.
+async fn lock_version(conn: &mut PgConnection, row: &Row) -> Result<(), sqlx::Error> {
+    let key = format!(
+        "{}\n{}\n{}\n{:?}",
+        account_of(&row.arn),
+        row.kind.as_str(),
+        row.name.to_lowercase(),
+        row.version
+    );
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(BUILD_LOCK_CLASS)
+        .bind(&key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 fn push_filter<'a>(
     qb: &mut QueryBuilder<'a, Postgres>,
     filter: &'a Filter,
@@ -238,6 +256,12 @@ impl PgStore {
             }
         }
         row.updated_ms = now_ms();
+        if row.build.is_some() {
+            // The unique index cannot see a clash of builds without a version (NULLs are
+            // distinct in it, as in SQLite's): the lock makes the look before the insert
+            // decide, as SQLite's one write lock does.
+            lock_version(conn, &row).await?;
+        }
         self.insert_new(conn, &row).await?;
         self.insert_refs(conn, &row.arn, refs).await?;
         if let Some(token) = token {
@@ -265,16 +289,7 @@ impl PgStore {
     ) -> Result<Row, Fail> {
         let name_lower = row.name.to_lowercase();
         let account = account_of(&row.arn);
-        let key = format!(
-            "{account}\n{}\n{name_lower}\n{:?}",
-            row.kind.as_str(),
-            row.version
-        );
-        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-            .bind(BUILD_LOCK_CLASS)
-            .bind(&key)
-            .execute(&mut *conn)
-            .await?;
+        lock_version(conn, &row).await?;
         let mut qb = QueryBuilder::<Postgres>::new("SELECT MAX(build) FROM rows");
         push_version_key(&mut qb, account, row.kind, &name_lower, row.version);
         let max: Option<i64> = qb.build_query_scalar().fetch_one(&mut *conn).await?;
