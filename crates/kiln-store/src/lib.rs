@@ -2,8 +2,8 @@
 //!
 //! The store knows nothing of kiln's types: a [`Row`] carries the columns that lists filter and
 //! sort on, plus JSON text that kiln-core writes and reads. The default backend is an embedded
-//! SQLite file ([`SqliteStore`]); the SQL stays portable where that costs nothing so that a
-//! PostgreSQL backend can follow behind the same [`StateStore`] trait.
+//! SQLite file ([`SqliteStore`]); a PostgreSQL server ([`PgStore`]) is the backend for several
+//! kiln servers sharing one store. Both are the same [`StateStore`] trait.
 //!
 //! What the trait promises is checked by a conformance suite that every backend runs: the
 //! `conformance` feature adds the module `conformance` with one check per behaviour, and
@@ -17,6 +17,7 @@ use std::path::PathBuf;
 pub mod conformance;
 mod grants;
 mod jobs;
+mod postgres;
 mod queue;
 mod sqlite;
 
@@ -26,6 +27,7 @@ pub use jobs::{
     Worker,
 };
 
+pub use postgres::PgStore;
 pub use queue::{Delivery, Message, MessageState, Queued, Run};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
@@ -393,7 +395,7 @@ pub enum StoreError {
         path = path.display()
     )]
     TooNew {
-        /// The database file.
+        /// The database file, or a server's `host:port/dbname` ([`PgStore`]).
         path: PathBuf,
         /// Its schema version.
         found: i64,
@@ -408,7 +410,7 @@ pub enum StoreError {
         path = path.display()
     )]
     Full {
-        /// The database file.
+        /// The database file, or a server's `host:port/dbname` ([`PgStore`]).
         path: PathBuf,
     },
 
@@ -419,7 +421,7 @@ pub enum StoreError {
         path = path.display()
     )]
     Busy {
-        /// The database file.
+        /// The database file, or a server's `host:port/dbname` ([`PgStore`]).
         path: PathBuf,
     },
 
@@ -517,6 +519,52 @@ pub enum StoreError {
         /// The database file.
         path: PathBuf,
         /// What the database said.
+        detail: String,
+    },
+
+    /// A database server cannot be reached, refused kiln's connection, or the connection to it
+    /// broke. A change under way when a connection broke during its commit may have been
+    /// stored (the server alone knows); any other change was not.
+    #[error(
+        "cannot use the PostgreSQL store {server}: {detail}; check that the server runs and \
+         accepts connections from this host, and that the store URL names the right host, \
+         port, database, user and password, then retry"
+    )]
+    Unreachable {
+        /// The server as `host:port/dbname` (never the URL, which may hold a password).
+        server: String,
+        /// What the connection or the server said.
+        detail: String,
+    },
+
+    /// A server store's URL cannot be read.
+    #[error(
+        "the PostgreSQL store URL is not valid ({detail}); it is not shown here as it may hold \
+         a password: write it as postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+    )]
+    BadUrl {
+        /// What is wrong with it (never the URL itself).
+        detail: String,
+    },
+
+    /// A server's database holds tables of some other program, so kiln will not take it over.
+    #[error(
+        "the database {server} is not a kiln store ({detail}); kiln changed nothing: give kiln \
+         a database of its own (createdb kiln) and name it in the store URL"
+    )]
+    NotAStore {
+        /// The server as `host:port/dbname`.
+        server: String,
+        /// What kiln found there.
+        detail: String,
+    },
+
+    /// Anything else a database server reported.
+    #[error("the PostgreSQL store {server} failed: {detail}; the change was not stored")]
+    Server {
+        /// The server as `host:port/dbname`.
+        server: String,
+        /// What the server said, with its SQLSTATE code.
         detail: String,
     },
 }

@@ -202,7 +202,7 @@ macro_rules! columns {
 }
 
 /// The columns of `columns!()` and the body, as sqlx and serde_json decode them.
-type Columns = (
+pub(crate) type Columns = (
     String,         // arn
     String,         // kind
     String,         // name
@@ -862,43 +862,48 @@ impl SqliteStore {
     }
 
     fn decode(&self, columns: Columns) -> Result<Row, StoreError> {
-        let (arn, kind, name, major, minor, patch, build, owner, state, pipeline, digest) = (
-            columns.0, columns.1, columns.2, columns.3, columns.4, columns.5, columns.6, columns.7,
-            columns.8, columns.9, columns.10,
-        );
-        let bad = |detail: String| StoreError::Database {
+        decode(columns).map_err(|detail| StoreError::Database {
             path: self.path.clone(),
-            detail: format!("the row {arn} is invalid: {detail}"),
-        };
-        let number = |column: &str, value: Option<i64>| {
-            value
-                .map(|n| u32::try_from(n).map_err(|_| bad(format!("{column} {n} is out of range"))))
-                .transpose()
-        };
-        let version = match (
-            number("major", major)?,
-            number("minor", minor)?,
-            number("patch", patch)?,
-        ) {
-            (Some(major), Some(minor), Some(patch)) => Some([major, minor, patch]),
-            _ => None,
-        };
-        Ok(Row {
-            kind: Kind::from_str(&kind).map_err(bad)?,
-            name,
-            version,
-            build: number("build", build)?,
-            owner,
-            state,
-            pipeline,
-            digest,
-            created_ms: columns.11,
-            updated_ms: columns.12,
-            summary: columns.13,
-            body: columns.14,
-            arn,
+            detail,
         })
     }
+}
+
+/// A row from its columns (both backends store the same ones); what is wrong with them as text.
+pub(crate) fn decode(columns: Columns) -> Result<Row, String> {
+    let (arn, kind, name, major, minor, patch, build, owner, state, pipeline, digest) = (
+        columns.0, columns.1, columns.2, columns.3, columns.4, columns.5, columns.6, columns.7,
+        columns.8, columns.9, columns.10,
+    );
+    let bad = |detail: String| format!("the row {arn} is invalid: {detail}");
+    let number = |column: &str, value: Option<i64>| {
+        value
+            .map(|n| u32::try_from(n).map_err(|_| bad(format!("{column} {n} is out of range"))))
+            .transpose()
+    };
+    let version = match (
+        number("major", major)?,
+        number("minor", minor)?,
+        number("patch", patch)?,
+    ) {
+        (Some(major), Some(minor), Some(patch)) => Some([major, minor, patch]),
+        _ => None,
+    };
+    Ok(Row {
+        kind: Kind::from_str(&kind).map_err(bad)?,
+        name,
+        version,
+        build: number("build", build)?,
+        owner,
+        state,
+        pipeline,
+        digest,
+        created_ms: columns.11,
+        updated_ms: columns.12,
+        summary: columns.13,
+        body: columns.14,
+        arn,
+    })
 }
 
 #[async_trait::async_trait]
@@ -1355,7 +1360,7 @@ fn push_filter<'a>(
 }
 
 /// The smallest string greater than every string that starts with `prefix`, if any.
-fn successor(prefix: &str) -> Option<String> {
+pub(crate) fn successor(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
     while let Some(last) = chars.pop() {
         let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
@@ -1367,13 +1372,13 @@ fn successor(prefix: &str) -> Option<String> {
     None
 }
 
-fn already_exists(existing: Row) -> StoreError {
+pub(crate) fn already_exists(existing: Row) -> StoreError {
     StoreError::AlreadyExists {
         existing: Box::new(existing),
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -1,4 +1,5 @@
-//! Test support shared by kiln's crates: the real servers their tests talk to, started on
+//! Test support shared by kiln's crates: the real servers their tests talk to (an OCI registry,
+//! [`registry::Registry`]; a PostgreSQL cluster, [`postgres::Cluster`]), started on
 //! loopback ports in temporary folders and stopped when dropped, and checks that the host tools
 //! a test needs are installed (a missing one fails the test with what to run; nothing skips),
 //! and a TCP proxy that breaks connections on purpose ([`proxy::CutProxy`]). With the `browser`
@@ -13,6 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 
 #[cfg(feature = "browser")]
 pub mod browser;
+pub mod postgres;
 pub mod proxy;
 pub mod registry;
 

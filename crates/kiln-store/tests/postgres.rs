@@ -1,0 +1,469 @@
+//! The PostgreSQL backend on a real server: the whole conformance suite of `StateStore`, each
+//! check on a database of its own in one cluster that this test binary starts, and what is
+//! PostgreSQL's own: servers migrating at once, a schema of a newer kiln, build numbers taken
+//! through several connections, errors that name the server but never its password, a
+//! server that restarts under a store, a full disk, and ten thousand images.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use kiln_store::conformance::{image, make_image, Backend, Fresh, PREFIX};
+use kiln_store::{Filter, Kind, Order, PgStore, StateStore, StoreError};
+use kiln_testkit::postgres::Cluster;
+
+/// The one cluster of this test binary, started by the first test that needs it (and stopped
+/// by its watchdog when the binary ends).
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(Cluster::start)
+}
+
+/// A new, empty database in the cluster; its URL.
+fn fresh_database() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!("kiln_test_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let cluster = cluster();
+    cluster.create_database(&name);
+    cluster.url(&name)
+}
+
+/// The database a URL names.
+fn database_of(url: &str) -> &str {
+    url.rsplit('/').next().unwrap()
+}
+
+/// Stores on databases of their own, each new and empty.
+struct Postgres;
+
+#[async_trait::async_trait(?Send)]
+impl Backend for Postgres {
+    /// The database's URL.
+    type Guard = String;
+
+    async fn fresh(&self) -> Fresh<String> {
+        let url = fresh_database();
+        let store = PgStore::connect(&url).await.unwrap();
+        Fresh {
+            store: Arc::new(store),
+            guard: url,
+        }
+    }
+
+    async fn open_again(&self, url: &String) -> Arc<dyn StateStore> {
+        Arc::new(PgStore::connect(url).await.unwrap())
+    }
+}
+
+mod conformance {
+    use super::Postgres;
+
+    kiln_store::conformance_tests!(Postgres);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_starting_at_once_migrate_once() {
+    for _ in 0..3 {
+        let url = fresh_database();
+        let connects: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { PgStore::connect(&url).await })
+            })
+            .collect();
+        for connect in connects {
+            connect.await.unwrap().unwrap();
+        }
+        let versions = cluster().psql(
+            database_of(&url),
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM kiln_schema",
+        );
+        let expected: Vec<String> = (1..=PgStore::SCHEMA_VERSION)
+            .map(|v| v.to_string())
+            .collect();
+        assert_eq!(versions.trim(), expected.join(","), "each migration once");
+    }
+}
+
+#[tokio::test]
+async fn a_schema_of_a_newer_kiln_is_refused_and_left_alone() {
+    let url = fresh_database();
+    let store = PgStore::connect(&url).await.unwrap();
+    store
+        .create(image("web", [1, 0, 0], 1), vec![], None)
+        .await
+        .unwrap();
+    store.close().await;
+    let newer = PgStore::SCHEMA_VERSION + 1;
+    let db = database_of(&url);
+    cluster().psql(
+        db,
+        &format!("INSERT INTO kiln_schema (version, applied_ms) VALUES ({newer}, 0)"),
+    );
+    let e = PgStore::connect(&url).await.unwrap_err();
+    match &e {
+        StoreError::TooNew {
+            found, supported, ..
+        } => assert_eq!((*found, *supported), (newer, PgStore::SCHEMA_VERSION)),
+        other => panic!("expected TooNew, got {other:?}"),
+    }
+    let message = e.to_string();
+    assert!(
+        message.contains(&format!("127.0.0.1:{}/{db}", cluster().port)),
+        "{message}"
+    );
+    assert!(message.contains("upgrade kiln"), "{message}");
+    assert_eq!(cluster().psql(db, "SELECT count(*) FROM rows").trim(), "1");
+}
+
+#[tokio::test]
+async fn another_programs_database_is_not_taken_over() {
+    let url = fresh_database();
+    let db = database_of(&url);
+    cluster().psql(db, "CREATE TABLE customers (id INTEGER PRIMARY KEY)");
+    let e = PgStore::connect(&url).await.unwrap_err();
+    assert!(matches!(e, StoreError::NotAStore { .. }), "{e:?}");
+    assert!(e.to_string().contains("customers"), "{e}");
+    let tables = cluster().psql(
+        db,
+        "SELECT string_agg(tablename, ',') FROM pg_tables WHERE schemaname = 'public'",
+    );
+    assert_eq!(tables.trim(), "customers", "kiln created nothing");
+}
+
+/// Builds of one version taken by `handles` stores (each with its own connections), `each`
+/// builds apiece, all at once.
+async fn race_for_builds(handles: usize, each: usize) -> Vec<u32> {
+    let url = fresh_database();
+    let mut stores = Vec::new();
+    for _ in 0..handles {
+        stores.push(PgStore::connect(&url).await.unwrap());
+    }
+    let tasks: Vec<_> = stores
+        .into_iter()
+        .map(|store| {
+            tokio::spawn(async move {
+                let make = make_image("race");
+                let mut builds = Vec::new();
+                for _ in 0..each {
+                    let row = store
+                        .create_build(image("race", [1, 0, 0], 0), vec![], &make)
+                        .await
+                        .unwrap();
+                    builds.push(row.build.unwrap());
+                }
+                builds
+            })
+        })
+        .collect();
+    let mut builds = Vec::new();
+    for task in tasks {
+        builds.extend(task.await.unwrap());
+    }
+    builds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_taken_through_many_connections_are_distinct() {
+    let builds = race_for_builds(4, 15).await;
+    let distinct: BTreeSet<u32> = builds.iter().copied().collect();
+    assert_eq!(builds.len(), 60);
+    assert_eq!(distinct, (1..=60).collect(), "{builds:?}");
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_named_without_its_password() {
+    let port = kiln_testkit::registry::free_port();
+    let url = format!("postgres://kiln:pa55-w0rd-secret@127.0.0.1:{port}/kilnstate");
+    let e = PgStore::connect(&url).await.unwrap_err();
+    assert!(matches!(e, StoreError::Unreachable { .. }), "{e:?}");
+    let (message, debug) = (e.to_string(), format!("{e:?}"));
+    assert!(
+        message.contains(&format!("127.0.0.1:{port}/kilnstate")),
+        "{message}"
+    );
+    assert!(message.contains("refused"), "{message}");
+    for shown in [&message, &debug] {
+        assert!(!shown.contains("pa55-w0rd-secret"), "{shown}");
+        assert!(!shown.contains("postgres://"), "{shown}");
+    }
+
+    // A server that is there but has no such database says so, also without the password.
+    let url = format!(
+        "postgres://postgres:pa55-w0rd-secret@127.0.0.1:{}/no_such_db",
+        cluster().port
+    );
+    let e = PgStore::connect(&url).await.unwrap_err();
+    let message = e.to_string();
+    assert!(matches!(e, StoreError::Unreachable { .. }), "{e:?}");
+    assert!(message.contains("no_such_db"), "{message}");
+    assert!(!format!("{message}{e:?}").contains("pa55-w0rd-secret"));
+}
+
+#[tokio::test]
+async fn a_store_outlives_a_server_crash() {
+    // A cluster of its own: the shared one serves the other tests meanwhile.
+    let own = Cluster::start();
+    own.create_database("kiln");
+    let store = PgStore::connect(&own.url("kiln")).await.unwrap();
+    let first = store
+        .create(image("web", [1, 0, 0], 1), vec![], None)
+        .await
+        .unwrap()
+        .into_row();
+    own.restart_immediate();
+    // The connections of the pool died with the server; new ones are opened.
+    assert_eq!(store.get(&first.arn).await.unwrap(), Some(first));
+    let second = store
+        .create_build(image("web", [1, 0, 0], 0), vec![], &make_image("web"))
+        .await
+        .unwrap();
+    assert_eq!(second.build, Some(2));
+    assert_eq!(store.count(&Filter::default()).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn text_postgresql_cannot_hold_is_refused_and_stores_nothing() {
+    let url = fresh_database();
+    let store = PgStore::connect(&url).await.unwrap();
+    let mut row = image("web", [1, 0, 0], 1);
+    row.body = "{\"log\":\"a\u{0}b\"}".to_owned();
+    let e = store.create(row.clone(), vec![], None).await.unwrap_err();
+    assert!(matches!(e, StoreError::Server { .. }), "{e:?}");
+    assert!(e.to_string().contains("0x00"), "{e}");
+    assert_eq!(store.get(&row.arn).await.unwrap(), None);
+}
+
+/// Unmounts a tmpfs when the test ends, also when it fails.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: &std::path::Path, size: &str) -> Mount {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mounting a tmpfs (needs root) failed: {status}"
+        );
+        Mount(dir.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let umount = |lazy: bool| {
+            let mut command = std::process::Command::new("umount");
+            if lazy {
+                command.arg("-l");
+            }
+            command.arg(&self.0).status().is_ok_and(|s| s.success())
+        };
+        if !umount(false) && !umount(true) {
+            eprintln!("cannot unmount {}", self.0.display());
+        }
+    }
+}
+
+/// Text that PostgreSQL's compression cannot shrink, `len` bytes.
+fn noise(len: usize) -> String {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'!' + (x % 90) as u8)
+        })
+        .filter(|c| *c != '"' && *c != '\\')
+        .collect()
+}
+
+#[tokio::test]
+async fn a_full_disk_stores_nothing_and_loses_nothing() {
+    // The rows table in a tablespace on a small tmpfs of its own; the rest of the database
+    // (and the server's WAL) stays where it was.
+    let own = Cluster::start();
+    own.create_database("kiln");
+    let dir = tempfile::TempDir::new().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _mount = Mount::tmpfs(&mnt, "4m");
+    let space = mnt.join("space");
+    std::fs::create_dir(&space).unwrap();
+    own.hand_over(&space);
+    own.psql(
+        "postgres",
+        &format!("CREATE TABLESPACE small LOCATION '{}'", space.display()),
+    );
+    let store = PgStore::connect(&own.url("kiln")).await.unwrap();
+    own.psql("kiln", "ALTER TABLE rows SET TABLESPACE small");
+    let mut earlier = Vec::new();
+    for build in 1..=5 {
+        let row = store
+            .create(image("web", [1, 0, 0], build), vec![], None)
+            .await
+            .unwrap();
+        earlier.push(row.into_row());
+    }
+
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        while file.write_all(&[0]).is_ok() {}
+        let _ = file.sync_all();
+    }
+
+    let mut big = image("web", [1, 0, 0], 6);
+    big.body = format!(r#"{{"log":"{}"}}"#, noise(512 * 1024));
+    let err = store.create(big.clone(), vec![], None).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Full { .. }),
+        "expected Full, got {err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("no space left") && message.contains(&format!("{}/kiln", own.port)),
+        "{message}"
+    );
+    assert_eq!(store.get(&big.arn).await.unwrap(), None);
+    for row in &earlier {
+        assert_eq!(store.get(&row.arn).await.unwrap().as_ref(), Some(row));
+    }
+    assert_eq!(store.count(&Filter::default()).await.unwrap(), 5);
+
+    std::fs::remove_file(&filler).unwrap();
+    let stored = store
+        .create(big.clone(), vec![], None)
+        .await
+        .unwrap()
+        .into_row();
+    assert_eq!(store.get(&big.arn).await.unwrap(), Some(stored));
+    assert_eq!(store.count(&Filter::default()).await.unwrap(), 6);
+    store.close().await;
+    drop(own);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creates_of_one_build_without_a_version_store_one() {
+    // The unique index cannot tell these apart (a NULL version is distinct from every other),
+    // so only the lock around create's own look keeps the second out.
+    let url = fresh_database();
+    let (a, b) = (
+        PgStore::connect(&url).await.unwrap(),
+        PgStore::connect(&url).await.unwrap(),
+    );
+    for round in 0..20 {
+        let row = |side: &str| {
+            let mut row = image(&format!("unversioned{round}"), [0, 0, 0], 1);
+            row.version = None;
+            row.arn = format!("{}-{side}", row.arn);
+            row
+        };
+        let (one, two) = (a.clone(), b.clone());
+        let (left, right) = (row("a"), row("b"));
+        let left = tokio::spawn(async move { one.create(left, vec![], None).await });
+        let right = tokio::spawn(async move { two.create(right, vec![], None).await });
+        let outcomes = [left.await.unwrap(), right.await.unwrap()];
+        let stored = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(stored, 1, "round {round}: {outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .any(|o| matches!(o, Err(StoreError::AlreadyExists { .. }))),
+            "{outcomes:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ten_thousand_images() {
+    let store = PgStore::connect(&fresh_database()).await.unwrap();
+    let body = format!(r#"{{"log":"{}"}}"#, "x".repeat(4_000));
+    let summary = format!(r#"{{"summary":"{}"}}"#, "s".repeat(280));
+    let mut rows = Vec::new();
+    for i in 0..10_000u32 {
+        // 100 names x 10 versions x 10 builds.
+        let mut row = image(
+            &format!("Image{}", i / 100),
+            [1, (i / 10) % 10, 0],
+            i % 10 + 1,
+        );
+        row.created_ms = i64::from(i);
+        row.body = body.clone();
+        row.summary = summary.clone();
+        rows.push(row);
+    }
+    let started = Instant::now();
+    assert_eq!(store.import(rows).await.unwrap(), 10_000);
+    eprintln!("import of 10,000 rows: {:?}", started.elapsed());
+
+    let arn = format!("{PREFIX}:image/image42/1.3.0/7");
+    let started = Instant::now();
+    let row = store.get(&arn).await.unwrap().unwrap();
+    eprintln!("get: {:?}", started.elapsed());
+    assert_eq!((row.name.as_str(), row.body.len()), ("Image42", body.len()));
+
+    let started = Instant::now();
+    let one_name = store
+        .list(&Filter {
+            kind: Some(Kind::Image),
+            name: Some("image42".to_owned()),
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    eprintln!("list of one name: {:?}", started.elapsed());
+    assert_eq!(one_name.len(), 100);
+    assert_eq!(one_name[0].version, Some([1, 9, 0]));
+    assert_eq!(one_name[0].build, Some(10));
+
+    let started = Instant::now();
+    let one_version = store
+        .list(&Filter {
+            kind: Some(Kind::Image),
+            name: Some("IMAGE42".to_owned()),
+            version: [Some(1), Some(3), None],
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    eprintln!("list of one version: {:?}", started.elapsed());
+    assert_eq!(one_version.len(), 10);
+    assert!(one_version.iter().all(|r| r.version == Some([1, 3, 0])));
+
+    let started = Instant::now();
+    let all = store
+        .list(&Filter {
+            kind: Some(Kind::Image),
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    eprintln!("list of all: {:?}", started.elapsed());
+    assert_eq!(all.len(), 10_000);
+    assert!(all
+        .iter()
+        .all(|r| r.body.is_empty() && r.summary == summary));
+    assert_eq!(all[0].arn, format!("{PREFIX}:image/image0/1.9.0/10"));
+
+    let started = Instant::now();
+    let newest = store
+        .list(&Filter {
+            order: Order::Newest,
+            limit: Some(20),
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    eprintln!("newest 20: {:?}", started.elapsed());
+    assert_eq!(newest[0].created_ms, 9_999);
+    assert_eq!(store.count(&Filter::default()).await.unwrap(), 10_000);
+}
