@@ -14,9 +14,11 @@ use crate::{Created, Filter, Kind, Order, Row, StateStore, StoreError, Update};
 
 mod grants;
 mod jobs;
+mod leader;
 mod queue;
 pub use grants::*;
 pub use jobs::*;
+pub use leader::*;
 pub use queue::*;
 
 /// A fresh store under test and what keeps it alive.

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 pub mod conformance;
 mod grants;
 mod jobs;
+mod leader;
 mod postgres;
 mod queue;
 mod sqlite;
@@ -27,6 +28,7 @@ pub use jobs::{
     Worker,
 };
 
+pub use leader::Leadership;
 pub use postgres::PgStore;
 pub use queue::{Delivery, Message, MessageState, Queued, Run};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};

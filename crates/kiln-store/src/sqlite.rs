@@ -25,10 +25,11 @@ use crate::{
 
 mod grants;
 mod jobs;
+mod leader;
 mod queue;
 
 /// Newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Schema scripts: `MIGRATIONS[n]` takes the database from version n to n + 1.
 const MIGRATIONS: &[&str] = &[
@@ -177,6 +178,14 @@ CREATE TABLE workers (
     revoked_ms INTEGER,
     last_seen_ms INTEGER,
     capabilities TEXT
+);
+"#,
+    // 6: roles (the scheduler, the notification deliverer) held by one server at a time.
+    r#"
+CREATE TABLE leaders (
+    role TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
 );
 "#,
 ];

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use kiln_store::conformance::{Backend, Fresh, FreshQueue, QueueBackend};
-use kiln_store::{JobQueue, SqliteStore, StateStore};
+use kiln_store::conformance::{Backend, Fresh, FreshQueue, LeaderBackend, QueueBackend};
+use kiln_store::{JobQueue, Leadership, SqliteStore, StateStore};
 use tempfile::TempDir;
 
 /// Stores in temporary directories, each a `kiln.db` of its own.
@@ -69,4 +69,32 @@ mod queue {
     use super::Sqlite;
 
     kiln_store::job_queue_tests!(Sqlite);
+}
+
+#[async_trait::async_trait(?Send)]
+impl LeaderBackend for Sqlite {
+    type Guard = TempDir;
+
+    async fn fresh_leader(&self) -> (Arc<dyn Leadership>, TempDir) {
+        let dir = TempDir::new().unwrap();
+        let store = SqliteStore::open(&dir.path().join("kiln.db"))
+            .await
+            .unwrap();
+        (Arc::new(store), dir)
+    }
+
+    async fn leader_again(&self, dir: &TempDir) -> Arc<dyn Leadership> {
+        Arc::new(
+            SqliteStore::open(&dir.path().join("kiln.db"))
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+/// Leadership's checks.
+mod leader {
+    use super::Sqlite;
+
+    kiln_store::leadership_tests!(Sqlite);
 }

@@ -18,7 +18,8 @@ use crate::{
 };
 
 /// The store's clock in SQL: milliseconds since the Unix epoch.
-const CLOCK: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
+pub(super) const CLOCK: &str =
+    "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
 
 /// The columns [`SqliteStore::job_from`] reads, in order.
 const JOB: &str = "id, owner, needs, payload, state, max_attempts, created_ms";
