@@ -126,6 +126,48 @@ CREATE TABLE grants (
 );
 CREATE INDEX grants_account ON grants (account, arn);
 "#,
+    // 2: what SQLite's schema 5 adds: the build queue (an image to build is a job, claimed by
+    // workers under leases), each worker's attempts, and the workers with the digests of their
+    // tokens. Times are milliseconds of the database's clock; `seq` is the order of claims.
+    r#"
+CREATE TABLE jobs (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id TEXT COLLATE "C" NOT NULL UNIQUE,
+    owner TEXT COLLATE "C" NOT NULL,
+    needs TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT COLLATE "C" NOT NULL,
+    max_attempts BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    worker TEXT COLLATE "C",
+    token TEXT COLLATE "C",
+    expires_ms BIGINT
+);
+-- A claim pages through the queued jobs by seq; lists by state go by seq too.
+CREATE INDEX jobs_state ON jobs (state, seq);
+-- The reaper's lapsed leases, and the job a worker holds.
+CREATE INDEX jobs_expiry ON jobs (expires_ms) WHERE state = 'running';
+CREATE INDEX jobs_worker ON jobs (worker) WHERE state = 'running';
+
+CREATE TABLE job_attempts (
+    job TEXT COLLATE "C" NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    number BIGINT NOT NULL,
+    worker TEXT COLLATE "C" NOT NULL,
+    claimed_ms BIGINT NOT NULL,
+    ended_ms BIGINT,
+    end_state TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (job, number)
+);
+
+CREATE TABLE workers (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    token_sha256 TEXT COLLATE "C" NOT NULL UNIQUE,
+    created_ms BIGINT NOT NULL,
+    revoked_ms BIGINT,
+    last_seen_ms BIGINT,
+    capabilities TEXT
+);
+"#,
 ];
 
 /// The advisory lock (one 64-bit key, "kiln" and 1) held by the transaction that migrates, so
