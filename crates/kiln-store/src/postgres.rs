@@ -16,6 +16,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -28,6 +29,7 @@ use crate::{
 };
 
 mod grants;
+mod jobs;
 mod queue;
 mod rows;
 
@@ -197,6 +199,9 @@ pub struct PgStore {
     pool: PgPool,
     /// `host:port/dbname`, for messages.
     server: String,
+    /// The `LISTEN` of [`JobQueue::wait_for_jobs`](crate::JobQueue::wait_for_jobs), on a
+    /// connection of its own, shared by the handle's clones.
+    listening: Arc<jobs::Listening>,
 }
 
 /// Not the pool's connection options: they hold the password.
@@ -263,7 +268,12 @@ impl PgStore {
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options.clone());
-        let store = PgStore { pool, server };
+        let listening = Arc::new(jobs::Listening::new(options.clone()));
+        let store = PgStore {
+            pool,
+            server,
+            listening,
+        };
         // One connection of its own, so that a server that is down is said at once rather
         // than after the pool's patient retries.
         let mut conn = PgConnection::connect_with(&options)
@@ -285,6 +295,7 @@ impl PgStore {
     /// Closes every connection of this handle (and of its clones), waiting until they are
     /// closed. The store cannot be used after this.
     pub async fn close(&self) {
+        self.listening.close().await;
         self.pool.close().await;
     }
 
@@ -760,6 +771,7 @@ mod tests {
         let options = parse_url("postgres://kiln:s3cret@127.0.0.1:1/db").unwrap();
         let store = PgStore {
             server: label(&options),
+            listening: Arc::new(jobs::Listening::new(options.clone())),
             pool: PgPoolOptions::new().connect_lazy_with(options),
         };
         let shown = format!("{store:?}");
