@@ -3,7 +3,8 @@
 //! The store knows nothing of kiln's types: a [`Row`] carries the columns that lists filter and
 //! sort on, plus JSON text that kiln-core writes and reads. The default backend is an embedded
 //! SQLite file ([`SqliteStore`]); a PostgreSQL server ([`PgStore`]) is the backend for several
-//! kiln servers sharing one store. Both are the same [`StateStore`] trait.
+//! kiln servers sharing one store. Both are the same [`StateStore`] trait, and the same build
+//! queue ([`JobQueue`]).
 //!
 //! What the trait promises is checked by a conformance suite that every backend runs: the
 //! `conformance` feature adds the module `conformance` with one check per behaviour, and

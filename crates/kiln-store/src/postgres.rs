@@ -16,6 +16,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -28,6 +29,7 @@ use crate::{
 };
 
 mod grants;
+mod jobs;
 mod queue;
 mod rows;
 
@@ -126,6 +128,48 @@ CREATE TABLE grants (
 );
 CREATE INDEX grants_account ON grants (account, arn);
 "#,
+    // 2: what SQLite's schema 5 adds: the build queue (an image to build is a job, claimed by
+    // workers under leases), each worker's attempts, and the workers with the digests of their
+    // tokens. Times are milliseconds of the database's clock; `seq` is the order of claims.
+    r#"
+CREATE TABLE jobs (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id TEXT COLLATE "C" NOT NULL UNIQUE,
+    owner TEXT COLLATE "C" NOT NULL,
+    needs TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT COLLATE "C" NOT NULL,
+    max_attempts BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    worker TEXT COLLATE "C",
+    token TEXT COLLATE "C",
+    expires_ms BIGINT
+);
+-- A claim pages through the queued jobs by seq; lists by state go by seq too.
+CREATE INDEX jobs_state ON jobs (state, seq);
+-- The reaper's lapsed leases, and the job a worker holds.
+CREATE INDEX jobs_expiry ON jobs (expires_ms) WHERE state = 'running';
+CREATE INDEX jobs_worker ON jobs (worker) WHERE state = 'running';
+
+CREATE TABLE job_attempts (
+    job TEXT COLLATE "C" NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    number BIGINT NOT NULL,
+    worker TEXT COLLATE "C" NOT NULL,
+    claimed_ms BIGINT NOT NULL,
+    ended_ms BIGINT,
+    end_state TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (job, number)
+);
+
+CREATE TABLE workers (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    token_sha256 TEXT COLLATE "C" NOT NULL UNIQUE,
+    created_ms BIGINT NOT NULL,
+    revoked_ms BIGINT,
+    last_seen_ms BIGINT,
+    capabilities TEXT
+);
+"#,
 ];
 
 /// The advisory lock (one 64-bit key, "kiln" and 1) held by the transaction that migrates, so
@@ -155,6 +199,9 @@ pub struct PgStore {
     pool: PgPool,
     /// `host:port/dbname`, for messages.
     server: String,
+    /// The `LISTEN` of [`JobQueue::wait_for_jobs`](crate::JobQueue::wait_for_jobs), on a
+    /// connection of its own, shared by the handle's clones.
+    listening: Arc<jobs::Listening>,
 }
 
 /// Not the pool's connection options: they hold the password.
@@ -221,7 +268,12 @@ impl PgStore {
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options.clone());
-        let store = PgStore { pool, server };
+        let listening = Arc::new(jobs::Listening::new(options.clone()));
+        let store = PgStore {
+            pool,
+            server,
+            listening,
+        };
         // One connection of its own, so that a server that is down is said at once rather
         // than after the pool's patient retries.
         let mut conn = PgConnection::connect_with(&options)
@@ -243,6 +295,7 @@ impl PgStore {
     /// Closes every connection of this handle (and of its clones), waiting until they are
     /// closed. The store cannot be used after this.
     pub async fn close(&self) {
+        self.listening.close().await;
         self.pool.close().await;
     }
 
@@ -718,6 +771,7 @@ mod tests {
         let options = parse_url("postgres://kiln:s3cret@127.0.0.1:1/db").unwrap();
         let store = PgStore {
             server: label(&options),
+            listening: Arc::new(jobs::Listening::new(options.clone())),
             pool: PgPoolOptions::new().connect_lazy_with(options),
         };
         let shown = format!("{store:?}");
