@@ -30,6 +30,7 @@ use crate::{
 
 mod grants;
 mod jobs;
+mod leader;
 mod queue;
 mod rows;
 
@@ -168,6 +169,15 @@ CREATE TABLE workers (
     revoked_ms BIGINT,
     last_seen_ms BIGINT,
     capabilities TEXT
+);
+"#,
+    // 3: what SQLite's schema 6 adds: roles (the scheduler, the notification deliverer) held by
+    // one server at a time.
+    r#"
+CREATE TABLE leaders (
+    role TEXT COLLATE "C" PRIMARY KEY,
+    holder TEXT COLLATE "C" NOT NULL,
+    expires_ms BIGINT NOT NULL
 );
 "#,
 ];

@@ -13,11 +13,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use kiln_store::conformance::{
-    image, make_image, Backend, Fresh, FreshQueue, QueueBackend, PREFIX,
+    image, make_image, Backend, Fresh, FreshQueue, LeaderBackend, QueueBackend, PREFIX,
 };
 use kiln_store::{
-    AttemptEnd, Capabilities, Filter, JobQueue, JobState, Kind, Needs, NewJob, Order, PgStore,
-    StateStore, StoreError,
+    AttemptEnd, Capabilities, Filter, JobQueue, JobState, Kind, Leadership, Needs, NewJob, Order,
+    PgStore, StateStore, StoreError,
 };
 use kiln_testkit::postgres::Cluster;
 
@@ -95,6 +95,27 @@ mod queue {
     use super::Postgres;
 
     kiln_store::job_queue_tests!(Postgres);
+}
+
+#[async_trait::async_trait(?Send)]
+impl LeaderBackend for Postgres {
+    type Guard = String;
+
+    async fn fresh_leader(&self) -> (Arc<dyn Leadership>, String) {
+        let url = fresh_database();
+        (Arc::new(PgStore::connect(&url).await.unwrap()), url)
+    }
+
+    async fn leader_again(&self, url: &String) -> Arc<dyn Leadership> {
+        Arc::new(PgStore::connect(url).await.unwrap())
+    }
+}
+
+/// Leadership's checks.
+mod leader {
+    use super::Postgres;
+
+    kiln_store::leadership_tests!(Postgres);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

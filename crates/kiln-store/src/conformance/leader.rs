@@ -41,7 +41,7 @@ macro_rules! leadership_tests {
 /// the holder stepped down.
 pub async fn one_holder_at_a_time_until_its_hold_lapses<B: LeaderBackend>(backend: &B) {
     let (l, _guard) = backend.fresh_leader().await;
-    let hold = Duration::from_millis(300);
+    let hold = Duration::from_millis(1000);
     assert!(l.lead("scheduler", "a", hold).await.must());
     assert!(!l.lead("scheduler", "b", hold).await.must());
     assert!(
@@ -49,7 +49,7 @@ pub async fn one_holder_at_a_time_until_its_hold_lapses<B: LeaderBackend>(backen
         "roles are apart"
     );
     assert!(l.lead("scheduler", "a", hold).await.must(), "renewed");
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     assert!(
         l.lead("scheduler", "b", hold).await.must(),
         "lapsed: b takes it"

@@ -33,7 +33,7 @@ use crate::{
 };
 
 /// The store's clock in SQL: the server's time now, in milliseconds since the Unix epoch.
-const CLOCK: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+pub(super) const CLOCK: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 /// The channel on which queued jobs are told.
 const CHANNEL: &str = "kiln_jobs";
