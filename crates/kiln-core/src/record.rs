@@ -485,6 +485,10 @@ pub struct ImageRecord {
     /// Scratch folder of the kiln process running it (locked while it runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_dir: Option<PathBuf>,
+    /// The host whose kiln process runs it ([`this_host`]): on a store that several hosts
+    /// share (PostgreSQL), only that host can tell from its run folder whether it still runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// Who started it (the user name).
     #[serde(default)]
     pub owner: String,
@@ -1051,10 +1055,31 @@ pub struct LocalRuns;
 
 impl Liveness for LocalRuns {
     fn alive(&self, rec: &ImageRecord) -> bool {
+        // Another host's build is not this host's to judge: its run folder is over there.
+        if rec.host.as_deref().is_some_and(|h| h != this_host()) {
+            return true;
+        }
         rec.run_dir
             .as_deref()
             .is_some_and(kiln_instance::runlock::is_held)
     }
+}
+
+/// This host, as records name it: its systemd machine id, else its host name.
+pub fn this_host() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/etc/machine-id")
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+            })
+            .unwrap_or_default()
+    })
 }
 
 /// Reads a record file directly (tests, tools).
@@ -1084,6 +1109,23 @@ pub(crate) mod tests {
         }
     }
 
+    /// A build whose run folder is gone is dead when this host ran it, and not this host's to
+    /// judge when another host did (a shared store).
+    #[test]
+    fn only_this_host_s_builds_are_judged_by_their_run_folders() {
+        let mut r = record("x", "1.0.0", State::Building);
+        r.run_dir = Some(PathBuf::from("/nonexistent/run/x"));
+        assert!(
+            !LocalRuns.alive(&r),
+            "an old record without a host is this host's"
+        );
+        r.host = Some(this_host().to_owned());
+        assert!(!LocalRuns.alive(&r));
+        r.host = Some("another-host".to_owned());
+        assert!(LocalRuns.alive(&r));
+        assert!(!this_host().is_empty());
+    }
+
     /// A record with nothing in it yet (tests of other modules use it too).
     pub(crate) fn record(name: &str, version: &str, state: State) -> ImageRecord {
         let version: Version = version.parse().unwrap();
@@ -1108,6 +1150,7 @@ pub(crate) mod tests {
             duration_ms: 0,
             logs: PathBuf::new(),
             run_dir: None,
+            host: None,
             owner: "tester".into(),
             account: LOCAL_ACCOUNT.into(),
             pipeline: None,

@@ -83,6 +83,7 @@ pub fn image_record(i: usize, account: &str) -> ImageRecord {
         duration_ms: 42_000,
         logs: PathBuf::new(),
         run_dir: None,
+        host: None,
         owner: "bench".into(),
         account: account.into(),
         pipeline: Some(format!("{prefix}:image-pipeline/p{}", i % NAMES)),

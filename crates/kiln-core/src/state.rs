@@ -4,16 +4,46 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kiln_store::{JobQueue, Kind, Row, SqliteStore, StateStore};
+use kiln_store::{Backend, JobQueue, Kind, Leadership, Row, SqliteStore, StateStore};
 
 use crate::record::ImageRecord;
 use crate::store::{read_json, Home, StoreError};
 
+/// Where a data directory's resources and records are kept.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum Location {
+    /// `$KILN_HOME/kiln.db`, an embedded SQLite file (the default).
+    #[default]
+    Embedded,
+    /// A PostgreSQL database, shared by servers and workers on many hosts: its URL, which may
+    /// hold a password (so it is never shown).
+    Postgres(String),
+}
+
+/// The URL may hold a password: it is never printed.
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Embedded => f.write_str("Embedded"),
+            Location::Postgres(_) => f.write_str("Postgres(..)"),
+        }
+    }
+}
+
+/// A name for one holder of a role ([`Store::leader`]): this host, this process and a random
+/// part, so that two holders in one process (two deliverers in a test) are told apart too.
+pub fn holder_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}/{}/{}", std::process::id(), &random[..8])
+}
+
 /// A data directory's state store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: Arc<dyn StateStore>,
-    jobs: Arc<dyn JobQueue>,
+    db: Arc<dyn Backend>,
     home: Home,
 }
 
@@ -33,31 +63,48 @@ impl Store {
         let db = Arc::new(SqliteStore::open(&db_path(home)).await?);
         keep_private(&db_path(home));
         let store = Store {
-            db: db.clone(),
-            jobs: db,
+            db,
             home: home.clone(),
         };
         store.import_json_records().await?;
         Ok(store)
     }
 
-    /// A store over another backend (a PostgreSQL one, or tests): its rows and its build queue.
-    pub fn with_backend(home: &Home, db: Arc<dyn StateStore>, jobs: Arc<dyn JobQueue>) -> Store {
+    /// Opens the store at `location`: the data directory's own file, or a PostgreSQL database
+    /// (migrated to this kiln's schema under a lock, so that servers starting at once agree).
+    pub async fn open_at(home: &Home, location: &Location) -> Result<Store, StoreError> {
+        match location {
+            Location::Embedded => Store::open(home).await,
+            Location::Postgres(url) => {
+                std::fs::create_dir_all(&home.root)
+                    .map_err(crate::store::io("creating", &home.root))?;
+                let db = Arc::new(kiln_store::PgStore::connect(url).await?);
+                Ok(Store::with_backend(home, db))
+            }
+        }
+    }
+
+    /// A store over another backend (a PostgreSQL one, or tests).
+    pub fn with_backend(home: &Home, db: Arc<dyn Backend>) -> Store {
         Store {
             db,
-            jobs,
             home: home.clone(),
         }
     }
 
-    /// The backend.
+    /// The backend's rows.
     pub fn db(&self) -> &dyn StateStore {
         self.db.as_ref()
     }
 
     /// The build queue and its workers.
     pub fn jobs(&self) -> &dyn JobQueue {
-        self.jobs.as_ref()
+        self.db.as_ref()
+    }
+
+    /// Roles held by one server at a time (the scheduler, the deliverer).
+    pub fn leader(&self) -> &dyn Leadership {
+        self.db.as_ref()
     }
 
     /// Reads a row's summary or body; `what` names it in the error (`the record of ARN`).

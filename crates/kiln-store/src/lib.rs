@@ -34,6 +34,12 @@ pub use postgres::PgStore;
 pub use queue::{Delivery, Message, MessageState, Queued, Run};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
+/// Everything a store backend is: rows, the build queue and roles held by one server. Both
+/// backends are, so that kiln holds one `Arc<dyn Backend>` and lends each trait from it.
+pub trait Backend: StateStore + JobQueue + Leadership {}
+
+impl<T: StateStore + JobQueue + Leadership> Backend for T {}
+
 /// What a row is; the text is the ARN's resource type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {

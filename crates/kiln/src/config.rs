@@ -45,6 +45,9 @@ pub struct Config {
     pub scanning: Option<kiln_core::scan::ScanSettings>,
     /// The KMS master key file (`kms: {masterKey: PATH}`); `$KILN_HOME/master.key` if unset.
     pub kms_master_key: Option<PathBuf>,
+    /// Where resources and records are kept (`store: postgres://...`; the embedded SQLite
+    /// file by default).
+    pub store: kiln_core::state::Location,
 }
 
 /// `serve: {listen, region, concurrency, requestsPerSecond, burst, scheduleEverySeconds,
@@ -98,6 +101,7 @@ impl Default for Config {
             serve: ServeConfig::default(),
             regions: Default::default(),
             trust: TrustPolicy::default(),
+            store: kiln_core::state::Location::default(),
             scanning: None,
             kms_master_key: None,
         }
@@ -189,6 +193,9 @@ pub fn load() -> Result<Config> {
         if let Some(kms) = root.as_map().and_then(|m| m.get("kms")) {
             config.kms_master_key = crate::key::master_key_config(kms, &file, &src)?;
         }
+        if let Some(store) = root.as_map().and_then(|m| m.get("store")) {
+            config.store = store_location(store, &file, &src)?;
+        }
         if let Some(cache) = root.as_map().and_then(|m| m.get("cache")) {
             let size = cache
                 .as_map()
@@ -256,6 +263,31 @@ pub fn load() -> Result<Config> {
         }
     };
     Ok(config)
+}
+
+/// `store: postgres://USER@HOST:PORT/DATABASE` (the password in the URL or in `PGPASSWORD`).
+fn store_location(node: &Node, file: &str, src: &str) -> Result<kiln_core::state::Location> {
+    match node.as_text() {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(kiln_core::state::Location::Postgres(url.to_owned()))
+        }
+        _ => bail!(
+            "{}",
+            kiln_yaml::Diagnostic::error(
+                Some(node.span),
+                "`store` is a PostgreSQL URL such as postgres://kiln@db.example.net:5432/kiln \
+                 (the password in the URL or in PGPASSWORD); leave it out for the embedded \
+                 SQLite store in the data directory"
+            )
+            .render(file, src)
+        ),
+    }
+}
+
+/// Opens the store the configuration names, for the data directory `home`.
+pub async fn open_store(home: &kiln_core::store::Home) -> Result<kiln_core::state::Store> {
+    let location = load()?.store;
+    Ok(kiln_core::state::Store::open_at(home, &location).await?)
 }
 
 fn serve_config(node: &Node, file: &str, src: &str) -> Result<ServeConfig> {

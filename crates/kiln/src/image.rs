@@ -132,7 +132,7 @@ pub struct PruneArgs {
 pub async fn records() -> Result<Records> {
     let home = Home::new(config::kiln_home());
     kiln_instance::runlock::sweep(&home.run());
-    let store = kiln_core::state::Store::open(&home).await?;
+    let store = config::open_store(&home).await?;
     let records = Records::new(store);
     // A build whose kiln died shows as FAILED (interrupted) from the next command on.
     recover(&records, &registry_access()?).await?;

@@ -48,7 +48,7 @@ pub struct ExecutionsArgs {
 
 async fn lifecycle() -> Result<Lifecycle> {
     let home = Home::new(config::kiln_home());
-    let store = kiln_core::state::Store::open(&home).await?;
+    let store = config::open_store(&home).await?;
     Ok(Lifecycle::new(store, crate::image::registry_access()?))
 }
 

@@ -165,7 +165,7 @@ pub enum Which {
 async fn resources() -> Result<Resources> {
     let home = Home::new(config::kiln_home());
     let trust = config::load()?.trust;
-    Ok(Resources::new(kiln_core::state::Store::open(&home).await?).with_trust(trust))
+    Ok(Resources::new(config::open_store(&home).await?).with_trust(trust))
 }
 
 /// Runs a resource command.

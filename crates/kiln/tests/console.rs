@@ -15,7 +15,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
@@ -35,32 +35,6 @@ impl Drop for Serve {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// A root filesystem of a few host programs and the libraries they load: enough for
-/// ExecuteBash steps, in a few megabytes.
-fn host_rootfs(root: &Path, programs: &[&str]) {
-    let mut files: Vec<PathBuf> = Vec::new();
-    for p in programs {
-        let path = PathBuf::from(format!("/bin/{p}"));
-        let o = Command::new("ldd").arg(&path).output().unwrap();
-        for word in text(&o.stdout).split_whitespace() {
-            if word.starts_with('/') {
-                files.push(PathBuf::from(word));
-            }
-        }
-        files.push(path);
-    }
-    for f in files {
-        let to = root.join(f.strip_prefix("/").unwrap());
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(std::fs::canonicalize(&f).unwrap(), &to).unwrap();
-    }
-    for d in ["etc", "tmp", "root", "usr/bin"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::write(root.join("etc/hostname"), "tiny\n").unwrap();
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
 }
 
 /// The document the test writes, with its one typo when `typo`.
@@ -285,23 +259,7 @@ async fn a_person_builds_an_image_through_the_console() {
     // The parent: bash, date and sleep, in a loopback registry.
     let registry = Registry::start();
     let host = registry.host();
-    host_rootfs(&d.join("root"), &["bash", "sh", "date", "sleep", "cat"]);
-    let tarred = Command::new("tar")
-        .arg("-C")
-        .arg(d.join("root"))
-        .args(["-cf"])
-        .arg(d.join("root.tar"))
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(tarred.success());
-    let pushed = Command::new("skopeo")
-        .args(["copy", "--dest-tls-verify=false"])
-        .arg(format!("tarball:{}", d.join("root.tar").display()))
-        .arg(format!("docker://{host}/base/tiny:1.0.0"))
-        .output()
-        .unwrap();
-    assert!(pushed.status.success(), "{}", text(&pushed.stderr));
+    common::push_tiny_parent(d, &host, &["bash", "sh", "date", "sleep", "cat"]);
 
     let port = free_port();
     std::fs::write(

@@ -421,6 +421,7 @@ impl Builder {
             duration_ms: 0,
             logs: PathBuf::new(),
             run_dir: Some(run_dir),
+            host: Some(crate::record::this_host().to_owned()),
             owner: self.origin.principal.user.clone(),
             account: self.origin.principal.account.clone(),
             pipeline: self.origin.pipeline.clone(),

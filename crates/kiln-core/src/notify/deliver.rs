@@ -82,7 +82,17 @@ pub struct Deliverer {
     topics: Topics,
     clock: Clock,
     http: reqwest::Client,
+    /// Who this deliverer is when it holds the deliverer role.
+    holder: String,
 }
+
+/// The role one deliverer among the servers sharing a store holds.
+pub const DELIVERER_ROLE: &str = "deliverer";
+
+/// How long the deliverer role outlives its holder's last renewal: how long the outbox waits
+/// when the delivering server dies (an attempt is at most [`ATTEMPT_TIMEOUT`] per message, and
+/// the role is renewed between passes).
+const ROLE_HOLD: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Deliverer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,6 +124,7 @@ impl Deliverer {
             store,
             clock: system_clock(),
             http,
+            holder: crate::state::holder_name(),
         })
     }
 
@@ -288,58 +299,52 @@ impl Deliverer {
     /// attempt under way when it stops is finished and recorded first, so that a restart sends
     /// nothing twice.
     ///
-    /// Only one deliverer of a kiln home delivers at a time (it holds `run/deliverer.lock`);
-    /// another, such as a second `kiln serve` over the same home, waits for the lock, so that
-    /// no message goes out twice and a server that dies leaves the outbox to the other.
+    /// Only one deliverer among the processes sharing a store delivers at a time (it holds the
+    /// store's [`DELIVERER_ROLE`], renewed between passes); another, such as a second
+    /// `kiln serve` over the same store, waits, so that no message goes out twice and a server
+    /// that dies leaves the outbox to another within a minute.
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut held = None;
         let mut told = false;
         loop {
             if *stop.borrow() {
-                return;
+                break;
             }
-            if held.is_none() {
-                held = self.take_lock();
-                if held.is_none() {
-                    if !told {
-                        tracing::info!(
-                            "another kiln delivers this home's notifications; waiting for its lock"
-                        );
-                        told = true;
+            match self
+                .store
+                .leader()
+                .lead(DELIVERER_ROLE, &self.holder, ROLE_HOLD)
+                .await
+            {
+                Ok(true) => {
+                    told = false;
+                    if let Err(e) = self.deliver_due_until(&stop).await {
+                        tracing::warn!(error = %e, "cannot read the outbox; trying again");
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(POLL_INTERVAL) => {}
-                        r = stop.changed() => if r.is_err() { return },
-                    }
-                    continue;
                 }
-            }
-            if let Err(e) = self.deliver_due_until(&stop).await {
-                tracing::warn!(error = %e, "cannot read the outbox; trying again");
+                Ok(false) if !told => {
+                    tracing::info!(
+                        "another kiln process delivers the store's notifications; waiting to take over"
+                    );
+                    told = true;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot ask the store who delivers; trying again")
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
-                r = stop.changed() => if r.is_err() { return },
+                r = stop.changed() => if r.is_err() { break },
             }
         }
-    }
-}
-
-impl Deliverer {
-    /// The home's delivery lock, when no other deliverer holds it.
-    fn take_lock(&self) -> Option<nix::fcntl::Flock<std::fs::File>> {
-        let dir = self.store.home().run();
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            tracing::warn!(error = %e, dir = %dir.display(), "cannot make the run folder");
-            return None;
+        if let Err(e) = self
+            .store
+            .leader()
+            .step_down(DELIVERER_ROLE, &self.holder)
+            .await
+        {
+            tracing::debug!(error = %e, "could not give the deliverer role up");
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("deliverer.lock"))
-            .ok()?;
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).ok()
     }
 }
 

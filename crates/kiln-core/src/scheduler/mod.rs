@@ -131,6 +131,9 @@ pub struct Outcome {
     pub decision: Decision,
 }
 
+/// The role the one scheduler among the servers sharing a store holds.
+pub const SCHEDULER_ROLE: &str = "scheduler";
+
 /// Runs pipelines on their schedules.
 pub struct Scheduler {
     resources: Resources,
@@ -567,23 +570,47 @@ impl Scheduler {
             .collect()
     }
 
-    /// Runs [`Scheduler::tick`] every `every` until `stop` says so.
+    /// Runs [`Scheduler::tick`] every `every` until `stop` says so, while this scheduler holds
+    /// the store's [`SCHEDULER_ROLE`].
     pub async fn run(
         self: Arc<Self>,
         every: std::time::Duration,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        // One scheduler among the servers sharing a store; another takes over within three
+        // rounds (at least 15 s) of its holder stopping. A run is claimed once per pipeline and
+        // instant whoever schedules, so a takeover never starts a run twice.
+        let holder = crate::state::holder_name();
+        let hold = (every * 3).max(std::time::Duration::from_secs(15));
+        let leader = self.resources.store().leader();
+        let mut told = false;
         loop {
-            if let Err(e) = self.tick().await {
-                tracing::warn!(error = %e, "the scheduler could not read the store");
+            match leader.lead(SCHEDULER_ROLE, &holder, hold).await {
+                Ok(true) => {
+                    told = false;
+                    if let Err(e) = self.tick().await {
+                        tracing::warn!(error = %e, "the scheduler could not read the store");
+                    }
+                }
+                Ok(false) if !told => {
+                    tracing::info!(
+                        "another kiln server schedules the pipelines; waiting to take over"
+                    );
+                    told = true;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot ask the store who schedules"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = stop.changed() => return,
+                _ = stop.changed() => break,
             }
             if *stop.borrow() {
-                return;
+                break;
             }
+        }
+        if let Err(e) = leader.step_down(SCHEDULER_ROLE, &holder).await {
+            tracing::debug!(error = %e, "could not give the scheduler role up");
         }
     }
 }

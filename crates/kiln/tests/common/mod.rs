@@ -195,3 +195,55 @@ impl Drop for ForgetDisks {
         }
     }
 }
+
+/// A root filesystem of a few host programs and the libraries they load: enough for
+/// ExecuteBash steps, in a few megabytes.
+pub fn host_rootfs(root: &Path, programs: &[&str]) {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for p in programs {
+        let path = PathBuf::from(format!("/bin/{p}"));
+        let o = std::process::Command::new("ldd")
+            .arg(&path)
+            .output()
+            .unwrap();
+        for word in text(&o.stdout).split_whitespace() {
+            if word.starts_with('/') {
+                files.push(PathBuf::from(word));
+            }
+        }
+        files.push(path);
+    }
+    for f in files {
+        let to = root.join(f.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(std::fs::canonicalize(&f).unwrap(), &to).unwrap();
+    }
+    for d in ["etc", "tmp", "root", "usr/bin"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("etc/hostname"), "tiny\n").unwrap();
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+}
+
+/// Pushes a parent image of `programs` (and their libraries) to `host` as
+/// `HOST/base/tiny:1.0.0`, made in `dir`: a parent that builds in seconds.
+pub fn push_tiny_parent(dir: &Path, host: &str, programs: &[&str]) {
+    kiln_testkit::require_tool("skopeo");
+    host_rootfs(&dir.join("root"), programs);
+    let tarred = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(dir.join("root"))
+        .args(["-cf"])
+        .arg(dir.join("root.tar"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(tarred.success());
+    let pushed = std::process::Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("tarball:{}", dir.join("root.tar").display()))
+        .arg(format!("docker://{host}/base/tiny:1.0.0"))
+        .output()
+        .unwrap();
+    assert!(pushed.status.success(), "{}", text(&pushed.stderr));
+}
