@@ -117,6 +117,7 @@ macro_rules! conformance_tests {
             policies_replace_and_read_back,
             shared_with_selects_granted_rows,
             deleting_a_row_drops_its_policy,
+            ten_thousand_images_list_by_name_version_and_time,
         );
         // Two worker threads, so that the callers race in parallel rather than take turns.
         $crate::conformance_tests!(@each $backend; (flavor = "multi_thread", worker_threads = 2);
@@ -1119,6 +1120,94 @@ pub async fn import_stores_many_rows_once<B: Backend>(backend: &B) {
         other => panic!("expected AlreadyExists, got {other:?}"),
     }
     assert_eq!(store.count(&Filter::default()).await.must(), 2);
+}
+
+/// Ten thousand images (100 names, 10 versions, 10 builds, 4 kB bodies): one read back, one
+/// name's and one version's builds newest first, all without their bodies, the newest by time,
+/// the count, with the time of each printed (`--nocapture`) to compare backends by.
+pub async fn ten_thousand_images_list_by_name_version_and_time<B: Backend>(backend: &B) {
+    let fresh = backend.fresh().await;
+    let store = &*fresh.store;
+    let body = format!(r#"{{"log":"{}"}}"#, "x".repeat(4_000));
+    let summary = format!(r#"{{"summary":"{}"}}"#, "s".repeat(280));
+    let mut rows = Vec::new();
+    for i in 0..10_000u32 {
+        // 100 names x 10 versions x 10 builds.
+        let mut row = image(
+            &format!("Image{}", i / 100),
+            [1, (i / 10) % 10, 0],
+            i % 10 + 1,
+        );
+        row.created_ms = i64::from(i);
+        row.body = body.clone();
+        row.summary = summary.clone();
+        rows.push(row);
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(store.import(rows).await.must(), 10_000);
+    eprintln!("import of 10,000 rows: {:?}", started.elapsed());
+
+    let arn = format!("{PREFIX}:image/image42/1.3.0/7");
+    let started = std::time::Instant::now();
+    let row = store.get(&arn).await.must().expect("the row");
+    eprintln!("get: {:?}", started.elapsed());
+    assert_eq!((row.name.as_str(), row.body.len()), ("Image42", body.len()));
+
+    let started = std::time::Instant::now();
+    let one_name = store
+        .list(&Filter {
+            kind: Some(Kind::Image),
+            name: Some("image42".to_owned()),
+            ..Filter::default()
+        })
+        .await
+        .must();
+    eprintln!("list of one name: {:?}", started.elapsed());
+    assert_eq!(one_name.len(), 100);
+    assert_eq!(one_name[0].version, Some([1, 9, 0]));
+    assert_eq!(one_name[0].build, Some(10));
+
+    let started = std::time::Instant::now();
+    let one_version = store
+        .list(&Filter {
+            kind: Some(Kind::Image),
+            name: Some("IMAGE42".to_owned()),
+            version: [Some(1), Some(3), None],
+            ..Filter::default()
+        })
+        .await
+        .must();
+    eprintln!("list of one version: {:?}", started.elapsed());
+    assert_eq!(one_version.len(), 10);
+    assert!(one_version.iter().all(|r| r.version == Some([1, 3, 0])));
+
+    let started = std::time::Instant::now();
+    let all = store
+        .list(&Filter {
+            kind: Some(Kind::Image),
+            ..Filter::default()
+        })
+        .await
+        .must();
+    eprintln!("list of all: {:?}", started.elapsed());
+    assert_eq!(all.len(), 10_000);
+    assert!(all
+        .iter()
+        .all(|r| r.body.is_empty() && r.summary == summary));
+    assert_eq!(all[0].arn, format!("{PREFIX}:image/image0/1.9.0/10"));
+
+    let started = std::time::Instant::now();
+    let newest = store
+        .list(&Filter {
+            order: Order::Newest,
+            limit: Some(20),
+            ..Filter::default()
+        })
+        .await
+        .must();
+    eprintln!("newest 20: {:?}", started.elapsed());
+    assert_eq!(newest[0].created_ms, 9_999);
+    assert_eq!(store.count(&Filter::default()).await.must(), 10_000);
 }
 
 #[cfg(test)]

@@ -13,11 +13,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use kiln_store::conformance::{
-    image, make_image, Backend, Fresh, FreshQueue, LeaderBackend, QueueBackend, PREFIX,
+    image, make_image, Backend, Fresh, FreshQueue, LeaderBackend, QueueBackend,
 };
 use kiln_store::{
-    AttemptEnd, Capabilities, Filter, JobQueue, JobState, Kind, Leadership, Needs, NewJob, Order,
-    PgStore, StateStore, StoreError,
+    AttemptEnd, Capabilities, Filter, JobQueue, JobState, Leadership, Needs, NewJob, PgStore,
+    StateStore, StoreError,
 };
 use kiln_testkit::postgres::Cluster;
 
@@ -436,91 +436,6 @@ async fn racing_creates_of_one_build_without_a_version_store_one() {
             "{outcomes:?}"
         );
     }
-}
-
-#[tokio::test]
-async fn ten_thousand_images() {
-    let store = PgStore::connect(&fresh_database()).await.unwrap();
-    let body = format!(r#"{{"log":"{}"}}"#, "x".repeat(4_000));
-    let summary = format!(r#"{{"summary":"{}"}}"#, "s".repeat(280));
-    let mut rows = Vec::new();
-    for i in 0..10_000u32 {
-        // 100 names x 10 versions x 10 builds.
-        let mut row = image(
-            &format!("Image{}", i / 100),
-            [1, (i / 10) % 10, 0],
-            i % 10 + 1,
-        );
-        row.created_ms = i64::from(i);
-        row.body = body.clone();
-        row.summary = summary.clone();
-        rows.push(row);
-    }
-    let started = Instant::now();
-    assert_eq!(store.import(rows).await.unwrap(), 10_000);
-    eprintln!("import of 10,000 rows: {:?}", started.elapsed());
-
-    let arn = format!("{PREFIX}:image/image42/1.3.0/7");
-    let started = Instant::now();
-    let row = store.get(&arn).await.unwrap().unwrap();
-    eprintln!("get: {:?}", started.elapsed());
-    assert_eq!((row.name.as_str(), row.body.len()), ("Image42", body.len()));
-
-    let started = Instant::now();
-    let one_name = store
-        .list(&Filter {
-            kind: Some(Kind::Image),
-            name: Some("image42".to_owned()),
-            ..Filter::default()
-        })
-        .await
-        .unwrap();
-    eprintln!("list of one name: {:?}", started.elapsed());
-    assert_eq!(one_name.len(), 100);
-    assert_eq!(one_name[0].version, Some([1, 9, 0]));
-    assert_eq!(one_name[0].build, Some(10));
-
-    let started = Instant::now();
-    let one_version = store
-        .list(&Filter {
-            kind: Some(Kind::Image),
-            name: Some("IMAGE42".to_owned()),
-            version: [Some(1), Some(3), None],
-            ..Filter::default()
-        })
-        .await
-        .unwrap();
-    eprintln!("list of one version: {:?}", started.elapsed());
-    assert_eq!(one_version.len(), 10);
-    assert!(one_version.iter().all(|r| r.version == Some([1, 3, 0])));
-
-    let started = Instant::now();
-    let all = store
-        .list(&Filter {
-            kind: Some(Kind::Image),
-            ..Filter::default()
-        })
-        .await
-        .unwrap();
-    eprintln!("list of all: {:?}", started.elapsed());
-    assert_eq!(all.len(), 10_000);
-    assert!(all
-        .iter()
-        .all(|r| r.body.is_empty() && r.summary == summary));
-    assert_eq!(all[0].arn, format!("{PREFIX}:image/image0/1.9.0/10"));
-
-    let started = Instant::now();
-    let newest = store
-        .list(&Filter {
-            order: Order::Newest,
-            limit: Some(20),
-            ..Filter::default()
-        })
-        .await
-        .unwrap();
-    eprintln!("newest 20: {:?}", started.elapsed());
-    assert_eq!(newest[0].created_ms, 9_999);
-    assert_eq!(store.count(&Filter::default()).await.unwrap(), 10_000);
 }
 
 fn sandbox_caps() -> Capabilities {

@@ -5,23 +5,12 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use kiln_store::{
-    Created, Filter, Kind, Order, Row, SqliteStore, StateStore, StoreError, SCHEMA_VERSION,
-};
+use kiln_store::{Created, Filter, Row, SqliteStore, StateStore, StoreError, SCHEMA_VERSION};
 use sqlx::ConnectOptions;
 use tempfile::TempDir;
 
-use kiln_store::conformance::{image, make_image, PREFIX};
-
-async fn new_store() -> (TempDir, SqliteStore) {
-    let dir = TempDir::new().unwrap();
-    let store = SqliteStore::open(&dir.path().join("kiln.db"))
-        .await
-        .unwrap();
-    (dir, store)
-}
+use kiln_store::conformance::{image, make_image};
 
 async fn new_row(store: &SqliteStore, row: Row, refs: &[&str]) -> Row {
     let refs = refs.iter().map(|r| r.to_string()).collect();
@@ -121,91 +110,6 @@ async fn two_processes_get_distinct_builds() {
     let theirs: Vec<u32> = serde_json::from_str(line).unwrap();
     builds.extend(theirs);
     assert_one_to_forty(builds);
-}
-
-#[tokio::test]
-async fn ten_thousand_images() {
-    let (_dir, store) = new_store().await;
-    let body = format!(r#"{{"log":"{}"}}"#, "x".repeat(4_000));
-    let summary = format!(r#"{{"summary":"{}"}}"#, "s".repeat(280));
-    let mut rows = Vec::new();
-    for i in 0..10_000u32 {
-        // 100 names x 10 versions x 10 builds.
-        let mut row = image(
-            &format!("Image{}", i / 100),
-            [1, (i / 10) % 10, 0],
-            i % 10 + 1,
-        );
-        row.created_ms = i64::from(i);
-        row.body = body.clone();
-        row.summary = summary.clone();
-        rows.push(row);
-    }
-    let started = Instant::now();
-    assert_eq!(store.import(rows).await.unwrap(), 10_000);
-    eprintln!("import of 10,000 rows: {:?}", started.elapsed());
-
-    let arn = format!("{PREFIX}:image/image42/1.3.0/7");
-    let started = Instant::now();
-    let row = store.get(&arn).await.unwrap().unwrap();
-    eprintln!("get: {:?}", started.elapsed());
-    assert_eq!((row.name.as_str(), row.body.len()), ("Image42", body.len()));
-
-    let started = Instant::now();
-    let one_name = store
-        .list(&Filter {
-            kind: Some(Kind::Image),
-            name: Some("image42".to_owned()),
-            ..Filter::default()
-        })
-        .await
-        .unwrap();
-    eprintln!("list of one name: {:?}", started.elapsed());
-    assert_eq!(one_name.len(), 100);
-    assert_eq!(one_name[0].version, Some([1, 9, 0]));
-    assert_eq!(one_name[0].build, Some(10));
-
-    let started = Instant::now();
-    let one_version = store
-        .list(&Filter {
-            kind: Some(Kind::Image),
-            name: Some("IMAGE42".to_owned()),
-            version: [Some(1), Some(3), None],
-            ..Filter::default()
-        })
-        .await
-        .unwrap();
-    eprintln!("list of one version: {:?}", started.elapsed());
-    assert_eq!(one_version.len(), 10);
-    assert!(one_version.iter().all(|r| r.version == Some([1, 3, 0])));
-
-    let started = Instant::now();
-    let all = store
-        .list(&Filter {
-            kind: Some(Kind::Image),
-            ..Filter::default()
-        })
-        .await
-        .unwrap();
-    eprintln!("list of all: {:?}", started.elapsed());
-    assert_eq!(all.len(), 10_000);
-    assert!(all
-        .iter()
-        .all(|r| r.body.is_empty() && r.summary == summary));
-    assert_eq!(all[0].arn, format!("{PREFIX}:image/image0/1.9.0/10"));
-
-    let started = Instant::now();
-    let newest = store
-        .list(&Filter {
-            order: Order::Newest,
-            limit: Some(20),
-            ..Filter::default()
-        })
-        .await
-        .unwrap();
-    eprintln!("newest 20: {:?}", started.elapsed());
-    assert_eq!(newest[0].created_ms, 9_999);
-    assert_eq!(store.count(&Filter::default()).await.unwrap(), 10_000);
 }
 
 #[tokio::test]
