@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use super::{image, Must};
 use crate::{
-    AttemptEnd, Capabilities, JobQueue, JobState, Needs, NewJob, StateStore, StoreError, Update,
+    AttemptEnd, Capabilities, JobQueue, JobState, Lease, Needs, NewJob, StateStore, StoreError,
+    Update,
 };
 
 /// A fresh queue under test, the same store's rows, and what keeps them alive.
@@ -96,6 +97,26 @@ fn job(id: &str, needs: Needs, max_attempts: u32) -> NewJob {
     }
 }
 
+/// An image row `name`, and its job queued and claimed by `w1` under a lease of `lease`.
+async fn claimed_row<G>(fresh: &FreshQueue<G>, name: &str, lease: Duration) -> (String, Lease) {
+    let row = image(name, [1, 0, 0], 1);
+    let arn = row.arn.clone();
+    fresh.store.create(row, Vec::new(), None).await.must();
+    fresh
+        .queue
+        .enqueue_job(job(&arn, needs("sandbox", false, &[]), 3))
+        .await
+        .must();
+    let plain = caps(&["sandbox"], false, &[]);
+    let (_, lease) = fresh
+        .queue
+        .claim_job("w1", &plain, lease)
+        .await
+        .must()
+        .expect("a job");
+    (arn, lease)
+}
+
 const MINUTE: Duration = Duration::from_secs(60);
 
 fn is_lease_lost<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
@@ -167,18 +188,7 @@ pub async fn jobs_go_oldest_first_to_workers_that_can_run_them<B: QueueBackend>(
 pub async fn a_lapsed_lease_is_refused_and_changes_nothing<B: QueueBackend>(backend: &B) {
     let fresh = backend.fresh_queue().await;
     let (q, store) = (&*fresh.queue, &*fresh.store);
-    let row = image("leased", [1, 0, 0], 1);
-    let arn = row.arn.clone();
-    store.create(row, Vec::new(), None).await.must();
-    q.enqueue_job(job(&arn, needs("sandbox", false, &[]), 3))
-        .await
-        .must();
-    let plain = caps(&["sandbox"], false, &[]);
-    let (_, lease) = q
-        .claim_job("w1", &plain, Duration::from_millis(1500))
-        .await
-        .must()
-        .expect("a job");
+    let (arn, lease) = claimed_row(&fresh, "leased", Duration::from_millis(1500)).await;
     let renewed = q
         .renew_lease(&lease, Duration::from_millis(1500))
         .await
@@ -281,19 +291,8 @@ pub async fn a_finished_job_changes_its_row_with_it_and_is_not_requeued<B: Queue
     backend: &B,
 ) {
     let fresh = backend.fresh_queue().await;
-    let (q, store) = (&*fresh.queue, &*fresh.store);
-    let row = image("finished", [1, 0, 0], 1);
-    let arn = row.arn.clone();
-    store.create(row, Vec::new(), None).await.must();
-    q.enqueue_job(job(&arn, needs("sandbox", false, &[]), 3))
-        .await
-        .must();
-    let plain = caps(&["sandbox"], false, &[]);
-    let (_, lease) = q
-        .claim_job("w1", &plain, Duration::from_millis(1000))
-        .await
-        .must()
-        .expect("a job");
+    let q = &*fresh.queue;
+    let (arn, lease) = claimed_row(&fresh, "finished", Duration::from_millis(1000)).await;
     let done = Update {
         state: Some("FAILED".into()),
         ..Update::default()
