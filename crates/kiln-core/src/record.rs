@@ -1073,13 +1073,15 @@ pub fn this_host() -> &'static str {
             .ok()
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
-            .or_else(|| {
-                std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .ok()
-                    .map(|s| s.trim().to_owned())
-            })
-            .unwrap_or_default()
+            .unwrap_or_else(host_name)
     })
+}
+
+/// This host's name, as the kernel knows it (empty when it cannot be read).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// Reads a record file directly (tests, tools).

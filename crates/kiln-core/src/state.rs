@@ -33,9 +33,7 @@ impl std::fmt::Debug for Location {
 /// A name for one holder of a role ([`Store::leader`]): this host, this process and a random
 /// part, so that two holders in one process (two deliverers in a test) are told apart too.
 pub fn holder_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
+    let host = crate::record::host_name();
     let random = uuid::Uuid::new_v4().simple().to_string();
     format!("{host}/{}/{}", std::process::id(), &random[..8])
 }

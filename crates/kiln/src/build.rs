@@ -155,7 +155,7 @@ pub async fn run(args: BuildArgs) -> Result<u8> {
     }
     // Without root the build refuses to start, and says why, before anything is opened.
     let store = if kiln_instance::is_root() {
-        Some(config::open_store(&Home::new(config::kiln_home())).await?)
+        Some(config::open_store(&Home::new(config::kiln_home()), &config::load()?).await?)
     } else {
         None
     };

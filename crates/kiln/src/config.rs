@@ -284,10 +284,12 @@ fn store_location(node: &Node, file: &str, src: &str) -> Result<kiln_core::state
     }
 }
 
-/// Opens the store the configuration names, for the data directory `home`.
-pub async fn open_store(home: &kiln_core::store::Home) -> Result<kiln_core::state::Store> {
-    let location = load()?.store;
-    Ok(kiln_core::state::Store::open_at(home, &location).await?)
+/// Opens the store `cfg` names, for the data directory `home`.
+pub async fn open_store(
+    home: &kiln_core::store::Home,
+    cfg: &Config,
+) -> Result<kiln_core::state::Store> {
+    Ok(kiln_core::state::Store::open_at(home, &cfg.store).await?)
 }
 
 fn serve_config(node: &Node, file: &str, src: &str) -> Result<ServeConfig> {

@@ -132,10 +132,11 @@ pub struct PruneArgs {
 pub async fn records() -> Result<Records> {
     let home = Home::new(config::kiln_home());
     kiln_instance::runlock::sweep(&home.run());
-    let store = config::open_store(&home).await?;
+    let cfg = config::load()?;
+    let store = config::open_store(&home, &cfg).await?;
     let records = Records::new(store);
     // A build whose kiln died shows as FAILED (interrupted) from the next command on.
-    recover(&records, &registry_access()?).await?;
+    recover(&records, &cfg.access()).await?;
     Ok(records)
 }
 

@@ -48,8 +48,9 @@ pub struct ExecutionsArgs {
 
 async fn lifecycle() -> Result<Lifecycle> {
     let home = Home::new(config::kiln_home());
-    let store = config::open_store(&home).await?;
-    Ok(Lifecycle::new(store, crate::image::registry_access()?))
+    let cfg = config::load()?;
+    let store = config::open_store(&home, &cfg).await?;
+    Ok(Lifecycle::new(store, cfg.access()))
 }
 
 /// Runs a lifecycle command.

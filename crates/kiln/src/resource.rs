@@ -164,8 +164,8 @@ pub enum Which {
 
 async fn resources() -> Result<Resources> {
     let home = Home::new(config::kiln_home());
-    let trust = config::load()?.trust;
-    Ok(Resources::new(config::open_store(&home).await?).with_trust(trust))
+    let cfg = config::load()?;
+    Ok(Resources::new(config::open_store(&home, &cfg).await?).with_trust(cfg.trust))
 }
 
 /// Runs a resource command.

@@ -87,7 +87,7 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
             "kiln serve: listening on {addr}, which is not a loopback address: every request is still signed, but put TLS in front of it"
         );
     }
-    let store = config::open_store(&home).await?;
+    let store = config::open_store(&home, &cfg).await?;
     let records = Records::new(store.clone());
     let access = cfg.access();
     let notices = kiln_api::notices::ImageNotices::new(store.clone());

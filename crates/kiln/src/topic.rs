@@ -96,7 +96,7 @@ pub struct MessagesArgs {
 
 /// Runs a `kiln topic` command.
 pub async fn run(cmd: TopicCommand) -> Result<u8> {
-    let store = config::open_store(&Home::new(config::kiln_home())).await?;
+    let store = config::open_store(&Home::new(config::kiln_home()), &config::load()?).await?;
     let topics = Topics::new(store.clone());
     let me = crate::principal::local();
     let mut out = std::io::stdout().lock();

@@ -53,7 +53,7 @@ pub async fn run(a: UsageArgs) -> Result<u8> {
         }
     };
     let from = a.since.as_deref().map(since).transpose()?;
-    let store = config::open_store(&home).await?;
+    let store = config::open_store(&home, &config::load()?).await?;
     let records = Records::new(store);
     let filter = Filter {
         kind: Some(Kind::Image),

@@ -62,7 +62,7 @@ pub async fn run(cmd: WorkerCommand) -> Result<u8> {
     if !kiln_instance::is_root() {
         bail!("`kiln worker` reads and writes the server's store, which only root may read: run it as root (sudo kiln worker ...)");
     }
-    let store = config::open_store(&Home::new(config::kiln_home())).await?;
+    let store = config::open_store(&Home::new(config::kiln_home()), &config::load()?).await?;
     let mut out = std::io::stdout().lock();
     match cmd {
         WorkerCommand::Token(TokenCommand::Create(a)) => {

@@ -182,16 +182,9 @@ pub struct ForgetDisks(pub String);
 
 impl Drop for ForgetDisks {
     fn drop(&mut self) {
-        let Ok(dir) = std::fs::read_dir(home().join("disks")) else {
-            return;
-        };
-        for e in dir.flatten() {
-            let entry = std::fs::read(e.path().join("entry.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-            if entry.is_some_and(|v| v["name"] == self.0.as_str()) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+        let cache = kiln_core::disk::cache::DiskCache::new(&kiln_core::store::Home::new(home()));
+        for entry in cache.entries().iter().filter(|e| e.name == self.0) {
+            cache.remove(&entry.key);
         }
     }
 }
