@@ -291,39 +291,6 @@ async fn text_postgresql_cannot_hold_is_refused_and_stores_nothing() {
     assert_eq!(store.get(&row.arn).await.unwrap(), None);
 }
 
-/// Unmounts a tmpfs when the test ends, also when it fails.
-struct Mount(std::path::PathBuf);
-
-impl Mount {
-    fn tmpfs(dir: &std::path::Path, size: &str) -> Mount {
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "mounting a tmpfs (needs root) failed: {status}"
-        );
-        Mount(dir.to_path_buf())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let umount = |lazy: bool| {
-            let mut command = std::process::Command::new("umount");
-            if lazy {
-                command.arg("-l");
-            }
-            command.arg(&self.0).status().is_ok_and(|s| s.success())
-        };
-        if !umount(false) && !umount(true) {
-            eprintln!("cannot unmount {}", self.0.display());
-        }
-    }
-}
-
 /// Text that PostgreSQL's compression cannot shrink, `len` bytes.
 fn noise(len: usize) -> String {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -347,7 +314,7 @@ async fn a_full_disk_stores_nothing_and_loses_nothing() {
     let dir = tempfile::TempDir::new().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let _mount = Mount::tmpfs(&mnt, "4m");
+    let _mount = kiln_testkit::tmpfs::Tmpfs::mount(&mnt, "4m");
     let space = mnt.join("space");
     std::fs::create_dir(&space).unwrap();
     own.hand_over(&space);

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln_store::{Created, Filter, Row, SqliteStore, StateStore, StoreError, SCHEMA_VERSION};
 use sqlx::ConnectOptions;
@@ -295,45 +295,12 @@ async fn a_damaged_page_is_reported_by_check() {
     assert_eq!(snapshot(&path), bytes, "the damaged file is unchanged");
 }
 
-/// Unmounts a tmpfs when the test ends, also when it fails.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(dir: &Path, size: &str) -> Mount {
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "mounting a tmpfs (needs root) failed: {status}"
-        );
-        Mount(dir.to_path_buf())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let umount = |lazy: bool| {
-            let mut command = std::process::Command::new("umount");
-            if lazy {
-                command.arg("-l");
-            }
-            command.arg(&self.0).status().is_ok_and(|s| s.success())
-        };
-        if !umount(false) && !umount(true) {
-            eprintln!("cannot unmount {}", self.0.display());
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_full_disk_stores_nothing_and_loses_nothing() {
     let dir = TempDir::new().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let _mount = Mount::tmpfs(&mnt, "2m");
+    let _mount = kiln_testkit::tmpfs::Tmpfs::mount(&mnt, "2m");
 
     let store = SqliteStore::open(&mnt.join("kiln.db")).await.unwrap();
     let mut earlier = Vec::new();

@@ -17,6 +17,7 @@ pub mod browser;
 pub mod postgres;
 pub mod proxy;
 pub mod registry;
+pub mod tmpfs;
 
 /// Fails the test unless `name` is an executable in `PATH`, saying how to install it.
 pub fn require_tool(name: &str) {
