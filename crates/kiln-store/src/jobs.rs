@@ -266,6 +266,14 @@ pub trait JobQueue: Send + Sync + fmt::Debug {
     async fn finish_job(&self, lease: &Lease, arn: &str, update: Update)
         -> Result<Row, StoreError>;
 
+    /// Takes a job out of the queue before any worker claimed it (its build was cancelled): it
+    /// ends finished. False when it is not queued (a worker holds it, or it ended).
+    async fn withdraw_job(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Ends a running job's lease now (its worker is known to be gone), so that the next
+    /// [`JobQueue::requeue_expired`] takes it. False when it is not running.
+    async fn lapse_job(&self, id: &str) -> Result<bool, StoreError>;
+
     /// Takes every running job whose lease lapsed from its worker: queued again while it has
     /// attempts left, else abandoned.
     async fn requeue_expired(&self) -> Result<Vec<Reclaimed>, StoreError>;

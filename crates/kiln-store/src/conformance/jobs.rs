@@ -58,6 +58,8 @@ macro_rules! job_queue_tests {
             a_finished_job_changes_its_row_with_it_and_is_not_requeued,
             workers_are_added_found_by_token_and_revoked,
             the_store_clock_is_the_time,
+            a_queued_job_is_withdrawn_and_a_claimed_one_is_not,
+            a_lapsed_job_is_requeued_at_once_and_its_lease_refused,
         );
         $crate::job_queue_tests!(@each $backend; (flavor = "multi_thread", worker_threads = 2);
             a_hundred_claimers_never_claim_one_job_twice,
@@ -181,6 +183,79 @@ pub async fn jobs_go_oldest_first_to_workers_that_can_run_them<B: QueueBackend>(
     assert_eq!(queued[0].id, "arm");
     assert_eq!(q.jobs(&[], 10).await.must().len(), 4);
     assert_eq!(q.jobs(&[], 2).await.must().len(), 2);
+}
+
+/// A cancelled build's job leaves the queue only while no worker holds it.
+pub async fn a_queued_job_is_withdrawn_and_a_claimed_one_is_not<B: QueueBackend>(backend: &B) {
+    let fresh = backend.fresh_queue().await;
+    let q = &*fresh.queue;
+    let plain = caps(&["sandbox"], false, &[]);
+    assert!(q
+        .enqueue_job(job("a", needs("sandbox", false, &[]), 3))
+        .await
+        .must());
+    assert!(q
+        .enqueue_job(job("b", needs("sandbox", false, &[]), 3))
+        .await
+        .must());
+    assert!(
+        q.withdraw_job("a").await.must(),
+        "a queued job is withdrawn"
+    );
+    assert!(!q.withdraw_job("a").await.must(), "once");
+    assert!(!q.withdraw_job("none").await.must());
+    assert_eq!(
+        q.job("a").await.must().map(|j| j.state),
+        Some(JobState::Finished)
+    );
+    let (claimed, _) = q
+        .claim_job("w1", &plain, MINUTE)
+        .await
+        .must()
+        .expect("a job");
+    assert_eq!(claimed.id, "b", "a withdrawn job is never claimed");
+    assert!(
+        !q.withdraw_job("b").await.must(),
+        "a claimed job is its worker's"
+    );
+    assert_eq!(
+        q.job("b").await.must().map(|j| j.state),
+        Some(JobState::Running)
+    );
+}
+
+/// A job whose worker is known to be gone is lapsed: the next reaping takes it, and the old
+/// lease is refused.
+pub async fn a_lapsed_job_is_requeued_at_once_and_its_lease_refused<B: QueueBackend>(backend: &B) {
+    let fresh = backend.fresh_queue().await;
+    let q = &*fresh.queue;
+    let plain = caps(&["sandbox"], false, &[]);
+    assert!(q
+        .enqueue_job(job("a", needs("sandbox", false, &[]), 3))
+        .await
+        .must());
+    assert!(
+        !q.lapse_job("a").await.must(),
+        "a queued job has no lease to end"
+    );
+    let (_, lease) = q
+        .claim_job("w1", &plain, MINUTE)
+        .await
+        .must()
+        .expect("a job");
+    assert!(
+        q.requeue_expired().await.must().is_empty(),
+        "the lease holds"
+    );
+    assert!(q.lapse_job("a").await.must());
+    assert!(!q.lapse_job("a").await.must(), "once");
+    let taken = q.requeue_expired().await.must();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(
+        (taken[0].job.state, taken[0].worker.as_str()),
+        (JobState::Queued, "w1")
+    );
+    assert!(is_lease_lost(q.renew_lease(&lease, MINUTE).await));
 }
 
 /// A lease is renewed while it holds; once it lapsed, renewing, writing and finishing under it
@@ -429,7 +504,7 @@ mod tests {
             .filter_map(|line| line.strip_prefix("pub async fn "))
             .filter_map(|rest| rest.split(['<', '(']).next())
             .collect();
-        assert_eq!(checks.len(), 7, "{checks:?}");
+        assert_eq!(checks.len(), 9, "{checks:?}");
         let (_, after) = source
             .split_once("macro_rules! job_queue_tests")
             .expect("the macro is in this file");

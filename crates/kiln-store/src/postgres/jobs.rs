@@ -493,6 +493,39 @@ impl JobQueue for PgStore {
         .await
     }
 
+    async fn withdraw_job(&self, id: &str) -> Result<bool, StoreError> {
+        self.write(|mut tx| async move {
+            // A claim holding the row is waited for; the state is then read again, and a
+            // claimed job is left to its worker.
+            let result = sqlx::query(
+                "UPDATE jobs SET state = 'finished' WHERE id = $1 AND state = 'queued'",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map(|done| done.rows_affected() == 1)
+            .map_err(Fail::from);
+            (tx, result)
+        })
+        .await
+    }
+
+    async fn lapse_job(&self, id: &str) -> Result<bool, StoreError> {
+        self.write(|mut tx| async move {
+            let result = sqlx::query(&format!(
+                "UPDATE jobs SET expires_ms = {CLOCK} WHERE id = $1 AND state = 'running' \
+                 AND expires_ms > {CLOCK}"
+            ))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map(|done| done.rows_affected() == 1)
+            .map_err(Fail::from);
+            (tx, result)
+        })
+        .await
+    }
+
     async fn renew_lease(&self, lease: &Lease, duration: Duration) -> Result<Lease, StoreError> {
         self.write(|mut tx| async move {
             let result = async {

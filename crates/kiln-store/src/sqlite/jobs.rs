@@ -347,6 +347,41 @@ impl JobQueue for SqliteStore {
         self.end(tx, result).await
     }
 
+    async fn withdraw_job(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let result = async {
+            let done =
+                sqlx::query("UPDATE jobs SET state = 'finished' WHERE id = ? AND state = 'queued'")
+                    .bind(id)
+                    .execute(&mut *tx.conn)
+                    .await
+                    .map_err(|e| self.error(e))?;
+            Ok(done.rows_affected() == 1)
+        }
+        .await;
+        self.end(tx, result).await
+    }
+
+    async fn lapse_job(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let result = async {
+            let now = self.clock_in(&mut tx.conn).await?;
+            let done = sqlx::query(
+                "UPDATE jobs SET expires_ms = ? WHERE id = ? AND state = 'running' \
+                 AND expires_ms > ?",
+            )
+            .bind(now)
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx.conn)
+            .await
+            .map_err(|e| self.error(e))?;
+            Ok(done.rows_affected() == 1)
+        }
+        .await;
+        self.end(tx, result).await
+    }
+
     async fn claim_job(
         &self,
         worker: &str,
