@@ -1,15 +1,19 @@
-//! Builds the server runs: each numbered and PENDING at once, then run while it holds a permit
-//! of the configured concurrency; cancelled (and recorded) when the server stops.
+//! Builds the server starts: each checked, numbered PENDING and queued at once
+//! ([`Builder::enqueue`]); the server's own workers (as many as its concurrency) and any
+//! `kiln worker` claim the jobs from the store and run them under leases. A reaper gives the
+//! jobs of vanished workers back to the queue. When the server stops, the builds its workers
+//! run are cancelled (and recorded); queued builds wait for the next worker.
 
-use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kiln_core::build::{BuildEvent, BuildObserver, BuildOptions, Builder};
+use kiln_core::build::queued::{self, JobRunner};
+use kiln_core::build::worker::{self, WorkerPool};
+use kiln_core::build::{BuildError, BuildOptions, Builder};
 use kiln_core::pipeline::Plan;
 use kiln_core::state::Store;
 use kiln_core::store::Home;
 use kiln_instance::Launcher;
-use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::error::ApiError;
@@ -22,7 +26,8 @@ pub struct BuildSettings {
     pub options: BuildOptions,
     /// Starts builder and test instances.
     pub launcher: Arc<dyn Launcher>,
-    /// Builds at once; the rest wait PENDING.
+    /// Builds this server runs at once (its own workers); 0 leaves every build to `kiln
+    /// worker` processes.
     pub concurrency: usize,
 }
 
@@ -30,61 +35,30 @@ pub struct BuildSettings {
 pub struct Builds {
     settings: BuildSettings,
     store: Store,
-    /// Held from a pipeline's trigger until its build is numbered, so that two triggers of
+    /// Held from a pipeline's trigger until its build is queued, so that two triggers of
     /// one pipeline at once see each other's PENDING build.
     starting: tokio::sync::Mutex<()>,
-    queue: Arc<Semaphore>,
-    running: Arc<Mutex<HashSet<String>>>,
+    /// The server's own workers, once started.
+    pool: Mutex<Option<Arc<WorkerPool>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    closing: std::sync::atomic::AtomicBool,
-}
-
-/// Tells `start` the build's ARN once it is numbered, and keeps the set of running builds.
-struct Watch {
-    started: Mutex<Option<oneshot::Sender<String>>>,
-    running: Arc<Mutex<HashSet<String>>>,
-}
-
-impl BuildObserver for Watch {
-    fn event(&self, e: &BuildEvent) {
-        match e {
-            BuildEvent::Started { record } => {
-                if let Ok(mut r) = self.running.lock() {
-                    r.insert(record.arn.clone());
-                }
-                tracing::info!(image = %record.arn, "build started");
-                if let Some(tx) = self.started.lock().ok().and_then(|mut s| s.take()) {
-                    let _ = tx.send(record.arn.clone());
-                }
-            }
-            BuildEvent::Stage { state } => tracing::info!(%state, "build stage"),
-            BuildEvent::Finished { record } => {
-                if let Ok(mut r) = self.running.lock() {
-                    r.remove(&record.arn);
-                }
-                tracing::info!(image = %record.arn, state = %record.state, "build ended");
-            }
-            _ => {}
-        }
-    }
+    stop_reaper: tokio::sync::watch::Sender<bool>,
+    closing: AtomicBool,
 }
 
 impl Builds {
     /// Builds over a store.
     pub fn new(settings: BuildSettings, store: Store) -> Builds {
-        let queue = Arc::new(Semaphore::new(settings.concurrency.max(1)));
         Builds {
             settings,
             store,
             starting: tokio::sync::Mutex::new(()),
-            queue,
-            running: Arc::default(),
+            pool: Mutex::default(),
             tasks: Mutex::default(),
-            closing: std::sync::atomic::AtomicBool::new(false),
+            stop_reaper: tokio::sync::watch::channel(false).0,
+            closing: AtomicBool::new(false),
         }
     }
 
-    /// How to reach the registries builds push to (to delete what they pushed).
     /// The data directory and how builds run (DistributeImage distributes with them).
     pub fn settings(&self) -> (&kiln_core::store::Home, &BuildOptions) {
         (&self.settings.home, &self.settings.options)
@@ -93,6 +67,37 @@ impl Builds {
     /// How take-backs and retirements reach registries and buckets.
     pub fn registry_access(&self) -> kiln_dist::RegistryAccess {
         self.settings.options.access()
+    }
+
+    /// Starts the server's workers and the reaper of lapsed leases.
+    pub fn start_workers(&self) {
+        let s = &self.settings;
+        let notices: Arc<dyn kiln_core::notify::Notices> =
+            Arc::new(crate::notices::ImageNotices::new(self.store.clone()));
+        let mut tasks = vec![tokio::spawn(worker::reap_until(
+            self.store.clone(),
+            s.options.access(),
+            Some(notices.clone()),
+            self.stop_reaper.subscribe(),
+        ))];
+        if s.concurrency > 0 {
+            let runner = JobRunner {
+                home: s.home.clone(),
+                options: s.options.clone(),
+                launcher: s.launcher.clone(),
+                store: self.store.clone(),
+                notices: Some(notices),
+            };
+            let pool = WorkerPool::new(runner, queued::local_capabilities(s.launcher.as_ref()));
+            let name = format!("{}/serve-{}", worker_host(), std::process::id());
+            tasks.extend(pool.spawn(&name, s.concurrency));
+            if let Ok(mut p) = self.pool.lock() {
+                *p = Some(pool);
+            }
+        }
+        if let Ok(mut t) = self.tasks.lock() {
+            t.extend(tasks);
+        }
     }
 
     /// Starts a pipeline's build; returns its image ARN once it is numbered (PENDING).
@@ -128,7 +133,7 @@ impl Builds {
     }
 
     async fn start_now(&self, plan: Plan) -> Result<String, ApiError> {
-        if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.closing.load(Ordering::SeqCst) {
             return Err(ApiError::new(
                 "ServiceUnavailableException",
                 "kiln is shutting down; start the build again once it is back",
@@ -142,57 +147,36 @@ impl Builds {
             s.launcher.clone(),
         )
         .with_logging(plan.logging())
-        .with_store(self.store.clone())
-        .with_notices(Arc::new(crate::notices::ImageNotices::new(
-            self.store.clone(),
-        )))
-        .with_queue(self.queue.clone());
-        let (started_tx, started_rx) = oneshot::channel();
-        let (done_tx, done_rx) = oneshot::channel();
-        let watch = Arc::new(Watch {
-            started: Mutex::new(Some(started_tx)),
-            running: self.running.clone(),
-        });
+        .with_store(self.store.clone());
         let recipe = plan.build_recipe;
-        // The build's future is not `Send` (it holds borrows across awaits that the compiler
-        // cannot prove safe to move), so it is driven on a blocking thread of the runtime,
-        // which may block on it, rather than spawned as a task.
+        // Like a build's, the check's future is not `Send`: it is driven on a blocking thread.
         let handle = tokio::runtime::Handle::current();
-        let task = tokio::task::spawn_blocking(move || {
-            let r = handle.block_on(builder.build(&recipe, watch));
-            let _ = done_tx.send(r.map(|rec| rec.arn).map_err(|e| e.to_string()));
-        });
-        if let Ok(mut t) = self.tasks.lock() {
-            t.retain(|h| !h.is_finished());
-            t.push(task);
-        }
-        tokio::select! {
-            Ok(arn) = started_rx => Ok(arn),
-            r = done_rx => match r {
-                Ok(Ok(arn)) => Ok(arn),
-                // Refused before it was numbered: what the pipeline's resources say cannot
-                // be built here.
-                Ok(Err(e)) => Err(ApiError::bad_request(e)),
-                Err(_) => Err(ApiError::service("the build task ended without an answer")),
-            },
+        let queued = tokio::task::spawn_blocking(move || handle.block_on(builder.enqueue(&recipe)))
+            .await
+            .map_err(|e| ApiError::service(format!("the build's check failed: {e}")))?;
+        match queued {
+            Ok(rec) => {
+                tracing::info!(image = %rec.arn, "build queued");
+                if let Some(pool) = self.pool.lock().ok().and_then(|p| p.clone()) {
+                    pool.wake();
+                }
+                Ok(rec.arn)
+            }
+            Err(BuildError::Store(e)) => Err(ApiError::service(e)),
+            // Refused before it was numbered: what the pipeline's resources say cannot be
+            // built here.
+            Err(e) => Err(ApiError::bad_request(e.to_string())),
         }
     }
 
-    /// Asks every running build to stop (a distributing one finishes first) and waits until
-    /// each has recorded how it ended.
+    /// Stops taking jobs, asks every build this server's workers run to stop (a
+    /// distributing one finishes first) and waits until each has recorded how it ended.
+    /// Queued builds stay queued for the next worker.
     pub async fn shutdown(&self) {
-        self.closing
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        let arns: Vec<String> = self
-            .running
-            .lock()
-            .map(|r| r.iter().cloned().collect())
-            .unwrap_or_default();
-        for arn in &arns {
-            tracing::info!(image = %arn, "cancelling the build: kiln is stopping");
-            if let Err(e) = self.store.db().request_cancel(arn).await {
-                tracing::warn!(image = %arn, error = %e, "could not ask the build to stop");
-            }
+        self.closing.store(true, Ordering::SeqCst);
+        let _ = self.stop_reaper.send(true);
+        if let Some(pool) = self.pool.lock().ok().and_then(|p| p.clone()) {
+            pool.stop().await;
         }
         let tasks: Vec<JoinHandle<()>> = self
             .tasks
@@ -202,6 +186,16 @@ impl Builds {
         for t in tasks {
             let _ = t.await;
         }
+    }
+}
+
+/// This host's name for worker names (its machine id when it has none).
+fn worker_host() -> String {
+    let name = kiln_core::record::host_name();
+    if name.is_empty() {
+        kiln_core::record::this_host().to_owned()
+    } else {
+        name
     }
 }
 

@@ -273,6 +273,7 @@ where
         .header_read_timeout(HEADER_TIMEOUT)
         .keep_alive(true);
     let deliverer = spawn_deliverer(app.resources.store().clone());
+    app.builds.start_workers();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

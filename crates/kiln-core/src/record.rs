@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -141,6 +142,21 @@ pub struct FailureInfo {
     /// The instance kept for debugging (`terminateInstanceOnFailure: false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_instance: Option<String>,
+}
+
+impl FailureInfo {
+    /// A failure of a whole stage, with no component, step or output to show.
+    pub fn of_stage(stage: State, reason: String) -> Self {
+        FailureInfo {
+            stage,
+            component: None,
+            step: None,
+            reason,
+            output_tail: Vec::new(),
+            log: None,
+            kept_instance: None,
+        }
+    }
 }
 
 /// How a component's layer was obtained.
@@ -489,6 +505,10 @@ pub struct ImageRecord {
     /// share (PostgreSQL), only that host can tell from its run folder whether it still runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The attempt of its queued job that wrote `host` and `run_dir` (1 for the first): the
+    /// reaper trusts the run folder only for the attempt that holds the job now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
     /// Who started it (the user name).
     #[serde(default)]
     pub owner: String,
@@ -696,6 +716,18 @@ impl std::str::FromStr for ImageQuery {
 #[derive(Debug, Clone)]
 pub struct Records {
     store: Store,
+    /// A worker's lease on the build it runs: its saves go through it (and are refused once it
+    /// is gone), and the final one ends the job.
+    lease: Option<kiln_store::Lease>,
+    /// Set once the store refused a save under the lease: the build is not this worker's.
+    lease_lost: Arc<LeaseLost>,
+}
+
+/// Whether a leased save was refused, and a way to wait for it.
+#[derive(Debug, Default)]
+struct LeaseLost {
+    lost: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
 }
 
 /// The short form of a record that lists show (the store keeps it beside the full record, so
@@ -799,7 +831,39 @@ pub fn filter_of(q: &ImageQuery) -> Filter {
 impl Records {
     /// The records of a store.
     pub fn new(store: Store) -> Self {
-        Records { store }
+        Records {
+            store,
+            lease: None,
+            lease_lost: Arc::default(),
+        }
+    }
+
+    /// The records of a store as the worker holding `lease` writes them: every save is
+    /// conditional on the lease, and saving a final state finishes the job.
+    pub fn leased(store: Store, lease: kiln_store::Lease) -> Self {
+        Records {
+            store,
+            lease: Some(lease),
+            lease_lost: Arc::default(),
+        }
+    }
+
+    /// Whether the store refused a save because the lease is gone.
+    pub fn lease_lost(&self) -> bool {
+        self.lease_lost
+            .lost
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once the store refused a save because the lease is gone.
+    pub async fn lease_refused(&self) {
+        loop {
+            let notified = self.lease_lost.notify.notified();
+            if self.lease_lost() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The store.
@@ -875,19 +939,34 @@ impl Records {
         record: &ImageRecord,
         outbox: Vec<kiln_store::Message>,
     ) -> Result<(), StoreError> {
-        self.store
-            .db()
-            .update(
-                &record.arn,
-                Update {
-                    state: Some(record.state.as_str().to_string()),
-                    summary: Some(to_json(&record.summary())?),
-                    body: Some(to_json(record)?),
-                    outbox,
-                    ..Update::default()
-                },
-            )
-            .await?;
+        let update = Update {
+            state: Some(record.state.as_str().to_string()),
+            summary: Some(to_json(&record.summary())?),
+            body: Some(to_json(record)?),
+            outbox,
+            ..Update::default()
+        };
+        match &self.lease {
+            // Only the leased job's own record goes through the lease; a worker reads others.
+            Some(lease) if lease.job == record.arn => {
+                let jobs = self.store.jobs();
+                let saved = if record.state.is_final() {
+                    jobs.finish_job(lease, &record.arn, update).await
+                } else {
+                    jobs.update_leased(lease, &record.arn, update).await
+                };
+                if let Err(kiln_store::StoreError::LeaseLost { .. }) = &saved {
+                    self.lease_lost
+                        .lost
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.lease_lost.notify.notify_waiters();
+                }
+                saved?;
+            }
+            _ => {
+                self.store.db().update(&record.arn, update).await?;
+            }
+        }
         Ok(())
     }
 
@@ -1000,6 +1079,11 @@ impl Records {
             if r.state.is_final() || liveness.alive(&r) {
                 continue;
             }
+            // A queued build is the queue's: its lease says whether its worker is alive, and
+            // the reaper (`build::queued::reap`) ends it when every attempt's worker vanished.
+            if self.store.jobs().job(&r.arn).await?.is_some() {
+                continue;
+            }
             // A build writes its final record before it releases its run folder, so a fresh
             // read now tells a finished build from a dead one.
             let Some(mut r) = self.get(&row.arn).await? else {
@@ -1023,15 +1107,7 @@ impl Records {
                 r.outputs.clear();
             }
             r.set_state(State::Failed, Some(reason.clone()));
-            r.failure = Some(FailureInfo {
-                stage,
-                component: None,
-                step: None,
-                reason,
-                output_tail: Vec::new(),
-                log: None,
-                kept_instance: None,
-            });
+            r.failure = Some(FailureInfo::of_stage(stage, reason));
             let outbox = match notices {
                 Some(n) => n.of_final(&r, Utc::now().timestamp_millis()).await,
                 None => Vec::new(),
@@ -1168,6 +1244,7 @@ pub(crate) mod tests {
             scan: None,
             account_copies: Vec::new(),
             supply_chain: None,
+            attempt: None,
         }
     }
 

@@ -99,6 +99,7 @@ pub fn image_record(i: usize, account: &str) -> ImageRecord {
         scan: None,
         account_copies: Vec::new(),
         supply_chain: None,
+        attempt: None,
     };
     for s in [
         State::Pending,

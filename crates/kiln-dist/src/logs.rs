@@ -8,7 +8,8 @@ use kiln_s3::{S3Client, S3Config};
 use crate::DistError;
 
 /// Where logs go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum LogDestination {
     /// A folder (`logging.localPath`).
     Folder(PathBuf),

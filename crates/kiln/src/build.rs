@@ -189,15 +189,7 @@ pub async fn execute(
         epoch: std::env::var("SOURCE_DATE_EPOCH")
             .ok()
             .and_then(|v| v.trim().parse().ok()),
-        cache_max_bytes: cfg.cache_max_bytes,
-        registries: cfg.registries.clone(),
-        s3: cfg.s3.clone(),
-        regions: cfg.regions.clone(),
-        trust: cfg.trust.clone(),
-        scanning: cfg.scanning.clone(),
-        kms: kiln_core::kms::KmsSettings {
-            master_key: cfg.kms_master_key.clone(),
-        },
+        ..cfg.build_options()
     };
     let launcher = Arc::new(LocalLauncher::current_exe(agent_path()));
     let observer = Arc::new(BuildTerminal {

@@ -58,7 +58,8 @@ pub struct ServeConfig {
     pub listen: String,
     /// The region name requests are signed for and ARNs carry.
     pub region: String,
-    /// Builds at once; the rest wait PENDING.
+    /// Builds this server runs at once; the rest wait PENDING in the queue (0: only `kiln
+    /// worker` processes run builds).
     pub concurrency: u32,
     /// Requests per second per account (0: no limit).
     pub requests_per_second: u32,
@@ -89,6 +90,23 @@ impl Config {
     /// `kiln disk pull`).
     pub fn access(&self) -> kiln_dist::RegistryAccess {
         kiln_core::parent::registry_access(&self.registries).with_s3(self.s3.clone())
+    }
+
+    /// How builds run on this host by the configuration (cache bound, registries, regions,
+    /// trust, scanning, KMS); the command's own flags are set on top.
+    pub fn build_options(&self) -> kiln_core::build::BuildOptions {
+        kiln_core::build::BuildOptions {
+            cache_max_bytes: self.cache_max_bytes,
+            registries: self.registries.clone(),
+            s3: self.s3.clone(),
+            regions: self.regions.clone(),
+            trust: self.trust.clone(),
+            scanning: self.scanning.clone(),
+            kms: kiln_core::kms::KmsSettings {
+                master_key: self.kms_master_key.clone(),
+            },
+            ..kiln_core::build::BuildOptions::default()
+        }
     }
 }
 

@@ -325,9 +325,14 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
     let diff = previous
         .as_ref()
         .map(|p| kiln_core::inventory::diff(&p.packages, &r.packages));
+    // A build the queue ran: which worker held each attempt.
+    let job = records.store().jobs().job(&r.arn).await?;
     let mut out = std::io::stdout().lock();
     if a.output == Output::Json {
         let mut v = serde_json::to_value(&r)?;
+        if let (Some(o), Some(job)) = (v.as_object_mut(), &job) {
+            o.insert("attempts".into(), attempts_json(job));
+        }
         if let (Some(o), Some(chain)) = (
             v.as_object_mut(),
             r.parent.as_ref().and_then(|p| p.chain_id()),
@@ -359,6 +364,9 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
     }
     if let Some(b) = &r.builder {
         writeln!(out, "  builder    {b}")?;
+    }
+    if let Some(job) = &job {
+        write_attempts(&mut out, job)?;
     }
     if let Some(scan) = &r.scan {
         writeln!(out, "  scan       {}", scan.summary())?;
@@ -688,7 +696,11 @@ async fn cancel(records: &Records, a: CancelArgs) -> Result<u8> {
             r.build_version()
         );
     }
-    records.store().db().request_cancel(&r.arn).await?;
+    let notices = kiln_api::notices::ImageNotices::new(records.store().clone());
+    if kiln_core::build::queued::cancel(records.store(), &r.arn, Some(&notices)).await? {
+        println!("CANCELLED {}", r.build_version());
+        return Ok(0);
+    }
     eprintln!("asked {} to stop; waiting for it", r.build_version());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.wait);
     let access = registry_access()?;
@@ -708,6 +720,52 @@ async fn cancel(records: &Records, a: CancelArgs) -> Result<u8> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
+}
+
+/// The attempts of a queued build, as `kiln image get -o json` shows them.
+fn attempts_json(job: &kiln_store::Job) -> serde_json::Value {
+    job.attempts
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "attempt": a.number,
+                "worker": a.worker,
+                "claimed": millis_time(a.claimed_ms),
+                "ended": a.ended_ms.map(millis_time),
+                "end": a.end.as_str(),
+            })
+        })
+        .collect()
+}
+
+/// One line per attempt of a queued build: its worker and how the attempt ended.
+fn write_attempts(out: &mut impl Write, job: &kiln_store::Job) -> Result<()> {
+    if job.attempts.is_empty() {
+        writeln!(out, "  worker     none yet (queued)")?;
+    }
+    for a in &job.attempts {
+        let how = match a.end {
+            kiln_store::AttemptEnd::Running => "running",
+            kiln_store::AttemptEnd::Finished => "ran it to its end",
+            kiln_store::AttemptEnd::Lost => "stopped renewing its lease",
+        };
+        writeln!(
+            out,
+            "  worker     attempt {} of {}: {} ({how}, claimed {})",
+            a.number,
+            job.max_attempts,
+            a.worker,
+            millis_time(a.claimed_ms)
+        )?;
+    }
+    Ok(())
+}
+
+fn millis_time(ms: i64) -> String {
+    chrono::TimeZone::timestamp_millis_opt(&chrono::Utc, ms)
+        .single()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }
 
 /// A unit enum's serde name (`zstd`).

@@ -20,6 +20,7 @@ mod topic;
 mod ui;
 mod usage;
 mod worker;
+mod worker_run;
 
 use std::process::ExitCode;
 
@@ -118,6 +119,7 @@ fn main() -> ExitCode {
     let filter = match (&cli.command, cli.trace) {
         (_, true) => "debug",
         (Command::Serve(_), false) => "info,sqlx=warn",
+        (Command::Worker(worker::WorkerCommand::Run(_)), false) => "info,sqlx=warn",
         _ => "warn",
     };
     tracing_subscriber::fmt()

@@ -8,7 +8,6 @@ use clap::Args;
 use kiln_api::auth::{Key, KeyStore, SigV4};
 use kiln_api::{App, BuildSettings, Builds};
 use kiln_core::accounts::{Accounts, Snapshot};
-use kiln_core::build::BuildOptions;
 use kiln_core::record::{LocalRuns, Records};
 use kiln_core::resources::Resources;
 use kiln_core::store::Home;
@@ -23,7 +22,8 @@ pub struct ServeArgs {
     /// Port 0 picks a free port; the line `listening on http://ADDR` says which.
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
-    /// Builds at once; the rest wait PENDING (`serve.concurrency`, default 2).
+    /// Builds this server runs at once; the rest wait PENDING in the queue (`serve.concurrency`,
+    /// default 2; 0 leaves every build to `kiln worker` processes).
     #[arg(long)]
     concurrency: Option<u32>,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
@@ -117,18 +117,7 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
         keys.clone(),
         store.clone(),
     ));
-    let options = BuildOptions {
-        cache_max_bytes: cfg.cache_max_bytes,
-        registries: cfg.registries.clone(),
-        s3: cfg.s3.clone(),
-        regions: cfg.regions.clone(),
-        trust: cfg.trust.clone(),
-        scanning: cfg.scanning.clone(),
-        kms: kiln_core::kms::KmsSettings {
-            master_key: cfg.kms_master_key.clone(),
-        },
-        ..BuildOptions::default()
-    };
+    let options = cfg.build_options();
     let launcher: Arc<dyn kiln_instance::Launcher> =
         Arc::new(LocalLauncher::current_exe(crate::build::agent_path()));
     let checks = Arc::new(kiln_core::scheduler::LocalChecks {
@@ -140,7 +129,7 @@ pub async fn run(args: ServeArgs) -> Result<u8> {
         home: home.clone(),
         options,
         launcher,
-        concurrency: args.concurrency.unwrap_or(cfg.serve.concurrency).max(1) as usize,
+        concurrency: args.concurrency.unwrap_or(cfg.serve.concurrency) as usize,
     };
     let console_key = kiln_api::console::SessionKey::load_or_create(&home.root)
         .context("the console's session key")?;

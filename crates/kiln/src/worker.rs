@@ -20,6 +20,8 @@ pub enum WorkerCommand {
     Token(TokenCommand),
     /// The workers, with their last heartbeat and current job.
     List(ListArgs),
+    /// Run builds: claim the queued builds this host can run and run them, until SIGTERM.
+    Run(RunArgs),
 }
 
 /// `kiln worker token ...`
@@ -57,12 +59,34 @@ pub struct ListArgs {
     output: Output,
 }
 
+/// `kiln worker run`
+#[derive(Args)]
+pub struct RunArgs {
+    /// A file holding the worker's token (from `kiln worker token create NAME`); without it
+    /// the token is read from $KILN_WORKER_TOKEN. Never on the command line, where every
+    /// user of the host could read it.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// Builds this worker runs at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// A label of this host (repeatable); a build runs only on workers that have every label
+    /// it asks for.
+    #[arg(long = "label", value_name = "LABEL")]
+    labels: Vec<String>,
+}
+
 /// Runs a `kiln worker` command.
 pub async fn run(cmd: WorkerCommand) -> Result<u8> {
     if !kiln_instance::is_root() {
         bail!("`kiln worker` reads and writes the server's store, which only root may read: run it as root (sudo kiln worker ...)");
     }
-    let store = config::open_store(&Home::new(config::kiln_home()), &config::load()?).await?;
+    let cfg = config::load()?;
+    let home = Home::new(config::kiln_home());
+    let store = config::open_store(&home, &cfg).await?;
+    if let WorkerCommand::Run(a) = cmd {
+        return crate::worker_run::run(a.into(), cfg, home, store).await;
+    }
     let mut out = std::io::stdout().lock();
     match cmd {
         WorkerCommand::Token(TokenCommand::Create(a)) => {
@@ -86,6 +110,7 @@ pub async fn run(cmd: WorkerCommand) -> Result<u8> {
             workers::revoke(&store, &a.name).await?;
             writeln!(out, "revoked the token of worker {}", a.name)?;
         }
+        WorkerCommand::Run(_) => {}
         WorkerCommand::List(a) => {
             let list = store.jobs().workers().await?;
             let now = store.jobs().clock_ms().await?;
@@ -132,6 +157,16 @@ pub async fn run(cmd: WorkerCommand) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+impl From<RunArgs> for crate::worker_run::RunSettings {
+    fn from(a: RunArgs) -> Self {
+        crate::worker_run::RunSettings {
+            token_file: a.token_file,
+            concurrency: a.concurrency,
+            labels: a.labels,
+        }
+    }
 }
 
 fn time(ms: i64) -> String {

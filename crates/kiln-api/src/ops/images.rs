@@ -357,10 +357,8 @@ pub async fn cancel(app: &App, principal: &Principal, input: Value) -> Result<Va
             ),
         ));
     }
-    app.records
-        .store()
-        .db()
-        .request_cancel(&rec.arn)
+    let notices = crate::notices::ImageNotices::new(app.records.store().clone());
+    kiln_core::build::queued::cancel(app.records.store(), &rec.arn, Some(&notices))
         .await
         .map_err(ApiError::service)?;
     Ok(json!({"clientToken": text(&input, "clientToken"), "imageBuildVersionArn": rec.arn}))

@@ -16,10 +16,12 @@ mod failure;
 mod image_config;
 mod instance;
 pub mod log;
+pub mod queued;
 mod run;
 mod stages;
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod worker;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -112,10 +114,40 @@ pub enum BuildError {
     /// The data directory failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The worker running the build lost its lease: the build is another worker's now.
+    #[error("this worker lost its lease on the build: another worker runs it now")]
+    LeaseLost,
+}
+
+/// A build checked and ready to be numbered: the recipe it runs (moved to the VM builder when
+/// the trust policy said so), its components and the builder choice.
+struct Prepared {
+    recipe: Recipe,
+    components: Vec<Component>,
+    choice: crate::trust::BuilderChoice,
+}
+
+/// A numbered build about to run, and what it runs with.
+struct Execution<'a> {
+    prepared: &'a Prepared,
+    records: &'a Records,
+    rec: ImageRecord,
+    run_dir: PathBuf,
+    lock: RunLock,
+    observer: Arc<dyn BuildObserver>,
+}
+
+/// How [`Builder::execute`] ended.
+enum Executed {
+    /// The build ended and its final record is stored.
+    Ended(Box<ImageRecord>),
+    /// The worker's lease went: nothing more was recorded.
+    LeaseLost,
 }
 
 /// Where a build comes from, for its record.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Origin {
     /// Who started it.
     pub principal: Principal,
@@ -269,51 +301,11 @@ impl Builder {
         recipe: &Recipe,
         observer: Arc<dyn BuildObserver>,
     ) -> Result<ImageRecord, BuildError> {
-        // Every build starts sandboxes (components, tests, kiln's own layers): a host that
-        // cannot is told first, before anything is read.
-        self.launcher
-            .preflight(BuilderKind::Sandbox)
-            .map_err(|e| BuildError::Environment(e.to_string()))?;
-        let components = components::load(&self.loader, recipe).await?;
-        let choice = self.choose_builder(recipe, &components);
-        let on_vm;
-        let recipe = if choice.raised() {
-            on_vm = crate::trust::on_vm_builder(recipe, &choice)?;
-            &on_vm
-        } else {
-            recipe
-        };
-        self.preflight(recipe)?;
-        crate::kms::check(
-            recipe,
-            &self.home,
-            &self.options.kms,
-            &self.options.regions,
-            &self.origin.principal.account,
-        )
-        .map_err(BuildError::Kms)?;
-        let started = Instant::now();
-        let now = Utc::now();
-        let epoch = self.options.epoch.unwrap_or(now.timestamp());
+        let prepared = self.prepare(recipe).await?;
+        let recipe = &prepared.recipe;
         kiln_instance::runlock::sweep(&self.home.run());
-        LayerStore::new(self.home.clone()).sweep();
-        crate::disk::cache::DiskCache::new(&self.home).sweep();
-
-        // Hold the run folder before the record exists, so that another kiln never takes a
-        // starting build for an interrupted one.
-        let run_dir = self.home.run().join(format!(
-            "{}-{}-{}",
-            recipe.name,
-            recipe.semantic_version,
-            uuid::Uuid::new_v4().simple()
-        ));
-        let lock =
-            RunLock::acquire(&run_dir).map_err(|e| BuildError::Environment(e.to_string()))?;
-        let store = match &self.store {
-            Some(s) => s.clone(),
-            None => crate::state::Store::open(&self.home).await?,
-        };
-        let records = Records::new(store);
+        let (run_dir, lock) = self.hold_run_dir(recipe)?;
+        let records = Records::new(self.store().await?);
         let access = self.options.access();
         for b in records
             .recover_interrupted_telling(&LocalRuns, &access, self.notices.as_deref())
@@ -323,24 +315,126 @@ impl Builder {
                 message: format!("{b} was interrupted earlier; it is now FAILED"),
             });
         }
-        let mut rec = self.new_record(recipe, &components, run_dir.clone());
-        rec.builder = Some(choice.clone());
+        let mut rec = self.new_record(recipe, &prepared.components, Some(run_dir.clone()));
+        rec.builder = Some(prepared.choice.clone());
         records.create(&mut rec).await?;
+        let run = Execution {
+            prepared: &prepared,
+            records: &records,
+            rec,
+            run_dir,
+            lock,
+            observer,
+        };
+        match self.execute(run, std::future::pending()).await? {
+            Executed::Ended(rec) => Ok(*rec),
+            // Nothing but a lease is lost, and this build has none.
+            Executed::LeaseLost => Err(BuildError::LeaseLost),
+        }
+    }
+
+    /// Checks the input and the host and chooses the builder: everything a build does before
+    /// it gets a number.
+    async fn prepare(&self, recipe: &Recipe) -> Result<Prepared, BuildError> {
+        self.prepare_with(recipe, None).await
+    }
+
+    /// [`Builder::prepare`] with the builder already chosen (by the server that queued the
+    /// build: its trust policy decides, not the worker's).
+    async fn prepare_with(
+        &self,
+        recipe: &Recipe,
+        chosen: Option<crate::trust::BuilderChoice>,
+    ) -> Result<Prepared, BuildError> {
+        // Every build starts sandboxes (components, tests, kiln's own layers): a host that
+        // cannot is told first, before anything is read.
+        self.launcher
+            .preflight(BuilderKind::Sandbox)
+            .map_err(|e| BuildError::Environment(e.to_string()))?;
+        let components = components::load(&self.loader, recipe).await?;
+        let choice = match chosen {
+            Some(c) => c,
+            None => self.choose_builder(recipe, &components),
+        };
+        let recipe = if choice.raised() {
+            crate::trust::on_vm_builder(recipe, &choice)?
+        } else {
+            recipe.clone()
+        };
+        self.preflight(&recipe)?;
+        crate::kms::check(
+            &recipe,
+            &self.home,
+            &self.options.kms,
+            &self.options.regions,
+            &self.origin.principal.account,
+        )
+        .map_err(BuildError::Kms)?;
+        Ok(Prepared {
+            recipe,
+            components,
+            choice,
+        })
+    }
+
+    /// The store builds are recorded in.
+    async fn store(&self) -> Result<crate::state::Store, BuildError> {
+        Ok(match &self.store {
+            Some(s) => s.clone(),
+            None => crate::state::Store::open(&self.home).await?,
+        })
+    }
+
+    /// Holds a fresh run folder for a build of `recipe`, before its record says it runs here,
+    /// so that another kiln never takes a starting build for an interrupted one.
+    fn hold_run_dir(&self, recipe: &Recipe) -> Result<(PathBuf, RunLock), BuildError> {
+        let run_dir = self.home.run().join(format!(
+            "{}-{}-{}",
+            recipe.name,
+            recipe.semantic_version,
+            uuid::Uuid::new_v4().simple()
+        ));
+        let lock =
+            RunLock::acquire(&run_dir).map_err(|e| BuildError::Environment(e.to_string()))?;
+        Ok((run_dir, lock))
+    }
+
+    /// Runs a numbered build's stages and records how it ended; `lost` resolving (a worker's
+    /// lease gone) stops the stages and writes nothing more, since the build is another
+    /// worker's by then.
+    async fn execute(
+        &self,
+        run: Execution<'_>,
+        lost: impl std::future::Future<Output = ()>,
+    ) -> Result<Executed, BuildError> {
+        let Execution {
+            prepared,
+            records,
+            rec,
+            run_dir,
+            lock,
+            observer,
+        } = run;
+        let (recipe, components) = (&prepared.recipe, &prepared.components);
+        let started = Instant::now();
+        let epoch = self.options.epoch.unwrap_or(Utc::now().timestamp());
+        LayerStore::new(self.home.clone()).sweep();
+        crate::disk::cache::DiskCache::new(&self.home).sweep();
         let logs = rec.logs.clone();
         std::fs::create_dir_all(&logs).map_err(store::io("creating", &logs))?;
         let observer: Arc<dyn BuildObserver> = Arc::new(log::Tee::new(observer, &logs));
         observer.event(&BuildEvent::Started {
             record: Box::new(rec.clone()),
         });
-        tell_choice(observer.as_ref(), &choice);
+        tell_choice(observer.as_ref(), &prepared.choice);
 
         let mut run = BuildRun {
             home: &self.home,
             options: &self.options,
             launcher: self.launcher.as_ref(),
             recipe,
-            components: &components,
-            records: &records,
+            components,
+            records,
             observer: observer.clone(),
             run_dir,
             epoch,
@@ -371,19 +465,32 @@ impl Builder {
                 stages::run_all(&mut run).await
             };
             tokio::select! {
-                r = stages => Some(r),
-                _ = cancel_requested(&records, &arn, &distributing) => None,
+                r = stages => Some(Some(r)),
+                _ = cancel_requested(records, &arn, &distributing) => Some(None),
+                _ = lost => None,
             }
         };
+        let Some(result) = result else {
+            observer.event(&BuildEvent::Warning {
+                message: "this worker lost its lease on the build (it was paused or cut off \
+                          for longer than the lease): it stops here and records nothing; \
+                          another worker runs the build"
+                    .into(),
+            });
+            drop(lock);
+            kiln_instance::vm::remove_sockets_under(&run.run_dir);
+            store::remove_tree(&run.run_dir);
+            return Ok(Executed::LeaseLost);
+        };
         let rec = self.finish(run, result, lock, started).await?;
-        Ok(rec)
+        Ok(Executed::Ended(Box::new(rec)))
     }
 
     fn new_record(
         &self,
         recipe: &Recipe,
         components: &[Component],
-        run_dir: PathBuf,
+        run_dir: Option<PathBuf>,
     ) -> ImageRecord {
         let mut rec = ImageRecord {
             arn: String::new(),
@@ -420,8 +527,10 @@ impl Builder {
             created: Utc::now(),
             duration_ms: 0,
             logs: PathBuf::new(),
-            run_dir: Some(run_dir),
-            host: Some(crate::record::this_host().to_owned()),
+            host: run_dir
+                .as_ref()
+                .map(|_| crate::record::this_host().to_owned()),
+            run_dir,
             owner: self.origin.principal.user.clone(),
             account: self.origin.principal.account.clone(),
             pipeline: self.origin.pipeline.clone(),
@@ -437,6 +546,7 @@ impl Builder {
             scan: None,
             account_copies: Vec::new(),
             supply_chain: None,
+            attempt: None,
         };
         rec.set_state(State::Pending, None);
         rec

@@ -40,6 +40,9 @@ pub const DEFAULT_CATCH_UP: Duration = Duration::hours(24);
 /// The claim key of the daily run of every lifecycle policy (one claim per UTC day).
 pub const LIFECYCLE_RUNS: &str = "kiln:lifecycle";
 
+/// Pipelines a tick considers at once (`bench/due.sh`: a thousand runs due at one minute).
+const TICK_PARALLELISM: usize = 8;
+
 /// Starts a pipeline's build (the server's queue; a builder in tests) and answers the image's
 /// ARN once it is numbered.
 #[async_trait]
@@ -217,44 +220,63 @@ impl Scheduler {
                 ..Filter::default()
             })
             .await?;
+        // Pipelines are considered a few at a time: a run due for a thousand pipelines at once
+        // is a thousand claims, plans and enqueues, each mostly waiting on the store.
+        use futures_util::stream::StreamExt;
+        let decided: Vec<Result<Option<Outcome>, StoreError>> = futures_util::stream::iter(rows)
+            .map(|row| self.consider_row(row, now))
+            .buffered(TICK_PARALLELISM)
+            .collect()
+            .await;
         let mut out = Vec::new();
-        for row in rows {
-            let Some(found) = self.resources.store().db().get(&row.arn).await? else {
-                continue;
-            };
-            let pipeline: Resource = match self
-                .resources
-                .store()
-                .decode(&found.body, &format!("the pipeline {}", found.arn))
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(pipeline = %row.arn, error = %e, "cannot read the pipeline");
-                    continue;
-                }
-            };
-            match self.consider(&pipeline, now).await {
-                Ok(Some(o)) => {
-                    tracing::info!(pipeline = %o.pipeline, decision = ?o.decision, "scheduled run");
-                    out.push(o);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(pipeline = %pipeline.arn, error = %e, "scheduling failed");
-                    out.push(Outcome {
-                        pipeline: pipeline.arn.clone(),
-                        at: None,
-                        decision: Decision::Failed {
-                            error: e.to_string(),
-                        },
-                    });
-                }
+        for d in decided {
+            if let Some(o) = d? {
+                out.push(o);
             }
         }
         if let Some(o) = self.lifecycle_due(now).await? {
             out.push(o);
         }
         Ok(out)
+    }
+
+    /// One pipeline of a tick: its outcome when a run was due, or why it failed.
+    async fn consider_row(
+        &self,
+        row: kiln_store::Row,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Outcome>, StoreError> {
+        let Some(found) = self.resources.store().db().get(&row.arn).await? else {
+            return Ok(None);
+        };
+        let pipeline: Resource = match self
+            .resources
+            .store()
+            .decode(&found.body, &format!("the pipeline {}", found.arn))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(pipeline = %row.arn, error = %e, "cannot read the pipeline");
+                return Ok(None);
+            }
+        };
+        match self.consider(&pipeline, now).await {
+            Ok(Some(o)) => {
+                tracing::info!(pipeline = %o.pipeline, decision = ?o.decision, "scheduled run");
+                Ok(Some(o))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                tracing::warn!(pipeline = %pipeline.arn, error = %e, "scheduling failed");
+                Ok(Some(Outcome {
+                    pipeline: pipeline.arn.clone(),
+                    at: None,
+                    decision: Decision::Failed {
+                        error: e.to_string(),
+                    },
+                }))
+            }
+        }
     }
 
     /// Claims the run `key` (a pipeline's ARN, or [`LIFECYCLE_RUNS`]) at `at`: false when

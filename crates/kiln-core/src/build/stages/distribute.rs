@@ -240,6 +240,13 @@ pub(crate) async fn run(run: &mut BuildRun<'_>) -> Result<(), StageFailure> {
         .map_err(|e| StageFailure::new(State::Distributing, e))?;
     run.rec.distributing = planned;
     run.enter(State::Distributing).await;
+    // A worker whose lease went publishes nothing: the build is another worker's now.
+    if run.records.lease_lost() {
+        return Err(StageFailure::new(
+            State::Distributing,
+            "this worker lost its lease on the build before distributing",
+        ));
+    }
     let observer = run.observer.clone();
     let progress = move |line: &str| {
         observer.event(&BuildEvent::Progress {

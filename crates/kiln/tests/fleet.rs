@@ -1,0 +1,174 @@
+//! A fleet on PostgreSQL: two `kiln serve` replicas and three `kiln worker run` processes over
+//! one real PostgreSQL cluster, building real images that the AWS CLI starts. Workers are
+//! killed (SIGKILL), paused past their lease (SIGSTOP) and PostgreSQL is restarted with
+//! `pg_ctl -m immediate` while builds run: every image still ends AVAILABLE exactly once, with
+//! one build version and one tag in its region, and the paused worker is refused when it
+//! comes back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "common/fleet.rs"]
+mod fleet;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{push_tiny_parent, text};
+use fleet::{aws_cli, running, wait_until, Api, Fleet};
+use kiln_testkit::postgres::Cluster;
+use kiln_testkit::registry::Registry;
+use serde_json::Value;
+
+#[test]
+fn two_servers_and_three_workers_survive_killed_and_paused_workers_and_a_database_restart() {
+    let Some(cli) = aws_cli() else { return };
+    let cluster = Cluster::start();
+    cluster.create_database("kiln");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let registry = Registry::start();
+    push_tiny_parent(d, &registry.host(), &["bash", "sh", "cat", "sleep"]);
+    let fleet = Fleet::new(d, &cluster.url("kiln"), &registry.host());
+
+    // One account on both servers, which run no builds themselves.
+    let key = fleet.account("s1", &["s2"]);
+    let (s1, url1) = fleet.serve("s1", 0);
+    let (s2, url2) = fleet.serve("s2", 0);
+    let api1 = Api {
+        cli: &cli,
+        url: &url1,
+        key: &key,
+    };
+    let api2 = Api {
+        cli: &cli,
+        url: &url2,
+        key: &key,
+    };
+    let tokens: Vec<String> = ["w1", "w2", "w3"].iter().map(|w| fleet.token(w)).collect();
+    let w1 = fleet.worker("w1", &tokens[0], 1);
+    let w2 = fleet.worker("w2", &tokens[1], 1);
+
+    // Two pipelines, one started through each server; each build sleeps long enough to be
+    // interrupted.
+    let slow = api1.component("slow", &["sleep 20", "echo built > /etc/fleet"]);
+    let infra = api1.infrastructure("fleet");
+    let host = registry.host();
+    let images = [
+        api1.start(&api1.pipeline("fleet-a", &host, &[&slow], &infra)),
+        api2.start(&api2.pipeline("fleet-b", &host, &[&slow], &infra)),
+    ];
+
+    // w1 and w2 take one build each.
+    wait_until("both builds claimed", Duration::from_secs(60), || {
+        running(&cluster).len() == 2
+    });
+    let held = running(&cluster);
+    let holder = |w: &str| held.iter().find(|(_, x)| x == w).unwrap().0.clone();
+    let (killed_job, paused_job) = (holder("w1"), holder("w2"));
+    std::thread::sleep(Duration::from_secs(3));
+    w1.signal("KILL");
+    w2.signal("STOP");
+    let w3 = fleet.worker("w3", &tokens[2], 1);
+
+    // w3 takes both (the killed worker's at once, the paused one's once its lease lapses);
+    // PostgreSQL restarts while it runs the first.
+    wait_until("w3 takes a build", Duration::from_secs(120), || {
+        running(&cluster).iter().any(|(_, w)| w == "w3")
+    });
+    cluster.restart_immediate();
+    for arn in &images {
+        wait_until(&format!("{arn} to end"), Duration::from_secs(300), || {
+            matches!(
+                api2.state(arn).as_str(),
+                "AVAILABLE" | "FAILED" | "CANCELLED"
+            )
+        });
+        let got = api1.call(
+            "get-image",
+            serde_json::json!({ "imageBuildVersionArn": arn }),
+        );
+        assert_eq!(
+            got["image"]["state"]["status"],
+            "AVAILABLE",
+            "{got}\n{}\n{}",
+            w3.log(),
+            s1.log()
+        );
+    }
+
+    // The paused worker comes back: its lease is gone, so it stops and writes nothing.
+    w2.signal("CONT");
+    wait_until(
+        "w2 to see its lease is gone",
+        Duration::from_secs(30),
+        || w2.log().contains("lost its lease"),
+    );
+    for arn in &images {
+        assert_eq!(api1.state(arn), "AVAILABLE");
+    }
+    let attempts = |job: &str| {
+        cluster.psql(
+            "kiln",
+            &format!(
+                "SELECT worker || ':' || end_state FROM job_attempts WHERE job = '{job}' ORDER BY number"
+            ),
+        )
+    };
+    let killed = attempts(&killed_job);
+    assert_eq!(
+        killed.split_whitespace().collect::<Vec<_>>(),
+        ["w1:lost", "w3:finished"],
+        "{killed}"
+    );
+    let paused = attempts(&paused_job);
+    assert_eq!(
+        paused.split_whitespace().collect::<Vec<_>>(),
+        ["w2:lost", "w3:finished"],
+        "{paused}"
+    );
+
+    // One build version each, and one tag in the region.
+    let builds = cluster.psql(
+        "kiln",
+        "SELECT name || '/' || major || '.' || minor || '.' || patch || '/' || build FROM rows WHERE kind = 'image' ORDER BY name",
+    );
+    assert_eq!(
+        builds.split_whitespace().collect::<Vec<_>>(),
+        ["fleet-a/1.0.0/1", "fleet-b/1.0.0/1"],
+        "{builds}"
+    );
+    for name in ["fleet-a", "fleet-b"] {
+        let o = Command::new("skopeo")
+            .args(["list-tags", "--tls-verify=false"])
+            .arg(format!("docker://{}/fleet/{name}", registry.host()))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let tags: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let tags: Vec<&str> = tags["Tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        // The build's tag and the version's, and one signature: no second attempt published.
+        let mut builds: Vec<&str> = tags
+            .iter()
+            .copied()
+            .filter(|t| !t.starts_with("sha256-"))
+            .collect();
+        builds.sort_unstable();
+        assert_eq!(builds, ["1.0.0", "1.0.0-1"], "{name}: {tags:?}");
+        let signatures = tags.iter().filter(|t| t.ends_with(".sig")).count();
+        assert_eq!(signatures, 1, "{name}: {tags:?}");
+    }
+
+    // Which worker ran each attempt is shown with the image.
+    let shown = fleet.ok("s1", &["image", "get", &images[0]]);
+    assert!(
+        shown.contains("attempt 2 of 3: w3 (ran it to its end"),
+        "{shown}"
+    );
+    drop((s1, s2, w2, w3));
+}
