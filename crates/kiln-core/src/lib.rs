@@ -26,6 +26,7 @@ pub mod retire;
 pub mod sample;
 pub mod scan;
 pub mod scheduler;
+pub mod shared_cache;
 pub mod signing;
 pub mod state;
 pub mod store;

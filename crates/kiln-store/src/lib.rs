@@ -63,11 +63,13 @@ pub enum Kind {
     LifecycleExecution,
     /// Where notifications go: a webhook endpoint (kiln's stand-in for an SNS topic).
     Topic,
+    /// An entry of the shared step cache: a step key and the layer it made.
+    StepCacheEntry,
 }
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Component,
         Kind::ImageRecipe,
         Kind::ContainerRecipe,
@@ -78,6 +80,7 @@ impl Kind {
         Kind::LifecyclePolicy,
         Kind::LifecycleExecution,
         Kind::Topic,
+        Kind::StepCacheEntry,
     ];
 
     /// The ARN resource type, which is also the text stored in the `kind` column.
@@ -93,6 +96,7 @@ impl Kind {
             Kind::LifecyclePolicy => "lifecycle-policy",
             Kind::LifecycleExecution => "lifecycle-execution",
             Kind::Topic => "topic",
+            Kind::StepCacheEntry => "step-cache-entry",
         }
     }
 }

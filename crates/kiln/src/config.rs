@@ -33,6 +33,8 @@ pub struct Config {
     pub s3: Option<S3Config>,
     /// Most bytes the layer store and step cache may use (`cache.maxSize`).
     pub cache_max_bytes: u64,
+    /// The region of the shared step cache (`cache.region`).
+    pub shared_cache: Option<String>,
     /// Registry credentials (`registries: [{host, username, password, insecureHttp}]`).
     pub registries: Vec<kiln_core::parent::RegistryCredentials>,
     /// `kiln serve`'s settings (`serve:`).
@@ -97,6 +99,7 @@ impl Config {
     pub fn build_options(&self) -> kiln_core::build::BuildOptions {
         kiln_core::build::BuildOptions {
             cache_max_bytes: self.cache_max_bytes,
+            shared_cache: self.shared_cache.clone(),
             registries: self.registries.clone(),
             s3: self.s3.clone(),
             regions: self.regions.clone(),
@@ -115,6 +118,7 @@ impl Default for Config {
         Config {
             s3: None,
             cache_max_bytes: DEFAULT_CACHE_MAX,
+            shared_cache: None,
             registries: Vec::new(),
             serve: ServeConfig::default(),
             regions: Default::default(),
@@ -215,20 +219,38 @@ pub fn load() -> Result<Config> {
             config.store = store_location(store, &file, &src)?;
         }
         if let Some(cache) = root.as_map().and_then(|m| m.get("cache")) {
-            let size = cache
-                .as_map()
-                .and_then(|m| m.get("maxSize"))
-                .and_then(|n| n.as_text());
-            match size.map(kiln_core::recipe::parse_size) {
-                Some(Some(b)) => config.cache_max_bytes = b,
-                _ => bail!(
+            let bad = |what: &str| {
+                anyhow::anyhow!(
                     "{}",
-                    kiln_yaml::Diagnostic::error(
-                        Some(cache.span),
-                        "`cache` takes `maxSize`, a size such as 20GiB"
-                    )
-                    .render(&file, &src)
-                ),
+                    kiln_yaml::Diagnostic::error(Some(cache.span), what).render(&file, &src)
+                )
+            };
+            let Some(m) = cache.as_map() else {
+                return Err(bad(
+                    "`cache` takes `maxSize` (a size such as 20GiB) and `region` (the shared step cache's region)",
+                ));
+            };
+            if let Some(size) = m.get("maxSize") {
+                match size.as_text().and_then(kiln_core::recipe::parse_size) {
+                    Some(b) => config.cache_max_bytes = b,
+                    None => return Err(bad("`cache.maxSize` is a size such as 20GiB")),
+                }
+            }
+            if let Some(region) = m.get("region") {
+                let Some(name) = region.as_text() else {
+                    return Err(bad("`cache.region` names a region of `regions:`"));
+                };
+                if config.regions.get(name).is_none() {
+                    return Err(anyhow::anyhow!(
+                        "{}",
+                        kiln_yaml::Diagnostic::error(
+                            Some(region.span),
+                            format!("`cache.region: {name}` names no region of `regions:`: add it there (a registry or a bucket), or remove it")
+                        )
+                        .render(&file, &src)
+                    ));
+                }
+                config.shared_cache = Some(name.to_owned());
             }
         }
         if let Some(s3) = root.as_map().and_then(|m| m.get("s3")) {

@@ -113,6 +113,15 @@ fn a_bad_or_unreachable_store_is_named_without_its_password() {
         "{err}"
     );
 
+    let config = write(d, "config.yaml", "cache:\n  region: nowhere\n");
+    let o = kiln(&home, &config, &["image", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("config.yaml:2:11") && err.contains("names no region of `regions:`"),
+        "{err}"
+    );
+
     // Port 1 on loopback: nothing listens there.
     let config = write(
         d,
@@ -125,4 +134,71 @@ fn a_bad_or_unreachable_store_is_named_without_its_password() {
     assert!(err.contains("127.0.0.1:1/images"), "{err}");
     assert!(!err.contains("hunter2"), "the password is shown: {err}");
     assert!(!home.join("kiln.db").exists());
+}
+
+#[test]
+fn a_step_built_on_one_host_is_reused_from_the_shared_step_cache_on_another() {
+    let cluster = Cluster::start();
+    cluster.create_database("kiln");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let registry = Registry::start();
+    push_tiny_parent(d, &registry.host(), &["bash", "sh", "cat"]);
+    let config = write(
+        d,
+        "config.yaml",
+        &format!(
+            "store: {}\ntrust:\n  untrustedComponents: sandbox\nregions:\n  cache: {{registry: \"{}\", namespace: shared}}\ncache:\n  region: cache\n",
+            cluster.url("kiln"),
+            registry.host()
+        ),
+    );
+    // Its output differs on every run: only a reused layer is the same.
+    write(
+        d,
+        "random.yaml",
+        "name: random\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: Roll\n        action: ExecuteBash\n        inputs:\n          commands: ['echo $RANDOM$RANDOM$RANDOM > /etc/roll']\n",
+    );
+    let recipe = write(
+        d,
+        "recipe.yml",
+        &format!(
+            "name: shared-tiny\nsemanticVersion: 1.0.0\nparentImage: docker://{}/base/tiny:1.0.0\ncomponents:\n  - path: random.yaml\n",
+            registry.host()
+        ),
+    );
+    let r = recipe.to_str().unwrap();
+    let (one, two) = (d.join("host-1"), d.join("host-2"));
+    let first = kiln(&one, &config, &["build", r]);
+    let out = ok(first, "the build on the first host");
+    assert!(out.contains("AVAILABLE shared-tiny/1.0.0/1"), "{out}");
+    let second = kiln(&two, &config, &["build", r]);
+    let err = text(&second.stderr);
+    let out = ok(second, "the build on the second host");
+    assert!(out.contains("AVAILABLE shared-tiny/1.0.0/2"), "{out}");
+    assert!(err.contains("from the shared step cache"), "{err}");
+
+    let component = |build: &str| {
+        let rec: serde_json::Value = serde_json::from_str(&ok(
+            kiln(&one, &config, &["image", "get", build, "-o", "json"]),
+            "image get",
+        ))
+        .unwrap();
+        rec["components"][0].clone()
+    };
+    let (made, reused) = (
+        component("shared-tiny/1.0.0/1"),
+        component("shared-tiny/1.0.0/2"),
+    );
+    assert_eq!(made["cache"], "miss", "{made}");
+    assert_eq!(reused["cache"], "hit", "{reused}");
+    assert_eq!(
+        made["layer"], reused["layer"],
+        "the same layer, not a rebuild"
+    );
+    let entries = cluster.psql(
+        "kiln",
+        "SELECT count(*) FROM rows WHERE kind = 'step-cache-entry'",
+    );
+    assert_eq!(entries.trim(), "1", "{entries}");
 }

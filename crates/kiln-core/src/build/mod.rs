@@ -78,6 +78,9 @@ pub struct BuildOptions {
     pub scanning: Option<crate::scan::ScanSettings>,
     /// Where the KMS master key is (kiln's configuration, `kms:`).
     pub kms: crate::kms::KmsSettings,
+    /// The region of the shared step cache (kiln's configuration, `cache.region`): steps
+    /// another host built are fetched from it, and steps built here are published to it.
+    pub shared_cache: Option<String>,
 }
 
 impl BuildOptions {

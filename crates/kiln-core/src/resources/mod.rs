@@ -56,6 +56,7 @@ pub fn kind_noun(kind: Kind) -> &'static str {
         Kind::LifecyclePolicy => "lifecycle policy",
         Kind::LifecycleExecution => "lifecycle execution",
         Kind::Topic => "topic",
+        Kind::StepCacheEntry => "shared step cache entry",
     }
 }
 
@@ -70,6 +71,7 @@ pub fn cli_noun(kind: Kind) -> &'static str {
         Kind::Image => "image",
         Kind::LifecyclePolicy | Kind::LifecycleExecution => "lifecycle",
         Kind::Topic => "topic",
+        Kind::StepCacheEntry => "cache",
     }
 }
 

@@ -14,6 +14,7 @@ use crate::build::{millis, timings};
 use crate::cache::{StepCache, StepKey, StepKind};
 use crate::parent::compression_of;
 use crate::record::{CacheUse, State};
+use crate::shared_cache::SharedCache;
 use crate::store::{LayerStore, StoredLayer};
 use kiln_instance::BuilderKind;
 
@@ -40,6 +41,81 @@ fn key_of(run: &BuildRun<'_>, c: &Component) -> String {
     .digest()
 }
 
+/// The shared step cache of the build's account, when kiln's configuration names one.
+fn shared_cache(run: &BuildRun<'_>) -> Option<SharedCache> {
+    let region = run.options.shared_cache.as_deref()?;
+    match SharedCache::new(
+        run.records.store().clone(),
+        region,
+        &run.options.regions,
+        &run.options.access(),
+        &run.rec.account,
+    ) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            run.event(BuildEvent::Warning {
+                message: format!("the shared step cache is not used: {e}"),
+            });
+            None
+        }
+    }
+}
+
+/// A step's layer that another host built, fetched from the shared step cache and recorded in
+/// this host's own. A cache that cannot be read is a warning: the step is built instead.
+async fn from_shared_cache(
+    run: &BuildRun<'_>,
+    key: &str,
+    cache: &StepCache,
+) -> Option<crate::store::StoredLayer> {
+    let shared = shared_cache(run)?;
+    let layers = crate::store::LayerStore::new(run.home.clone());
+    match shared.fetch(key, &layers, &run.run_dir).await {
+        Ok(Some(layer)) => {
+            run.progress(format!(
+                "from the shared step cache ({}): {}",
+                shared.location(),
+                layer.info.diff_id
+            ));
+            if let Err(e) = cache.put(key, &layer, &layer.info.description) {
+                tracing::warn!("cannot record the layer in the step cache: {e}");
+            }
+            Some(layer)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            run.event(BuildEvent::Warning {
+                message: format!(
+                    "the shared step cache could not give step {key}: {e}; building it"
+                ),
+            });
+            None
+        }
+    }
+}
+
+/// Publishes a step's layer to the shared step cache; a failure is a warning (the build goes
+/// on, other hosts build the step themselves).
+async fn to_shared_cache(
+    run: &BuildRun<'_>,
+    key: &str,
+    layer: &crate::store::StoredLayer,
+    description: &str,
+) {
+    let Some(shared) = shared_cache(run) else {
+        return;
+    };
+    match shared.publish(key, layer, description).await {
+        Ok(()) => run.progress(format!(
+            "published to the shared step cache ({})",
+            shared.location()
+        )),
+        Err(e) => run.event(BuildEvent::Warning {
+            message: format!("the step could not be published to the shared step cache: {e}"),
+        }),
+    }
+}
+
 async fn component(run: &mut BuildRun<'_>, i: usize, c: &Component) -> Result<(), StageFailure> {
     let total = run.components.len();
     let key = key_of(run, c);
@@ -52,6 +128,16 @@ async fn component(run: &mut BuildRun<'_>, i: usize, c: &Component) -> Result<()
     let cache = StepCache::new(run.home.clone());
     if c.cache && !run.options.no_cache {
         if let Some(layer) = cache.get(&key) {
+            started(run, i, c, total, true);
+            let cr = &mut run.rec.components[i];
+            cr.cache = CacheUse::Hit;
+            cr.layer = Some(layer.info.diff_id.clone());
+            cr.layer_size = layer.info.size;
+            run.chain.push(layer);
+            finished(run, i);
+            return Ok(());
+        }
+        if let Some(layer) = from_shared_cache(run, &key, &cache).await {
             started(run, i, c, total, true);
             let cr = &mut run.rec.components[i];
             cr.cache = CacheUse::Hit;
@@ -88,9 +174,11 @@ async fn component(run: &mut BuildRun<'_>, i: usize, c: &Component) -> Result<()
     run.rec.components[i].duration_ms = millis(t0);
     let layer = captured(run, c, &done, &log_dir).await?;
     if c.cache {
-        if let Err(e) = cache.put(&key, &layer, &format!("component {}", c.name)) {
+        let description = format!("component {}", c.name);
+        if let Err(e) = cache.put(&key, &layer, &description) {
             tracing::warn!("cannot record the layer in the step cache: {e}");
         }
+        to_shared_cache(run, &key, &layer, &description).await;
     }
     let cr = &mut run.rec.components[i];
     cr.cache = if !c.cache {
