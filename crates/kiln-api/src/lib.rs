@@ -24,6 +24,7 @@ pub mod registry_token;
 pub mod tls;
 pub mod tokens;
 pub mod topics;
+pub mod worker_calls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +125,12 @@ async fn serve_one(
             ))
         }
     };
+    // Workers prove who they are with their token, not SigV4.
+    if parts.uri.path() == kiln_store::remote::PATH {
+        return Ok(Answer::Stream(
+            worker_calls::serve(app, &parts, &body).await,
+        ));
+    }
     // The registries' token service takes Basic credentials of its own, not SigV4.
     if let (Some(t), registry_token::PATH) = (&app.registry_tokens, parts.uri.path()) {
         return Ok(Answer::Stream(t.serve(&parts).await));

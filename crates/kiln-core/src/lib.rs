@@ -19,6 +19,7 @@ pub mod recipe;
 pub mod record;
 pub mod regions;
 pub mod registry_auth;
+pub mod remote_store;
 pub mod request;
 pub mod resources;
 pub mod retire;

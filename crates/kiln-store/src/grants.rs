@@ -5,7 +5,7 @@
 //! ([`crate::Filter::shared_with`]) rather than a scan of every policy.
 
 /// A row's resource policy: the document and the accounts it lets read the row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     /// The policy as its owner gave it (JSON text).
     pub document: String,

@@ -58,7 +58,8 @@ impl Needs {
 }
 
 /// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting for a worker.
     Queued,
@@ -102,7 +103,8 @@ impl fmt::Display for JobState {
 }
 
 /// How one attempt at a job ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AttemptEnd {
     /// Still running.
     Running,
@@ -137,7 +139,7 @@ impl fmt::Display for AttemptEnd {
 }
 
 /// One worker's attempt at a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attempt {
     /// 1 for the first attempt.
     pub number: u32,
@@ -167,7 +169,7 @@ pub struct NewJob {
 }
 
 /// A stored job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     /// The ARN of the image it builds.
     pub id: String,
@@ -188,7 +190,7 @@ pub struct Job {
 }
 
 /// A worker's hold on a job: what every write of the worker names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lease {
     /// The job.
     pub job: String,
@@ -212,7 +214,7 @@ pub struct Reclaimed {
 }
 
 /// A build worker known to the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Worker {
     /// Its unique name.
     pub name: String,

@@ -21,6 +21,7 @@ mod jobs;
 mod leader;
 mod postgres;
 mod queue;
+pub mod remote;
 mod sqlite;
 
 pub use grants::Policy;
@@ -133,7 +134,7 @@ impl std::str::FromStr for Kind {
 }
 
 /// One stored resource or image.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Row {
     /// What the row is.
     pub kind: Kind,
@@ -164,7 +165,7 @@ pub struct Row {
 }
 
 /// Row order of [`StateStore::list`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Order {
     /// Name (case-insensitive) ascending, then version, build and creation time descending.
     #[default]
@@ -176,7 +177,7 @@ pub enum Order {
 }
 
 /// What [`StateStore::list`] selects. Every field narrows; `None` means any.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Filter {
     /// Only rows of this kind.
     pub kind: Option<Kind>,
@@ -224,7 +225,7 @@ impl Created {
 }
 
 /// Changes to a stored row; `None` leaves a field as it is.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Update {
     /// New state.
     pub state: Option<String>,
@@ -569,6 +570,15 @@ pub enum StoreError {
         /// The server as `host:port/dbname`.
         server: String,
         /// What kiln found there.
+        detail: String,
+    },
+
+    /// The kiln server a worker reaches its store through failed or refused.
+    #[error("the kiln server {server} failed or refused: {detail}")]
+    Remote {
+        /// The server's URL.
+        server: String,
+        /// What it said.
         detail: String,
     },
 

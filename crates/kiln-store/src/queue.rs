@@ -9,7 +9,7 @@
 use std::fmt;
 
 /// A notification to deliver to one topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
     /// Unique and stable: the same event told twice has the same id and is stored once. It is
     /// what receivers see as `webhook-id`, to drop a delivery they already have.

@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// it asks for.
     #[arg(long = "label", value_name = "LABEL")]
     labels: Vec<String>,
+    /// Take builds from this kiln server (`https://HOST:PORT`) instead of the configured store:
+    /// the worker's host then needs no database password, only its token.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
 }
 
 /// Runs a `kiln worker` command.
@@ -83,10 +87,10 @@ pub async fn run(cmd: WorkerCommand) -> Result<u8> {
     }
     let cfg = config::load()?;
     let home = Home::new(config::kiln_home());
-    let store = config::open_store(&home, &cfg).await?;
     if let WorkerCommand::Run(a) = cmd {
-        return crate::worker_run::run(a.into(), cfg, home, store).await;
+        return crate::worker_run::run(a.into(), cfg, home).await;
     }
+    let store = config::open_store(&home, &cfg).await?;
     let mut out = std::io::stdout().lock();
     match cmd {
         WorkerCommand::Token(TokenCommand::Create(a)) => {
@@ -165,6 +169,7 @@ impl From<RunArgs> for crate::worker_run::RunSettings {
             token_file: a.token_file,
             concurrency: a.concurrency,
             labels: a.labels,
+            server: a.server,
         }
     }
 }

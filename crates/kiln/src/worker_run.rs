@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use kiln_core::build::queued::{self, JobRunner};
 use kiln_core::build::worker::{self, WorkerPool};
+use kiln_core::remote_store::RemoteStore;
 use kiln_core::state::Store;
 use kiln_core::store::Home;
 use kiln_core::workers;
@@ -29,6 +30,34 @@ pub struct RunSettings {
     pub concurrency: usize,
     /// The host's labels.
     pub labels: Vec<String>,
+    /// The server to take builds from, instead of the configured store.
+    pub server: Option<String>,
+}
+
+/// Where the worker's store is.
+enum Via {
+    /// The configured store itself (the database's credentials are on this host).
+    Store,
+    /// A kiln server, which answers for the store.
+    Server(Arc<RemoteStore>),
+}
+
+impl Via {
+    /// The token's worker, or `None` when it is refused (revoked).
+    async fn whoami(&self, store: &Store, token: &str) -> Result<Option<String>> {
+        Ok(match self {
+            Via::Store => workers::authenticate(store, token).await?.map(|w| w.name),
+            Via::Server(remote) => match remote.whoami().await {
+                Ok(name) => Some(name),
+                Err(kiln_store::StoreError::Remote { detail, .. })
+                    if detail.contains("revoked") =>
+                {
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            },
+        })
+    }
 }
 
 fn read_token(file: Option<&PathBuf>) -> Result<String> {
@@ -47,9 +76,17 @@ fn read_token(file: Option<&PathBuf>) -> Result<String> {
 }
 
 /// Runs the worker until it is stopped or its token is revoked.
-pub async fn run(settings: RunSettings, cfg: Config, home: Home, store: Store) -> Result<u8> {
+pub async fn run(settings: RunSettings, cfg: Config, home: Home) -> Result<u8> {
     let token = read_token(settings.token_file.as_ref())?;
-    let Some(me) = workers::authenticate(&store, &token).await? else {
+    let (store, via) = match &settings.server {
+        Some(url) => {
+            let remote = Arc::new(RemoteStore::new(url, &token)?);
+            let store = Store::with_backend(&home, remote.clone());
+            (store, Via::Server(remote))
+        }
+        None => (crate::config::open_store(&home, &cfg).await?, Via::Store),
+    };
+    let Some(name) = via.whoami(&store, &token).await? else {
         bail!(
             "the worker token is not one this store knows, or it was revoked: make a new one with `kiln worker token create NAME` (it is shown once)"
         );
@@ -73,17 +110,25 @@ pub async fn run(settings: RunSettings, cfg: Config, home: Home, store: Store) -
     };
     let pool = WorkerPool::new(runner, caps.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = vec![tokio::spawn(worker::reap_until(
-        store.clone(),
-        options.access(),
-        Some(notices),
-        stop_rx,
-    ))];
-    tasks.extend(pool.spawn(&me.name, settings.concurrency));
+    // A worker on the store reaps lapsed leases too; through a server, the server does.
+    let mut tasks = Vec::new();
+    if matches!(via, Via::Store) {
+        tasks.push(tokio::spawn(worker::reap_until(
+            store.clone(),
+            options.access(),
+            Some(notices),
+            stop_rx,
+        )));
+    }
+    tasks.extend(pool.spawn(&name, settings.concurrency));
     let builders: Vec<&str> = caps.builders.iter().map(String::as_str).collect();
+    let from = match &settings.server {
+        Some(url) => format!("the server {url}"),
+        None => "the store".to_owned(),
+    };
     eprintln!(
-        "kiln worker {}: taking builds ({} builder{}, {}{}) from the store; {} at once",
-        me.name,
+        "kiln worker {}: taking builds ({} builder{}, {}{}) from {from}; {} at once",
+        name,
         builders.join(", "),
         if builders.len() == 1 { "" } else { "s" },
         caps.arch,
@@ -91,7 +136,7 @@ pub async fn run(settings: RunSettings, cfg: Config, home: Home, store: Store) -
         settings.concurrency
     );
     use std::io::Write;
-    println!("worker {} ready", me.name);
+    println!("worker {} ready", name);
     let _ = std::io::stdout().flush();
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -99,7 +144,7 @@ pub async fn run(settings: RunSettings, cfg: Config, home: Home, store: Store) -
     let revoked = async {
         loop {
             tokio::time::sleep(TOKEN_CHECK).await;
-            match workers::authenticate(&store, &token).await {
+            match via.whoami(&store, &token).await {
                 Ok(Some(_)) => {}
                 Ok(None) => return,
                 Err(e) => tracing::warn!(error = %e, "cannot check the worker's token"),
@@ -110,19 +155,19 @@ pub async fn run(settings: RunSettings, cfg: Config, home: Home, store: Store) -
         _ = term.recv() => 0,
         _ = tokio::signal::ctrl_c() => 0,
         _ = revoked => {
-            eprintln!("kiln worker {}: its token was revoked: stopping", me.name);
+            eprintln!("kiln worker {}: its token was revoked: stopping", name);
             1
         }
     };
     eprintln!(
         "kiln worker {}: stopping: running builds are cancelled and recorded",
-        me.name
+        name
     );
     pool.stop().await;
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
     }
-    eprintln!("kiln worker {}: stopped", me.name);
+    eprintln!("kiln worker {}: stopped", name);
     Ok(code)
 }

@@ -172,3 +172,86 @@ fn two_servers_and_three_workers_survive_killed_and_paused_workers_and_a_databas
     );
     drop((s1, s2, w2, w3));
 }
+
+#[test]
+fn a_worker_with_only_its_token_builds_through_the_server_and_stops_when_revoked() {
+    let Some(cli) = aws_cli() else { return };
+    let cluster = Cluster::start();
+    cluster.create_database("kiln");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let registry = Registry::start();
+    push_tiny_parent(d, &registry.host(), &["bash", "sh", "cat"]);
+    let fleet = Fleet::new(d, &cluster.url("kiln"), &registry.host());
+    let key = fleet.account("s1", &[]);
+    let (s1, url) = fleet.serve("s1", 0);
+    let api = Api {
+        cli: &cli,
+        url: &url,
+        key: &key,
+    };
+    let token = fleet.token("remote");
+
+    // The worker's configuration names no store: it knows the server and its token only.
+    let own = common::write(
+        d,
+        "worker.yaml",
+        &format!(
+            "regions:\n  fleet: {{registry: \"{}\", namespace: fleet}}\n",
+            registry.host()
+        ),
+    );
+    let (worker, line) = fleet.spawn(
+        "remote",
+        &["worker", "run", "--server", &url],
+        &[
+            ("KILN_WORKER_TOKEN", &token),
+            ("KILN_CONFIG", own.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(line, "worker remote ready", "{}", worker.log());
+
+    let c = api.component("hello", &["echo hello > /etc/hello"]);
+    let infra = api.infrastructure("remote");
+    let image = api.start(&api.pipeline("remote-a", &registry.host(), &[&c], &infra));
+    wait_until("the build to end", Duration::from_secs(300), || {
+        matches!(
+            api.state(&image).as_str(),
+            "AVAILABLE" | "FAILED" | "CANCELLED"
+        )
+    });
+    assert_eq!(
+        api.state(&image),
+        "AVAILABLE",
+        "{}\n{}",
+        worker.log(),
+        s1.log()
+    );
+    let shown = fleet.ok("s1", &["image", "get", &image]);
+    assert!(
+        shown.contains("attempt 1 of 3: remote (ran it to its end"),
+        "{shown}"
+    );
+    assert!(
+        !fleet.home("remote").join("kiln.db").exists(),
+        "the worker keeps no store of its own"
+    );
+
+    // Revoked: its next call is refused and it stops.
+    fleet.ok("s1", &["worker", "token", "revoke", "remote"]);
+    let mut worker = worker;
+    let status = wait_for_exit(&mut worker, Duration::from_secs(60));
+    assert_eq!(status, Some(1), "{}", worker.log());
+    assert!(worker.log().contains("revoked"), "{}", worker.log());
+}
+
+fn wait_for_exit(p: &mut fleet::Proc, within: Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Some(code) = p.try_wait() {
+            return code;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}

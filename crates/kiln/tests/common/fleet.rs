@@ -49,6 +49,11 @@ impl Proc {
         assert!(ok.success(), "kill -{sig} {}", self.name);
     }
 
+    /// Its exit code once it exited (`Some(None)` for a signal), `None` while it runs.
+    pub fn try_wait(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().unwrap().map(|s| s.code())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
