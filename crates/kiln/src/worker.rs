@@ -78,6 +78,11 @@ pub struct RunArgs {
     /// the worker's host then needs no database password, only its token.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
+    /// Refused with the reason: a token on the command line is readable by every user of the
+    /// host (in /proc). Kept so that `--token` gets that answer rather than "unexpected
+    /// argument".
+    #[arg(long, hide = true, value_name = "TOKEN")]
+    token: Option<String>,
 }
 
 /// Runs a `kiln worker` command.
@@ -88,6 +93,11 @@ pub async fn run(cmd: WorkerCommand) -> Result<u8> {
     let cfg = config::load()?;
     let home = Home::new(config::kiln_home());
     if let WorkerCommand::Run(a) = cmd {
+        if a.token.is_some() {
+            bail!(
+                "--token is not taken: on the command line the token is readable by every user of this host; put it in a file only root reads and give --token-file FILE, or set KILN_WORKER_TOKEN"
+            );
+        }
         return crate::worker_run::run(a.into(), cfg, home).await;
     }
     let store = config::open_store(&home, &cfg).await?;
