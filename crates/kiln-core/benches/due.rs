@@ -8,15 +8,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use kiln_core::build::{BuildOptions, Builder};
 use kiln_core::pipeline::Plan;
-use kiln_core::principal::Principal;
 use kiln_core::record::Records;
-use kiln_core::request::{Document, Operation, Request};
 use kiln_core::resources::Resources;
 use kiln_core::scheduler::{Decision, Scheduler, Starter};
 use kiln_core::state::Store;
@@ -24,7 +24,6 @@ use kiln_core::store::Home;
 use kiln_instance::fake::{FakeLauncher, FakeReply};
 use kiln_schedule::ManualClock;
 use kiln_store::JobState;
-use serde_json::json;
 
 /// Queues each build the way the server's `Builds::start` does.
 struct Enqueue {
@@ -54,52 +53,12 @@ impl Starter for Enqueue {
     }
 }
 
-const DOC: &str = "name: t\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: A\n        action: ExecuteBash\n        inputs:\n          commands: [echo a]\n";
-const P: &str = "arn:kiln:imagebuilder:local:000000000000";
-
-async fn apply(res: &Resources, dir: &std::path::Path, op: Operation, body: serde_json::Value) {
-    let doc = Document::parse("bench", body.to_string(), Some(dir.to_path_buf())).unwrap();
-    res.apply(&Principal::local("bench"), Request::new(op, doc))
-        .await
-        .unwrap_or_else(|e| panic!("{op}: {e}"));
-}
-
 /// Stores `count` pipelines due daily at 03:00, then times the tick at 03:00 that queues
 /// them all. Returns (tick ms, builds queued).
 async fn due_at_once(store: Store, home: Home, count: usize) -> (f64, usize) {
     let dir = home.root.clone();
     let res = Resources::new(store.clone());
-    apply(
-        &res,
-        &dir,
-        Operation::CreateComponent,
-        json!({"name": "c", "semanticVersion": "1.0.0", "platform": "Linux", "data": DOC}),
-    )
-    .await;
-    apply(
-        &res,
-        &dir,
-        Operation::CreateContainerRecipe,
-        json!({"name": "r", "semanticVersion": "1.0.0", "containerType": "DOCKER",
-                 "parentImage": "bootstrap:debian/bookworm",
-                 "components": [{"componentArn": format!("{P}:component/c/x.x.x")}]}),
-    )
-    .await;
-    apply(
-        &res,
-        &dir,
-        Operation::CreateInfrastructureConfiguration,
-        json!({"name": "i"}),
-    )
-    .await;
-    for i in 0..count {
-        apply(&res, &dir, Operation::CreateImagePipeline,
-              json!({"name": format!("p{i}"),
-                     "containerRecipeArn": format!("{P}:container-recipe/r/1.0.0"),
-                     "infrastructureConfigurationArn": format!("{P}:infrastructure-configuration/i"),
-                     "schedule": {"scheduleExpression": "cron(0 3 * * ? *)",
-                                  "pipelineExecutionStartCondition": "EXPRESSION_MATCH_ONLY"}})).await;
-    }
+    common::daily_pipelines(&res, &dir, count).await;
     let start = chrono::Utc::now();
     let clock = ManualClock::new(start);
     let starter = Arc::new(Enqueue {
@@ -113,14 +72,7 @@ async fn due_at_once(store: Store, home: Home, count: usize) -> (f64, usize) {
         Arc::new(clock.clone()),
         starter,
     );
-    let due = {
-        let d = start.date_naive().and_hms_opt(3, 0, 0).unwrap().and_utc();
-        if d > start {
-            d
-        } else {
-            d + chrono::Duration::days(1)
-        }
-    };
+    let due = common::next_due(start);
     clock.set(due + chrono::Duration::seconds(3));
     let t = Instant::now();
     let o = scheduler.tick().await.unwrap();

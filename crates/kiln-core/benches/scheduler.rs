@@ -7,21 +7,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use kiln_core::pipeline::Plan;
-use kiln_core::principal::Principal;
 use kiln_core::record::Records;
-use kiln_core::request::{Document, Operation, Request};
 use kiln_core::resources::Resources;
 use kiln_core::scheduler::{Decision, Scheduler, Starter};
 use kiln_core::state::Store;
 use kiln_core::store::Home;
 use kiln_schedule::ManualClock;
-use serde_json::json;
 
 /// Counts the builds it is handed; builds nothing.
 #[derive(Default)]
@@ -35,16 +34,6 @@ impl Starter for Count {
     }
 }
 
-const DOC: &str = "name: t\nschemaVersion: 1.0\nphases:\n  - name: build\n    steps:\n      - name: A\n        action: ExecuteBash\n        inputs:\n          commands: [echo a]\n";
-const P: &str = "arn:kiln:imagebuilder:local:000000000000";
-
-async fn apply(res: &Resources, dir: &std::path::Path, op: Operation, body: serde_json::Value) {
-    let doc = Document::parse("bench", body.to_string(), Some(dir.to_path_buf())).unwrap();
-    res.apply(&Principal::local("bench"), Request::new(op, doc))
-        .await
-        .unwrap_or_else(|e| panic!("{op}: {e}"));
-}
-
 fn main() {
     let count: usize = std::env::args()
         .skip(1)
@@ -55,34 +44,24 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&Home::new(dir.path())).await.unwrap();
         let res = Resources::new(store.clone());
-        apply(&res, dir.path(), Operation::CreateComponent,
-              json!({"name": "c", "semanticVersion": "1.0.0", "platform": "Linux", "data": DOC})).await;
-        apply(&res, dir.path(), Operation::CreateContainerRecipe,
-              json!({"name": "r", "semanticVersion": "1.0.0", "containerType": "DOCKER",
-                     "parentImage": "bootstrap:debian/bookworm",
-                     "components": [{"componentArn": format!("{P}:component/c/x.x.x")}]})).await;
-        apply(&res, dir.path(), Operation::CreateInfrastructureConfiguration, json!({"name": "i"})).await;
         let t = Instant::now();
-        for i in 0..count {
-            apply(&res, dir.path(), Operation::CreateImagePipeline,
-                  json!({"name": format!("p{i}"),
-                         "containerRecipeArn": format!("{P}:container-recipe/r/1.0.0"),
-                         "infrastructureConfigurationArn": format!("{P}:infrastructure-configuration/i"),
-                         "schedule": {"scheduleExpression": "cron(0 3 * * ? *)",
-                                      "pipelineExecutionStartCondition": "EXPRESSION_MATCH_ONLY"}})).await;
-        }
-        eprintln!("{count} pipelines stored in {:.1} s", t.elapsed().as_secs_f64());
+        common::daily_pipelines(&res, dir.path(), count).await;
+        eprintln!(
+            "{count} pipelines stored in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
         let start = chrono::Utc::now();
         let clock = ManualClock::new(start);
         let counted = Arc::new(Count::default());
-        let scheduler = Scheduler::new(res.clone(), Records::new(store.clone()),
-                                       Arc::new(clock.clone()), counted.clone());
+        let scheduler = Scheduler::new(
+            res.clone(),
+            Records::new(store.clone()),
+            Arc::new(clock.clone()),
+            counted.clone(),
+        );
         // Nothing due: the pipelines were made after today's 03:00 or before it, and the next
         // one is hours away at most a day.
-        let first_due = {
-            let d = start.date_naive().and_hms_opt(3, 0, 0).unwrap().and_utc();
-            if d > start { d } else { d + chrono::Duration::days(1) }
-        };
+        let first_due = common::next_due(start);
         let mut quiet = Vec::new();
         for _ in 0..7 {
             let t = Instant::now();
@@ -95,16 +74,26 @@ fn main() {
         let t = Instant::now();
         let o = scheduler.tick().await.unwrap();
         let due = t.elapsed();
-        let started = o.iter().filter(|o| matches!(o.decision, Decision::Started { .. })).count();
+        let started = o
+            .iter()
+            .filter(|o| matches!(o.decision, Decision::Started { .. }))
+            .count();
         assert_eq!(started, count, "{:?}", o.first());
         let t = Instant::now();
         let after = scheduler.tick().await.unwrap();
         let again = t.elapsed();
         assert!(after.is_empty());
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        println!("| pipelines | tick, nothing due (median of 7) | tick, every run due | next tick |");
+        println!(
+            "| pipelines | tick, nothing due (median of 7) | tick, every run due | next tick |"
+        );
         println!("| --- | --- | --- | --- |");
-        println!("| {count} | {:.0} ms | {:.0} ms ({:.2} ms a run) | {:.0} ms |",
-                 ms(quiet[3]), ms(due), ms(due) / count as f64, ms(again));
+        println!(
+            "| {count} | {:.0} ms | {:.0} ms ({:.2} ms a run) | {:.0} ms |",
+            ms(quiet[3]),
+            ms(due),
+            ms(due) / count as f64,
+            ms(again)
+        );
     });
 }

@@ -1108,10 +1108,7 @@ impl Records {
             }
             r.set_state(State::Failed, Some(reason.clone()));
             r.failure = Some(FailureInfo::of_stage(stage, reason));
-            let outbox = match notices {
-                Some(n) => n.of_final(&r, Utc::now().timestamp_millis()).await,
-                None => Vec::new(),
-            };
+            let outbox = crate::notify::final_outbox(notices, &r).await;
             self.save_with(&r, outbox).await?;
             fixed.push(r.build_version());
         }

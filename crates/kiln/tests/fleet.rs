@@ -20,16 +20,22 @@ use kiln_testkit::postgres::Cluster;
 use kiln_testkit::registry::Registry;
 use serde_json::Value;
 
-#[test]
-fn two_servers_and_three_workers_survive_killed_and_paused_workers_and_a_database_restart() {
-    let Some(cli) = aws_cli() else { return };
+/// A PostgreSQL cluster with database `kiln`, a registry holding the tiny parent of
+/// `programs`, and a fleet over them in a temporary folder (kept while the folder is).
+fn on_postgres(programs: &[&str]) -> (Cluster, Registry, tempfile::TempDir, Fleet) {
     let cluster = Cluster::start();
     cluster.create_database("kiln");
     let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
     let registry = Registry::start();
-    push_tiny_parent(d, &registry.host(), &["bash", "sh", "cat", "sleep"]);
-    let fleet = Fleet::new(d, &cluster.url("kiln"), &registry.host());
+    push_tiny_parent(tmp.path(), &registry.host(), programs);
+    let fleet = Fleet::new(tmp.path(), &cluster.url("kiln"), &registry.host());
+    (cluster, registry, tmp, fleet)
+}
+
+#[test]
+fn two_servers_and_three_workers_survive_killed_and_paused_workers_and_a_database_restart() {
+    let Some(cli) = aws_cli() else { return };
+    let (cluster, registry, _tmp, fleet) = on_postgres(&["bash", "sh", "cat", "sleep"]);
 
     // One account on both servers, which run no builds themselves.
     let key = fleet.account("s1", &["s2"]);
@@ -176,13 +182,8 @@ fn two_servers_and_three_workers_survive_killed_and_paused_workers_and_a_databas
 #[test]
 fn a_worker_with_only_its_token_builds_through_the_server_and_stops_when_revoked() {
     let Some(cli) = aws_cli() else { return };
-    let cluster = Cluster::start();
-    cluster.create_database("kiln");
-    let tmp = tempfile::tempdir().unwrap();
+    let (_cluster, registry, tmp, fleet) = on_postgres(&["bash", "sh", "cat"]);
     let d = tmp.path();
-    let registry = Registry::start();
-    push_tiny_parent(d, &registry.host(), &["bash", "sh", "cat"]);
-    let fleet = Fleet::new(d, &cluster.url("kiln"), &registry.host());
     let key = fleet.account("s1", &[]);
     let (s1, url) = fleet.serve("s1", 0);
     let api = Api {

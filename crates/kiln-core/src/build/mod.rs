@@ -596,10 +596,7 @@ impl Builder {
         // sees the folder released must also see the final state, never take the build for
         // an interrupted one.
         rec.distributing.clear();
-        let outbox = match &self.notices {
-            Some(n) => n.of_final(&rec, Utc::now().timestamp_millis()).await,
-            None => Vec::new(),
-        };
+        let outbox = crate::notify::final_outbox(self.notices.as_deref(), &rec).await;
         let saved = records.save_with(&rec, outbox).await;
         drop(lock);
         // A cancelled build's VM went with its handle, not through `stop`.

@@ -199,13 +199,7 @@ impl JobRunner {
     ) -> Result<ImageRecord, BuildError> {
         rec.set_state(State::Failed, Some(reason.clone()));
         rec.failure = Some(FailureInfo::of_stage(State::Pending, reason));
-        let outbox = match &self.notices {
-            Some(n) => {
-                n.of_final(&rec, chrono::Utc::now().timestamp_millis())
-                    .await
-            }
-            None => Vec::new(),
-        };
+        let outbox = crate::notify::final_outbox(self.notices.as_deref(), &rec).await;
         records.save_with(&rec, outbox).await?;
         Ok(rec)
     }
@@ -311,13 +305,7 @@ pub async fn reap(
         rec.distributing.clear();
         rec.set_state(State::Failed, Some(reason.clone()));
         rec.failure = Some(FailureInfo::of_stage(stage, reason));
-        let outbox = match notices {
-            Some(n) => {
-                n.of_final(&rec, chrono::Utc::now().timestamp_millis())
-                    .await
-            }
-            None => Vec::new(),
-        };
+        let outbox = crate::notify::final_outbox(notices, &rec).await;
         records.save_with(&rec, outbox).await?;
         failed.push(rec.build_version());
     }
@@ -371,13 +359,7 @@ pub async fn cancel(
         State::Cancelled,
         Some("cancelled on request before a worker took it".into()),
     );
-    let outbox = match notices {
-        Some(n) => {
-            n.of_final(&rec, chrono::Utc::now().timestamp_millis())
-                .await
-        }
-        None => Vec::new(),
-    };
+    let outbox = crate::notify::final_outbox(notices, &rec).await;
     records.save_with(&rec, outbox).await?;
     Ok(true)
 }

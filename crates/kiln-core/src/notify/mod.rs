@@ -109,6 +109,21 @@ pub trait Notices: Send + Sync {
     ) -> Vec<kiln_store::Message>;
 }
 
+/// What `notices` (when there are any) say of a record that has just reached a final state,
+/// now.
+pub async fn final_outbox(
+    notices: Option<&dyn Notices>,
+    record: &crate::record::ImageRecord,
+) -> Vec<kiln_store::Message> {
+    match notices {
+        Some(n) => {
+            n.of_final(record, chrono::Utc::now().timestamp_millis())
+                .await
+        }
+        None => Vec::new(),
+    }
+}
+
 /// The event a build's final state is, when subscribers hear of it (AVAILABLE, FAILED).
 pub fn image_event(state: crate::record::State) -> Option<Event> {
     match state {

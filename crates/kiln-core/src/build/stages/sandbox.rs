@@ -127,17 +127,11 @@ async fn component(run: &mut BuildRun<'_>, i: usize, c: &Component) -> Result<()
     }
     let cache = StepCache::new(run.home.clone());
     if c.cache && !run.options.no_cache {
-        if let Some(layer) = cache.get(&key) {
-            started(run, i, c, total, true);
-            let cr = &mut run.rec.components[i];
-            cr.cache = CacheUse::Hit;
-            cr.layer = Some(layer.info.diff_id.clone());
-            cr.layer_size = layer.info.size;
-            run.chain.push(layer);
-            finished(run, i);
-            return Ok(());
-        }
-        if let Some(layer) = from_shared_cache(run, &key, &cache).await {
+        let cached = match cache.get(&key) {
+            Some(layer) => Some(layer),
+            None => from_shared_cache(run, &key, &cache).await,
+        };
+        if let Some(layer) = cached {
             started(run, i, c, total, true);
             let cr = &mut run.rec.components[i];
             cr.cache = CacheUse::Hit;
