@@ -1,6 +1,6 @@
 //! Builds through the job queue: the server checks the input, numbers the image PENDING and
 //! queues a job ([`Builder::enqueue`]); a worker claims it under a lease and runs it
-//! ([`Builder::run_job`]), renewing the lease while it runs and writing the record only
+//! ([`JobRunner::run`]), renewing the lease while it runs and writing the record only
 //! through it. A worker that vanishes loses the job to the next claim once its lease lapses;
 //! [`reap`] gives the job back to the queue, or ends the image FAILED naming every worker
 //! that held it when none is left to try.
