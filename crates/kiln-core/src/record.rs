@@ -1055,6 +1055,25 @@ impl Records {
             .await
     }
 
+    /// Takes back what a build that stopped while distributing had written to its regions
+    /// (`distributing`; the previous build's tags come back) and clears its outputs. Returns
+    /// what to add to the reason: `; took back A, B`, or nothing.
+    pub async fn take_back_distributed(
+        &self,
+        r: &mut ImageRecord,
+        registries: &kiln_dist::RegistryAccess,
+    ) -> String {
+        let previous = self.previous_available(r).await;
+        let undone =
+            kiln_dist::take_back(&r.distributing, &r.build_id(), previous, registries).await;
+        r.outputs.clear();
+        if undone.is_empty() {
+            String::new()
+        } else {
+            format!("; took back {}", undone.join(", "))
+        }
+    }
+
     /// [`Records::recover_interrupted`], writing each failed build's notifications (its
     /// topic's `image.failed`) with its new state, as a build that fails by itself does.
     pub async fn recover_interrupted_telling(
@@ -1097,14 +1116,7 @@ impl Records {
                 "interrupted: the kiln process running this build stopped before it finished"
                     .to_string();
             if stage == State::Distributing {
-                let previous = self.previous_available(&r).await;
-                let undone =
-                    kiln_dist::take_back(&r.distributing, &r.build_id(), previous, registries)
-                        .await;
-                if !undone.is_empty() {
-                    reason.push_str(&format!("; took back {}", undone.join(", ")));
-                }
-                r.outputs.clear();
+                reason.push_str(&self.take_back_distributed(&mut r, registries).await);
             }
             r.set_state(State::Failed, Some(reason.clone()));
             r.failure = Some(FailureInfo::of_stage(stage, reason));

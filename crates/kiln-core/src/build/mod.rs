@@ -192,7 +192,6 @@ pub struct Builder {
     origin: Origin,
     launcher: Arc<dyn Launcher>,
     logging: Vec<LogDestination>,
-    queue: Option<Arc<tokio::sync::Semaphore>>,
     notices: Option<Arc<dyn crate::notify::Notices>>,
 }
 
@@ -213,16 +212,8 @@ impl Builder {
             origin,
             launcher,
             logging: Vec::new(),
-            queue: None,
             notices: None,
         }
-    }
-
-    /// Runs the build's stages only while it holds a permit of `queue` (a server's limit on
-    /// builds at once): the build is numbered and PENDING meanwhile, and can be cancelled.
-    pub fn with_queue(mut self, queue: Arc<tokio::sync::Semaphore>) -> Self {
-        self.queue = Some(queue);
-        self
     }
 
     /// Writes what the final record tells subscribers (an image AVAILABLE or FAILED) into the
@@ -453,22 +444,8 @@ impl Builder {
             // `kiln image cancel` asks through the store; dropping the stages stops their
             // instance (sandbox helpers and VM keepers die with their handles). Once
             // distribution starts the build finishes: a region is never left half-written.
-            let queue = self.queue.clone();
-            let stages = async {
-                // Closed only when the server is going away: then nothing more starts.
-                let _permit = match queue {
-                    Some(q) => match q.acquire_owned().await {
-                        Ok(p) => Some(p),
-                        Err(_) => {
-                            return Err(StageFailure::new(State::Pending, "kiln is shutting down"))
-                        }
-                    },
-                    None => None,
-                };
-                stages::run_all(&mut run).await
-            };
             tokio::select! {
-                r = stages => Some(Some(r)),
+                r = stages::run_all(&mut run) => Some(Some(r)),
                 _ = cancel_requested(records, &arn, &distributing) => Some(None),
                 _ = lost => None,
             }

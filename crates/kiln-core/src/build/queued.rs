@@ -226,19 +226,9 @@ impl JobRunner {
             before.join(", ")
         );
         if rec.state == State::Distributing && !rec.distributing.is_empty() {
-            let previous = records.previous_available(rec).await;
-            let undone = kiln_dist::take_back(
-                &rec.distributing,
-                &rec.build_id(),
-                previous,
-                &self.options.access(),
-            )
-            .await;
-            if !undone.is_empty() {
-                reason.push_str(&format!("; took back {}", undone.join(", ")));
-            }
+            let access = self.options.access();
+            reason.push_str(&records.take_back_distributed(rec, &access).await);
             rec.distributing.clear();
-            rec.outputs.clear();
         }
         observer.event(&BuildEvent::Progress {
             message: reason.clone(),
@@ -293,14 +283,7 @@ pub async fn reap(
             workers.join(", ")
         );
         if stage == State::Distributing {
-            let previous = records.previous_available(&rec).await;
-            let undone =
-                kiln_dist::take_back(&rec.distributing, &rec.build_id(), previous, registries)
-                    .await;
-            if !undone.is_empty() {
-                reason.push_str(&format!("; took back {}", undone.join(", ")));
-            }
-            rec.outputs.clear();
+            reason.push_str(&records.take_back_distributed(&mut rec, registries).await);
         }
         rec.distributing.clear();
         rec.set_state(State::Failed, Some(reason.clone()));
