@@ -723,6 +723,10 @@ pub struct Records {
     lease_lost: Arc<LeaseLost>,
 }
 
+/// How long a leased save is tried again while the store is unreachable: well within the
+/// 60 s lease its heartbeat renewed at most 10 s before.
+const LEASED_SAVE_RETRY: std::time::Duration = std::time::Duration::from_secs(40);
+
 /// Whether a leased save was refused, and a way to wait for it.
 #[derive(Debug, Default)]
 struct LeaseLost {
@@ -949,12 +953,7 @@ impl Records {
         match &self.lease {
             // Only the leased job's own record goes through the lease; a worker reads others.
             Some(lease) if lease.job == record.arn => {
-                let jobs = self.store.jobs();
-                let saved = if record.state.is_final() {
-                    jobs.finish_job(lease, &record.arn, update).await
-                } else {
-                    jobs.update_leased(lease, &record.arn, update).await
-                };
+                let saved = self.save_leased(lease, record, update).await;
                 if let Err(kiln_store::StoreError::LeaseLost { .. }) = &saved {
                     self.lease_lost
                         .lost
@@ -968,6 +967,52 @@ impl Records {
             }
         }
         Ok(())
+    }
+
+    /// A leased save, tried again while the store is unreachable (a database restarting) for
+    /// as long as the lease surely holds: giving up would leave the build to run again. A
+    /// final save whose first try was committed before its connection broke is seen by the
+    /// job being finished.
+    async fn save_leased(
+        &self,
+        lease: &kiln_store::Lease,
+        record: &ImageRecord,
+        update: Update,
+    ) -> Result<(), kiln_store::StoreError> {
+        use kiln_store::StoreError as E;
+        let jobs = self.store.jobs();
+        let started = std::time::Instant::now();
+        let mut retried = false;
+        loop {
+            let saved = if record.state.is_final() {
+                jobs.finish_job(lease, &record.arn, update.clone()).await
+            } else {
+                jobs.update_leased(lease, &record.arn, update.clone()).await
+            };
+            match saved {
+                Ok(_) => return Ok(()),
+                Err(E::LeaseLost { .. }) if retried && record.state.is_final() => {
+                    let finished = jobs
+                        .job(&lease.job)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|j| j.state == kiln_store::JobState::Finished);
+                    if finished {
+                        return Ok(());
+                    }
+                    return saved.map(|_| ());
+                }
+                Err(
+                    E::Unreachable { .. } | E::Server { .. } | E::Busy { .. } | E::Remote { .. },
+                ) if started.elapsed() < LEASED_SAVE_RETRY => {
+                    retried = true;
+                    tracing::warn!(image = %record.arn, "the store is unreachable; saving the record again");
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// A stored record.

@@ -125,13 +125,15 @@ fn two_servers_and_three_workers_survive_killed_and_paused_workers_and_a_databas
     assert_eq!(
         killed.split_whitespace().collect::<Vec<_>>(),
         ["w1:lost", "w3:finished"],
-        "{killed}"
+        "{killed}\nw3:\n{}",
+        w3.log()
     );
     let paused = attempts(&paused_job);
     assert_eq!(
         paused.split_whitespace().collect::<Vec<_>>(),
         ["w2:lost", "w3:finished"],
-        "{paused}"
+        "{paused}\nw3:\n{}",
+        w3.log()
     );
 
     // One build version each, and one tag in the region.
