@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::http::request::Parts;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use kiln_core::build::log::Follower;
+use kiln_core::build::log::LogSource;
 use kiln_core::principal::Principal;
 
 use crate::error::ApiError;
@@ -30,7 +30,8 @@ pub async fn stream(
         .ok_or_else(|| ApiError::bad_request("imageBuildVersionArn: is required"))?;
     let rec = crate::ops::images::record(&app, &principal, &arn).await?;
     let from = first_line(parts, get("from").as_deref());
-    let events = events(app, &rec.logs, rec.arn.clone(), from, None);
+    let source = LogSource::of(app.records.store(), &rec).await;
+    let events = events(app, source, rec.arn.clone(), from, None);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
@@ -49,16 +50,16 @@ pub(crate) fn first_line(parts: &Parts, from: Option<&str>) -> u64 {
         .unwrap_or(0)
 }
 
-/// The log in `logs` from line `from` on, one event per line whose id is its number (named
+/// The log `source` from line `from` on, one event per line whose id is its number (named
 /// `name`, or the default `message` event), then an `end` event with the image's final state.
 pub(crate) fn events(
     app: Arc<App>,
-    logs: &std::path::Path,
+    source: LogSource,
     arn: String,
     from: u64,
     name: Option<&'static str>,
 ) -> impl futures_util::Stream<Item = Result<Event, Infallible>> {
-    let follower = Follower::new(logs, from);
+    let follower = source.follow(from);
     futures_util::stream::unfold(
         (follower, app, arn, false),
         move |(mut f, app, arn, ended)| async move {

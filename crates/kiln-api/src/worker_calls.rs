@@ -2,8 +2,8 @@
 //! with the server's store, authenticated by its token (`Authorization: Bearer kwt_...`).
 //!
 //! A worker reads (resources, records, policies, jobs), claims jobs as itself, renews its own
-//! leases, writes the image its lease names and nothing else, and publishes shared step cache
-//! entries. It never numbers, cancels, deletes, schedules, delivers or reaps: the server does.
+//! leases, writes the image its lease names and its log and nothing else, and publishes shared
+//! step cache entries. It never numbers, cancels, deletes, schedules, delivers or reaps: the server does.
 //! A revoked token is refused from its next call on.
 
 use std::time::Duration;
@@ -43,9 +43,11 @@ pub async fn serve(app: &App, parts: &Parts, body: &[u8]) -> Response {
     let me = match kiln_core::workers::authenticate(store, token).await {
         Ok(Some(w)) => w,
         Ok(None) => {
-            return refused(
+            return answer(
                 StatusCode::UNAUTHORIZED,
+                Reply::Error(WireError::unauthorized(
                 "the worker token is not one this server knows, or it was revoked: make one with `kiln worker token create NAME` on the server",
+                )),
             )
         }
         Err(e) => return refused(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -141,6 +143,14 @@ async fn dispatch(
         Call::WaitForJobs { timeout_ms } => {
             let wait = Duration::from_millis(timeout_ms).min(LONGEST_WAIT);
             json(jobs.wait_for_jobs(wait).await)
+        }
+        Call::AppendLog { lease, lines } => {
+            own(&lease, None)?;
+            json(store.logs().append_log(&lease, &lines).await)
+        }
+        Call::PutLogFile { lease, name, text } => {
+            own(&lease, None)?;
+            json(store.logs().put_log_file(&lease, &name, &text).await)
         }
     })
 }

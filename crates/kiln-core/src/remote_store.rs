@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use kiln_store::remote::{Call, Reply, LONGEST_WAIT, PATH};
 use kiln_store::{
-    Capabilities, Created, Delivery, Filter, Job, JobQueue, JobState, Leadership, Lease, MakeBuild,
-    Message, NewJob, Policy, Queued, Reclaimed, Row, Run, StateStore, StoreError, Update, Worker,
+    BuildLogs, Capabilities, Created, Delivery, Filter, Job, JobQueue, JobState, Leadership, Lease,
+    LogLine, MakeBuild, Message, NewJob, Policy, Queued, Reclaimed, Row, Run, StateStore,
+    StoreError, Update, Worker,
 };
 use serde::de::DeserializeOwned;
 
@@ -346,5 +347,42 @@ impl Leadership for RemoteStore {
 
     async fn step_down(&self, _role: &str, _holder: &str) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl BuildLogs for RemoteStore {
+    async fn append_log(&self, lease: &Lease, lines: &[String]) -> Result<u64, StoreError> {
+        self.call(Call::AppendLog {
+            lease: lease.clone(),
+            lines: lines.to_vec(),
+        })
+        .await
+    }
+
+    async fn put_log_file(&self, lease: &Lease, name: &str, text: &str) -> Result<(), StoreError> {
+        self.call(Call::PutLogFile {
+            lease: lease.clone(),
+            name: name.to_owned(),
+            text: text.to_owned(),
+        })
+        .await
+    }
+
+    async fn log_lines(
+        &self,
+        _image: &str,
+        _from: u64,
+        _limit: u32,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        self.not_for_workers("read build logs")
+    }
+
+    async fn log_files(&self, _image: &str) -> Result<Vec<String>, StoreError> {
+        self.not_for_workers("read build logs")
+    }
+
+    async fn log_file(&self, _image: &str, _name: &str) -> Result<Option<String>, StoreError> {
+        self.not_for_workers("read build logs")
     }
 }

@@ -105,6 +105,11 @@ impl Store {
         self.db.as_ref()
     }
 
+    /// Queued builds' logs.
+    pub fn logs(&self) -> &dyn kiln_store::BuildLogs {
+        self.db.as_ref()
+    }
+
     /// Reads a row's summary or body; `what` names it in the error (`the record of ARN`).
     pub fn decode<T: serde::de::DeserializeOwned>(
         &self,

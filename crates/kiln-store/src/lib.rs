@@ -19,6 +19,7 @@ pub mod conformance;
 mod grants;
 mod jobs;
 mod leader;
+mod logs;
 mod postgres;
 mod queue;
 pub mod remote;
@@ -31,15 +32,17 @@ pub use jobs::{
 };
 
 pub use leader::Leadership;
+pub use logs::{BuildLogs, LogLine, MAX_LOG_FILE};
 pub use postgres::PgStore;
 pub use queue::{Delivery, Message, MessageState, Queued, Run};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
-/// Everything a store backend is: rows, the build queue and roles held by one server. Both
-/// backends are, so that kiln holds one `Arc<dyn Backend>` and lends each trait from it.
-pub trait Backend: StateStore + JobQueue + Leadership {}
+/// Everything a store backend is: rows, the build queue, roles held by one server and build
+/// logs. Both backends are, so that kiln holds one `Arc<dyn Backend>` and lends each trait
+/// from it.
+pub trait Backend: StateStore + JobQueue + Leadership + BuildLogs {}
 
-impl<T: StateStore + JobQueue + Leadership> Backend for T {}
+impl<T: StateStore + JobQueue + Leadership + BuildLogs> Backend for T {}
 
 /// What a row is; the text is the ARN's resource type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -570,6 +573,16 @@ pub enum StoreError {
         /// The server as `host:port/dbname`.
         server: String,
         /// What kiln found there.
+        detail: String,
+    },
+
+    /// The kiln server a worker reaches its store through does not take its token (unknown or
+    /// revoked).
+    #[error("the kiln server {server} refused the worker's token: {detail}")]
+    Unauthorized {
+        /// The server's URL.
+        server: String,
+        /// What it said.
         detail: String,
     },
 

@@ -31,6 +31,7 @@ use crate::{
 mod grants;
 mod jobs;
 mod leader;
+mod logs;
 mod queue;
 mod rows;
 
@@ -178,6 +179,25 @@ CREATE TABLE leaders (
     role TEXT COLLATE "C" PRIMARY KEY,
     holder TEXT COLLATE "C" NOT NULL,
     expires_ms BIGINT NOT NULL
+);
+"#,
+    // 4: what SQLite's schema 7 adds: queued builds' logs, numbered across attempts, and their
+    // other log files.
+    r#"
+CREATE TABLE build_logs (
+    image TEXT COLLATE "C" NOT NULL,
+    line BIGINT NOT NULL,
+    attempt BIGINT NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (image, line)
+);
+
+CREATE TABLE build_log_files (
+    image TEXT COLLATE "C" NOT NULL,
+    name TEXT COLLATE "C" NOT NULL,
+    attempt BIGINT NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (image, name)
 );
 "#,
 ];

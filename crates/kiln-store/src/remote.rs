@@ -110,6 +110,22 @@ pub enum Call {
         /// How long, in milliseconds.
         timeout_ms: u64,
     },
+    /// [`crate::BuildLogs::append_log`] to the lease's own image.
+    AppendLog {
+        /// The lease.
+        lease: Lease,
+        /// The lines.
+        lines: Vec<String>,
+    },
+    /// [`crate::BuildLogs::put_log_file`] of the lease's own image.
+    PutLogFile {
+        /// The lease.
+        lease: Lease,
+        /// The file's name in the build's log folder.
+        name: String,
+        /// Its text.
+        text: String,
+    },
 }
 
 /// How a server answers a call.
@@ -122,12 +138,30 @@ pub enum Reply {
     Error(WireError),
 }
 
-/// A store error as it crosses the wire: the kinds a worker acts on, and the message.
+/// What kind of failure a [`WireError`] is: the ones a worker acts on, and the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WireErrorKind {
+    /// The lease is not the worker's any more.
+    LeaseLost,
+    /// No such row.
+    NotFound,
+    /// The row exists already.
+    AlreadyExists,
+    /// The token is unknown or revoked: the worker stops.
+    Unauthorized,
+    /// A call the server does not let a worker make.
+    Refused,
+    /// Anything else (the store failed).
+    Failed,
+}
+
+/// A store error as it crosses the wire: its kind, and the message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WireError {
-    /// `leaseLost`, `notFound`, `alreadyExists`, `refused` or `failed`.
-    pub kind: String,
+    /// What kind of failure it is.
+    pub kind: WireErrorKind,
     /// What happened, for people.
     pub message: String,
     /// The job and worker of a lost lease.
@@ -142,10 +176,9 @@ pub struct WireError {
 }
 
 impl WireError {
-    /// A call the server does not let a worker make.
-    pub fn refused(message: impl Into<String>) -> WireError {
+    fn new(kind: WireErrorKind, message: impl Into<String>) -> WireError {
         WireError {
-            kind: "refused".into(),
+            kind,
             message: message.into(),
             lease: None,
             existing: None,
@@ -153,26 +186,30 @@ impl WireError {
         }
     }
 
+    /// A call the server does not let a worker make.
+    pub fn refused(message: impl Into<String>) -> WireError {
+        WireError::new(WireErrorKind::Refused, message)
+    }
+
+    /// A token the server does not take.
+    pub fn unauthorized(message: impl Into<String>) -> WireError {
+        WireError::new(WireErrorKind::Unauthorized, message)
+    }
+
     /// How a store error is sent.
     pub fn of(e: &StoreError) -> WireError {
-        let mut w = WireError {
-            kind: "failed".into(),
-            message: e.to_string(),
-            lease: None,
-            existing: None,
-            arn: None,
-        };
+        let mut w = WireError::new(WireErrorKind::Failed, e.to_string());
         match e {
             StoreError::LeaseLost { job, worker } => {
-                w.kind = "leaseLost".into();
+                w.kind = WireErrorKind::LeaseLost;
                 w.lease = Some((job.clone(), worker.clone()));
             }
             StoreError::NotFound { arn } => {
-                w.kind = "notFound".into();
+                w.kind = WireErrorKind::NotFound;
                 w.arn = Some(arn.clone());
             }
             StoreError::AlreadyExists { existing } => {
-                w.kind = "alreadyExists".into();
+                w.kind = WireErrorKind::AlreadyExists;
                 w.existing = Some(existing.clone());
             }
             _ => {}
@@ -182,10 +219,15 @@ impl WireError {
 
     /// The store error a worker sees, `server` naming where it came from.
     pub fn into_store_error(self, server: &str) -> StoreError {
-        match (self.kind.as_str(), self.lease, self.existing, self.arn) {
-            ("leaseLost", Some((job, worker)), _, _) => StoreError::LeaseLost { job, worker },
-            ("notFound", _, _, Some(arn)) => StoreError::NotFound { arn },
-            ("alreadyExists", _, Some(existing), _) => StoreError::AlreadyExists { existing },
+        use WireErrorKind as K;
+        match (self.kind, self.lease, self.existing, self.arn) {
+            (K::LeaseLost, Some((job, worker)), _, _) => StoreError::LeaseLost { job, worker },
+            (K::NotFound, _, _, Some(arn)) => StoreError::NotFound { arn },
+            (K::AlreadyExists, _, Some(existing), _) => StoreError::AlreadyExists { existing },
+            (K::Unauthorized, ..) => StoreError::Unauthorized {
+                server: server.to_owned(),
+                detail: self.message,
+            },
             _ => StoreError::Remote {
                 server: server.to_owned(),
                 detail: self.message,
@@ -217,5 +259,12 @@ mod tests {
         );
         let other = WireError::refused("no").into_store_error("http://s");
         assert!(matches!(other, StoreError::Remote { server, .. } if server == "http://s"));
+        let text = serde_json::to_string(&WireError::unauthorized("revoked")).unwrap();
+        assert_eq!(text, r#"{"kind":"unauthorized","message":"revoked"}"#);
+        let back: WireError = serde_json::from_str(&text).unwrap();
+        assert!(matches!(
+            back.into_store_error("http://s"),
+            StoreError::Unauthorized { .. }
+        ));
     }
 }

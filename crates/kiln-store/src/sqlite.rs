@@ -26,10 +26,11 @@ use crate::{
 mod grants;
 mod jobs;
 mod leader;
+mod logs;
 mod queue;
 
 /// Newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Schema scripts: `MIGRATIONS[n]` takes the database from version n to n + 1.
 const MIGRATIONS: &[&str] = &[
@@ -186,6 +187,25 @@ CREATE TABLE leaders (
     role TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
     expires_ms INTEGER NOT NULL
+);
+"#,
+    // 7: queued builds' logs, numbered across attempts, and their other log files, so that
+    // any server shows them whichever host ran the build.
+    r#"
+CREATE TABLE build_logs (
+    image TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (image, line)
+);
+
+CREATE TABLE build_log_files (
+    image TEXT NOT NULL,
+    name TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (image, name)
 );
 "#,
 ];
@@ -819,6 +839,8 @@ impl SqliteStore {
             &[
                 "DELETE FROM refs WHERE from_arn = ?",
                 "DELETE FROM client_tokens WHERE arn = ?",
+                "DELETE FROM build_logs WHERE image = ?",
+                "DELETE FROM build_log_files WHERE image = ?",
                 "DELETE FROM rows WHERE arn = ?",
             ],
         )

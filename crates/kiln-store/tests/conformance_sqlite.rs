@@ -50,6 +50,7 @@ impl QueueBackend for Sqlite {
         );
         FreshQueue {
             queue: store.clone(),
+            logs: store.clone(),
             store,
             guard: dir,
         }

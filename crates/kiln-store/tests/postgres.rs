@@ -80,6 +80,7 @@ impl QueueBackend for Postgres {
         let store = Arc::new(PgStore::connect(&url).await.unwrap());
         FreshQueue {
             queue: store.clone(),
+            logs: store.clone(),
             store,
             guard: url,
         }

@@ -5,6 +5,7 @@ use std::io::Write;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
+use kiln_core::build::log::LogSource;
 use kiln_core::cache::StepCache;
 use kiln_core::record::{
     filter_of, BootBreakdown, ImageQuery, ImageRecord, Records, State, StepTiming,
@@ -586,8 +587,9 @@ async fn get(records: &Records, a: GetArgs) -> Result<u8> {
 
 async fn logs(records: &Records, a: LogsArgs) -> Result<u8> {
     let r = one(records, &a.image).await?;
+    let source = LogSource::of(records.store(), &r).await;
     if a.follow {
-        let mut f = kiln_core::build::log::Follower::new(&r.logs, 0);
+        let mut f = source.follow(0);
         let arn = r.arn.clone();
         let mut out = std::io::stdout();
         while let Some((_, line)) = f
@@ -607,49 +609,81 @@ async fn logs(records: &Records, a: LogsArgs) -> Result<u8> {
         );
         return Ok(0);
     }
-    let mut dirs: Vec<std::path::PathBuf> = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(&r.logs)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    entries.sort();
-    for p in entries {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let wanted = match (&a.component, a.test) {
-            (None, false) => true,
-            (None, true) => name == "test",
-            (Some(c), _) => {
-                name.starts_with("build-")
-                    && (name.ends_with(&format!("-{}", kiln_core::build::file_safe(c)))
-                        || c.parse::<usize>()
-                            .is_ok_and(|n| name.starts_with(&format!("build-{n:02}-"))))
-            }
-        };
-        if wanted {
-            dirs.push(p);
+    let wanted = |name: &str| match (&a.component, a.test) {
+        (None, false) => true,
+        (None, true) => name == "test",
+        (Some(c), _) => {
+            name.starts_with("build-")
+                && (name.ends_with(&format!("-{}", kiln_core::build::file_safe(c)))
+                    || c.parse::<usize>()
+                        .is_ok_and(|n| name.starts_with(&format!("build-{n:02}-"))))
         }
-    }
-    if dirs.is_empty() {
+    };
+    // A queued build's worker sent its logs to the store (every attempt's, whichever host ran
+    // it); another build's are in its log folder.
+    let logs: Vec<(String, String)> = match &source {
+        LogSource::Stored { .. } => stored_logs(records, &r.arn, &source, wanted).await?,
+        LogSource::File(_) => local_logs(&r.logs, wanted),
+    };
+    if logs.is_empty() {
         bail!(
             "no such log in {} (it has: parent.log, build-NN-COMPONENT/, test/)",
             r.logs.display()
         );
     }
     let mut out = std::io::stdout().lock();
-    for d in dirs {
-        let file = if d.is_dir() {
-            d.join("console.log")
-        } else {
-            d.clone()
-        };
-        if let Ok(text) = std::fs::read_to_string(&file) {
-            writeln!(out, "### {}", file.display())?;
-            out.write_all(text.as_bytes())?;
-        }
+    for (name, text) in logs {
+        writeln!(out, "### {name}")?;
+        out.write_all(text.as_bytes())?;
     }
     Ok(0)
+}
+
+/// The wanted logs of the folder `dir`, by path: each top-level file, and each folder's
+/// `console.log`.
+fn local_logs(dir: &std::path::Path, wanted: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    entries.sort();
+    entries
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| wanted(&n.to_string_lossy())))
+        .filter_map(|p| {
+            let file = if p.is_dir() { p.join("console.log") } else { p };
+            let text = std::fs::read_to_string(&file).ok()?;
+            Some((file.display().to_string(), text))
+        })
+        .collect()
+}
+
+/// The wanted logs a queued build's worker sent to the store: the build log, and the files
+/// of its log folder by their path in it.
+async fn stored_logs(
+    records: &Records,
+    arn: &str,
+    source: &LogSource,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, String)>> {
+    let logs = records.store().logs();
+    let mut out = Vec::new();
+    let mut names = logs.log_files(arn).await?;
+    names.push(kiln_core::build::log::BUILD_LOG.to_owned());
+    names.sort();
+    for name in names {
+        let top = name.split('/').next().unwrap_or_default();
+        if !wanted(top) {
+            continue;
+        }
+        let text = if name == kiln_core::build::log::BUILD_LOG {
+            let lines = source.lines().await;
+            lines.into_iter().map(|(_, l)| l + "\n").collect()
+        } else {
+            logs.log_file(arn, &name).await?.unwrap_or_default()
+        };
+        out.push((format!("{name} (from the store)"), text));
+    }
+    Ok(out)
 }
 
 async fn distribute(records: &Records, a: DistributeArgs) -> Result<u8> {

@@ -49,11 +49,7 @@ impl Via {
             Via::Store => workers::authenticate(store, token).await?.map(|w| w.name),
             Via::Server(remote) => match remote.whoami().await {
                 Ok(name) => Some(name),
-                Err(kiln_store::StoreError::Remote { detail, .. })
-                    if detail.contains("revoked") =>
-                {
-                    None
-                }
+                Err(kiln_store::StoreError::Unauthorized { .. }) => None,
                 Err(e) => return Err(e.into()),
             },
         })

@@ -178,6 +178,18 @@ fn two_servers_and_three_workers_survive_killed_and_paused_workers_and_a_databas
         shown.contains("attempt 2 of 3: w3 (ran it to its end"),
         "{shown}"
     );
+
+    // Its log, as a server shows it: both attempts' lines, numbered once, from the store (the
+    // workers' data directories are not the server's).
+    let log = fleet.ok("s2", &["image", "logs", &images[0]]);
+    assert!(log.contains("### build.log (from the store)"), "{log}");
+    let at = |needle: &str| {
+        log.find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in the log:\n{log}"))
+    };
+    assert!(at("component 1/1 slow") < at("attempt 2 of 3"), "{log}");
+    assert!(at("attempt 2 of 3") < at("== AVAILABLE"), "{log}");
+    assert_eq!(log.matches("== AVAILABLE").count(), 1, "{log}");
     drop((s1, s2, w2, w3));
 }
 
@@ -214,9 +226,15 @@ fn a_worker_with_only_its_token_builds_through_the_server_and_stops_when_revoked
     );
     assert_eq!(line, "worker remote ready", "{}", worker.log());
 
-    let c = api.component("hello", &["echo hello > /etc/hello"]);
+    let c = api.component(
+        "hello",
+        &["echo hello from the worker", "echo hello > /etc/hello"],
+    );
     let infra = api.infrastructure("remote");
     let image = api.start(&api.pipeline("remote-a", &registry.host(), &[&c], &infra));
+    // The server's side follows the log live while the worker on its own data directory runs
+    // the build, and sees it to its end.
+    let follow = fleet.spawn_to("s1", "follow", &["image", "logs", &image, "--follow"]);
     wait_until("the build to end", Duration::from_secs(300), || {
         matches!(
             api.state(&image).as_str(),
@@ -238,6 +256,28 @@ fn a_worker_with_only_its_token_builds_through_the_server_and_stops_when_revoked
     assert!(
         !fleet.home("remote").join("kiln.db").exists(),
         "the worker keeps no store of its own"
+    );
+    let mut follow = follow;
+    assert_eq!(
+        wait_for_exit(&mut follow, Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        follow.log()
+    );
+    let followed = follow.log();
+    for line in [
+        "component 1/1 hello",
+        "hello from the worker",
+        "== AVAILABLE",
+    ] {
+        assert!(followed.contains(line), "{line:?} not in:\n{followed}");
+    }
+    // The component's own log, sent when the build ended.
+    let component = fleet.ok("s1", &["image", "logs", &image, "--component", "hello"]);
+    assert!(
+        component.contains("### build-01-hello/console.log (from the store)")
+            && component.contains("hello from the worker"),
+        "{component}"
     );
 
     // Revoked: its next call is refused and it stops.

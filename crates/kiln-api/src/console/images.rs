@@ -128,7 +128,8 @@ pub async fn detail(ctx: &Ctx) -> Page {
         });
     }
     let (lines, from) = if own {
-        log::written(&rec.logs)
+        let source = kiln_core::build::log::LogSource::of(ctx.app.records.store(), &rec).await;
+        log::written(&source).await
     } else {
         (Vec::new(), 0)
     };

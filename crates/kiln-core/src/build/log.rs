@@ -14,15 +14,21 @@ use super::event::{BuildEvent, BuildObserver};
 /// The build log's file name in a record's log folder.
 pub const BUILD_LOG: &str = "build.log";
 
-/// Passes events on and writes each as a line of the build log.
+/// Passes events on and writes each as a line of the build log (and, for a queued build, to
+/// the outbox its worker sends to the store).
 pub(crate) struct Tee {
     inner: Arc<dyn BuildObserver>,
     file: Mutex<Option<std::fs::File>>,
+    outbox: Option<Arc<super::shipped_log::LogOutbox>>,
 }
 
 impl Tee {
-    /// Appends to `logs/build.log` (created when missing).
-    pub(crate) fn new(inner: Arc<dyn BuildObserver>, logs: &Path) -> Tee {
+    /// Appends to `logs/build.log` (created when missing), and to `outbox` when given.
+    pub(crate) fn new(
+        inner: Arc<dyn BuildObserver>,
+        logs: &Path,
+        outbox: Option<Arc<super::shipped_log::LogOutbox>>,
+    ) -> Tee {
         let path = logs.join(BUILD_LOG);
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -33,20 +39,38 @@ impl Tee {
         Tee {
             inner,
             file: Mutex::new(file),
+            outbox,
         }
     }
 }
 
 impl BuildObserver for Tee {
     fn event(&self, e: &BuildEvent) {
-        if let (Some(line), Ok(mut f)) = (render(e), self.file.lock()) {
-            if let Some(f) = f.as_mut() {
-                // One write per line: a reader never sees half of one.
-                let _ = f.write_all(format!("{line}\n").as_bytes());
+        if let Some(line) = render(e) {
+            if let Ok(mut f) = self.file.lock() {
+                if let Some(f) = f.as_mut() {
+                    // One write per line: a reader never sees half of one.
+                    let _ = f.write_all(format!("{line}\n").as_bytes());
+                }
+            }
+            if let Some(o) = &self.outbox {
+                o.push(line);
             }
         }
         self.inner.event(e);
     }
+}
+
+/// Whether `line` is the one a build's log ends with: its final state (`TIME == FAILED: why`).
+pub fn is_last_line(line: &str) -> bool {
+    let Some((_, rest)) = line.split_once(' ') else {
+        return false;
+    };
+    let Some(state) = rest.strip_prefix("== ") else {
+        return false;
+    };
+    let word = state.split(':').next().unwrap_or_default();
+    crate::record::State::parse(word).is_some_and(|s| s.is_final())
 }
 
 /// An event as a line of the build log (`None` for events a reader does not need).
@@ -135,22 +159,94 @@ pub fn step_output(line: &str) -> Option<(&str, &str)> {
     rest.split_once(": ")
 }
 
+/// Where a build's log is read from.
+#[derive(Clone)]
+pub enum LogSource {
+    /// The build log file in a record's log folder on this host.
+    File(PathBuf),
+    /// The lines its worker sent to the store: a queued build's, whichever host ran it.
+    Stored {
+        /// The store.
+        store: crate::state::Store,
+        /// The image's ARN.
+        image: String,
+    },
+}
+
+/// Lines fetched from the store at a time.
+const STORED_PAGE: u32 = 1000;
+
+/// How long a reader of a stored log waits, once the build has ended, for the log's last line
+/// (the worker sends it just after the final record; a worker that died never does).
+const LAST_LINE_WAIT: Duration = Duration::from_secs(10);
+
+impl LogSource {
+    /// Where `rec`'s log is: the store for a queued build (its worker sends each line there),
+    /// unless the store has none of it and the log folder is on this host (a build queued by
+    /// a kiln before the store kept logs); else the file.
+    pub async fn of(store: &crate::state::Store, rec: &crate::record::ImageRecord) -> LogSource {
+        let file = rec.logs.join(BUILD_LOG);
+        let queued = matches!(store.jobs().job(&rec.arn).await, Ok(Some(_)));
+        let stored = queued
+            && (!file.exists()
+                || matches!(store.logs().log_lines(&rec.arn, 0, 1).await, Ok(l) if !l.is_empty()));
+        if stored {
+            LogSource::Stored {
+                store: store.clone(),
+                image: rec.arn.clone(),
+            }
+        } else {
+            LogSource::File(file)
+        }
+    }
+
+    /// Every whole line written so far, numbered from 0.
+    pub async fn lines(&self) -> Vec<(u64, String)> {
+        let mut f = Follower::from_source(self.clone(), 0);
+        let mut out = Vec::new();
+        while let Some(l) = f.poll().await {
+            out.push(l);
+        }
+        out
+    }
+
+    /// A reader of this log from line `from` (what a client has seen) on.
+    pub fn follow(self, from: u64) -> Follower {
+        Follower::from_source(self, from)
+    }
+}
+
 /// Reads a build log from line `from` (0-based) as it grows.
 pub struct Follower {
-    path: PathBuf,
+    source: LogSource,
     line: u64,
     offset: u64,
+    fetched: std::collections::VecDeque<(u64, String)>,
+    /// The log's last line was read.
+    ended: bool,
 }
 
 impl Follower {
-    /// A reader of the build log in `logs`, starting at line `from` (what a client has seen).
+    /// A reader of the build log file in `logs`, starting at line `from`.
     pub fn new(logs: &Path, from: u64) -> Follower {
-        Follower {
-            path: logs.join(BUILD_LOG),
+        Follower::from_source(LogSource::File(logs.join(BUILD_LOG)), from)
+    }
+
+    fn from_source(source: LogSource, from: u64) -> Follower {
+        let stored = matches!(source, LogSource::Stored { .. });
+        let f = Follower {
+            source,
             line: 0,
             offset: 0,
+            fetched: Default::default(),
+            ended: false,
+        };
+        if stored {
+            // The store numbers its lines: no need to read past the first ones.
+            Follower { line: from, ..f }
+        } else {
+            f.skip_to(from)
         }
-        .skip_to(from)
     }
 
     fn skip_to(mut self, from: u64) -> Follower {
@@ -163,9 +259,12 @@ impl Follower {
         self
     }
 
-    /// The next whole line and its number, if one has been written.
+    /// The next whole line of a log file and its number, if one has been written.
     pub fn read_line(&mut self) -> Option<(u64, String)> {
-        let mut f = std::fs::File::open(&self.path).ok()?;
+        let LogSource::File(path) = &self.source else {
+            return None;
+        };
+        let mut f = std::fs::File::open(path).ok()?;
         f.seek(SeekFrom::Start(self.offset)).ok()?;
         let mut r = std::io::BufReader::new(f);
         let mut buf = String::new();
@@ -181,6 +280,25 @@ impl Follower {
         Some((number, buf))
     }
 
+    /// The next line written so far, from the file or the store.
+    async fn poll(&mut self) -> Option<(u64, String)> {
+        let LogSource::Stored { store, image } = &self.source else {
+            return self.read_line();
+        };
+        if self.fetched.is_empty() {
+            match store.logs().log_lines(image, self.line, STORED_PAGE).await {
+                Ok(lines) => self
+                    .fetched
+                    .extend(lines.into_iter().map(|l| (l.number, l.text))),
+                Err(e) => tracing::debug!(%image, error = %e, "cannot read the stored log"),
+            }
+        }
+        let (n, text) = self.fetched.pop_front()?;
+        self.line = n + 1;
+        self.ended |= is_last_line(&text);
+        Some((n, text))
+    }
+
     /// The next line, waiting for it while `running()` says the build goes on; `None` once
     /// the build has ended and every line has been read.
     pub async fn next<F, Fut>(&mut self, mut running: F) -> Option<(u64, String)>
@@ -189,12 +307,25 @@ impl Follower {
         Fut: std::future::Future<Output = bool>,
     {
         loop {
-            if let Some(l) = self.read_line() {
+            if let Some(l) = self.poll().await {
                 return Some(l);
             }
             if !running().await {
-                // The last lines may have been written between the read and the check.
-                return self.read_line();
+                // The last lines may have been written between the read and the check; a
+                // worker sends its last ones just after the final record.
+                if !matches!(self.source, LogSource::Stored { .. }) {
+                    return self.poll().await;
+                }
+                let until = tokio::time::Instant::now() + LAST_LINE_WAIT;
+                loop {
+                    if let Some(l) = self.poll().await {
+                        return Some(l);
+                    }
+                    if self.ended || tokio::time::Instant::now() >= until {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -223,6 +354,22 @@ mod tests {
         let line = render(&e).unwrap();
         assert_eq!(step_output(&line), Some(("Fail", "the error: disk full")));
         assert_eq!(step_output("10:00:00.000 phase build"), None);
+    }
+
+    #[test]
+    fn the_last_line_is_the_final_state() {
+        let mut rec = crate::record::tests::record("x", "1.0.0", crate::record::State::Failed);
+        rec.set_state(crate::record::State::Failed, Some("why".into()));
+        let line = render(&BuildEvent::Finished {
+            record: Box::new(rec),
+        })
+        .unwrap();
+        assert!(is_last_line(&line), "{line}");
+        assert!(!is_last_line("10:00:00.000 == TESTING"));
+        assert!(!is_last_line("10:00:00.000 component 1/1 x"));
+        assert!(is_last_line(
+            "10:00:00.000 == CANCELLED: cancelled on request"
+        ));
     }
 
     #[tokio::test]

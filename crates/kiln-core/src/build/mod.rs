@@ -18,6 +18,7 @@ mod instance;
 pub mod log;
 pub mod queued;
 mod run;
+pub mod shipped_log;
 mod stages;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -193,6 +194,7 @@ pub struct Builder {
     launcher: Arc<dyn Launcher>,
     logging: Vec<LogDestination>,
     notices: Option<Arc<dyn crate::notify::Notices>>,
+    outbox: Option<Arc<shipped_log::LogOutbox>>,
 }
 
 impl Builder {
@@ -212,6 +214,7 @@ impl Builder {
             origin,
             launcher,
             logging: Vec::new(),
+            outbox: None,
             notices: None,
         }
     }
@@ -246,6 +249,13 @@ impl Builder {
     /// configuration's `logging`).
     pub fn with_logging(mut self, logging: Vec<LogDestination>) -> Self {
         self.logging = logging;
+        self
+    }
+
+    /// Also hands every line of the build log to `outbox` (a queued build's worker sends them
+    /// to the store).
+    pub fn with_log_outbox(mut self, outbox: Arc<shipped_log::LogOutbox>) -> Self {
+        self.outbox = Some(outbox);
         self
     }
 
@@ -416,7 +426,8 @@ impl Builder {
         crate::disk::cache::DiskCache::new(&self.home).sweep();
         let logs = rec.logs.clone();
         std::fs::create_dir_all(&logs).map_err(store::io("creating", &logs))?;
-        let observer: Arc<dyn BuildObserver> = Arc::new(log::Tee::new(observer, &logs));
+        let observer: Arc<dyn BuildObserver> =
+            Arc::new(log::Tee::new(observer, &logs, self.outbox.clone()));
         observer.event(&BuildEvent::Started {
             record: Box::new(rec.clone()),
         });

@@ -13,6 +13,7 @@ use kiln_instance::BuilderKind;
 use kiln_store::{Capabilities, Job, JobState, Lease, Needs, NewJob};
 use serde::{Deserialize, Serialize};
 
+use super::shipped_log::{self, LogOutbox};
 use super::{BuildError, BuildEvent, BuildObserver, Builder, Executed, Execution, Origin};
 use crate::recipe::Recipe;
 use crate::record::{FailureInfo, ImageRecord, Records, State};
@@ -25,6 +26,10 @@ pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// Attempts before a job whose workers keep vanishing is given up.
 pub const MAX_ATTEMPTS: u32 = 3;
+
+/// How long a worker keeps trying to send a build's last log lines while the store cannot be
+/// reached, before it takes its next job.
+const LAST_LINES_PATIENCE: Duration = Duration::from_secs(20);
 
 /// What a worker needs to run a queued build, stored with its job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,9 +140,10 @@ impl JobRunner {
             Ok(p) => p,
             Err(e) => {
                 let reason = format!("the build's job cannot be read by this kiln: {e}");
-                return self.fail_job(&records, rec, reason).await;
+                return self.fail_job(&records, &lease, rec, reason).await;
             }
         };
+        let outbox = Arc::new(LogOutbox::default());
         let mut builder = Builder::new(
             self.home.clone(),
             self.options.clone(),
@@ -145,7 +151,8 @@ impl JobRunner {
             self.launcher.clone(),
         )
         .with_store(self.store.clone())
-        .with_logging(payload.logging);
+        .with_logging(payload.logging)
+        .with_log_outbox(outbox.clone());
         if let Some(n) = &self.notices {
             builder = builder.with_notices(n.clone());
         }
@@ -156,20 +163,21 @@ impl JobRunner {
             .await
         {
             Ok(p) => p,
-            Err(e) => return self.fail_job(&records, rec, e.to_string()).await,
+            Err(e) => return self.fail_job(&records, &lease, rec, e.to_string()).await,
         };
         kiln_instance::runlock::sweep(&self.home.run());
         let (run_dir, lock) = builder.hold_run_dir(&prepared.recipe)?;
         if lease.attempt > 1 {
-            self.after_lost_attempt(&records, &mut rec, job, observer.as_ref())
-                .await;
+            let told = self.after_lost_attempt(&records, &mut rec, job).await;
+            outbox.push(told.clone());
+            observer.event(&BuildEvent::Progress { message: told });
         }
         rec.run_dir = Some(run_dir.clone());
         rec.host = Some(crate::record::this_host().to_owned());
         rec.attempt = Some(lease.attempt);
         rec.logs = records.logs_dir(&rec.account, &rec.name, &rec.version, rec.build);
         records.save(&rec).await?;
-        let beat = heartbeat(self.store.clone(), lease);
+        let beat = heartbeat(self.store.clone(), lease.clone());
         let lost = async {
             tokio::select! {
                 _ = beat => {}
@@ -184,8 +192,19 @@ impl JobRunner {
             lock,
             observer,
         };
-        match builder.execute(run, lost).await? {
-            Executed::Ended(rec) => Ok(*rec),
+        let shipping = tokio::spawn(outbox.clone().run(self.store.clone(), lease.clone()));
+        let executed = builder.execute(run, lost).await;
+        shipping.abort();
+        // The last lines (the final state) and the component and test logs, once: a lost
+        // attempt's are refused by the store.
+        outbox
+            .finish(self.store.logs(), &lease, LAST_LINES_PATIENCE)
+            .await;
+        match executed? {
+            Executed::Ended(rec) => {
+                shipped_log::ship_files(self.store.logs(), &lease, &rec.logs).await;
+                Ok(*rec)
+            }
             Executed::LeaseLost => Err(BuildError::LeaseLost),
         }
     }
@@ -194,6 +213,7 @@ impl JobRunner {
     async fn fail_job(
         &self,
         records: &Records,
+        lease: &Lease,
         mut rec: ImageRecord,
         reason: String,
     ) -> Result<ImageRecord, BuildError> {
@@ -201,18 +221,28 @@ impl JobRunner {
         rec.failure = Some(FailureInfo::of_stage(State::Pending, reason));
         let outbox = crate::notify::final_outbox(self.notices.as_deref(), &rec).await;
         records.save_with(&rec, outbox).await?;
+        // The log's one line, which readers wait for.
+        let last = BuildEvent::Finished {
+            record: Box::new(rec.clone()),
+        };
+        if let Some(line) = super::log::render(&last) {
+            let lines = LogOutbox::default();
+            lines.push(line);
+            lines
+                .finish(self.store.logs(), lease, LAST_LINES_PATIENCE)
+                .await;
+        }
         Ok(rec)
     }
 
     /// Says on the record that an earlier attempt's worker vanished, and takes back what it
-    /// had written to the regions when it was distributing.
+    /// had written to the regions when it was distributing; what it says, for the log.
     async fn after_lost_attempt(
         &self,
         records: &Records,
         rec: &mut ImageRecord,
         job: &Job,
-        observer: &dyn BuildObserver,
-    ) {
+    ) -> String {
         let before: Vec<&str> = job
             .attempts
             .iter()
@@ -230,10 +260,8 @@ impl JobRunner {
             reason.push_str(&records.take_back_distributed(rec, &access).await);
             rec.distributing.clear();
         }
-        observer.event(&BuildEvent::Progress {
-            message: reason.clone(),
-        });
-        rec.set_state(State::Pending, Some(reason));
+        rec.set_state(State::Pending, Some(reason.clone()));
+        reason
     }
 }
 

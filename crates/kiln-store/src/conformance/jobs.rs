@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::{image, Must};
 use crate::{
-    AttemptEnd, Capabilities, JobQueue, JobState, Lease, Needs, NewJob, StateStore, StoreError,
-    Update,
+    AttemptEnd, BuildLogs, Capabilities, JobQueue, JobState, Lease, Needs, NewJob, StateStore,
+    StoreError, Update,
 };
 
 /// A fresh queue under test, the same store's rows, and what keeps them alive.
@@ -20,6 +20,8 @@ pub struct FreshQueue<G> {
     pub queue: Arc<dyn JobQueue>,
     /// The same store's rows (the rows leased writes change).
     pub store: Arc<dyn StateStore>,
+    /// The same store's build logs.
+    pub logs: Arc<dyn BuildLogs>,
     /// Dropped when the check ends.
     pub guard: G,
 }
@@ -60,6 +62,7 @@ macro_rules! job_queue_tests {
             the_store_clock_is_the_time,
             a_queued_job_is_withdrawn_and_a_claimed_one_is_not,
             a_lapsed_job_is_requeued_at_once_and_its_lease_refused,
+            a_build_log_is_numbered_across_attempts_and_kept_from_taken_ones,
         );
         $crate::job_queue_tests!(@each $backend; (flavor = "multi_thread", worker_threads = 2);
             a_hundred_claimers_never_claim_one_job_twice,
@@ -256,6 +259,79 @@ pub async fn a_lapsed_job_is_requeued_at_once_and_its_lease_refused<B: QueueBack
         (JobState::Queued, "w1")
     );
     assert!(is_lease_lost(q.renew_lease(&lease, MINUTE).await));
+}
+
+/// A build's log lines are numbered by the store across attempts and read from any line on;
+/// an attempt taken from its worker adds nothing more, a finished one may add its last lines,
+/// and a log file is replaced by a later attempt's.
+pub async fn a_build_log_is_numbered_across_attempts_and_kept_from_taken_ones<B: QueueBackend>(
+    backend: &B,
+) {
+    let fresh = backend.fresh_queue().await;
+    let (q, logs) = (&*fresh.queue, &*fresh.logs);
+    let (arn, first) = claimed_row(&fresh, "logged", MINUTE).await;
+    let lines = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    assert_eq!(logs.append_log(&first, &lines(&["a", "b"])).await.must(), 2);
+    assert_eq!(logs.append_log(&first, &[]).await.must(), 2);
+    logs.put_log_file(&first, "test/console.log", "one")
+        .await
+        .must();
+    let mut forged = first.clone();
+    forged.worker = "w9".into();
+    assert!(is_lease_lost(
+        logs.append_log(&forged, &lines(&["x"])).await
+    ));
+
+    assert!(q.lapse_job(&arn).await.must());
+    assert_eq!(q.requeue_expired().await.must().len(), 1);
+    assert!(
+        is_lease_lost(logs.append_log(&first, &lines(&["late"])).await),
+        "a taken attempt adds nothing"
+    );
+    assert!(is_lease_lost(
+        logs.put_log_file(&first, "test/console.log", "late").await
+    ));
+    let plain = caps(&["sandbox"], false, &[]);
+    let (_, second) = q
+        .claim_job("w2", &plain, MINUTE)
+        .await
+        .must()
+        .expect("the job again");
+    assert_eq!(logs.append_log(&second, &lines(&["c"])).await.must(), 3);
+    logs.put_log_file(&second, "test/console.log", "two")
+        .await
+        .must();
+    q.finish_job(&second, &arn, Update::default()).await.must();
+    assert_eq!(
+        logs.append_log(&second, &lines(&["end"])).await.must(),
+        4,
+        "a finished attempt adds its last lines"
+    );
+
+    let all = logs.log_lines(&arn, 0, 100).await.must();
+    let seen: Vec<(u64, u32, &str)> = all
+        .iter()
+        .map(|l| (l.number, l.attempt, l.text.as_str()))
+        .collect();
+    assert_eq!(seen, [(0, 1, "a"), (1, 1, "b"), (2, 2, "c"), (3, 2, "end")]);
+    let tail = logs.log_lines(&arn, 2, 1).await.must();
+    assert_eq!(tail.len(), 1);
+    assert_eq!(tail[0].text, "c");
+    assert!(logs.log_lines("arn:none", 0, 10).await.must().is_empty());
+    assert_eq!(logs.log_files(&arn).await.must(), ["test/console.log"]);
+    assert_eq!(
+        logs.log_file(&arn, "test/console.log")
+            .await
+            .must()
+            .as_deref(),
+        Some("two")
+    );
+    assert_eq!(logs.log_file(&arn, "nope").await.must(), None);
+
+    // Deleting the image takes its log with it.
+    fresh.store.delete(&arn).await.must();
+    assert!(logs.log_lines(&arn, 0, 10).await.must().is_empty());
+    assert!(logs.log_files(&arn).await.must().is_empty());
 }
 
 /// A lease is renewed while it holds; once it lapsed, renewing, writing and finishing under it
@@ -504,7 +580,7 @@ mod tests {
             .filter_map(|line| line.strip_prefix("pub async fn "))
             .filter_map(|rest| rest.split(['<', '(']).next())
             .collect();
-        assert_eq!(checks.len(), 9, "{checks:?}");
+        assert_eq!(checks.len(), 10, "{checks:?}");
         let (_, after) = source
             .split_once("macro_rules! job_queue_tests")
             .expect("the macro is in this file");

@@ -406,6 +406,8 @@ impl PgStore {
         for sql in [
             "DELETE FROM refs WHERE from_arn = $1",
             "DELETE FROM client_tokens WHERE arn = $1",
+            "DELETE FROM build_logs WHERE image = $1",
+            "DELETE FROM build_log_files WHERE image = $1",
             "DELETE FROM rows WHERE arn = $1",
         ] {
             sqlx::query(sql).bind(arn).execute(&mut *conn).await?;

@@ -164,6 +164,27 @@ impl Fleet {
         text(&o.stdout)
     }
 
+    /// Spawns `kiln ARGS` in `home`, its output (stdout and stderr) to `LABEL.log`.
+    pub fn spawn_to(&self, home: &str, label: &str, args: &[&str]) -> Proc {
+        let log = self.dir.join(format!("{label}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .env("KILN_HOME", self.home(home))
+            .env("KILN_CONFIG", &self.config)
+            .env("KILN_PLAIN", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Proc {
+            name: label.to_owned(),
+            child,
+            log,
+        }
+    }
+
     /// Spawns `kiln ARGS` in `home`, and waits for its first line on stdout.
     pub fn spawn(&self, home: &str, args: &[&str], env: &[(&str, &str)]) -> (Proc, String) {
         let log = self.dir.join(format!("{home}.log"));

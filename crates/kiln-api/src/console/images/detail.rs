@@ -143,7 +143,7 @@ impl Summary {
                     )
                 })
                 .collect(),
-            failure: failure(rec),
+            failure: failure(ctx, rec).await,
             components: rec
                 .components
                 .iter()
@@ -275,11 +275,15 @@ fn output(o: &OutputRecord) -> Output {
 }
 
 /// The failure, with the failing step's last lines of output from the build log.
-fn failure(rec: &ImageRecord) -> Option<Failure> {
+async fn failure(ctx: &Ctx, rec: &ImageRecord) -> Option<Failure> {
     let f = rec.failure.as_ref()?;
     let step = f.step.clone().unwrap_or_default();
     let name = step.rsplit('/').next().unwrap_or("").to_string();
-    let mut lines = step_output(&rec.logs, &name);
+    let log = kiln_core::build::log::LogSource::of(ctx.app.records.store(), rec)
+        .await
+        .lines()
+        .await;
+    let mut lines = step_output(log.iter().map(|(_, l)| l.as_str()), &name);
     if lines.is_empty() {
         lines = f.output_tail.clone();
     }
@@ -295,14 +299,11 @@ fn failure(rec: &ImageRecord) -> Option<Failure> {
 
 /// The last [`FAILURE_LINES`] lines a step wrote, as the build log has them
 /// (`TIME   | STEP: TEXT`, `!` for stderr).
-fn step_output(logs: &std::path::Path, step: &str) -> Vec<String> {
+fn step_output<'a>(log: impl Iterator<Item = &'a str>, step: &str) -> Vec<String> {
     if step.is_empty() {
         return Vec::new();
     }
-    let text =
-        std::fs::read_to_string(logs.join(kiln_core::build::log::BUILD_LOG)).unwrap_or_default();
-    let mut out: Vec<String> = text
-        .lines()
+    let mut out: Vec<String> = log
         .filter_map(kiln_core::build::log::step_output)
         .filter(|(s, _)| *s == step)
         .map(|(_, t)| t.to_string())
@@ -347,15 +348,13 @@ mod tests {
 
     #[test]
     fn a_steps_last_lines_come_from_the_log() {
-        let d = tempfile::tempdir().unwrap();
         let mut log = String::new();
         for i in 0..80 {
             log.push_str(&format!("10:00:00.000   | Fail: line {i}\n"));
             log.push_str("10:00:00.000   | Other: noise\n");
         }
         log.push_str("10:00:00.000   ! Fail: the error\n");
-        std::fs::write(d.path().join("build.log"), log).unwrap();
-        let got = step_output(d.path(), "Fail");
+        let got = step_output(log.lines(), "Fail");
         assert_eq!(got.len(), FAILURE_LINES);
         assert_eq!(got.last().unwrap(), "the error");
         assert_eq!(got[0], "line 31");

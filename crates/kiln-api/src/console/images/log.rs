@@ -4,7 +4,7 @@
 use axum::http::request::Parts;
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::IntoResponse;
-use kiln_core::build::log::BUILD_LOG;
+use kiln_core::build::log::LogSource;
 
 use super::super::{Ctx, Page};
 use crate::error::ApiError;
@@ -14,23 +14,12 @@ const FIRST_LINES: usize = 5000;
 
 /// The whole lines written so far (the last [`FIRST_LINES`] of them, numbered) and the number
 /// of the next: what a page shows at once before it follows the rest.
-pub fn written(logs: &std::path::Path) -> (Vec<(u64, String)>, u64) {
-    let text = std::fs::read_to_string(logs.join(BUILD_LOG)).unwrap_or_default();
-    // A line still being written (no newline yet) is left for the stream.
-    let whole = match text.rfind('\n') {
-        Some(i) => &text[..=i],
-        None => "",
-    };
-    let lines: Vec<&str> = whole.lines().collect();
-    let total = lines.len();
-    let skip = total.saturating_sub(FIRST_LINES);
-    let shown = lines
-        .iter()
-        .enumerate()
-        .skip(skip)
-        .map(|(n, l)| (n as u64, (*l).to_string()))
-        .collect();
-    (shown, total as u64)
+pub async fn written(source: &LogSource) -> (Vec<(u64, String)>, u64) {
+    let mut lines = source.lines().await;
+    let next = lines.last().map(|(n, _)| n + 1).unwrap_or(0);
+    let skip = lines.len().saturating_sub(FIRST_LINES);
+    lines.drain(..skip);
+    (lines, next)
 }
 
 /// The log from line `from` on (or the line after `Last-Event-ID`), one `line` event per line
@@ -42,13 +31,8 @@ pub async fn stream(ctx: &Ctx, parts: &Parts) -> Page {
         .to_string();
     let rec = crate::ops::images::record(&ctx.app, ctx.principal(), &arn).await?;
     let from = crate::logs::first_line(parts, ctx.q("from"));
-    let events = crate::logs::events(
-        ctx.app.clone(),
-        &rec.logs,
-        rec.arn.clone(),
-        from,
-        Some("line"),
-    );
+    let source = LogSource::of(ctx.app.records.store(), &rec).await;
+    let events = crate::logs::events(ctx.app.clone(), source, rec.arn.clone(), from, Some("line"));
     Ok(super::super::harden(
         Sse::new(events)
             .keep_alive(KeepAlive::default())
